@@ -1,0 +1,1 @@
+"""Downstream tasks: readers for the released annotation files, heads and metrics."""
