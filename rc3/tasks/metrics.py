@@ -108,7 +108,10 @@ def bleu_lowercased(hypotheses: Sequence[str], references: Sequence[str] | Seque
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    # Counts stay integers; text (e.g. a BLEU signature) must not break the table's columns.
+    return str(value).replace("|", "\\|")
 
 
 def results_markdown(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> str:
