@@ -19,3 +19,35 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}; clone the repo next to shared/")
     return SHARED_DATA
+
+
+def real_texts(shared: Path, per_lang: int = 400) -> list[str]:
+    """A few hundred real sentences per language: Multi30K (en, de, fr, cs) and xFlickr&CO (ja, zh, id, ...)."""
+    import gzip
+    import json
+
+    texts: list[str] = []
+    for lang in ("en", "de", "fr", "cs"):
+        with gzip.open(shared / "multi30k" / "raw" / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
+            texts += [next(f).strip() for _ in range(per_lang)]
+    for lang in ("ja", "zh", "id", "es", "ru", "tr"):
+        with open(shared / "iglue" / "xFlickrCO" / "annotations" / lang / "test.jsonl", encoding="utf-8") as f:
+            texts += [json.loads(next(f))["sentences"][0] for _ in range(per_lang)]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sentencepiece model in mBART-50's layout, trained here on real text in 10 languages."""
+    from rc3.testing import train_tiny_spm
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_tiny_spm(out, real_texts(shared_data), vocab_size=2000)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path):
+    from rc3.tokenization import RC3Tokenizer
+
+    return RC3Tokenizer.from_dir(tokenizer_dir)

@@ -1,0 +1,316 @@
+"""Typed run configuration: dataclasses loaded from YAML, dotted CLI overrides, strict validation.
+
+Every error is raised before any work starts and names the offending key, e.g.
+``config error: model.visual_mode: 'grid' is not one of roi, patch, combined``.
+
+    cfg = load_config("configs/synthetic-tiny.yaml", overrides=["model.d_model=64"])
+    save_config(cfg, run_dir / "config.yaml")
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import yaml
+
+from .tokenization import LANG_CODES, PRETRAIN_LANGS
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"config error: {key}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    """The RC3 encoder-decoder (paper Sec. 2.2, 3.2). Defaults are the paper's sizes (mBART-50 large)."""
+
+    init_from: Optional[str] = None  # local mBART-50 or RC3 model directory; None = random init from the sizes below
+    tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model (+ id_map.json); default: init_from
+    vit_weights: Optional[str] = None  # local timm ViT-B/32 checkpoint whose patch embedding initialises the patch FC
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer
+    d_model: int = 1024
+    encoder_layers: int = 12
+    decoder_layers: int = 12
+    attention_heads: int = 16
+    ffn_dim: int = 4096
+    max_position_embeddings: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    visual_mode: Literal["roi", "patch", "combined"] = "roi"
+    roi_dim: int = 2048
+    num_regions: int = 36
+    image_size: int = 224
+    patch_size: int = 32
+    patch_dim: int = 768
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+@dataclass
+class TaskConfig:
+    """One pretraining task: on/off, loss weight, and samples per micro-batch per rank (None = train.micro_batch_size)."""
+
+    enabled: bool = True
+    weight: float = 1.0
+    batch_size: Optional[int] = None
+
+
+@dataclass
+class ObjectivesConfig:
+    """The four objectives of Sec. 2.3; Table 4's ablations are switches here."""
+
+    mclm: TaskConfig = field(default_factory=TaskConfig)
+    itm: TaskConfig = field(default_factory=TaskConfig)
+    xtcl: TaskConfig = field(default_factory=TaskConfig)
+    rxvtcl_ds: TaskConfig = field(default_factory=TaskConfig)
+    rxvtcl_dw: TaskConfig = field(default_factory=TaskConfig)
+    kl: bool = True  # the KL(P_vtr || P_tr) regulariser on Dw (Eq. 12); False = "w/o KL"
+    kl_weight: float = 1.0
+    zeta: float = 0.9
+    p_avg_window: int = 100
+    rxvtcl_other_triplets: int = 1  # K other triplets of the batch giving 6 negatives each
+    xtcl_gather: bool = False  # gather XTCL negatives across ranks
+    mlm_prob: float = 0.15
+
+
+@dataclass
+class DataConfig:
+    ds_shards: Optional[str] = None  # brace pattern or glob of Ds shards
+    dw_shards: Optional[str] = None
+    dt_shards: Optional[str] = None
+    langs: list[str] = field(default_factory=lambda: list(PRETRAIN_LANGS))
+    max_text_len: int = 40
+    max_tgt_len: int = 40
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    batches_per_epoch: Optional[int] = None  # per rank; None = estimated from the shard sizes
+    skip_budget: float = 0.01  # fraction of samples that may be skipped before the run stops
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/rc3"
+    deepspeed_config: str = "ds_configs/zero2.json"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    total_steps: int = 100_000
+    global_batch_size: int = 1024  # samples per task per optimizer step, over all ranks
+    micro_batch_size: int = 32  # samples per task per rank per forward pass
+    log_every: int = 10
+    save_every: int = 1000
+    keep_last: int = 3
+    max_nonfinite_steps: int = 5
+    seed: int = 42
+
+
+@dataclass
+class RC3Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """Accumulation steps from the identity global = micro x accumulation x world, or a readable error."""
+        t = self.train
+        per_step = t.micro_batch_size * world_size
+        if t.global_batch_size % per_step:
+            raise ConfigError(
+                "train.global_batch_size",
+                f"{t.global_batch_size} is not divisible by micro_batch_size x world_size = "
+                f"{t.micro_batch_size} x {world_size} = {per_step}")
+        return t.global_batch_size // per_step
+
+    def task_batch_size(self, task: str) -> int:
+        bs = getattr(self.objectives, task).batch_size
+        return self.train.micro_batch_size if bs is None else bs
+
+
+# ---- generic dataclass <-> dict with type checking ------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(key, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "5e-5" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        return value
+    raise ConfigError(key, f"unsupported type {tp}")
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(f"{prefix}.{k}" if prefix else k, v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, f"{p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value parsed as YAML, so 64 is an int, true a bool, [en, de] a list)."""
+    if "=" not in text:
+        raise ConfigError(text, "an override must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(key, f"cannot parse value {raw!r}: {err}") from None
+    return key.strip(), value
+
+
+def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> RC3Config:
+    data = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy through plain types
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    cfg = _from_dict(RC3Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RC3Config:
+    """Load a YAML run config (or the defaults when path is None), apply `key=value` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", f"no such file {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError("--config", f"{p} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("--config", f"{p} must hold a mapping at the top level")
+    return config_from_dict(data, overrides)
+
+
+def validate(cfg: RC3Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    m, o, d, t = cfg.model, cfg.objectives, cfg.data, cfg.train
+    positive = {"model.d_model": m.d_model, "model.encoder_layers": m.encoder_layers,
+                "model.decoder_layers": m.decoder_layers, "model.attention_heads": m.attention_heads,
+                "model.ffn_dim": m.ffn_dim, "train.micro_batch_size": t.micro_batch_size,
+                "train.global_batch_size": t.global_batch_size, "train.total_steps": t.total_steps,
+                "train.log_every": t.log_every, "train.save_every": t.save_every, "train.keep_last": t.keep_last,
+                "objectives.p_avg_window": o.p_avg_window, "objectives.rxvtcl_other_triplets": o.rxvtcl_other_triplets,
+                "data.max_text_len": d.max_text_len, "data.max_tgt_len": d.max_tgt_len}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(key, f"must be positive, got {value}")
+    if m.d_model % m.attention_heads:
+        raise ConfigError("model.attention_heads", f"d_model {m.d_model} is not divisible by {m.attention_heads} heads")
+    if m.image_size % m.patch_size:
+        raise ConfigError("model.patch_size", f"image_size {m.image_size} is not divisible by patch_size {m.patch_size}")
+    for i, lang in enumerate(d.langs):
+        if lang not in LANG_CODES:
+            raise ConfigError(f"data.langs[{i}]", f"unknown language {lang!r}; known: {', '.join(sorted(LANG_CODES))}")
+    if len(d.langs) < 2:
+        raise ConfigError("data.langs", "cross-lingual objectives need at least two languages")
+    if t.global_batch_size % t.micro_batch_size:
+        raise ConfigError("train.global_batch_size",
+                          f"{t.global_batch_size} is not divisible by train.micro_batch_size {t.micro_batch_size}")
+    if not 0.0 < o.mlm_prob < 1.0:
+        raise ConfigError("objectives.mlm_prob", f"must be in (0, 1), got {o.mlm_prob}")
+    if o.zeta < 0:
+        raise ConfigError("objectives.zeta", f"must be >= 0, got {o.zeta}")
+    if d.num_workers < 0:
+        raise ConfigError("data.num_workers", f"must be >= 0, got {d.num_workers}")
+    if not 0.0 <= d.skip_budget <= 1.0:
+        raise ConfigError("data.skip_budget", f"must be a fraction in [0, 1], got {d.skip_budget}")
+    for name in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw"):
+        task: TaskConfig = getattr(o, name)
+        if task.batch_size is not None and task.batch_size <= 0:
+            raise ConfigError(f"objectives.{name}.batch_size", f"must be positive, got {task.batch_size}")
+        if task.weight < 0:
+            raise ConfigError(f"objectives.{name}.weight", f"must be >= 0, got {task.weight}")
+    if o.rxvtcl_ds.enabled and cfg.task_batch_size("rxvtcl_ds") < 1 + o.rxvtcl_other_triplets:
+        raise ConfigError("objectives.rxvtcl_ds.batch_size",
+                          f"needs at least {1 + o.rxvtcl_other_triplets} triplets for {o.rxvtcl_other_triplets} other(s)")
+    if o.rxvtcl_dw.enabled and cfg.task_batch_size("rxvtcl_dw") < 1 + o.rxvtcl_other_triplets:
+        raise ConfigError("objectives.rxvtcl_dw.batch_size",
+                          f"needs at least {1 + o.rxvtcl_other_triplets} triplets for {o.rxvtcl_other_triplets} other(s)")
+    if not any(getattr(o, n).enabled for n in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw")):
+        raise ConfigError("objectives", "every task is switched off; enable at least one")
+    needs = {"ds_shards": ("mclm", "itm", "rxvtcl_ds"), "dw_shards": ("rxvtcl_dw",), "dt_shards": ("xtcl",)}
+    for key, tasks in needs.items():
+        on = [n for n in tasks if getattr(o, n).enabled]
+        if on and getattr(d, key) is None and t.total_steps > 0:
+            raise ConfigError(f"data.{key}", f"required by the enabled task(s) {', '.join(on)}")
+
+
+def save_config(cfg: RC3Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+    return path

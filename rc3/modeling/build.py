@@ -1,0 +1,72 @@
+"""Build an RC3Model from a run config: an RC3 model directory, a local mBART-50 directory, or random init.
+
+Which one is decided by the files in `model.init_from`: `rc3_config.json` (an RC3 directory, e.g.
+from tools/convert_mbart50.py or tools/zero_to_safetensors.py) or `config.json` (a plain HF mBART).
+Nothing is ever fetched from a hub.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ModelConfig
+from ..tokenization import RC3Tokenizer
+from .model import RC3_CONFIG_FILE, RC3Model
+
+
+def load_tokenizer(cfg: ModelConfig) -> RC3Tokenizer:
+    source = cfg.tokenizer or cfg.init_from
+    if source is None:
+        raise ValueError("config error: model.tokenizer: needed when model.init_from is not set "
+                         "(a directory holding sentencepiece.bpe.model)")
+    return RC3Tokenizer.from_dir(source)
+
+
+def build_model(cfg: ModelConfig, tokenizer: RC3Tokenizer) -> RC3Model:
+    """The model for `cfg`, its vocabulary checked against the tokenizer's."""
+    if cfg.init_from is None:
+        model = RC3Model.from_config(cfg, cfg.vocab_size or tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                                     bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+    else:
+        path = Path(cfg.init_from)
+        if (path / RC3_CONFIG_FILE).is_file():
+            model = RC3Model.from_pretrained(path, gradient_checkpointing=cfg.gradient_checkpointing,
+                                             attn_implementation=cfg.attn_implementation,
+                                             visual_mode=cfg.visual_mode)
+        elif (path / "config.json").is_file():
+            model = RC3Model.from_mbart(path, cfg)
+        else:
+            raise FileNotFoundError(f"config error: model.init_from: {path} is neither an RC3 model directory "
+                                    f"({RC3_CONFIG_FILE}) nor an HF mBART directory (config.json)")
+    vocab = model.mbart.config.vocab_size
+    if vocab != tokenizer.vocab_size:
+        raise ValueError(f"the model has {vocab} token embeddings but the tokenizer has {tokenizer.vocab_size} ids; "
+                         "use the tokenizer saved with the model (or tools/convert_mbart50.py to prune both)")
+    if cfg.vit_weights:
+        load_vit_patch_embedding(model, cfg.vit_weights)
+    return model
+
+
+def load_vit_patch_embedding(model: RC3Model, path: str) -> None:
+    """Copy `patch_embed.proj` from a local timm ViT checkpoint (safetensors, or a .bin/.pth read weights-only)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config error: model.vit_weights: no such file {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(p))
+    else:
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state))
+    target = model.visual.patch.patch_embed.proj
+    try:
+        weight, bias = state["patch_embed.proj.weight"], state["patch_embed.proj.bias"]
+    except KeyError:
+        raise ValueError(f"{p}: no patch_embed.proj.weight/bias; is this a timm ViT checkpoint?") from None
+    if weight.shape != target.weight.shape:
+        raise ValueError(f"{p}: patch embedding {tuple(weight.shape)} does not fit {tuple(target.weight.shape)} "
+                         "(model.patch_size / model.patch_dim)")
+    with torch.no_grad():
+        target.weight.copy_(weight)
+        target.bias.copy_(bias)

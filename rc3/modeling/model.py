@@ -1,0 +1,226 @@
+"""RC3Model: HF mBART encoder-decoder with visual front ends and the RC3 heads (paper Sec. 2.2).
+
+Sequences (paper Fig. 2):
+
+* visio-textual: ``[CLS] visual [BOS] text [LANG]``; VtR = top encoder state at [CLS] (position 0);
+* text only: ``[BOS] text [LANG]``; TR = top encoder state at [BOS] (position 0);
+* decoder: ``[EOS] [LANG] target`` in, ``[LANG] target [EOS]`` out (mBART-50's convention).
+
+Heads: the MLM head is mBART's LM head (tied to the shared embeddings, plus `final_logits_bias`),
+used on encoder states; ITM is an FC on VtR (a logit; the sigmoid lives in the loss); the decoder LM
+is the same tied head on decoder states.
+
+A model directory (`save_pretrained`) holds `rc3_config.json`, `model.safetensors` and the
+tokenizer files, and loads back with `RC3Model.from_pretrained` without DeepSpeed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+from transformers import MBartConfig, MBartForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
+
+from ..config import ModelConfig, _from_dict
+from .visual import VisualFrontEnd
+
+RC3_CONFIG_FILE = "rc3_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class EncoderOutput:
+    hidden: torch.Tensor  # [B, L, d] top encoder states
+    mask: torch.Tensor  # [B, L] bool, True = real token
+    text_start: int  # index of [BOS] in the sequence (0 for text-only input)
+
+
+def mbart_config_from(cfg: ModelConfig, vocab_size: int, pad_id: int = 1, bos_id: int = 0, eos_id: int = 2) -> MBartConfig:
+    """An mBART-50-shaped config (pre-LN, scaled embeddings) with the sizes of `cfg`."""
+    return MBartConfig(
+        vocab_size=vocab_size, d_model=cfg.d_model, encoder_layers=cfg.encoder_layers,
+        decoder_layers=cfg.decoder_layers, encoder_attention_heads=cfg.attention_heads,
+        decoder_attention_heads=cfg.attention_heads, encoder_ffn_dim=cfg.ffn_dim, decoder_ffn_dim=cfg.ffn_dim,
+        max_position_embeddings=cfg.max_position_embeddings, dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout, activation_function="gelu", scale_embedding=True,
+        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, decoder_start_token_id=eos_id,
+        forced_eos_token_id=eos_id, tie_word_embeddings=True, attn_implementation=cfg.attn_implementation)
+
+
+class RC3Model(nn.Module):
+    def __init__(self, cfg: ModelConfig, mbart: MBartForConditionalGeneration) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.mbart = mbart
+        d = mbart.config.d_model
+        self.visual = VisualFrontEnd(d, cfg.roi_dim, cfg.image_size, cfg.patch_size, cfg.patch_dim)
+        self.itm_head = nn.Linear(d, 1)
+        if cfg.gradient_checkpointing:
+            self.mbart.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, vocab_size: int, pad_id: int = 1, bos_id: int = 0, eos_id: int = 2) -> "RC3Model":
+        """Random initialisation with the sizes in `cfg`."""
+        return cls(cfg, MBartForConditionalGeneration(mbart_config_from(cfg, vocab_size, pad_id, bos_id, eos_id)))
+
+    @classmethod
+    def from_mbart(cls, mbart_dir: str | os.PathLike, cfg: ModelConfig) -> "RC3Model":
+        """Backbone from a local HF mBART(-50) directory; visual modules and heads freshly initialised."""
+        path = Path(mbart_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not an HF model directory (no config.json); give a local mBART-50 directory")
+        mbart = MBartForConditionalGeneration.from_pretrained(
+            str(path), local_files_only=True, attn_implementation=cfg.attn_implementation)
+        shape = mbart.config
+        cfg = dataclasses.replace(cfg, d_model=shape.d_model, encoder_layers=shape.encoder_layers,
+                                  decoder_layers=shape.decoder_layers, attention_heads=shape.encoder_attention_heads,
+                                  ffn_dim=shape.encoder_ffn_dim, max_position_embeddings=shape.max_position_embeddings,
+                                  vocab_size=shape.vocab_size)
+        return cls(cfg, mbart)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "RC3Model":
+        """Load an RC3 model directory written by `save_pretrained` (safetensors only)."""
+        from safetensors.torch import load_model
+
+        path = Path(directory)
+        cfg_file = path / RC3_CONFIG_FILE
+        if not cfg_file.is_file():
+            if (path / "config.json").is_file():
+                raise FileNotFoundError(f"{path} looks like a plain HF model; use RC3Model.from_mbart or "
+                                        "tools/convert_mbart50.py to make an RC3 model directory")
+            raise FileNotFoundError(f"{path}: no {RC3_CONFIG_FILE}; not an RC3 model directory")
+        meta = json.loads(cfg_file.read_text())
+        cfg = _from_dict(ModelConfig, {**meta["model"], **overrides})
+        mbart_cfg = MBartConfig(**meta["mbart"])
+        mbart_cfg._attn_implementation = cfg.attn_implementation
+        model = cls(cfg, MBartForConditionalGeneration(mbart_cfg))
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}")
+        missing, unexpected = load_model(model, str(weights), strict=False)
+        # The LM head is tied to the shared embeddings and saved once; anything else missing is an error.
+        missing = [k for k in missing if k not in _tied_aliases(model)]
+        if missing or unexpected:
+            raise ValueError(f"{weights}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        model.mbart.tie_weights()
+        return model
+
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+                        overwrite: bool = False) -> Path:
+        """Write config, safetensors weights (and tokenizer files) into a temp dir renamed into place."""
+        from safetensors.torch import save_model
+
+        out = Path(directory)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+        try:
+            meta = {"model": dataclasses.asdict(self.cfg), "mbart": _mbart_config_dict(self.mbart.config)}
+            meta["model"]["vocab_size"] = self.mbart.config.vocab_size
+            meta["model"]["init_from"] = None
+            meta["model"]["tokenizer"] = None
+            (tmp / RC3_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+            save_model(self, str(tmp / WEIGHTS_FILE))
+            if tokenizer_dir is not None:
+                for f in Path(tokenizer_dir).iterdir():
+                    if f.is_file() and f.name not in (RC3_CONFIG_FILE, WEIGHTS_FILE):
+                        shutil.copy2(f, tmp / f.name)
+            if out.exists():
+                old = out.with_name(f".{out.name}.old")
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    # ---- encoder ---------------------------------------------------------------------------
+    @property
+    def d_model(self) -> int:
+        return self.mbart.config.d_model
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.mbart.model.shared(input_ids)  # scaled by sqrt(d) as in mBART-50
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               visual: Optional[Mapping[str, torch.Tensor]] = None, mode: Optional[str] = None) -> EncoderOutput:
+        """Encode `[CLS] visual [BOS] text [LANG]` (or text only when `visual` is None)."""
+        text = self.embed_text(input_ids)
+        text_mask = attention_mask.bool()
+        if visual is None:
+            embeds, mask, start = text, text_mask, 0
+        else:
+            vis, vis_mask = self.visual(visual, mode or self.cfg.visual_mode)
+            embeds = torch.cat([vis.to(text.dtype), text], dim=1)
+            mask = torch.cat([vis_mask, text_mask], dim=1)
+            start = vis.shape[1]
+        out = self.mbart.model.encoder(inputs_embeds=embeds, attention_mask=mask.long())
+        return EncoderOutput(out.last_hidden_state, mask, start)
+
+    def vtr(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: Mapping[str, torch.Tensor],
+            mode: Optional[str] = None) -> torch.Tensor:
+        """Visio-textual representation: top state at [CLS]."""
+        return self.encode(input_ids, attention_mask, visual, mode).hidden[:, 0]
+
+    def tr(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Textual representation: top state at [BOS] of a text-only input."""
+        return self.encode(input_ids, attention_mask).hidden[:, 0]
+
+    # ---- heads -----------------------------------------------------------------------------
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Tied LM head (+ mBART's final_logits_bias); used for MLM on encoder states and for the decoder."""
+        return self.mbart.lm_head(hidden) + self.mbart.final_logits_bias.to(hidden.dtype)
+
+    def mlm_logits(self, enc: EncoderOutput) -> torch.Tensor:
+        """MLM logits at the text positions of an encoded sequence: [B, L_text, V]."""
+        return self.lm_logits(enc.hidden[:, enc.text_start:])
+
+    def itm_logits(self, vtr: torch.Tensor) -> torch.Tensor:
+        return self.itm_head(vtr).squeeze(-1)
+
+    def decode(self, decoder_input_ids: torch.Tensor, decoder_mask: Optional[torch.Tensor], enc: EncoderOutput) -> torch.Tensor:
+        """Decoder LM logits [B, T, V] given the encoder output."""
+        out = self.mbart.model.decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_mask.long() if decoder_mask is not None else None,
+            encoder_hidden_states=enc.hidden, encoder_attention_mask=enc.mask.long())
+        return self.lm_logits(out.last_hidden_state)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tgt_lang_id: int,
+                 visual: Optional[Mapping[str, torch.Tensor]] = None, mode: Optional[str] = None,
+                 num_beams: int = 4, max_new_tokens: int = 64, **kwargs: Any) -> torch.Tensor:
+        """Beam search through HF `generate`, the decoder starting `[EOS] [LANG]` (forced target tag)."""
+        enc = self.encode(input_ids, attention_mask, visual, mode)
+        return self.mbart.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=enc.hidden), attention_mask=enc.mask.long(),
+            decoder_start_token_id=self.mbart.config.eos_token_id, forced_bos_token_id=tgt_lang_id,
+            num_beams=num_beams, max_new_tokens=max_new_tokens, **kwargs)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _tied_aliases(model: RC3Model) -> set[str]:
+    return {"mbart.lm_head.weight", "mbart.model.encoder.embed_tokens.weight", "mbart.model.decoder.embed_tokens.weight",
+            "mbart.model.shared.weight"}
+
+
+def _mbart_config_dict(config: MBartConfig) -> dict:
+    d = config.to_dict()
+    for k in ("_attn_implementation_autoset", "transformers_version", "architectures", "torch_dtype", "dtype"):
+        d.pop(k, None)
+    return d

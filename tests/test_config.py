@@ -1,0 +1,77 @@
+"""Config loading: YAML + dotted overrides, strict validation with the offending key named."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rc3.config import ConfigError, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARDS = ["data.ds_shards=a.tar", "data.dw_shards=b.tar", "data.dt_shards=c.tar"]
+
+
+@pytest.mark.parametrize("name", ["paper", "synthetic-tiny"])
+def test_shipped_configs_load(name):
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg.model.d_model in (1024, 64)
+
+
+def test_paper_config_has_the_paper_sizes():
+    m = load_config(REPO / "configs" / "paper.yaml").model
+    assert (m.encoder_layers, m.decoder_layers, m.d_model, m.attention_heads) == (12, 12, 1024, 16)
+    assert (m.num_regions, m.roi_dim, m.image_size, m.patch_size) == (36, 2048, 224, 32)
+
+
+def test_dotted_override_parses_types():
+    cfg = load_config(None, SHARDS + ["model.d_model=64", "model.attention_heads=4", "objectives.kl=false",
+                                      "data.langs=[en, de]", "optim.lr=1e-4"])
+    assert cfg.model.d_model == 64 and cfg.objectives.kl is False and cfg.data.langs == ["en", "de"]
+    assert cfg.optim.lr == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("override,key,words", [
+    ("model.d_modle=64", "model.d_modle", "unknown key"),
+    ("training.steps=3", "training", "unknown key"),
+    ("model.d_model=abc", "model.d_model", "expected int"),
+    ("objectives.kl=3", "objectives.kl", "expected bool"),
+    ("model.visual_mode=grid", "model.visual_mode", "not one of roi, patch, combined"),
+    ("data.langs=[en, xx]", "data.langs[1]", "unknown language 'xx'"),
+    ("train.global_batch_size=100", "train.global_batch_size", "not divisible"),
+    ("model.attention_heads=5", "model.attention_heads", "not divisible"),
+    ("train.micro_batch_size=0", "train.micro_batch_size", "must be positive"),
+])
+def test_bad_values_name_the_key(override, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, SHARDS + [override])
+    assert err.value.key == key
+    assert words in str(err.value) and key in str(err.value)
+
+
+def test_batch_identity_with_world_size():
+    cfg = load_config(None, SHARDS + ["train.global_batch_size=64", "train.micro_batch_size=8"])
+    assert cfg.grad_accum_steps(world_size=2) == 4
+    with pytest.raises(ConfigError, match="micro_batch_size x world_size = 8 x 3"):
+        cfg.grad_accum_steps(world_size=3)
+
+
+def test_missing_shards_for_enabled_task():
+    with pytest.raises(ConfigError, match="data.dt_shards: required by the enabled task"):
+        load_config(None, SHARDS[:2])
+    cfg = load_config(None, SHARDS[:2] + ["objectives.xtcl.enabled=false"])
+    assert not cfg.objectives.xtcl.enabled
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(REPO / "configs" / "synthetic-tiny.yaml", ["model.d_model=32"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert yaml.safe_load(path.read_text())["model"]["d_model"] == 32
+    assert load_config(path) == cfg

@@ -1,0 +1,155 @@
+"""RC3Model: sequence layouts, masks, padding invariance, mBART loading and save/load round trips."""
+import pytest
+import torch
+from transformers import MBartConfig, MBartForConditionalGeneration
+
+from rc3.modeling import RC3Model, build_model
+from rc3.testing import tiny_model_config
+
+B, R = 3, 36
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    return RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size).eval()
+
+
+def batch(tokenizer, texts=("A dog runs.", "Two men play football on the beach.", "A cat.")):
+    ids = [tokenizer.encode(t, "en") for t in texts]
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), tokenizer.pad_id)
+    mask = torch.zeros(len(ids), width, dtype=torch.bool)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = True
+    g = torch.Generator().manual_seed(1)
+    visual = {"roi": torch.randn(len(ids), R, 2048, generator=g), "boxes": torch.rand(len(ids), R, 5, generator=g),
+              "roi_mask": torch.ones(len(ids), R, dtype=torch.bool),
+              "pixels": torch.randn(len(ids), 3, 224, 224, generator=g)}
+    return input_ids, mask, visual
+
+
+@pytest.mark.parametrize("mode,n_visual", [("roi", 1 + 36), ("patch", 1 + 49), ("combined", 1 + 36 + 1 + 49)])
+def test_layout_per_visual_mode(model, tokenizer, mode, n_visual):
+    ids, mask, visual = batch(tokenizer)
+    enc = model.encode(ids, mask, visual, mode)
+    assert enc.text_start == n_visual
+    assert enc.hidden.shape == (3, n_visual + ids.shape[1], 32)
+    assert enc.mask[:, :n_visual].all()
+    assert torch.equal(enc.mask[:, n_visual:], mask)
+
+
+def test_two_image_layout(model, tokenizer):
+    ids, mask, visual = batch(tokenizer)
+    visual2 = dict(visual, roi2=visual["roi"].flip(0), boxes2=visual["boxes"].flip(0))
+    visual2["roi_mask"] = visual2["roi_mask"].clone()
+    visual2["roi_mask"][0, 30:] = False  # fewer regions in one image: masked, not dropped
+    enc = model.encode(ids, mask, visual2, "roi")
+    assert enc.text_start == 1 + 36 + 1 + 36  # [CLS] img1 [SEP'] img2
+    assert not enc.mask[0, 31:37].any() and enc.mask[1, 31:37].all()
+
+
+def test_text_only(model, tokenizer):
+    ids, mask, _ = batch(tokenizer)
+    enc = model.encode(ids, mask)
+    assert enc.text_start == 0 and enc.hidden.shape[:2] == ids.shape
+    assert model.tr(ids, mask).shape == (3, 32)
+
+
+def test_missing_visual_input_is_named(model, tokenizer):
+    ids, mask, visual = batch(tokenizer)
+    with pytest.raises(KeyError, match="'pixels'"):
+        model.encode(ids, mask, {"roi": visual["roi"], "boxes": visual["boxes"]}, "patch")
+    with pytest.raises(ValueError, match="not one of roi, patch, combined"):
+        model.encode(ids, mask, visual, "grid")
+
+
+@pytest.mark.parametrize("mode", ["roi", "combined"])
+def test_padding_invariance(model, tokenizer, mode):
+    ids, mask, visual = batch(tokenizer)
+    full_vtr, full_tr = model.vtr(ids, mask, visual, mode), model.tr(ids, mask)
+    for i in range(3):
+        n = int(mask[i].sum())
+        one = {k: v[i: i + 1] for k, v in visual.items()}
+        alone_vtr = model.vtr(ids[i: i + 1, :n], mask[i: i + 1, :n], one, mode)
+        alone_tr = model.tr(ids[i: i + 1, :n], mask[i: i + 1, :n])
+        torch.testing.assert_close(alone_vtr, full_vtr[i: i + 1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(alone_tr, full_tr[i: i + 1], atol=1e-5, rtol=0)
+
+
+def test_heads_shapes(model, tokenizer):
+    ids, mask, visual = batch(tokenizer)
+    enc = model.encode(ids, mask, visual, "roi")
+    assert model.mlm_logits(enc).shape == (3, ids.shape[1], tokenizer.vocab_size)
+    assert model.itm_logits(enc.hidden[:, 0]).shape == (3,)
+    tgt = torch.tensor([[tokenizer.eos_id, tokenizer.lang_id("de"), 10, 11]] * 3)
+    assert model.decode(tgt, None, enc).shape == (3, 4, tokenizer.vocab_size)
+
+
+def test_mlm_head_is_tied_to_embeddings(model):
+    assert model.mbart.lm_head.weight.data_ptr() == model.mbart.model.shared.weight.data_ptr()
+
+
+def test_generate_starts_with_the_language_tag(model, tokenizer):
+    ids, mask, visual = batch(tokenizer)
+    out = model.generate(ids, mask, tgt_lang_id=tokenizer.lang_id("de"), visual=visual, mode="roi",
+                         num_beams=2, max_new_tokens=4)
+    assert (out[:, 0] == tokenizer.eos_id).all() and (out[:, 1] == tokenizer.lang_id("de")).all()
+
+
+def test_save_and_load_reproduce_outputs(model, tokenizer, tokenizer_dir, tmp_path):
+    ids, mask, visual = batch(tokenizer)
+    out = model.save_pretrained(tmp_path / "m", tokenizer_dir=tokenizer_dir)
+    assert (out / "model.safetensors").is_file() and (out / "sentencepiece.bpe.model").is_file()
+    again = RC3Model.from_pretrained(out).eval()
+    for mode in ("roi", "patch", "combined"):
+        assert torch.equal(again.vtr(ids, mask, visual, mode), model.vtr(ids, mask, visual, mode))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save_pretrained(out)
+
+
+def test_loads_a_local_hf_mbart_directory(tokenizer, tokenizer_dir, tmp_path):
+    torch.manual_seed(3)
+    hf_cfg = MBartConfig(vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=2, decoder_layers=2,
+                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                         decoder_ffn_dim=64, max_position_embeddings=128, scale_embedding=True)
+    source = MBartForConditionalGeneration(hf_cfg)
+    source.save_pretrained(tmp_path / "mbart")
+    for f in tokenizer_dir.iterdir():
+        (tmp_path / "mbart" / f.name).write_bytes(f.read_bytes())
+    cfg = tiny_model_config(init_from=str(tmp_path / "mbart"), d_model=999)  # sizes come from the checkpoint
+    model = build_model(cfg, tokenizer)
+    assert model.d_model == 32
+    src_state = source.state_dict()
+    for name, tensor in model.mbart.state_dict().items():
+        assert torch.equal(tensor, src_state[name]), name
+    # and an RC3 directory saved from it loads through the same entry point
+    model.save_pretrained(tmp_path / "rc3", tokenizer_dir=tokenizer_dir)
+    again = build_model(tiny_model_config(init_from=str(tmp_path / "rc3")), tokenizer)
+    assert torch.equal(again.mbart.model.shared.weight, source.model.shared.weight)
+
+
+def test_vocab_mismatch_is_a_clear_error(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="token embeddings but the tokenizer has"):
+        build_model(tiny_model_config(vocab_size=tokenizer.vocab_size + 5), tokenizer)
+
+
+def test_gradient_checkpointing_switch_gives_same_gradients(tokenizer):
+    ids, mask, visual = batch(tokenizer)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        m = RC3Model.from_config(tiny_model_config(gradient_checkpointing=ckpt), tokenizer.vocab_size).train()
+        m.vtr(ids, mask, visual, "roi").sum().backward()
+        grads.append(m.visual.roi.feature_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+def test_attention_implementation_switch(tokenizer, impl):
+    torch.manual_seed(0)
+    m = RC3Model.from_config(tiny_model_config(attn_implementation=impl), tokenizer.vocab_size).eval()
+    assert m.mbart.config._attn_implementation == impl
+    ids, mask, visual = batch(tokenizer)
+    assert torch.isfinite(m.vtr(ids, mask, visual, "roi")).all()
