@@ -1,0 +1,154 @@
+"""Process-group helpers: the only module of RC3 that touches ``torch.distributed``.
+
+Every helper also works in a single process without an initialised process group (rank 0 of
+a world of 1), so library code can call them unconditionally. Collectives must be called by
+all ranks in the same order, as usual. Tested with gloo on CPU; with NCCL, pass CUDA tensors.
+
+Sections: process-group set-up and queries; collectives on values and objects; autograd-aware
+gathers. Anything else the training engine needs from torch.distributed is added here too.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+T = TypeVar("T", float, Tensor)
+
+
+# ---------------------------------------------------------------- process-group set-up and queries
+
+def init_process_group(backend: str, init_method: str, rank: int, world_size: int,
+                       timeout_s: float = 1800.0) -> None:
+    """Join the default process group (gloo for CPU, nccl for CUDA); ``init_method`` as in torch
+    (``file:///path`` or ``tcp://host:port``)."""
+    if is_initialized():
+        raise RuntimeError("a default process group already exists; call destroy_process_group() first")
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def destroy_process_group() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    """True when a default process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def _comm_device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo (and no group) works on CPU tensors.
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------- collectives on values and objects
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(x: T) -> T:
+    """Mean of ``x`` over ranks (identity without a process group).
+
+    A float comes back as a float; a tensor comes back as a new, detached tensor of the same
+    dtype and device (for logging and for the p_avg tracker, never for gradients).
+    """
+    if not is_initialized():
+        return x.detach().clone() if isinstance(x, Tensor) else float(x)
+    world = get_world_size()
+    if isinstance(x, Tensor):
+        buf = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32).clone()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)  # ReduceOp.AVG is NCCL-only
+        return (buf / world).to(x.dtype)
+    buf = torch.tensor([float(x)], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return float(buf.item() / world)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (pickled by torch; only for this job's own objects)."""
+    if not is_initialized():
+        return obj
+    holder = [obj if get_rank() == src else None]
+    dist.broadcast_object_list(holder, src=src, device=_comm_device())
+    return holder[0]
+
+
+def all_gather_sizes(n: int) -> list[int]:
+    """Every rank's ``n`` (e.g. its local batch size), in rank order."""
+    if not is_initialized():
+        return [int(n)]
+    local = torch.tensor([int(n)], dtype=torch.long, device=_comm_device())
+    sizes = [torch.zeros_like(local) for _ in range(get_world_size())]
+    dist.all_gather(sizes, local)
+    return [int(s.item()) for s in sizes]
+
+
+# ---------------------------------------------------------------- autograd-aware gathers
+
+def _gather_padded(t: Tensor, sizes: list[int]) -> list[Tensor]:
+    # all_gather needs equal shapes: pad every rank's rows to the largest size, then trim.
+    longest = max(sizes)
+    padded = t.new_zeros((longest, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    slots = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(slots, padded.contiguous())
+    return [slot[:n] for slot, n in zip(slots, sizes)]
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Forward: concatenation of every rank's rows. Backward: each rank's upstream gradient of
+    the whole gathered tensor is summed over ranks and the owner keeps its own rows, so a text
+    used as a negative by another rank still receives that rank's gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        sizes = all_gather_sizes(t.shape[0])
+        rank = get_rank()
+        ctx.start, ctx.stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
+        parts = _gather_padded(t.detach(), sizes)
+        parts[rank] = t.detach()  # bit-identical own slot, whatever the transport did
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start: ctx.stop]
+
+
+def all_gather_with_grad(t: Tensor) -> Tensor:
+    """Rows of ``t`` [n_r, ...] from all ranks concatenated along dim 0 in rank order.
+
+    Ranks may hold different ``n_r`` (sizes are gathered first and rows padded for transport).
+    The local slice stays in this rank's autograd graph and the backward sums gradients across
+    ranks (one all_reduce of the gathered gradient), so a loss over local anchors with gathered
+    negatives gets the same gradients as the single-process loss over the global batch. Every
+    rank must run backward through its gathered tensor (the backward is a collective).
+    Identity without a process group.
+    """
+    if not is_initialized():
+        return t
+    if t.dim() == 0:
+        raise ValueError("all_gather_with_grad needs a tensor with a leading batch dimension, got a scalar")
+    return _AllGatherWithGrad.apply(t)
