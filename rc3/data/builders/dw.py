@@ -1,0 +1,268 @@
+"""Dw builder: WIT rows grouped by image URL into weakly-aligned multilingual tuples -> shards.
+
+Following the paper (Appendix A), images are indexed by their unique `image_url` and each image is
+paired with its texts in the chosen languages (de, en, fr, id, ja, zh); only tuples with texts in
+>= 2 languages are kept, one text per language.
+
+Text of a row: `caption_reference_description` (the caption shown on the page, written for that
+language's article); if empty, `caption_alt_text_description`; if still empty,
+`caption_attribution_description`, but only when `attribution_passes_lang_id` is true, because the
+Commons attribution text is often in another language than the row's. When several rows give the
+same image a text in the same language (the image is used on several pages), the text from the
+best-ranked field wins, then the first one in file order.
+
+Grouping uses an on-disk SQLite table keyed by (image_url, language), so a multi-GB WIT TSV never
+sits in memory; reading it back ordered by URL yields each image's rows together.
+
+Images come from either
+- img2dataset output: a directory of `*.tar` shards whose samples hold `jpg` + `json` (with
+  `url`); the tars are indexed once (url -> member offset) in the same SQLite file; or
+- a plain directory where an image file is named by the SHA-1 hex of its URL (with or without an
+  image extension) or by the URL's basename (as is, or percent-decoded).
+Non-JPEG files are re-encoded to JPEG; missing or unreadable images are skipped and counted.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+import sqlite3
+import tarfile
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from webdataset.tariterators import base_plus_ext
+
+from rc3.data.builders.common import BuildStats, clean_text, open_text, require_file, to_jpeg_bytes
+from rc3.data.schemas import encode_dw
+from rc3.data.shard_writer import ShardWriter
+
+DW_LANGS = ("de", "en", "fr", "id", "ja", "zh")
+TABLE5_ORDER = ("en", "de", "fr", "ja", "zh", "id")  # row/column order of the paper's Table 5
+# (column, rank): lower rank wins when an image has several texts in one language.
+TEXT_FIELDS = (("caption_reference_description", 0), ("caption_alt_text_description", 1), ("caption_attribution_description", 2))
+REQUIRED_COLUMNS = ("language", "image_url", "caption_reference_description")
+_IMAGE_SUFFIXES = ("", ".jpg", ".jpeg", ".png", ".gif", ".webp")
+_BATCH = 10_000
+
+
+def row_text(row: dict[str, str | None]) -> tuple[str, int] | None:
+    """(text, rank) for a WIT row by the field preference above, or None when it has no text."""
+    for column, rank in TEXT_FIELDS:
+        value = clean_text(row.get(column) or "")
+        if not value:
+            continue
+        if column == "caption_attribution_description" and (row.get("attribution_passes_lang_id") or "").lower() != "true":
+            continue
+        return value, rank
+    return None
+
+
+def iter_wit_rows(path: Path) -> Iterator[dict[str, str | None]]:
+    """Rows of one WIT TSV (plain or .gz) as dicts; checks the header names the needed columns."""
+    require_file(path, "WIT TSV")
+    # WIT context fields can be very long; the csv default (128 KiB) would reject them.
+    csv.field_size_limit(2**31 - 1)
+    with open_text(path) as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"WIT TSV {path}: header lacks column(s) {missing}; is this a WIT release file?")
+        yield from reader
+
+
+def _index_rows(db: sqlite3.Connection, wit_tsvs: Sequence[Path], langs: Sequence[str], stats: BuildStats, show_progress: bool) -> None:
+    from tqdm import tqdm
+
+    db.execute("CREATE TABLE wit (url TEXT, lang TEXT, rank INTEGER, text TEXT, PRIMARY KEY (url, lang)) WITHOUT ROWID")
+    # Keep the better-ranked text; on a tie the earlier row stays (strict <).
+    upsert = (
+        "INSERT INTO wit VALUES (?, ?, ?, ?) ON CONFLICT (url, lang) DO UPDATE "
+        "SET rank = excluded.rank, text = excluded.text WHERE excluded.rank < wit.rank"
+    )
+    wanted = set(langs)
+    for path in wit_tsvs:
+        batch: list[tuple[str, str, int, str]] = []
+        for row in tqdm(iter_wit_rows(Path(path)), desc=f"index {Path(path).name}", unit=" rows", disable=not show_progress):
+            lang, url = (row.get("language") or "").strip(), (row.get("image_url") or "").strip()
+            if None in row or not url:  # extra unnamed fields / truncated row
+                stats.skip("malformed_row")
+                continue
+            if lang not in wanted:
+                stats.skip("other_language_row")
+                continue
+            picked = row_text(row)
+            if picked is None:
+                stats.skip("row_without_text")
+                continue
+            batch.append((url, lang, picked[1], picked[0]))
+            if len(batch) >= _BATCH:
+                db.executemany(upsert, batch)
+                batch = []
+        if batch:
+            db.executemany(upsert, batch)
+    db.commit()
+
+
+def _grouped(db: sqlite3.Connection, langs: Sequence[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    rows = db.execute("SELECT url, lang, text FROM wit ORDER BY url, lang")
+    order = {lang: i for i, lang in enumerate(langs)}
+    for url, group in itertools.groupby(rows, key=lambda r: r[0]):
+        texts = {lang: text for _, lang, text in group}
+        yield url, dict(sorted(texts.items(), key=lambda kv: order[kv[0]]))
+
+
+class _TarImages:
+    """img2dataset shards: url -> (tar, offset, size), indexed once into SQLite."""
+
+    def __init__(self, root: Path, db: sqlite3.Connection, show_progress: bool) -> None:
+        from tqdm import tqdm
+
+        self.db = db
+        db.execute("CREATE TABLE images (url TEXT PRIMARY KEY, tar TEXT, offset INTEGER, size INTEGER)")
+        for tar_path in tqdm(sorted(root.glob("*.tar")), desc="index image tars", unit=" tar", disable=not show_progress):
+            urls: dict[str, str] = {}
+            spans: dict[str, tuple[int, int]] = {}
+            with tarfile.open(tar_path, "r:") as tf:
+                for member in tf:
+                    key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+                    if key is None:
+                        continue
+                    if ext == "json":
+                        try:
+                            meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                        except (json.JSONDecodeError, UnicodeDecodeError):
+                            continue
+                        if isinstance(meta, dict) and isinstance(meta.get("url"), str):
+                            urls[key] = meta["url"]
+                    elif ext == "jpg":
+                        spans[key] = (member.offset_data, member.size)
+            db.executemany(
+                "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
+                [(url, str(tar_path), *spans[key]) for key, url in urls.items() if key in spans],
+            )
+        db.commit()
+
+    def get(self, url: str) -> bytes | None:
+        hit = self.db.execute("SELECT tar, offset, size FROM images WHERE url = ?", (url,)).fetchone()
+        if hit is None:
+            return None
+        tar, offset, size = hit
+        with open(tar, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(size)
+
+
+class _DirImages:
+    """Plain directory: files named sha1(url)[.ext] or by the URL basename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def get(self, url: str) -> bytes | None:
+        digest = hashlib.sha1(url.encode("utf-8")).hexdigest()
+        base = os.path.basename(urlsplit(url).path)
+        names = [digest + s for s in _IMAGE_SUFFIXES] + [n for n in dict.fromkeys([base, unquote(base)]) if n]
+        for name in names:
+            path = self.root / name
+            if path.is_file():
+                return path.read_bytes()
+        return None
+
+
+def open_images(images: Path, db: sqlite3.Connection, show_progress: bool = True) -> _TarImages | _DirImages:
+    """img2dataset shard dir when it holds `*.tar` files, else a plain image directory."""
+    root = Path(images)
+    if not root.is_dir():
+        raise FileNotFoundError(f"images {root} is not a directory (expected img2dataset output or an image folder)")
+    if any(root.glob("*.tar")):
+        return _TarImages(root, db, show_progress)
+    return _DirImages(root)
+
+
+def count_pairs(table: Counter[tuple[str, str]], langs: Sequence[str]) -> None:
+    """Add one tuple's languages: diagonal (l, l) and both orientations of every pair."""
+    for a in langs:
+        table[(a, a)] += 1
+    for a, b in itertools.combinations(langs, 2):
+        table[(a, b)] += 1
+        table[(b, a)] += 1
+
+
+def format_pair_table(table: dict[tuple[str, str], int], langs: Sequence[str] = TABLE5_ORDER) -> str:
+    """Language-pair counts as a square table like the paper's Table 5 (symmetric).
+
+    The diagonal is the number of written tuples holding that language. The paper's diagonal
+    (e.g. En 5,157,134) is larger than any row's pairs suggest and probably also counts
+    single-language images, which Dw does not keep; those appear here as `single_language_image`
+    skips instead."""
+    def cell(a: str, b: str) -> str:
+        return f"{table.get((a, b), table.get((b, a), 0)):,}"
+
+    names = [lang.capitalize() for lang in langs]
+    rows = [[""] + names] + [[names[i]] + [cell(a, b) for b in langs] for i, a in enumerate(langs)]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows)
+
+
+def build_dw(
+    wit_tsvs: Sequence[Path],
+    out_dir: Path,
+    images: Path,
+    shard_size: int = 1000,
+    langs: Sequence[str] = DW_LANGS,
+    prefix: str = "dw",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> BuildStats:
+    """Write Dw shards `<out_dir>/<prefix>-%06d.tar`; `stats.pair_table` holds the Table-5 counts."""
+    from tqdm import tqdm
+
+    if not wit_tsvs:
+        raise ValueError("no WIT TSV files given")
+    for path in wit_tsvs:
+        require_file(Path(path), "WIT TSV")
+    if not Path(images).is_dir():
+        raise FileNotFoundError(f"images {images} is not a directory (expected img2dataset output or an image folder)")
+    langs = tuple(langs)
+    stats = BuildStats(pair_table={})
+    table: Counter[tuple[str, str]] = Counter()
+    writer = ShardWriter(Path(out_dir), prefix, shard_size, overwrite=overwrite)
+    fd, db_name = tempfile.mkstemp(prefix="rc3-wit-", suffix=".sqlite")
+    os.close(fd)
+    db = sqlite3.connect(db_name)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        _index_rows(db, [Path(p) for p in wit_tsvs], langs, stats, show_progress)
+        source = open_images(Path(images), db, show_progress)
+        n_images = db.execute("SELECT COUNT(DISTINCT url) FROM wit").fetchone()[0]
+        with writer:
+            for url, texts in tqdm(_grouped(db, langs), total=n_images, desc="dw shards", unit=" img", disable=not show_progress):
+                if len(texts) < 2:
+                    stats.skip("single_language_image")
+                    continue
+                data = source.get(url)
+                if data is None:
+                    stats.skip("no_image")
+                    continue
+                try:
+                    jpg = to_jpeg_bytes(data, url)
+                except ValueError:
+                    stats.skip("bad_image")
+                    continue
+                writer.write(encode_dw(hashlib.sha1(url.encode("utf-8")).hexdigest(), jpg, texts))
+                stats.written += 1
+                stats.languages.update(texts.keys())
+                count_pairs(table, list(texts))
+    finally:
+        db.close()
+        Path(db_name).unlink(missing_ok=True)
+    stats.pair_table = dict(table)
+    stats.shards = list(writer.shards)
+    return stats
