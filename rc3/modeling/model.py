@@ -88,8 +88,11 @@ class RC3Model(nn.Module):
         return cls(cfg, mbart)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **overrides: Any) -> "RC3Model":
-        """Load an RC3 model directory written by `save_pretrained` (safetensors only)."""
+    def from_pretrained(cls, directory: str | os.PathLike, load_weights: bool = True, **overrides: Any) -> "RC3Model":
+        """Load an RC3 model directory written by `save_pretrained` (safetensors only).
+
+        `load_weights=False` only rebuilds the architecture from `rc3_config.json` (randomly initialised),
+        e.g. to receive weights consolidated from a DeepSpeed checkpoint."""
         from safetensors.torch import load_model
 
         path = Path(directory)
@@ -104,6 +107,8 @@ class RC3Model(nn.Module):
         mbart_cfg = MBartConfig(**meta["mbart"])
         mbart_cfg._attn_implementation = cfg.attn_implementation
         model = cls(cfg, MBartForConditionalGeneration(mbart_cfg))
+        if not load_weights:
+            return model
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}")
@@ -115,9 +120,20 @@ class RC3Model(nn.Module):
         model.mbart.tie_weights()
         return model
 
+    def save_config(self, directory: str | os.PathLike) -> Path:
+        """Write `rc3_config.json` (RC3 model config + the mBART config) into an existing directory."""
+        meta = {"model": dataclasses.asdict(self.cfg), "mbart": _mbart_config_dict(self.mbart.config)}
+        meta["model"].update(vocab_size=self.mbart.config.vocab_size, init_from=None, tokenizer=None)
+        path = Path(directory) / RC3_CONFIG_FILE
+        path.write_text(json.dumps(meta, indent=2))
+        return path
+
     def save_pretrained(self, directory: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
-                        overwrite: bool = False) -> Path:
-        """Write config, safetensors weights (and tokenizer files) into a temp dir renamed into place."""
+                        overwrite: bool = False, weights: bool = True) -> Path:
+        """Write config, safetensors weights (and tokenizer files) into a temp dir renamed into place.
+
+        `weights=False` writes only the config and tokenizer: the architecture card a run directory keeps
+        so that its DeepSpeed checkpoints can be turned back into a model directory."""
         from safetensors.torch import save_model
 
         out = Path(directory)
@@ -126,12 +142,9 @@ class RC3Model(nn.Module):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
         try:
-            meta = {"model": dataclasses.asdict(self.cfg), "mbart": _mbart_config_dict(self.mbart.config)}
-            meta["model"]["vocab_size"] = self.mbart.config.vocab_size
-            meta["model"]["init_from"] = None
-            meta["model"]["tokenizer"] = None
-            (tmp / RC3_CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-            save_model(self, str(tmp / WEIGHTS_FILE))
+            self.save_config(tmp)
+            if weights:
+                save_model(self, str(tmp / WEIGHTS_FILE))
             if tokenizer_dir is not None:
                 for f in Path(tokenizer_dir).iterdir():
                     if f.is_file() and f.name not in (RC3_CONFIG_FILE, WEIGHTS_FILE):
