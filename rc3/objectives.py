@@ -68,8 +68,6 @@ class ObjectiveOutput:
     parts: dict[str, Tensor] = field(default_factory=dict)  # detached per-task losses as optimised
     plain: dict[str, Tensor] = field(default_factory=dict)  # XTCL / R-XVtCL without interpolation (Eq. 4): feeds p_avg
     extras: dict[str, Tensor] = field(default_factory=dict)  # detached diagnostics (KL, MLM/decoder split, ITM accuracy)
-    encoder_tokens: int = 0  # positions run through the encoder (padding included: what was computed)
-    decoder_tokens: int = 0
 
 
 def _visual(batch: Mapping[str, Any], index: Optional[Tensor] = None) -> dict[str, Tensor]:
@@ -91,14 +89,14 @@ def pad_cat(a: Tensor, b: Tensor, pad: int | bool) -> Tensor:
 
 # ---- MCLM and ITM --------------------------------------------------------------------------
 
-def mclm(model: RC3Model, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor], int, int]:
+def mclm(model: RC3Model, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
     enc = model.encode(batch["src_ids"], batch["src_mask"], _visual(batch), ds_visual_mode(model, batch))
     mlm = losses.mlm_loss(model.mlm_logits(enc), batch["mlm_labels"])
     dec = losses.decoder_lm_loss(model.decode(batch["dec_input_ids"], batch["dec_mask"], enc), batch["dec_labels"])
-    return mlm + dec, {"mlm": mlm.detach(), "mclm_dec": dec.detach()}, enc.mask.numel(), batch["dec_input_ids"].numel()
+    return mlm + dec, {"mlm": mlm.detach(), "mclm_dec": dec.detach()}
 
 
-def itm(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor], int]:
+def itm(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
     ids, mask = batch["src_clean_ids"], batch["src_mask"]
     b = ids.shape[0]
     if b < 2:
@@ -113,13 +111,13 @@ def itm(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator) -
     targets = torch.cat([torch.ones(b), torch.zeros(b)]).to(scores.device)
     loss = losses.itm_loss(scores, targets)
     acc = ((scores > 0).float() == targets).float().mean()
-    return loss, {"itm_acc": acc.detach()}, 2 * b * (ids.shape[1] + 1)
+    return loss, {"itm_acc": acc.detach()}
 
 
 # ---- XTCL ----------------------------------------------------------------------------------
 
 def xtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: ObjectivesConfig,
-         gather: Optional[Callable[[Tensor], tuple[Tensor, int]]] = None) -> tuple[Tensor, int]:
+         gather: Optional[Callable[[Tensor], tuple[Tensor, int]]] = None) -> tuple[Tensor, Tensor]:
     """`gather(texts) -> (texts of all ranks, row of this rank's block)` enables global negatives."""
     ids = pad_cat(batch["src_ids"], batch["tgt_ids"], model.mbart.config.pad_token_id)
     mask = pad_cat(batch["src_mask"], batch["tgt_mask"], False)
@@ -135,7 +133,7 @@ def xtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objective
         loss = losses.xtcl_loss(anchor, positive, p_avg, cfg.zeta, gathered_negatives=texts, self_index=offset)
         with torch.no_grad():
             plain = losses.xtcl_loss(anchor, positive, 0.0, gathered_negatives=texts.detach(), self_index=offset)
-    return loss, plain, ids.numel()
+    return loss, plain
 
 
 # ---- R-XVtCL -------------------------------------------------------------------------------
@@ -187,8 +185,8 @@ def plan_triplets(batch_size: int, k: int) -> TripletPlan:
 
 
 def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: ObjectivesConfig, mode: str,
-           with_kl: bool) -> tuple[Tensor, Tensor, Optional[Tensor], int]:
-    """R-XVtCL on one batch of triplets: (total, plain Eq. 4-style loss for p_avg, KL part or None, encoder tokens)."""
+           with_kl: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """R-XVtCL on one batch of triplets: (total, plain Eq. 4-style loss for p_avg, KL part or None)."""
     src_ids, tgt_ids = batch["src_ids"], batch["tgt_ids"]
     b = src_ids.shape[0]
     plan = plan_triplets(b, cfg.rxvtcl_other_triplets)
@@ -202,9 +200,8 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
     contrastive = losses.interpolated_contrastive_loss(anchor, positive, negatives, p_avg, cfg.zeta)
     with torch.no_grad():  # the same loss without interpolation: what p_avg averages (Eq. 6)
         plain = losses.interpolated_contrastive_loss(anchor, positive, negatives, 0.0)
-    tokens = t_idx.numel() * (texts.shape[1] + vtr_visual_len(model, batch, mode))
     if not with_kl:
-        return contrastive, plain, None, tokens
+        return contrastive, plain, None
     # KL(P_vtr || P_tr) over the candidates x^j, then x^i-hat, x^j-hat of each other triplet (Eq. 10-12).
     # Same-image VtR candidates: (v, x^j) is the positive, (v, x^-hat) the first two negatives per other.
     cand_seq = [plan.positive] + [plan.negatives[:, 6 * j + c] for j in range(plan.others.shape[1]) for c in (0, 1)]
@@ -216,14 +213,7 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
     cand_text = torch.stack([plan.text[s] for s in cand_seq.cpu().unbind(1)], dim=1).to(dev)
     d_tr = torch.linalg.vector_norm(tr[cand_text] - tr[:b].unsqueeze(1), dim=-1)
     kl = losses.relevance_kl(d_vtr, d_tr)
-    tokens += texts.numel()
-    return contrastive + cfg.kl_weight * kl, plain, kl.detach(), tokens
-
-
-def vtr_visual_len(model: RC3Model, batch: Mapping[str, Any], mode: str) -> int:
-    n_roi = batch["roi"].shape[1] if mode in ("roi", "combined") else 0
-    n_patch = model.visual.patch.num_patches if mode in ("patch", "combined") else 0
-    return 1 + n_roi + n_patch + (1 if mode == "combined" else 0)
+    return contrastive + cfg.kl_weight * kl, plain, kl.detach()
 
 
 # ---- all tasks -----------------------------------------------------------------------------
@@ -245,36 +235,31 @@ def compute_losses(model: RC3Model, batches: Mapping[str, Mapping[str, Any]], cf
         total = weighted if total is None else total + weighted
 
     if cfg.mclm.enabled:
-        loss, extra, enc_tok, dec_tok = mclm(model, batches["mclm"])
+        loss, extra = mclm(model, batches["mclm"])
         add("mclm", loss)
         out.parts["mclm"] = loss.detach()
         out.extras.update(extra)
-        out.encoder_tokens += enc_tok
-        out.decoder_tokens += dec_tok
     if cfg.itm.enabled:
-        loss, extra, enc_tok = itm(model, batches["itm"], generator)
+        loss, extra = itm(model, batches["itm"], generator)
         add("itm", loss)
         out.parts["itm"] = loss.detach()
         out.extras.update(extra)
-        out.encoder_tokens += enc_tok
     if cfg.xtcl.enabled:
-        loss, plain, enc_tok = xtcl(model, batches["xtcl"], state.xtcl.value, cfg, gather if cfg.xtcl_gather else None)
+        loss, plain = xtcl(model, batches["xtcl"], state.xtcl.value, cfg, gather if cfg.xtcl_gather else None)
         add("xtcl", loss)
         out.parts["xtcl"] = loss.detach()
         out.plain["xtcl"] = plain
-        out.encoder_tokens += enc_tok
     for name, with_kl in (("rxvtcl_ds", False), ("rxvtcl_dw", cfg.kl)):
         if not getattr(cfg, name).enabled:
             continue
         batch = batches[name]
         mode = ds_visual_mode(model, batch) if name == "rxvtcl_ds" else "patch"
-        loss, plain, kl, enc_tok = rxvtcl(model, batch, state.rxvtcl.value, cfg, mode, with_kl)
+        loss, plain, kl = rxvtcl(model, batch, state.rxvtcl.value, cfg, mode, with_kl)
         add(name, loss)
         out.parts[name] = loss.detach()
         out.plain[name] = plain
         if kl is not None:
             out.extras["kl"] = kl
-        out.encoder_tokens += enc_tok
     if total is None:
         raise ValueError("no pretraining task is enabled")
     out.loss = total

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import MBartConfig, MBartForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from .. import flops
 from ..config import ModelConfig, _from_dict
 from .visual import VisualFrontEnd
 
@@ -181,6 +182,8 @@ class RC3Model(nn.Module):
             mask = torch.cat([vis_mask, text_mask], dim=1)
             start = vis.shape[1]
         out = self.mbart.model.encoder(inputs_embeds=embeds, attention_mask=mask.long())
+        c = self.mbart.config
+        flops.encoder_pass(embeds.shape[0], embeds.shape[1], c.d_model, c.encoder_ffn_dim, c.encoder_layers)
         return EncoderOutput(out.last_hidden_state, mask, start)
 
     def vtr(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: Mapping[str, torch.Tensor],
@@ -195,6 +198,7 @@ class RC3Model(nn.Module):
     # ---- heads -----------------------------------------------------------------------------
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied LM head (+ mBART's final_logits_bias); used for MLM on encoder states and for the decoder."""
+        flops.linear(hidden.shape[:-1].numel(), hidden.shape[-1], self.mbart.config.vocab_size)
         return self.mbart.lm_head(hidden) + self.mbart.final_logits_bias.to(hidden.dtype)
 
     def mlm_logits(self, enc: EncoderOutput) -> torch.Tensor:
@@ -210,6 +214,9 @@ class RC3Model(nn.Module):
             input_ids=decoder_input_ids,
             attention_mask=decoder_mask.long() if decoder_mask is not None else None,
             encoder_hidden_states=enc.hidden, encoder_attention_mask=enc.mask.long())
+        c = self.mbart.config
+        flops.decoder_pass(decoder_input_ids.shape[0], decoder_input_ids.shape[1], enc.hidden.shape[1], c.d_model,
+                           c.decoder_ffn_dim, c.decoder_layers)
         return self.lm_logits(out.last_hidden_state)
 
     @torch.no_grad()

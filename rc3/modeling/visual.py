@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from timm.layers import PatchEmbed
 
+from .. import flops
+
 VISUAL_MODES = ("roi", "patch", "combined")
 CLS, SEP, SEP2 = 0, 1, 2
 
@@ -30,6 +32,7 @@ class ROIEmbedding(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, roi: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        flops.linear(roi.shape[:-1].numel(), roi.shape[-1], self.feature_proj.out_features)
         return self.norm(self.feature_proj(roi) + self.box_proj(boxes))
 
 
@@ -42,6 +45,10 @@ class PatchEmbedding(nn.Module):
         self.num_patches = (image_size // patch_size) ** 2
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        tokens = pixels.shape[0] * self.num_patches
+        conv = self.patch_embed.proj
+        flops.linear(tokens, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
+        flops.linear(tokens, self.proj.in_features, self.proj.out_features)
         return self.norm(self.proj(self.patch_embed(pixels)))
 
 
