@@ -121,6 +121,8 @@ class TrainConfig:
     keep_last: int = 3
     max_nonfinite_steps: int = 5
     seed: int = 42
+    collective_timeout_s: float = 1800.0  # a collective waiting longer than this (a dead rank) fails the job
+    peak_tflops: Optional[float] = None  # accelerator peak for MFU; None = looked up from the GPU name
 
 
 @dataclass

@@ -152,3 +152,44 @@ def all_gather_with_grad(t: Tensor) -> Tensor:
     if t.dim() == 0:
         raise ValueError("all_gather_with_grad needs a tensor with a leading batch dimension, got a scalar")
     return _AllGatherWithGrad.apply(t)
+
+
+# ---------------------------------------------------------------- training-engine helpers
+
+def init_from_launcher(timeout_s: float = 1800.0) -> None:
+    """Join the process group set up by the `deepspeed` launcher (env RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    gloo on CPU, NCCL on GPU. The timeout bounds how long a collective waits for a rank that died,
+    so a lost rank ends the job with an error instead of a hang (the launcher also stops the
+    others when one exits non-zero). A plain `python` start without the launcher runs as one rank.
+    """
+    import os
+
+    import deepspeed
+
+    if is_initialized():
+        return
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": os.environ.get("MASTER_PORT", "29511")})
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (a non-finite loss, a stop request)."""
+    if not is_initialized():
+        return bool(flag)
+    buf = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return bool(buf.item() > 0)
+
+
+def all_reduce_sum_dict(values: dict[str, float]) -> dict[str, float]:
+    """Sum each value over ranks in one collective; every rank must pass the same keys."""
+    if not is_initialized() or not values:
+        return dict(values)
+    keys = sorted(values)
+    buf = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, buf.tolist()))

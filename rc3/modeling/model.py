@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -160,6 +160,14 @@ class RC3Model(nn.Module):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
+
+    def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(self, *args, **kwargs)` as this module's forward pass.
+
+        RC3 has several entry points (encode, vtr, tr, decode); wrappers such as a DeepSpeed engine
+        only see computations that go through `forward`, so training runs its objectives as
+        `engine(compute_losses, batches, ...)`. Parameter names stay those of RC3Model."""
+        return fn(self, *args, **kwargs)
 
     # ---- encoder ---------------------------------------------------------------------------
     @property

@@ -1,0 +1,76 @@
+"""What a run tells its user: a progress bar, `metrics.jsonl` and TensorBoard scalars (rank 0 only)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger("rc3.train")
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool, total_steps: int, start_step: int = 0,
+                 tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.tb = None
+        self.file = None
+        if not enabled:
+            return
+        from tqdm.auto import tqdm
+
+        run_dir = Path(run_dir)
+        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
+                        disable=os.environ.get("RC3_NO_PROGRESS") == "1")
+
+    def step(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One line of metrics.jsonl and one TensorBoard scalar per numeric field."""
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.file.write(json.dumps(clean) + "\n")
+        step = int(record["step"])
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and value is not None and math.isfinite(value):
+                    self.tb.add_scalar(key.replace(".", "/"), value, step)
+        if self.bar is not None:
+            shown = {k: record[k] for k in ("loss", "lr", "samples_per_s", "mfu") if record.get(k) is not None}
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+
+    def event(self, message: str, **fields: Any) -> None:
+        """A one-off event (skipped step, checkpoint, stop) in the log and in metrics.jsonl."""
+        if not self.enabled:
+            return
+        log.warning(message)
+        if self.bar is not None:
+            self.bar.write(message)
+        self.file.write(json.dumps({"event": message, **fields}) + "\n")
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        self.file.close()
+
+
+def cuda_peak_memory_gib() -> Optional[float]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**30

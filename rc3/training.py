@@ -1,0 +1,370 @@
+"""The pretraining loop: DeepSpeed engine, one optimizer step over every enabled task, logging, checkpoints.
+
+Read top to bottom, `train()` is the whole job:
+
+1. join the process group, check the batch-size identity, prepare the run directory;
+2. build tokenizer, model, AdamW + warmup/decay, the DeepSpeed engine and the shard loaders;
+3. resume from the newest complete checkpoint when asked (model, optimizer, scheduler, p_avg
+   trackers, data positions and every RNG state of every rank);
+4. loop: each optimizer step runs `accumulation` micro-steps; each micro-step computes every
+   enabled task on its own batch and backpropagates the weighted sum; then p_avg is updated with
+   the step's plain contrastive losses averaged over ranks, and a log line is written;
+5. checkpoint every `save_every` steps, at the end, and on SIGTERM (then exit 0).
+
+Faults: a non-finite loss on any rank makes every rank skip that micro-batch (decided by one
+all-reduce, so no rank waits on another); a step DeepSpeed skips for non-finite gradients is
+logged; `max_nonfinite_steps` in a row stop the run with an error. A dead rank ends the job
+through the launcher or the collective timeout.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from . import distributed as dist
+from . import flops as flop_count
+from . import rng
+from .checkpointing import CheckpointError, CheckpointManager
+from .config import ConfigError, RC3Config, save_config
+from .data.collate import DsCollator, DtCollator, DwCollator
+from .data.pipeline import make_pipeline
+from .modeling import RC3Model, build_model, load_tokenizer
+from .objectives import TASKS, ObjectiveState, compute_losses
+from .run_log import RunLogger, cuda_peak_memory_gib
+from .tokenization import RC3Tokenizer
+
+log = logging.getLogger("rc3.train")
+# Fault injection for the fault-tolerance tests: "STEP" or "STEP:RANK[,STEP:RANK...]" makes that
+# rank's loss NaN at that optimizer step.
+INJECT_NAN_ENV = "RC3_INJECT_NAN"
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+# ---- set-up ------------------------------------------------------------------------------------
+
+def resolve_ds_config(cfg: RC3Config, world_size: int, on_gpu: bool) -> tuple[dict[str, Any], int, bool]:
+    """The DeepSpeed config with its "auto" fields filled from the run config, and a readable error
+    when a number written in the preset disagrees. Returns (config, accumulation steps, bf16)."""
+    path = Path(cfg.train.deepspeed_config)
+    if not path.is_file():
+        raise ConfigError("train.deepspeed_config", f"no such file {path} (presets live in ds_configs/)")
+    try:
+        ds = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError("train.deepspeed_config", f"{path} is not valid JSON: {err}") from None
+    accum = cfg.grad_accum_steps(world_size)
+    t = cfg.train
+    wanted = {"train_micro_batch_size_per_gpu": t.micro_batch_size, "gradient_accumulation_steps": accum,
+              "train_batch_size": t.global_batch_size, "gradient_clipping": cfg.optim.grad_clip}
+    for key, value in wanted.items():
+        given = ds.get(key, "auto")
+        if given != "auto" and given != value:
+            raise ConfigError("train.deepspeed_config",
+                              f"{path} sets {key}={given} but the run config gives {value} "
+                              f"(global {t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accum} "
+                              f"x world {world_size}); use \"auto\" in the preset")
+        ds[key] = value
+    preset_bf16 = ds.get("bf16", {}).get("enabled", False)
+    if t.precision == "auto":
+        bf16 = bool(preset_bf16) and on_gpu
+    else:
+        bf16 = t.precision == "bf16"
+    if bf16 and not on_gpu:
+        log.warning("bf16 requested on CPU; DeepSpeed's CPU path runs it, but fp32 is the tested CPU setting")
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
+    ds.pop("fp16", None)
+    ds.pop("optimizer", None)  # the optimizer and schedule come from the run config (build_optimizer)
+    ds.pop("scheduler", None)
+    ds.setdefault("steps_per_print", 10**9)
+    return ds, accum, bf16
+
+
+def lr_lambda(cfg: RC3Config):
+    """Linear warmup to optim.lr, then linear or cosine decay to 0 at train.total_steps (or constant)."""
+    warmup, total, schedule = cfg.optim.warmup_steps, cfg.train.total_steps, cfg.optim.schedule
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (the paper's Adam at 5e-5) without decay on biases and norms; fused kernels on GPU."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    o = cfg.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    return optimizer, scheduler
+
+
+def estimate_batches_per_epoch(pattern: str, batch_size: int, world_size: int) -> int:
+    """Batches per rank per epoch from the shard count and the sample count of the first shard."""
+    import tarfile
+
+    from .data.pipeline import expand_shards
+
+    shards = expand_shards(pattern)
+    with tarfile.open(shards[0]) as tar:
+        keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
+    return max(1, (len(keys) * len(shards)) // (batch_size * world_size))
+
+
+class TaskStreams:
+    """One endless batch stream per corpus, and per step a dict task -> batch.
+
+    MCLM and ITM share one Ds batch (the paper samples both from Ds); R-XVtCL on Ds reads its own
+    Ds stream. Each stream runs epoch after epoch; its position is saved per rank.
+    """
+
+    def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int) -> None:
+        d, o = cfg.data, cfg.objectives
+        combined = cfg.model.visual_mode == "combined"
+        seed = cfg.train.seed
+        self.loaders: dict[str, Any] = {}
+        self.routes: dict[str, str] = {}
+        specs = {
+            "ds_mlm": (("mclm", "itm"), "ds", d.ds_shards, lambda: DsCollator(
+                tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed, with_pixels=combined, langs=d.langs,
+                image_size=cfg.model.image_size)),
+            "ds_rx": (("rxvtcl_ds",), "ds", d.ds_shards, lambda: DsCollator(
+                tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed + 1, with_pixels=combined,
+                langs=d.langs, image_size=cfg.model.image_size)),
+            "dw": (("rxvtcl_dw",), "dw", d.dw_shards, lambda: DwCollator(
+                tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
+            "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs)),
+        }
+        for stream, (tasks, corpus, shards, make_collate) in specs.items():
+            on = [t for t in tasks if getattr(o, t).enabled]
+            if not on:
+                continue
+            batch = max(cfg.task_batch_size(t) for t in on)
+            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size)
+            self.loaders[stream] = make_pipeline(
+                corpus, shards, batch, make_collate(), seed=seed + zlib.crc32(stream.encode()), rank=rank,
+                world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
+                batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available())
+            for t in on:
+                self.routes[t] = stream
+        self._iters: dict[str, Iterator] = {}
+
+    def _next(self, stream: str) -> dict:
+        while True:
+            it = self._iters.get(stream)
+            if it is None:
+                it = self._iters[stream] = iter(self.loaders[stream])
+            try:
+                return next(it)
+            except StopIteration:
+                self._iters.pop(stream)  # epoch over: the loader moves to the next epoch
+
+    def next_batches(self) -> dict[str, dict]:
+        fresh = {s: self._next(s) for s in self.loaders}
+        return {task: fresh[stream] for task, stream in self.routes.items()}
+
+    def samples_per_step(self) -> int:
+        return sum(self.loaders[s].cfg.batch_size for s in self.loaders)
+
+    def skipped(self) -> int:
+        return sum(sum(l.skips.as_dict().values()) for l in self.loaders.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {s: {**l.state_dict(), "skips": l.skips.as_dict()} for s, l in self.loaders.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for s, loader in self.loaders.items():
+            if s not in state:
+                raise CheckpointError(f"the checkpoint has no data position for stream {s!r} (tasks changed?)")
+            pos = dict(state[s])
+            skips = pos.pop("skips", {})
+            loader.load_state_dict(pos)
+            loader.skips.update(skips)
+        self._iters.clear()
+
+
+def to_device(batches: Mapping[str, Mapping[str, Any]], device: torch.device) -> dict[str, dict[str, Any]]:
+    moved: dict[int, dict[str, Any]] = {}
+    out = {}
+    for task, batch in batches.items():
+        if id(batch) not in moved:  # shared batches are moved once
+            moved[id(batch)] = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        out[task] = moved[id(batch)]
+    return out
+
+
+def _injected_nan(step: int, rank: int) -> bool:
+    spec = os.environ.get(INJECT_NAN_ENV, "")
+    for item in filter(None, spec.split(",")):
+        s, _, r = item.partition(":")
+        if int(s) == step and (r == "" or int(r) == rank):
+            return True
+    return False
+
+
+# ---- the job -----------------------------------------------------------------------------------
+
+def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int:
+    """Run (or resume) pretraining as configured; returns the last completed step."""
+    import deepspeed
+
+    dist.init_from_launcher(cfg.train.collective_timeout_s)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
+    if on_gpu:
+        torch.cuda.set_device(device)
+    ds_config, accum, bf16 = resolve_ds_config(cfg, world, on_gpu)  # readable errors before any work
+    run_dir = Path(cfg.train.run_dir)
+    ckpt = CheckpointManager(run_dir, cfg.train.keep_last)
+    if not resume and ckpt.has_any():
+        raise CheckpointError(f"{ckpt.dir} already holds checkpoints; pass --resume to continue that run, "
+                              "or set train.run_dir to a new directory")
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    rng.seed_everything(cfg.train.seed + rank)
+
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_model(cfg.model, tokenizer)
+    if rank == 0:
+        card = run_dir / "model_card"
+        model.save_pretrained(card, tokenizer_dir=tokenizer_dir(cfg), overwrite=True, weights=False)
+    optimizer, scheduler = build_optimizer(model, cfg, on_gpu)
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                           config=ds_config)
+    streams = TaskStreams(cfg, tokenizer, rank, world)
+    state = ObjectiveState.create(cfg.objectives.p_avg_window)
+    step = 0
+    if resume:
+        resumed = ckpt.load(engine, restore_rng=restore_rng)
+        step = resumed.step
+        state.load_state_dict(resumed.client_state["objectives"])
+        streams.load_state_dict(resumed.data_state)
+        if rank == 0:
+            log.warning("resumed from %s at step %d", resumed.tag, step)
+    dist.barrier()
+
+    stop = {"requested": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    logger = RunLogger(run_dir, rank == 0, cfg.train.total_steps, step)
+    peak = flop_count.peak_flops(cfg.train.peak_tflops) if on_gpu else None
+    gather = None
+    if cfg.objectives.xtcl_gather:
+        def gather(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+            sizes = dist.all_gather_sizes(t.shape[0])
+            return dist.all_gather_with_grad(t), sum(sizes[:rank])
+
+    def save(at: int) -> None:
+        client = {"objectives": state.state_dict(), "config": cfg.train.run_dir}
+        tag = ckpt.save(engine, at, client, streams.state_dict())
+        logger.event(f"checkpoint {tag} saved", step=at)
+
+    nonfinite_in_row = 0
+    window: dict[str, float] = {}
+    window_steps, window_time, window_flops, window_tokens, window_samples = 0, 0.0, 0.0, 0, 0
+    try:
+        while step < cfg.train.total_steps:
+            t0 = time.perf_counter()
+            plain_sum: dict[str, float] = {}
+            parts_sum: dict[str, float] = {}
+            good, counter = 0, flop_count.FlopCounter()
+            while good < accum:
+                batches = to_device(streams.next_batches(), device)
+                gen = torch.Generator().manual_seed(zlib.crc32(f"{cfg.train.seed}:{step}:{good}:{rank}".encode()))
+                with counter:
+                    out = engine(compute_losses, batches, cfg.objectives, state, gen, gather)
+                loss = out.loss
+                if _injected_nan(step, rank):
+                    loss = loss * float("nan")
+                if dist.any_rank(not bool(torch.isfinite(loss.detach()).item())):
+                    nonfinite_in_row += 1
+                    logger.event(f"non-finite loss at step {step} on some rank: micro-batch skipped on every rank "
+                                 f"({nonfinite_in_row} in a row)", step=step, nonfinite_loss=1)
+                    if nonfinite_in_row >= cfg.train.max_nonfinite_steps:
+                        raise NonFiniteError(f"{nonfinite_in_row} non-finite losses in a row at step {step}; stopping "
+                                             "(check the data and the learning rate; the last checkpoint is intact)")
+                    continue
+                with counter:
+                    engine.backward(loss)
+                skipped_before = engine.skipped_steps
+                engine.step()
+                good += 1
+                for k, v in out.plain.items():
+                    plain_sum[k] = plain_sum.get(k, 0.0) + float(v)
+                for k, v in {**out.parts, **out.extras}.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
+                parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
+            if engine.skipped_steps > skipped_before:
+                nonfinite_in_row += 1
+                logger.event(f"non-finite gradients at step {step}: DeepSpeed skipped the update", step=step,
+                             nonfinite_grad=1)
+                if nonfinite_in_row >= cfg.train.max_nonfinite_steps:
+                    raise NonFiniteError(f"{nonfinite_in_row} non-finite steps in a row at step {step}; stopping")
+            else:
+                nonfinite_in_row = 0
+            # p_avg and logged losses: averaged over micro-steps, then over ranks (one collective)
+            reduced = dist.all_reduce_sum_dict({**{f"plain.{k}": v / accum for k, v in plain_sum.items()},
+                                                **{k: v / accum for k, v in parts_sum.items()}})
+            state.update({k[len("plain."):]: v / world for k, v in reduced.items() if k.startswith("plain.")})
+            step += 1
+            logger.step()
+            elapsed = time.perf_counter() - t0
+            window_steps += 1
+            window_time += elapsed
+            window_flops += counter.flops
+            window_tokens += counter.encoder_tokens + counter.decoder_tokens
+            window_samples += streams.samples_per_step() * accum * world
+            for k, v in reduced.items():
+                if not k.startswith("plain."):
+                    window[k] = window.get(k, 0.0) + v / world
+            if step % cfg.train.log_every == 0 or step == cfg.train.total_steps:
+                record: dict[str, Any] = {"step": step, "lr": scheduler.get_last_lr()[0]}
+                record.update({k: v / window_steps for k, v in sorted(window.items())})
+                record.update({"p_avg.xtcl": state.xtcl.value, "p_avg.rxvtcl": state.rxvtcl.value,
+                               "samples_per_s": window_samples / window_time,
+                               "tokens_per_s": window_tokens * world / window_time,
+                               "skipped_samples": streams.skipped(), "step_time_s": window_time / window_steps})
+                if peak:
+                    record["mfu"] = window_flops / window_time / peak
+                    record["peak_mem_gib"] = cuda_peak_memory_gib()
+                logger.write(record)
+                window.clear()
+                window_steps, window_time, window_flops, window_tokens, window_samples = 0, 0.0, 0.0, 0, 0
+            if dist.any_rank(stop["requested"]):
+                save(step)
+                logger.event(f"SIGTERM: checkpoint saved at step {step}; exiting", step=step)
+                return step
+            if step % cfg.train.save_every == 0 and step < cfg.train.total_steps:
+                save(step)
+        save(step)
+        return step
+    finally:
+        logger.close()
+
+
+def tokenizer_dir(cfg: RC3Config) -> str:
+    return cfg.model.tokenizer or cfg.model.init_from  # type: ignore[return-value]
+
+
+__all__ = ["train", "resolve_ds_config", "build_optimizer", "lr_lambda", "TaskStreams", "TASKS", "RC3Model"]
