@@ -1,0 +1,152 @@
+"""Training-step benchmark: one process, one config, N timed optimizer steps after warm-up.
+
+    python tools/bench_step.py --config configs/synthetic-tiny.yaml --data shards      # CPU, real pipeline
+    python tools/bench_step.py --config configs/paper.yaml --set model.vocab_size=250054  # GPU, random weights
+
+Reports samples/s, encoder + decoder tokens/s, the share of step time spent waiting for data,
+peak memory and, on GPU, MFU from the FLOPs of every encoder and decoder pass that ran (see
+rc3/flops.py and BENCHMARKS.md), plus the projected wall time of the paper's schedule
+(100k steps x 1024 samples per task) on 8 GPUs of the kind measured, assuming linear scaling.
+
+`--data random` feeds pre-built random batches of the configured shapes (no pipeline: pure model
+throughput); `--data shards` reads the configured shards through the real WebDataset pipeline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from datetime import date
+
+import torch
+
+from rc3 import distributed as dist
+from rc3 import flops as flop_count
+from rc3.config import load_config
+from rc3.modeling import RC3Model, build_model, load_tokenizer
+from rc3.objectives import ObjectiveState, compute_losses
+from rc3.testing import random_task_batches
+from rc3.training import TaskStreams, build_optimizer, resolve_ds_config, to_device
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--data", choices=("random", "shards"), default="random")
+    ap.add_argument("--engine", choices=("deepspeed", "torch"), default="deepspeed")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder layers")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    overrides = ["train.total_steps=100000", *args.set]
+    if args.data == "random":
+        overrides = ["data.ds_shards=unused", "data.dw_shards=unused", "data.dt_shards=unused", *overrides]
+    cfg = load_config(args.config, overrides)
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    torch.manual_seed(0)
+    tokenizer = None
+    if cfg.model.tokenizer or cfg.model.init_from:
+        tokenizer = load_tokenizer(cfg.model)
+        model = build_model(cfg.model, tokenizer)
+    else:
+        if cfg.model.vocab_size is None:
+            raise SystemExit("config error: model.vocab_size: set it (no tokenizer given) to size the embeddings")
+        model = RC3Model.from_config(cfg.model, cfg.model.vocab_size)
+    vocab = model.mbart.config.vocab_size
+    if args.compile:
+        for layer in [*model.mbart.model.encoder.layers, *model.mbart.model.decoder.layers]:
+            layer.compile(dynamic=True)
+    micro = cfg.train.micro_batch_size
+    if args.engine == "deepspeed":
+        import deepspeed
+
+        dist.init_from_launcher()
+        cfg.train.global_batch_size = micro  # one process: accumulation 1, every micro-step an optimizer step
+        ds_config, _, bf16 = resolve_ds_config(cfg, 1, on_gpu)
+        optimizer, scheduler = build_optimizer(model, cfg, on_gpu)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        forward, backward, step = engine, engine.backward, engine.step
+    else:
+        bf16 = on_gpu and cfg.train.precision != "fp32"
+        model.to(device, dtype=torch.bfloat16 if bf16 else torch.float32)
+        optimizer, scheduler = build_optimizer(model, cfg, on_gpu)
+
+        def backward(loss: torch.Tensor) -> None:
+            loss.backward()
+
+        def step() -> None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        forward = model
+
+    if args.data == "random":
+        pool = [to_device(random_task_batches(vocab, micro, cfg.data.max_text_len, seed=i,
+                                              image_size=cfg.model.image_size, regions=cfg.model.num_regions), device)
+                for i in range(2)]
+        next_batches = lambda i: pool[i % 2]  # noqa: E731
+        samples_per_step = micro * 4
+    else:
+        if tokenizer is None:
+            raise SystemExit("--data shards needs model.tokenizer")
+        streams = TaskStreams(cfg, tokenizer, 0, 1)
+        next_batches = lambda i: to_device(streams.next_batches(), device)  # noqa: E731
+        samples_per_step = streams.samples_per_step()
+
+    state = ObjectiveState.create(cfg.objectives.p_avg_window)
+    gen = torch.Generator().manual_seed(0)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    data_wait = total = flops = tokens = 0.0
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.steps):
+        sync()
+        t0 = time.perf_counter()
+        batches = next_batches(i)
+        t1 = time.perf_counter()
+        counter = flop_count.FlopCounter()
+        with counter:
+            out = forward(compute_losses, batches, cfg.objectives, state, gen, None)
+            backward(out.loss)
+        step()
+        sync()
+        t2 = time.perf_counter()
+        if i >= args.warmup:
+            data_wait += t1 - t0
+            total += t2 - t0
+            flops += counter.flops
+            tokens += counter.encoder_tokens + counter.decoder_tokens
+    n = args.steps
+    peak = flop_count.peak_flops(cfg.train.peak_tflops) if on_gpu else None
+    step_time = total / n
+    # Paper schedule: 100k steps, 1024 samples per task per step, over 8 GPUs -> 128 per GPU per task.
+    micro_steps_per_paper_step = (1024 / 8) / micro
+    projected_days = 100_000 * micro_steps_per_paper_step * step_time / 86400
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    figures = {
+        "device": torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "date": str(date.today()), "commit": commit, "config": args.config, "overrides": args.set,
+        "engine": args.engine, "bf16": bool(bf16), "compile": args.compile, "data": args.data,
+        "params_M": round(model.num_parameters() / 1e6, 1), "vocab": vocab, "micro_batch_per_task": micro,
+        "step_time_s": step_time, "samples_per_s": samples_per_step * n / total, "tokens_per_s": tokens / total,
+        "data_wait_share": data_wait / total, "tflops_per_s": flops / total / 1e12,
+        "mfu": (flops / total / peak) if peak else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
+        "projected_paper_days_8_gpus": projected_days,
+    }
+    for k, v in figures.items():
+        print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
