@@ -125,7 +125,7 @@ def test_annotation_field_sets_match_real_files(world: Path, shared_data: Path) 
         rec = _first(ours / f"nlvr2/annotations/{split}.jsonl")
         assert rec.keys() == _first(real / "nlvr2/annotations/test.jsonl").keys() and rec["label"] in ("True", "False")
     real_q = next(iter(json.loads((real / "xGQA/annotations/few_shot/en/dev.json").read_text()).values()))
-    for path in [ours / "gqa/annotations/train_balanced_questions.json", *sorted((ours / "xGQA").rglob("*.json"))]:
+    for path in [ours / "gqa/annotations/train_balanced_questions.json", ours / "gqa/annotations/testdev_balanced_questions.json", *sorted((ours / "xGQA").rglob("*.json"))]:
         q = next(iter(json.loads(path.read_text()).values()))
         assert q.keys() == real_q.keys() and q["types"].keys() == real_q["types"].keys(), path
         assert q["semantic"][0].keys() == real_q["semantic"][0].keys()
@@ -139,12 +139,17 @@ def test_annotation_field_sets_match_real_files(world: Path, shared_data: Path) 
 
 def test_multi30k_layout_matches_real(world: Path, shared_data: Path) -> None:
     real, ours = shared_data / "multi30k", world / "downstream" / "multi30k"
-    for split in ("train", "val", "test_2016_flickr"):
-        assert (real / "raw" / f"{split}.en.gz").is_file()
-        images = (ours / "image_splits" / f"{split}.txt").read_text().splitlines()
-        assert all(re.fullmatch(r"\d+\.jpg", n) for n in images)
-        for lang in ("en", "de", "fr", "cs"):
-            with gzip.open(ours / "raw" / f"{split}.{lang}.gz", "rt", encoding="utf-8") as fh:
+    # The same split x language files as the release (no cs for the 2017 test sets).
+    assert {p.name for p in (ours / "raw").iterdir()} == {p.name for p in (real / "raw").iterdir()}
+    assert {p.name for p in (ours / "image_splits").iterdir()} == {p.name for p in (real / "image_splits").iterdir()}
+    patterns = {"test_2017_flickr": r"\d+_[0-9a-f]{10}\.jpg", "test_2017_mscoco": r"COCO_(?:train|val)2014_\d{12}\.jpg#\d+"}
+    for split_file in (ours / "image_splits").iterdir():
+        images = split_file.read_text().splitlines()
+        pattern = patterns.get(split_file.stem, r"\d+\.jpg")
+        real_names = (real / "image_splits" / split_file.name).read_text().splitlines()
+        assert all(re.fullmatch(pattern, n) for n in real_names + images), split_file.name
+        for gz in (ours / "raw").glob(split_file.stem + ".*.gz"):
+            with gzip.open(gz, "rt", encoding="utf-8") as fh:
                 assert len(fh.read().splitlines()) == len(images)
 
 
@@ -193,7 +198,9 @@ def test_h5_layout_and_keys(world: Path, info: dict) -> None:
         base = r["identifier"].rsplit("-", 1)[0]
         wanted |= {f"{base}-img0", f"{base}-img1"}
     wanted |= {q["imageId"] for q in json.loads((down / "xGQA/annotations/few_shot/ko/test.json").read_text()).values()}
-    wanted |= {n[:-4] for n in (down / "multi30k/image_splits/test_2016_flickr.txt").read_text().splitlines()}
+    for split in ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"):
+        lines = (down / f"multi30k/image_splits/{split}.txt").read_text().splitlines()
+        wanted |= {n.split("#")[0].rsplit(".", 1)[0] for n in lines}
     assert wanted <= keys, sorted(wanted - keys)[:5]
     assert all((down / "images" / (k if k.endswith(".jpg") else k + ".jpg")).is_file() for k in wanted)
     feats, boxes = store[next(iter(wanted))]

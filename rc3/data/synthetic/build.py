@@ -44,13 +44,14 @@ class Sizes:
     dt_pairs: int = 2000
     dt_multi30k_lines: int = 500
     xvnli_images: tuple[int, int, int] = (200, 30, 50)  # train, dev, test; 3 hypotheses each
-    gqa_images: tuple[int, int] = (150, 30)  # English train, val; 4 questions each
+    gqa_images: tuple[int, int] = (150, 30)  # English train, testdev; 4 questions each
     xgqa_images: tuple[int, int] = (20, 40)  # few_shot dev, test per language
     nlvr2_pairs: tuple[int, int, int] = (120, 20, 40)  # 4 statements each
     marvl_images_per_concept: int = 8
     marvl_statements: int = 150
     retrieval_images: tuple[int, int, int] = (300, 50, 100)  # flickr30k train, valid; xFlickr&CO test
-    multi30k_images: tuple[int, int, int] = (400, 50, 100)  # train, val, test_2016_flickr
+    # train, val, test_2016_flickr, test_2017_flickr, test_2017_mscoco
+    multi30k_images: tuple[int, int, int, int, int] = (400, 50, 100, 50, 30)
     shard_size: int = 100
 
     def scaled(self, factor: float) -> "Sizes":
@@ -102,7 +103,7 @@ def _downstream(root: Path, seed: int, sizes: Sizes, encoder: RoiEncoder) -> dic
     tasks["xvnli"] = write_xvnli(root, bank, stream(seed, "xvnli"), {"train": tr, "dev": dv, "test": te}, 2000000000)
     (gtr, gval), (xdev, xtest) = sizes.gqa_images, sizes.xgqa_images
     tasks["xgqa"] = write_xgqa(root, bank, stream(seed, "xgqa"),
-                               {"train": gtr, "val": gval, "dev": xdev, "test": xtest}, 1000000)
+                               {"train": gtr, "testdev": gval, "dev": xdev, "test": xtest}, 1000000)
     ntr, ndv, nte = sizes.nlvr2_pairs
     tasks["nlvr2"] = write_nlvr2(root, bank, stream(seed, "nlvr2"), {"train": ntr, "dev": ndv, "test": nte},
                                  per_pair=4)
@@ -110,8 +111,8 @@ def _downstream(root: Path, seed: int, sizes: Sizes, encoder: RoiEncoder) -> dic
     rtr, rdv, rte = sizes.retrieval_images
     tasks["xflickrco"] = write_retrieval(root, bank, stream(seed, "retrieval"), {"train": rtr, "valid": rdv, "test": rte},
                                          4000000000, 100000)
-    mtr, mdv, mte = sizes.multi30k_images
-    tasks["multi30k"] = write_multi30k(root, bank, stream(seed, "multi30k"), {"train": mtr, "val": mdv, "test": mte},
+    splits = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
+    tasks["multi30k"] = write_multi30k(root, bank, stream(seed, "multi30k"), dict(zip(splits, sizes.multi30k_images)),
                                        3000000000)
     bank.close(root)
     tasks["features"] = "downstream/features.h5"

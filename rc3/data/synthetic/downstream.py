@@ -180,11 +180,11 @@ def _gqa_entry(qid: str, image_id: str, question: str, kind: str, arg: tuple[str
 
 def write_xgqa(root: Path, bank: ImageBank, rng: np.random.Generator, n_images: dict[str, int],
                first_id: int) -> dict[str, Any]:
-    """English GQA-style train/val + xGQA few_shot/<lang>/{dev,test}.json + the answer vocabulary."""
+    """English GQA-style train/testdev + xGQA few_shot/<lang>/{dev,test}.json + the answer vocabulary."""
     langs = tuple(lang for lang in XGQA_LANGS if lang in languages_with(Asker))
     gqa_dir = root / "downstream" / "gqa" / "annotations"
     xgqa_dir = root / "downstream" / "xGQA" / "annotations" / "few_shot"
-    files = {"train": "train_balanced_questions.json", "val": "val_balanced_questions.json"}
+    files = {"train": "train_balanced_questions.json", "testdev": "testdev_balanced_questions.json"}
     next_img, next_q = first_id, first_id * 10
     counts: dict[str, int] = {}
     answers: dict[str, list[str]] = {}
@@ -213,7 +213,7 @@ def write_xgqa(root: Path, bank: ImageBank, rng: np.random.Generator, n_images: 
     test = answers.get("test", [])
     majority = max((test.count(a) for a in set(test)), default=0) / max(len(test), 1)
     return {"dir": "downstream/xGQA/annotations/few_shot", "train": f"downstream/gqa/annotations/{files['train']}",
-            "val": f"downstream/gqa/annotations/{files['val']}", "ans2label": "downstream/gqa/annotations/trainval_ans2label.json",
+            "testdev": f"downstream/gqa/annotations/{files['testdev']}", "ans2label": "downstream/gqa/annotations/trainval_ans2label.json",
             "label2ans": "downstream/gqa/annotations/trainval_label2ans.json", "langs": list(langs), "questions": counts,
             "answers": len(GQA_ANSWERS), "chance": 1 / len(GQA_ANSWERS), "majority_answer_rate_test": majority,
             "key": "imageId (GQA-style id)"}

@@ -6,8 +6,11 @@
   per image and language, translations of each other; half Flickr-style images with a string id,
   half COCO-style with an integer id as in the release; keyed by the full file name). The test
   Flickr half also appears in `flickr30k/annotations/test_ann.jsonl`, as in the release.
-- MMT: Multi30K task-1 layout `multi30k/raw/<split>.<lang>.gz` (en, de, fr, cs, line-aligned
-  translations) and `multi30k/image_splits/<split>.txt` (image file names).
+- MMT: Multi30K task-1 layout `multi30k/raw/<split>.<lang>.gz` (line-aligned translations; en,
+  de, fr, cs, but no cs for the 2017 test sets, as released) and `multi30k/image_splits/<split>.txt`
+  with the release's image naming: `<id>.jpg` (train, val, test_2016_flickr),
+  `<id>_<secret>.jpg` (test_2017_flickr), `COCO_val2014_<n>.jpg#<caption id>` (test_2017_mscoco).
+  Feature keys are the file stems.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from .writer import write_jsonl, write_maybe_gz, write_text
 
 XFLICKRCO_LANGS = ("de", "en", "es", "id", "ja", "ru", "tr", "zh")
 MULTI30K_LANGS = ("en", "de", "fr", "cs")
-MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 
 
 def five_sentences(rng: np.random.Generator, objs: tuple) -> list[str]:
@@ -81,28 +84,42 @@ def write_retrieval(root: Path, bank: ImageBank, rng: np.random.Generator, n_ima
             "key": "img_path (full file name); flickr30k train/valid/test: numeric id"}
 
 
+def _multi30k_name(split: str, n: int, rng: np.random.Generator) -> tuple[str, str]:
+    """(line in image_splits, feature key) in the release's naming for `split`."""
+    if split == "test_2017_flickr":
+        stem = f"{n}_{int(rng.integers(16 ** 10)):010x}"
+        return f"{stem}.jpg", stem
+    if split == "test_2017_mscoco":
+        stem = f"COCO_val2014_{n % 10 ** 6:012d}"
+        return f"{stem}.jpg#{int(rng.integers(10 ** 5, 10 ** 6))}", stem
+    return f"{n}.jpg", str(n)
+
+
 def write_multi30k(root: Path, bank: ImageBank, rng: np.random.Generator, n_images: dict[str, int],
                    first_id: int) -> dict[str, Any]:
-    """Multi30K task 1: raw/<split>.<lang>.gz + image_splits/<split>.txt."""
+    """Multi30K task 1: raw/<split>.<lang>.gz + image_splits/<split>.txt for the splits in n_images."""
     base = root / "downstream" / "multi30k"
     next_id = first_id
     counts = {}
     for split, n in n_images.items():
-        name = MULTI30K_SPLITS[split]
-        lines: dict[str, list[str]] = {lang: [] for lang in MULTI30K_LANGS}
+        if split not in MULTI30K_SPLITS:
+            raise ValueError(f"unknown Multi30K split {split!r}; known: {MULTI30K_SPLITS}")
+        langs = MULTI30K_LANGS if not split.startswith("test_2017") else MULTI30K_LANGS[:3]
+        lines: dict[str, list[str]] = {lang: [] for lang in langs}
         images = []
         for _ in range(n):
-            fid = str(next_id)
+            line, key = _multi30k_name(split, next_id, rng)
             next_id += 1
             scene = sample_scene(rng, 1, 3)
-            bank.add(fid, scene, f"{fid}.jpg", "multi30k")
+            bank.add(key, scene, f"{key}.jpg", "multi30k")
             order = shuffled(rng, scene.objects)
-            images.append(f"{fid}.jpg")
-            for lang in MULTI30K_LANGS:
+            images.append(line)
+            for lang in langs:
                 lines[lang].append(captioner(lang).caption(order))
         for lang, ls in lines.items():
-            write_maybe_gz(base / "raw" / f"{name}.{lang}.gz", "".join(s + "\n" for s in ls))
-        write_text(base / "image_splits" / f"{name}.txt", "".join(s + "\n" for s in images))
-        counts[name] = n
+            write_maybe_gz(base / "raw" / f"{split}.{lang}.gz", "".join(s + "\n" for s in ls))
+        write_text(base / "image_splits" / f"{split}.txt", "".join(s + "\n" for s in images))
+        counts[split] = n
     return {"dir": "downstream/multi30k", "langs": list(MULTI30K_LANGS), "directions": ["en-de", "en-fr"],
-            "sentences": counts, "chance": None, "key": "numeric Flickr id (image_splits name without .jpg)"}
+            "sentences": counts, "chance": None,
+            "key": "image file stem (image_splits line without .jpg and any #caption id)"}
