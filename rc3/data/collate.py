@@ -1,0 +1,223 @@
+"""Collators: decoded Ds / Dw / Dt samples -> the batch dicts the objectives consume.
+
+Every random choice (the language pair of a sample, the words MCLM masks) comes from a
+`random.Random` seeded with `sample_seed(seed, epoch, key)`, a CRC32 of the three. A sample is
+therefore collated identically whichever worker handles it, whatever the worker count, and after
+a resume; a new epoch draws new pairs and masks.
+
+Collator protocol (used by rc3.data.pipeline): `corpus` ("ds" | "dw" | "dt"), `langs`,
+`needs_image`, `image_size`, `reject(sample) -> reason | None` (called while checking samples, so
+a sample the collator cannot use is skipped and counted before batching) and
+`__call__(samples, epoch=0) -> dict`.
+
+Sequences are padded to the longest in the batch (pad_id; -100 for labels) and truncated to the
+configured lengths by the tokenizer (both ends kept: [BOS] ... [LANG]).
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..tokenization import PRETRAIN_LANGS, RC3Tokenizer, check_lang
+from .images import image_to_tensor
+
+IGNORE_INDEX = -100
+
+
+def sample_seed(seed: int, epoch: int, key: str) -> int:
+    """Stable 32-bit seed of one sample in one epoch (CRC32: no process-dependent hashing)."""
+    return zlib.crc32(f"{seed}\x1f{epoch}\x1f{key}".encode("utf-8"))
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists to the longest: (long [B, L], bool mask [B, L] of real positions)."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+def whole_word_mask(ids: Sequence[int], words: Sequence[int], prob: float, mask_id: int,
+                    rng: random.Random) -> tuple[list[int], list[int]]:
+    """Replace every piece of round(prob x #words) words (at least one) by [MASK].
+
+    `words` gives each position's word index (-1 for [BOS] / [LANG], never masked). The paper
+    replaces masked words with [MASK] (Sec. 2.3.1), so there is no BERT 80/10/10 split: 100% of
+    chosen pieces become mask_id. The word count is drawn exactly (BERT's
+    max(1, round(n x prob))), so the masked fraction does not fluctuate per caption.
+    Returns (masked ids, labels: the original id at masked positions, -100 elsewhere).
+    """
+    candidates = sorted({w for w in words if w >= 0})
+    if prob <= 0.0 or not candidates:
+        return list(ids), [IGNORE_INDEX] * len(ids)
+    n = min(len(candidates), max(1, int(round(len(candidates) * prob))))
+    chosen = set(rng.sample(candidates, n))
+    masked = [mask_id if w in chosen else t for t, w in zip(ids, words)]
+    labels = [t if w in chosen else IGNORE_INDEX for t, w in zip(ids, words)]
+    return masked, labels
+
+
+def _check_langs(langs: Sequence[str]) -> tuple[str, ...]:
+    out = tuple(dict.fromkeys(langs))
+    for lang in out:
+        check_lang(lang)
+    if len(out) < 2:
+        raise ValueError(f"cross-lingual collators need >= 2 languages, got {list(out)}")
+    return out
+
+
+def _pick_pair(texts: dict[str, str], langs: tuple[str, ...], rng: random.Random) -> tuple[str, str]:
+    """Two different languages of `texts` allowed by `langs`, ordered (l_i, l_j)."""
+    usable = sorted(lang for lang in texts if lang in langs)
+    li, lj = rng.sample(usable, 2)
+    return li, lj
+
+
+class _TextPairCollator:
+    """Shared part: tokenizer, lengths, the language list and the 'two usable languages' check."""
+
+    corpus = ""
+    text_field = ""  # the sample attribute holding {lang: text}
+    needs_image = False
+
+    def __init__(self, tokenizer: RC3Tokenizer, max_len: int, langs: Sequence[str], seed: int,
+                 image_size: int = 224) -> None:
+        if max_len < 3:
+            raise ValueError(f"max_len must be >= 3 ([BOS] piece [LANG]), got {max_len}")
+        self.tok = tokenizer
+        self.max_len = max_len
+        self.langs = _check_langs(langs)
+        self.seed = seed
+        self.image_size = image_size
+
+    def reject(self, sample: Any) -> str | None:
+        usable = [lang for lang in getattr(sample, self.text_field) if lang in self.langs]
+        return "too_few_langs" if len(usable) < 2 else None
+
+
+class DsCollator(_TextPairCollator):
+    """Ds (v, x^li, x^lj) batches for MCLM, ITM and R-XVtCL: masked x^li, clean x^li, x^lj, decoder.
+
+    Keys: roi f32 [B,R,2048], boxes f32 [B,R,5], roi_mask bool [B,R] (False on padded regions),
+    pixels f32 [B,3,S,S] when with_pixels; src_ids (masked x^li), mlm_labels, src_clean_ids,
+    src_mask; tgt_ids/tgt_mask (x^lj, encoder format); dec_input_ids = [EOS] [LANG_j] pieces,
+    dec_labels = [LANG_j] pieces [EOS] (-100 on padding), dec_mask; src_lang, tgt_lang, keys.
+    """
+
+    corpus = "ds"
+    text_field = "captions"
+
+    def __init__(self, tokenizer: RC3Tokenizer, max_len: int, max_tgt_len: int, mlm_prob: float = 0.15,
+                 seed: int = 0, with_pixels: bool = False, langs: Sequence[str] = PRETRAIN_LANGS,
+                 image_size: int = 224) -> None:
+        super().__init__(tokenizer, max_len, langs, seed, image_size)
+        if max_tgt_len < 3:
+            raise ValueError(f"max_tgt_len must be >= 3 ([LANG] piece [EOS]), got {max_tgt_len}")
+        if not 0.0 <= mlm_prob < 1.0:
+            raise ValueError(f"mlm_prob must be in [0, 1), got {mlm_prob}")
+        self.max_tgt_len = max_tgt_len
+        self.mlm_prob = mlm_prob
+        self.with_pixels = with_pixels
+        self.needs_image = with_pixels
+
+    def __call__(self, samples: Sequence[Any], epoch: int = 0) -> dict[str, Any]:
+        tok = self.tok
+        src, labels, clean, tgt, dec_in, dec_lab, li_list, lj_list = [], [], [], [], [], [], [], []
+        for s in samples:
+            rng = random.Random(sample_seed(self.seed, epoch, s.key))
+            li, lj = _pick_pair(s.captions, self.langs, rng)
+            ids, words = tok.encode_words(s.captions[li], li, self.max_len)
+            masked, lab = whole_word_mask(ids, words, self.mlm_prob, tok.mask_id, rng)
+            target = tok.encode_target(s.captions[lj], lj, self.max_tgt_len)  # [LANG_j] pieces [EOS]
+            src.append(masked)
+            labels.append(lab)
+            clean.append(ids)
+            tgt.append(tok.encode(s.captions[lj], lj, self.max_len))
+            dec_in.append([tok.eos_id, *target[:-1]])  # mBART: decoding starts from [EOS]
+            dec_lab.append(target)
+            li_list.append(li)
+            lj_list.append(lj)
+        src_ids, src_mask = pad_batch(src, tok.pad_id)
+        mlm_labels, _ = pad_batch(labels, IGNORE_INDEX)
+        src_clean_ids, _ = pad_batch(clean, tok.pad_id)
+        tgt_ids, tgt_mask = pad_batch(tgt, tok.pad_id)
+        dec_input_ids, dec_mask = pad_batch(dec_in, tok.pad_id)
+        dec_labels, _ = pad_batch(dec_lab, IGNORE_INDEX)
+        roi = torch.stack([torch.from_numpy(s.roi.astype("float32")) for s in samples])
+        boxes = torch.stack([torch.from_numpy(s.boxes.astype("float32")) for s in samples])
+        roi_mask = torch.zeros(roi.shape[:2], dtype=torch.bool)
+        for i, s in enumerate(samples):
+            roi_mask[i, : int(getattr(s, "num_rois", roi.shape[1]))] = True
+        batch: dict[str, Any] = {
+            "roi": roi, "boxes": boxes, "roi_mask": roi_mask,
+            "src_ids": src_ids, "mlm_labels": mlm_labels, "src_clean_ids": src_clean_ids, "src_mask": src_mask,
+            "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
+            "dec_input_ids": dec_input_ids, "dec_labels": dec_labels, "dec_mask": dec_mask,
+            "src_lang": li_list, "tgt_lang": lj_list, "keys": [s.key for s in samples],
+        }
+        if self.with_pixels:
+            batch["pixels"] = torch.stack([image_to_tensor(s.image, self.image_size) for s in samples])
+        return batch
+
+
+class DwCollator(_TextPairCollator):
+    """Dw (v, x^li, x^lj) batches for R-XVtCL: pixels f32 [B,3,S,S], src/tgt ids and masks, langs, keys."""
+
+    corpus = "dw"
+    text_field = "texts"
+    needs_image = True
+
+    def __init__(self, tokenizer: RC3Tokenizer, max_len: int, image_size: int = 224, seed: int = 0,
+                 langs: Sequence[str] = PRETRAIN_LANGS) -> None:
+        super().__init__(tokenizer, max_len, langs, seed, image_size)
+
+    def __call__(self, samples: Sequence[Any], epoch: int = 0) -> dict[str, Any]:
+        src, tgt, li_list, lj_list = [], [], [], []
+        for s in samples:
+            li, lj = _pick_pair(s.texts, self.langs, random.Random(sample_seed(self.seed, epoch, s.key)))
+            src.append(self.tok.encode(s.texts[li], li, self.max_len))
+            tgt.append(self.tok.encode(s.texts[lj], lj, self.max_len))
+            li_list.append(li)
+            lj_list.append(lj)
+        src_ids, src_mask = pad_batch(src, self.tok.pad_id)
+        tgt_ids, tgt_mask = pad_batch(tgt, self.tok.pad_id)
+        return {
+            "pixels": torch.stack([image_to_tensor(s.image, self.image_size) for s in samples]),
+            "src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
+            "src_lang": li_list, "tgt_lang": lj_list, "keys": [s.key for s in samples],
+        }
+
+
+class DtCollator:
+    """Dt parallel pairs for XTCL: src/tgt ids (encoder format) and masks, langs, keys. No randomness."""
+
+    corpus = "dt"
+    needs_image = False
+    image_size = None
+
+    def __init__(self, tokenizer: RC3Tokenizer, max_len: int, langs: Sequence[str] = PRETRAIN_LANGS) -> None:
+        if max_len < 3:
+            raise ValueError(f"max_len must be >= 3 ([BOS] piece [LANG]), got {max_len}")
+        self.tok = tokenizer
+        self.max_len = max_len
+        self.langs = _check_langs(langs)
+
+    def reject(self, sample: Any) -> str | None:
+        ok = sample.src_lang in self.langs and sample.tgt_lang in self.langs and sample.src_lang != sample.tgt_lang
+        return None if ok else "bad_pair"
+
+    def __call__(self, samples: Sequence[Any], epoch: int = 0) -> dict[str, Any]:
+        src_ids, src_mask = pad_batch([self.tok.encode(s.src, s.src_lang, self.max_len) for s in samples],
+                                      self.tok.pad_id)
+        tgt_ids, tgt_mask = pad_batch([self.tok.encode(s.tgt, s.tgt_lang, self.max_len) for s in samples],
+                                      self.tok.pad_id)
+        return {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
+                "src_lang": [s.src_lang for s in samples], "tgt_lang": [s.tgt_lang for s in samples],
+                "keys": [s.key for s in samples]}
