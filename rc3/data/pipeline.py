@@ -1,0 +1,361 @@
+"""WebDataset shard pipelines: shards -> checked samples -> collated batches, with exact resume.
+
+`make_pipeline` returns a :class:`ShardLoader` (iterable over batch dicts) for one corpus. Each
+DataLoader worker runs this explicit list of stages (a `wds.DataPipeline`):
+
+  1. shard_passes     the epoch's shard order (random.Random(seed*1000003+epoch) over the sorted
+                      list), split by rank then by worker, repeated pass after pass (see below)
+  2. read_samples     tar members grouped into raw samples (bytes only); only the schema's fields
+                      are read, so stray members (e.g. `x.pickle`) are never even loaded; an
+                      unreadable or truncated shard is counted, logged with its name, and left
+  3. shuffle_in_pass  seeded shuffle buffer (per seed, epoch, rank, worker), drained at each pass end
+  4. check_samples    (rc3.data.faults) safe decode through rc3.data.schemas (np.load(allow_pickle=
+                      False), json, PIL; never wds' default `.decode()`, which unpickles), then text
+                      and collator checks; every dropped sample is counted by reason and logged
+  5. fast-forward     on resume, the first usable samples already consumed are skipped (no collate)
+  6. batch_collate    `collate_fn(samples, epoch=epoch)`; each batch carries the worker's skip
+                      increments under "skipped", which ShardLoader moves into `loader.skips`
+
+Equal batch counts: with `batches_per_epoch` set, every worker's stream is endless: when its
+shards run dry it reads them again (a new pass, reshuffled from (seed, epoch, rank, worker,
+pass)), and ShardLoader stops after exactly `batches_per_epoch` batches. No rank waits for
+another, whatever each one skipped; the price is that a rank with little data repeats some of it
+within an epoch. A pass that yields no usable sample is barren: after a barren pass over its own
+shards a worker falls back to every shard of the epoch (duplicating other workers' data, logged);
+a barren pass over every shard raises NoUsableData. The skip budget (FaultTracker) bounds the
+fraction of broken samples. So the stream either makes progress or fails within two passes.
+With `batches_per_epoch=None` each worker reads its shards once (the last batch may be short).
+
+Resume: DataLoader hands out batches round-robin over its workers, so batch n of an epoch is
+batch n // W of worker n % W, and every worker's stream is a pure function of (shards, seed,
+epoch, rank, worker, W). `state_dict()` is {"epoch", "batches_done"} (the same on every rank);
+after `load_state_dict`, DataLoader slot s plays worker (s + k) % W and each worker skips the
+usable samples of the batches it already produced, so the next batches are exactly those of an
+uninterrupted run. Cost: the skipped samples are read and decoded again (not collated): about the
+decode time of k batches spread over the workers. Exactness needs the same shards, seed, batch
+size, world size and num_workers (and, with `batches_per_epoch=None`, that no worker ran dry).
+Workers are started per epoch (persistent_workers=False): the epoch and resume position are part
+of each worker's stream, and restarting costs far less than an epoch.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import itertools
+import os
+import random
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import braceexpand
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from . import schemas
+from .faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
+
+CORPORA = ("ds", "dw", "dt")
+_FIELDS = {"ds": frozenset(schemas.DS_FIELDS + ("nroi.txt",)), "dw": frozenset(schemas.DW_FIELDS),
+           "dt": frozenset(schemas.DT_FIELDS)}
+_MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # webdataset's rule: key = name up to the first '.'
+_END_OF_PASS = "__end_of_pass__"  # marker flowing through stages 1-4
+_SKIPS_ONLY = "__skips_only__"  # a final item holding only skip counts (stream end)
+
+
+def stable_seed(*parts: object) -> int:
+    """A 32-bit seed from parts (CRC32: identical in every process, unlike hash())."""
+    return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8"))
+
+
+def expand_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Expand brace patterns and globs into a sorted list of existing shard files."""
+    patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    out: list[str] = []
+    for pattern in patterns:
+        for name in braceexpand.braceexpand(os.fspath(pattern)):
+            if glob.has_magic(name):
+                hits = glob.glob(name)
+                if not hits:
+                    raise FileNotFoundError(f"shard pattern {name!r} matches no file")
+                out.extend(hits)
+            else:
+                out.append(name)
+    if not out:
+        raise ValueError("no shards given")
+    missing = [p for p in out if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) do not exist, e.g. {missing[:3]}; check the shard pattern")
+    return sorted(set(out))
+
+
+def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int, shuffle: bool = True) -> list[str]:
+    order = list(shards)
+    if shuffle:
+        random.Random(seed * 1000003 + epoch).shuffle(order)
+    return order
+
+
+@dataclass
+class _Config:
+    corpus: str
+    shards: list[str]
+    batch_size: int
+    collate_fn: Callable[..., dict]
+    seed: int
+    rank: int
+    world_size: int
+    shuffle_buffer: int
+    shuffle_shards: bool
+    skip_budget: float
+    skip_grace: int
+    repeat: bool
+
+
+# ---- stages ------------------------------------------------------------------------------------
+def shard_passes(own: list[str], every: list[str], *, repeat: bool, shuffle: bool, seed: int, epoch: int,
+                 where: str, tracker: FaultTracker) -> Iterator[str]:
+    source, fallback, p = own, False, 0
+    while True:
+        order = list(source)
+        if shuffle and p > 0:
+            random.Random(stable_seed(seed, epoch, where, p)).shuffle(order)
+        yield from order
+        # The marker reaches check_samples after every sample of this pass (the shuffle buffer
+        # drains on it), so tracker.last_pass_good is final when this generator resumes.
+        yield _END_OF_PASS
+        if not repeat:
+            return
+        if tracker.last_pass_good == 0:
+            if fallback or len(own) == len(every):
+                raise NoUsableData(
+                    f"{where}: a full pass over all {len(every)} shard(s) gave no usable sample; every shard is "
+                    f"unreadable, empty or broken (see the warnings above), e.g. {every[:3]}")
+            log.warning("%s: a full pass over its %d shard(s) gave no usable sample; reading every shard of the "
+                        "epoch instead (other workers' data repeats)", where, len(own))
+            source, fallback = every, True
+        p += 1
+
+
+def read_samples(items: Iterable[str], fields: frozenset[str], tracker: FaultTracker) -> Iterator[Any]:
+    for url in items:
+        if url == _END_OF_PASS:
+            yield url
+        else:
+            yield from _read_shard(url, fields, tracker)
+
+
+def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker) -> Iterator[dict]:
+    done, current = 0, None
+    try:
+        # Random-access mode (not "r|"): at the end we can look back for the end-of-archive block.
+        with open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+            for info in tar:
+                tar.members = []  # iteration does not need the member list; a shard's can be long
+                m = _MEMBER.match(info.name) if info.isreg() else None
+                if m is None:
+                    continue
+                key, field = m.group(1), m.group(2).lower()
+                if current is None or key != current["__key__"]:
+                    if current is not None:
+                        done += 1
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                if field not in fields:
+                    continue  # not part of the schema: never read (stray pickles included)
+                if field in current:
+                    current["__duplicate__"] = field
+                else:
+                    current[field] = tar.extractfile(info).read()
+            _check_archive_end(tar)
+        if current is not None:
+            yield current
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        # The sample being assembled when the fault hit may be incomplete: it goes with the shard rest.
+        tracker.shard_fault(url, f"{type(exc).__name__}: {exc}", done)
+
+
+def _check_archive_end(tar: tarfile.TarFile) -> None:
+    """tarfile stops quietly at a truncated or garbled header; a complete tar ends with a zero block."""
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"no end-of-archive block at byte {tar.offset}: the shard is truncated or garbled")
+
+
+def shuffle_in_pass(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
+    buf: list[Any] = []
+    for item in items:
+        if isinstance(item, str):  # end of pass: drain, so the marker follows all of its pass
+            rng.shuffle(buf)
+            yield from buf
+            buf = []
+            yield item
+        elif len(buf) < bufsize:
+            buf.append(item)
+        else:
+            j = rng.randrange(bufsize)
+            yield buf[j]
+            buf[j] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def batch_collate(samples: Iterable[Any], batch_size: int, collate_fn: Callable[..., dict], epoch: int,
+                  tracker: FaultTracker, keep_partial: bool) -> Iterator[dict]:
+    buf: list[Any] = []
+    for sample in samples:
+        buf.append(sample)
+        if len(buf) == batch_size:
+            yield {**collate_fn(buf, epoch=epoch), "skipped": tracker.take()}
+            buf = []
+    if buf and keep_partial:
+        yield {**collate_fn(buf, epoch=epoch), "skipped": tracker.take()}
+    if tracker.pending:
+        yield {_SKIPS_ONLY: True, "skipped": tracker.take()}
+
+
+class _WorkerStream(IterableDataset):
+    """One epoch of batches of one rank, starting at batch `start_batch` (see the module docstring)."""
+
+    def __init__(self, cfg: _Config, epoch: int, start_batch: int) -> None:
+        super().__init__()
+        self.cfg, self.epoch, self.start_batch = cfg, epoch, start_batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        slot, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker = (slot + self.start_batch) % nworkers
+        done_batches = (self.start_batch - worker + nworkers - 1) // nworkers
+        return iter(self.pipeline(worker, nworkers, done_batches))
+
+    def pipeline(self, worker: int, nworkers: int, done_batches: int) -> wds.DataPipeline:
+        c, epoch = self.cfg, self.epoch
+        order = epoch_shard_order(c.shards, c.seed, epoch, c.shuffle_shards)
+        own = order[c.rank:: c.world_size][worker::nworkers]
+        where = f"{c.corpus} rank {c.rank} worker {worker}/{nworkers}"
+        tracker = FaultTracker(where, c.skip_budget, c.skip_grace)
+        shuffle_rng = random.Random(stable_seed(c.seed, epoch, c.rank, worker, nworkers, "samples"))
+        skip = done_batches * c.batch_size
+        needs_image = bool(getattr(c.collate_fn, "needs_image", c.corpus == "dw"))
+        fields = _FIELDS[c.corpus] | ({"jpg"} if needs_image else set())
+        return wds.DataPipeline(
+            functools.partial(shard_passes, own, order, repeat=c.repeat, shuffle=c.shuffle_shards, seed=c.seed,
+                              epoch=epoch, where=where, tracker=tracker),
+            functools.partial(read_samples, fields=fields, tracker=tracker),
+            (functools.partial(shuffle_in_pass, bufsize=c.shuffle_buffer, rng=shuffle_rng)
+             if c.shuffle_buffer > 1 else None),
+            functools.partial(check_samples, corpus=c.corpus, collate_fn=c.collate_fn, needs_image=needs_image,
+                              draft_size=getattr(c.collate_fn, "image_size", None), tracker=tracker),
+            (lambda src: itertools.islice(src, skip, None)) if skip else None,
+            functools.partial(batch_collate, batch_size=c.batch_size, collate_fn=c.collate_fn, epoch=epoch,
+                              tracker=tracker, keep_partial=not c.repeat),
+        )
+
+
+class ShardLoader:
+    """Iterable over one rank's batches of one corpus; each `iter()` runs the next (or resumed) epoch.
+
+    `skips` sums the skip counts of all workers; `state_dict()` / `load_state_dict()` save and
+    restore the stream position; `len()` is batches_per_epoch (when set).
+    """
+
+    def __init__(self, cfg: _Config, epoch: int, num_workers: int, batches_per_epoch: int | None,
+                 pin_memory: bool) -> None:
+        self.cfg = cfg
+        self.epoch = epoch
+        self.batches_done = 0
+        self.num_workers = num_workers
+        self.batches_per_epoch = batches_per_epoch
+        self.pin_memory = pin_memory
+        self.skips = SkipCounter()
+
+    def __len__(self) -> int:
+        if self.batches_per_epoch is None:
+            raise TypeError("this loader reads its shards once per epoch; its length is unknown")
+        return self.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, done = state.get("epoch"), state.get("batches_done")
+        if not isinstance(epoch, int) or not isinstance(done, int) or epoch < 0 or done < 0:
+            raise ValueError(f"a data position is {{'epoch': int >= 0, 'batches_done': int >= 0}}, got {state!r}")
+        self.epoch, self.batches_done = epoch, done
+
+    def __iter__(self) -> Iterator[dict]:
+        bpe = self.batches_per_epoch
+        if bpe is not None and self.batches_done >= bpe:
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        loader = DataLoader(_WorkerStream(self.cfg, self.epoch, self.batches_done), batch_size=None,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
+                            prefetch_factor=2 if self.num_workers > 0 else None)
+        it = iter(loader)
+        try:
+            while bpe is None or self.batches_done < bpe:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                self.skips.update(batch.pop("skipped", {}))
+                if batch.pop(_SKIPS_ONLY, False):
+                    continue
+                self.batches_done += 1
+                yield batch
+        finally:
+            # Stop the workers now (their streams may be endless). Leaving it to garbage collection
+            # is not enough: an exception's traceback keeps the iterator alive, and a late cyclic
+            # collection can close its queues first and then wait 5 s per worker to join.
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            del it
+        if self.batches_done == 0:
+            raise NoUsableData(f"{self.cfg.corpus} rank {self.cfg.rank}: epoch {self.epoch} produced no batch; its "
+                               f"shards hold no usable sample (skips: {self.skips.as_dict()})")
+        self.epoch, self.batches_done = self.epoch + 1, 0
+
+
+def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, collate_fn: Callable[..., dict], *,
+                  seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                  shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, skip_budget: float = 0.01,
+                  skip_grace: int = 16, shuffle_shards: bool = True, pin_memory: bool = False) -> ShardLoader:
+    """A loader of `corpus` ("ds" | "dw" | "dt") batches for one rank (see the module docstring).
+
+    `collate_fn(samples, epoch=...)` receives decoded schema samples (rc3.data.schemas); the
+    collators of rc3.data.collate also tell the pipeline which samples they cannot use and
+    whether images must be decoded. `skip_budget`: largest fraction of a worker's samples that
+    may be broken (plus `skip_grace` samples) before SkipBudgetExceeded.
+    """
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; expected one of {CORPORA}")
+    own = getattr(collate_fn, "corpus", corpus)
+    if own != corpus:
+        raise ValueError(f"{type(collate_fn).__name__} collates {own!r} samples, not {corpus!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                             ("world_size", world_size, 1), ("shuffle_buffer", shuffle_buffer, 0),
+                             ("batches_per_epoch", batches_per_epoch or 1, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0.0 <= skip_budget <= 1.0 or skip_grace < 0:
+        raise ValueError(f"skip_budget is a fraction in [0, 1] and skip_grace >= 0, got {skip_budget}, {skip_grace}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    shard_list = expand_shards(shards)
+    streams = world_size * max(num_workers, 1)
+    if len(shard_list) < streams:
+        raise ValueError(
+            f"{corpus}: {len(shard_list)} shard(s) for {world_size} rank(s) x {max(num_workers, 1)} worker(s) = "
+            f"{streams} streams; every worker needs at least one shard: write smaller shards or use fewer workers")
+    cfg = _Config(corpus=corpus, shards=shard_list, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
+                  rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, shuffle_shards=shuffle_shards,
+                  skip_budget=skip_budget, skip_grace=skip_grace, repeat=batches_per_epoch is not None)
+    return ShardLoader(cfg, epoch, num_workers, batches_per_epoch, pin_memory)
