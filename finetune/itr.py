@@ -1,0 +1,20 @@
+"""Finetune RC3 on image-text retrieval (xFlickr&CO): `python finetune/itr.py --config configs/finetune/itr.yaml --init MODEL_DIR`.
+
+Also runs multi-process: `accelerate launch finetune/itr.py ...`. See `--help`.
+"""
+import sys
+from pathlib import Path
+
+try:
+    import rc3  # noqa: F401  (installed editable: the normal case)
+except ImportError:  # running from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rc3.tasks.cli import build_parser  # noqa: E402
+
+if __name__ == "__main__":
+    build_parser("itr").parse_args()  # --help and usage errors before the heavy imports
+    from rc3.tasks.itr import main
+    from rc3.tasks.trainer import run_main
+
+    run_main(main)

@@ -1,0 +1,20 @@
+"""Finetune RC3 on multimodal machine translation (Multi30K): `python finetune/mmt.py --config configs/finetune/mmt.yaml --init MODEL_DIR`.
+
+Also runs multi-process: `accelerate launch finetune/mmt.py ...`. See `--help`.
+"""
+import sys
+from pathlib import Path
+
+try:
+    import rc3  # noqa: F401  (installed editable: the normal case)
+except ImportError:  # running from a plain checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rc3.tasks.cli import build_parser  # noqa: E402
+
+if __name__ == "__main__":
+    build_parser("mmt").parse_args()  # --help and usage errors before the heavy imports
+    from rc3.tasks.mmt import main
+    from rc3.tasks.trainer import run_main
+
+    run_main(main)

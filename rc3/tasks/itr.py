@@ -1,0 +1,149 @@
+"""Image-text retrieval recipe (xFlickr&CO): dual-encoder candidates re-ranked by the ITM head.
+
+Training: English Flickr30k-style captions (`data.train`, e.g. flickr30k/annotations/train_ann.jsonl,
+five sentences per image) with the loss of `rc3.tasks.itr_model`. Evaluation per language
+(`data.test`/annotations/<lang>/<test_split>.jsonl, one caption per image): every image is embedded
+image-only and every caption text-only; FAISS (or torch) finds each query's top `itr.k` candidates
+by inner product (rc3.retrieval) and the ITM cross-encoder re-ranks them. `itr.k=all` skips the
+search and scores every pair, which is exactly the brute-force cross-encoder ranking. Rows:
+R@1/5/10 image->text and text->image, and mean R@1 (the paper's ITR number).
+
+Evaluation runs on the main process (the ranking needs every embedding); the others wait.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..data.collate import pad_batch
+from ..retrieval import itr_recall
+from .classification import pick_langs, visual_source
+from .common import VisualSource, collate_visual
+from .datasets import TaskItem, TextCollator, VisualTextDataset, image_keys, limit
+from .finetune_config import ITRFinetuneConfig
+from .itr_model import ITRModel
+from .readers.xflickrco import CaptionTable, caption_table, read_retrieval, xflickrco_langs, xflickrco_path
+from .trainer import FinetuneRun, parse_cli
+
+METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R@1", "images", "captions"]
+
+
+def read_table(cfg: ITRFinetuneConfig, path: Any, lang: str, limit_to: Optional[int]) -> CaptionTable:
+    return caption_table(limit(list(read_retrieval(path, lang)), limit_to))
+
+
+def train_items(table: CaptionTable, lang: str) -> list[TaskItem]:
+    """One item per (image, caption); the label is the image's index (its group in the batch)."""
+    return [TaskItem(f"{table.images[i]}#{j}", cap, lang, (table.images[i],), i)
+            for j, (cap, i) in enumerate(zip(table.captions, table.caption_image))]
+
+
+class RetrievalEvaluator:
+    """Embeds one caption table and scores (image, caption) pairs with the ITM head, in batches."""
+
+    def __init__(self, model: ITRModel, table: CaptionTable, lang: str, run: FinetuneRun, visual: VisualSource) -> None:
+        self.model, self.table, self.lang, self.run = model, table, lang, run
+        self.device = run.accelerator.device
+        self.batch = run.cfg.eval.batch_size
+        # Images are scored many times during re-ranking: load each once (ROI kept in half precision).
+        self.images = [_compact(visual.load(k)) for k in tqdm(table.images, desc=f"itr load {lang}", disable=not run.is_main,
+                                                               dynamic_ncols=True, leave=False)]
+        self.text_ids = [run.tokenizer.encode(c, lang, run.cfg.data.max_text_len) for c in table.captions]
+
+    def _visual(self, idx: Sequence[int]) -> dict[str, Tensor]:
+        batch = collate_visual([self.images[i] for i in idx])  # casts the half-precision ROI back to float32
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _text(self, idx: Sequence[int]) -> tuple[Tensor, Tensor]:
+        ids, mask = pad_batch([self.text_ids[j] for j in idx], self.run.tokenizer.pad_id)
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        acc, out_i, out_t = self.run.accelerator, [], []
+        with acc.autocast():
+            for a in range(0, len(self.images), self.batch):
+                out_i.append(self.model.image_embeddings(self._visual(range(a, min(a + self.batch, len(self.images))))).float())
+            for a in range(0, len(self.text_ids), self.batch):
+                out_t.append(self.model.text_embeddings(*self._text(range(a, min(a + self.batch, len(self.text_ids))))).float())
+        return torch.cat(out_i), torch.cat(out_t)
+
+    @torch.no_grad()
+    def pair_scores(self, image_idx: Tensor, text_idx: Tensor) -> Tensor:
+        """ITM logits of pairs (image_idx[c,k], text_idx[c,k]) -> [c,k], `eval.batch_size` pairs per forward."""
+        flat_i, flat_t = image_idx.reshape(-1).tolist(), text_idx.reshape(-1).tolist()
+        out = []
+        with self.run.accelerator.autocast():
+            for a in range(0, len(flat_i), self.batch):
+                ids, mask = self._text(flat_t[a:a + self.batch])
+                out.append(self.model.itm_scores(ids, mask, self._visual(flat_i[a:a + self.batch])).float().cpu())
+        return torch.cat(out).reshape(image_idx.shape)
+
+    def recall(self, k: int | str, index: str) -> dict[str, float]:
+        image_emb, text_emb = self.embeddings()
+        return itr_recall(image_emb.cpu(), text_emb.cpu(), self.table.caption_image, self.pair_scores, k=k,
+                          chunk_size=max(1, self.batch // 4), index=index, max_pairs=4 * self.batch)
+
+
+def _compact(visual: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: (v.half() if k == "roi" else v) for k, v in visual.items()}
+
+
+def evaluate(run: FinetuneRun, model: ITRModel, tables: dict[str, CaptionTable], visual: VisualSource,
+             k: int | str, index: str, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Recall rows per language (main process only)."""
+    model.eval()
+    results = {}
+    for lang, table in tables.items():
+        scores = RetrievalEvaluator(model, table, lang, run, visual).recall(k, index)
+        results[lang] = {**scores, "images": len(table.images), "captions": len(table.captions)}
+        log(f"[itr] {lang}: mean R@1 {scores['mean_R@1']:.2f} (i2t R@1 {scores['i2t_R@1']:.2f}, "
+            f"t2i R@1 {scores['t2i_R@1']:.2f}; {len(table.images)} images, {len(table.captions)} captions, k={k})")
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
+    cfg, args = parse_cli("itr", argv)
+    assert isinstance(cfg, ITRFinetuneConfig)
+    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+        rc3 = run.load_rc3()
+        c = cfg.itr
+        model = ITRModel(rc3, cfg.model.visual_mode, c.embed_dim, c.temperature, c.learn_temperature,
+                         c.contrastive_weight, c.itm_weight, c.hard_negatives)
+        run.maybe_load_head(model)
+        visual = visual_source(cfg, rc3.cfg.image_size)
+        root, split = cfg.data_path(cfg.data.test), cfg.data.test_split
+        langs = pick_langs(cfg, xflickrco_langs(root, split), f"{root}/annotations/<lang>/{split}.jsonl")
+        tables = {lang: read_table(cfg, xflickrco_path(root, lang, split), lang, cfg.data.max_eval_examples) for lang in langs}
+        for lang, table in tables.items():
+            visual.check(table.images, f"the {lang} test set")
+        dev = None
+        if cfg.data.dev and cfg.train.epochs > 0:
+            dev = read_table(cfg, cfg.data_path(cfg.data.dev), cfg.data.train_lang, cfg.data.max_eval_examples)
+            visual.check(dev.images, f"the dev set {cfg.data_path(cfg.data.dev)}")
+
+        if cfg.train.epochs > 0:
+            table = read_table(cfg, cfg.data_path(cfg.data.train), cfg.data.train_lang, cfg.data.max_train_examples)
+            items = train_items(table, cfg.data.train_lang)
+            visual.check(image_keys(items), f"the training set {cfg.data_path(cfg.data.train)}")
+            dataset = VisualTextDataset(items, run.tokenizer, visual, cfg.data.max_text_len)
+
+            def after_epoch(m: Any, epoch: int) -> dict[str, float]:
+                out: dict[str, float] = {}
+                if dev is not None and run.is_main:
+                    scores = RetrievalEvaluator(run.accelerator.unwrap_model(m), dev, cfg.data.train_lang, run, visual)
+                    out = {"mean_R@1": scores.recall(c.rerank_k, c.index)["mean_R@1"]}
+                run.accelerator.wait_for_everyone()
+                m.train()
+                return out
+
+            prepared = run.fit(model, dataset, TextCollator(run.tokenizer.pad_id), after_epoch)
+        else:
+            prepared = run.accelerator.prepare(model)
+        results: dict[str, dict[str, Any]] = {}
+        if run.is_main:
+            results = evaluate(run, run.accelerator.unwrap_model(prepared), tables, visual, c.rerank_k, c.index, run.print)
+        return run.finish(prepared, results, METRICS, {"k": c.k})

@@ -1,0 +1,97 @@
+"""The image-text retrieval model: ITM cross-encoder + dual-encoder head, and its training loss.
+
+Training batch: captions with their images (`labels` = an image id, so two captions of one image
+in a batch are never each other's negatives). The loss is
+- InfoNCE over the batch between image embeddings (image-only VtR, `[CLS] image` with no text)
+  and text embeddings (text-only TR) with the head's temperature, both directions;
+- BCE of the ITM head (model.itm_logits on the VtR of `[CLS] image [BOS] text [LANG]`) on every
+  positive pair, one negative caption per image and one negative image per caption, drawn from the
+  other images of the batch in proportion to their dual-encoder similarity (hard negatives, as in
+  ALBEF) or uniformly (`itr.hard_negatives=false`).
+All cross-encoder sequences of a step go through the encoder in one call.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..losses import itm_loss
+from ..modeling import RC3Model
+from .common import visual_of
+from .heads import DualEncoderHead, TaskModel
+
+
+def empty_text(like: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """Zero-length text ids/mask: the image-only sequence is `[CLS] image` alone."""
+    return like.new_zeros((batch, 0)), torch.zeros(batch, 0, dtype=torch.bool, device=like.device)
+
+
+def index_visual(visual: Mapping[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    return {k: v[index] for k, v in visual.items()}
+
+
+class ITRModel(TaskModel):
+    task = "itr"
+
+    def __init__(self, rc3: RC3Model, mode: str, embed_dim: int = 256, temperature: float = 0.07,
+                 learn_temperature: bool = True, contrastive_weight: float = 1.0, itm_weight: float = 1.0,
+                 hard_negatives: bool = True) -> None:
+        super().__init__(rc3, mode)
+        self.dual = DualEncoderHead(rc3.d_model, embed_dim, temperature, learn_temperature)
+        self.contrastive_weight, self.itm_weight, self.hard_negatives = contrastive_weight, itm_weight, hard_negatives
+
+    def meta(self) -> dict[str, Any]:
+        return {**super().meta(), "embed_dim": self.dual.image_proj.out_features}
+
+    # ---- embeddings and scores (also used by evaluation) ------------------------------------
+    def image_embeddings(self, visual: Mapping[str, Tensor]) -> Tensor:
+        any_t = next(iter(visual.values()))
+        ids, mask = empty_text(torch.zeros(1, dtype=torch.long, device=any_t.device), any_t.shape[0])
+        return self.dual.image(self.rc3.vtr(ids, mask, visual, self.mode))
+
+    def text_embeddings(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.dual.text(self.rc3.tr(input_ids, attention_mask))
+
+    def itm_scores(self, input_ids: Tensor, attention_mask: Tensor, visual: Mapping[str, Tensor]) -> Tensor:
+        return self.rc3.itm_logits(self.rc3.vtr(input_ids, attention_mask, visual, self.mode)).float()
+
+    # ---- training ---------------------------------------------------------------------------
+    def _negatives(self, sim: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
+        """One negative column per row (by similarity or uniformly) among columns of another image; rows
+        without any such column are dropped. Returns (rows, chosen columns)."""
+        weights = torch.softmax(sim.detach().float(), dim=1) if self.hard_negatives else torch.ones_like(sim, dtype=torch.float)
+        weights = weights.masked_fill(same, 0.0)
+        rows = torch.nonzero(weights.sum(dim=1) > 0).squeeze(1)
+        if len(rows) == 0:
+            return rows, rows
+        w = weights[rows]
+        w = w + (w.sum(dim=1, keepdim=True) == 0).float()  # guard; never taken for kept rows
+        return rows, torch.multinomial(w / w.sum(dim=1, keepdim=True), 1).squeeze(1)
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        ids, mask, group = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        visual = visual_of(batch)
+        b = ids.shape[0]
+        img = self.image_embeddings(visual)
+        txt = self.text_embeddings(ids, mask)
+        same = group[:, None] == group[None, :]
+        eye = torch.eye(b, dtype=torch.bool, device=ids.device)
+        sim = img @ txt.T  # cosine similarities, image rows x caption columns
+        logits = (sim * self.dual.scale()).masked_fill(same & ~eye, float("-inf"))
+        target = torch.arange(b, device=ids.device)
+        contrastive = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
+
+        # ITM: positives, a negative caption per image, a negative image per caption, in one encoder call.
+        img_rows, neg_txt = self._negatives(sim, same)
+        txt_rows, neg_img = self._negatives(sim.T, same)
+        arange = torch.arange(b, device=ids.device)
+        v_index = torch.cat([arange, img_rows, neg_img])
+        t_index = torch.cat([arange, neg_txt, txt_rows])
+        targets = torch.cat([torch.ones(b, device=ids.device), torch.zeros(len(img_rows) + len(txt_rows), device=ids.device)])
+        scores = self.itm_scores(ids[t_index], mask[t_index], index_visual(visual, v_index))
+        itm = itm_loss(scores, targets)
+        loss = self.contrastive_weight * contrastive + self.itm_weight * itm
+        itm_acc = ((scores > 0).float() == targets).float().mean()
+        return {"loss": loss, "loss_contrastive": contrastive.detach(), "loss_itm": itm.detach(), "acc_itm": itm_acc.detach()}
