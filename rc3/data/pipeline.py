@@ -12,7 +12,8 @@ DataLoader worker runs this explicit list of stages (a `wds.DataPipeline`):
   4. check_samples    (rc3.data.faults) safe decode through rc3.data.schemas (np.load(allow_pickle=
                       False), json, PIL; never wds' default `.decode()`, which unpickles), then text
                       and collator checks; every dropped sample is counted by reason and logged
-  5. fast-forward     on resume, the first usable samples already consumed are skipped (no collate)
+  5. fast_forward     on resume, the usable samples already consumed are skipped (not collated);
+                      the skips met on the way are not reported again
   6. batch_collate    `collate_fn(samples, epoch=epoch)`; each batch carries the worker's skip
                       increments under "skipped", which ShardLoader moves into `loader.skips`
 
@@ -204,6 +205,15 @@ def shuffle_in_pass(items: Iterable[Any], bufsize: int, rng: random.Random) -> I
     yield from buf
 
 
+def fast_forward(samples: Iterable[Any], count: int, tracker: FaultTracker) -> Iterator[Any]:
+    """Skip the usable samples of batches produced before a resume (decoded, not collated)."""
+    it = iter(samples)
+    for _ in itertools.islice(it, count):
+        pass
+    tracker.take()  # their skips were reported before the interruption (and live in the checkpoint)
+    yield from it
+
+
 def batch_collate(samples: Iterable[Any], batch_size: int, collate_fn: Callable[..., dict], epoch: int,
                   tracker: FaultTracker, keep_partial: bool) -> Iterator[dict]:
     buf: list[Any] = []
@@ -250,7 +260,7 @@ class _WorkerStream(IterableDataset):
              if c.shuffle_buffer > 1 else None),
             functools.partial(check_samples, corpus=c.corpus, collate_fn=c.collate_fn, needs_image=needs_image,
                               draft_size=getattr(c.collate_fn, "image_size", None), tracker=tracker),
-            (lambda src: itertools.islice(src, skip, None)) if skip else None,
+            functools.partial(fast_forward, count=skip, tracker=tracker) if skip else None,
             functools.partial(batch_collate, batch_size=c.batch_size, collate_fn=c.collate_fn, epoch=epoch,
                               tracker=tracker, keep_partial=not c.repeat),
         )
