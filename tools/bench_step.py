@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=("deepspeed", "torch"), default="deepspeed")
     ap.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder layers")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--profile", action="store_true", help="print the top operators of one extra profiled step")
     args = ap.parse_args()
     overrides = ["train.total_steps=100000", *args.set]
     if args.data == "random":
@@ -123,6 +124,17 @@ def main() -> None:
             total += t2 - t0
             flops += counter.flops
             tokens += counter.encoder_tokens + counter.decoder_tokens
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+        with profile(activities=acts) as prof:
+            out = forward(compute_losses, next_batches(0), cfg.objectives, state, gen, None)
+            backward(out.loss)
+            step()
+            sync()
+        key = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
     n = args.steps
     peak = flop_count.peak_flops(cfg.train.peak_tflops) if on_gpu else None
     step_time = total / n
