@@ -13,7 +13,7 @@ A language implements only the kinds its tasks need; `languages_with(kind)` list
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Any, Sequence
 
 from .world import Obj
 
@@ -149,7 +149,7 @@ def pair_stater(code: str) -> PairStater:
     return _as(code, PairStater)
 
 
-def _as(code: str, kind: type):
+def _as(code: str, kind: type) -> Any:
     lang = language(code)
     if not isinstance(lang, kind):
         raise KeyError(f"language {code!r} has no {kind.__name__} grammar; "
