@@ -325,3 +325,27 @@ def test_export_hf_loads_with_plain_transformers(converted, tmp_path: Path) -> N
         export.main([str(tmp_path), str(tmp_path / "x")])
     export.main([str(src), str(out), "--overwrite"])
     assert MBartForConditionalGeneration.from_pretrained(str(out)).config.vocab_size == hf.config.vocab_size
+
+
+def test_weights_load_from_bin_and_sharded_safetensors(mbart_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    convert = load_tool("convert_mbart50.py")
+    reference = load_file(str(mbart_dir / "model.safetensors"))
+    model = MBartForConditionalGeneration.from_pretrained(str(mbart_dir))
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # tied tensors share storage, as in mBART-50's
+    from_bin = convert.load_mbart_state(tmp_path)
+    assert all(torch.equal(from_bin[k], v) for k, v in reference.items())
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    keys = sorted(reference)
+    halves = {"part-1.safetensors": keys[: len(keys) // 2], "part-2.safetensors": keys[len(keys) // 2:]}
+    for name, part in halves.items():
+        save_file({k: reference[k] for k in part}, str(sharded / name))
+    weight_map = {k: name for name, part in halves.items() for k in part}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    from_shards = convert.load_mbart_state(sharded)
+    assert from_shards.keys() == reference.keys()
+    assert all(torch.equal(from_shards[k], v) for k, v in reference.items())
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+        convert.load_mbart_state(mbart_dir.parent)
