@@ -20,10 +20,11 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..tokenization import PRETRAIN_LANGS, RC3Tokenizer, check_lang
-from .images import image_to_tensor
+from .images import images_to_batch
 
 IGNORE_INDEX = -100
 
@@ -150,8 +151,9 @@ class DsCollator(_TextPairCollator):
         tgt_ids, tgt_mask = pad_batch(tgt, tok.pad_id)
         dec_input_ids, dec_mask = pad_batch(dec_in, tok.pad_id)
         dec_labels, _ = pad_batch(dec_lab, IGNORE_INDEX)
-        roi = torch.stack([torch.from_numpy(s.roi.astype("float32")) for s in samples])
-        boxes = torch.stack([torch.from_numpy(s.boxes.astype("float32")) for s in samples])
+        # numpy, not torch.stack: torch's intra-op threads contend with the tokenizer's in a worker
+        roi = torch.from_numpy(np.stack([s.roi for s in samples]).astype(np.float32))
+        boxes = torch.from_numpy(np.stack([s.boxes for s in samples]).astype(np.float32))
         roi_mask = torch.zeros(roi.shape[:2], dtype=torch.bool)
         for i, s in enumerate(samples):
             roi_mask[i, : int(getattr(s, "num_rois", roi.shape[1]))] = True
@@ -163,7 +165,7 @@ class DsCollator(_TextPairCollator):
             "src_lang": li_list, "tgt_lang": lj_list, "keys": [s.key for s in samples],
         }
         if self.with_pixels:
-            batch["pixels"] = torch.stack([image_to_tensor(s.image, self.image_size) for s in samples])
+            batch["pixels"] = images_to_batch([s.image for s in samples], self.image_size)
         return batch
 
 
@@ -189,7 +191,7 @@ class DwCollator(_TextPairCollator):
         src_ids, src_mask = pad_batch(src, self.tok.pad_id)
         tgt_ids, tgt_mask = pad_batch(tgt, self.tok.pad_id)
         return {
-            "pixels": torch.stack([image_to_tensor(s.image, self.image_size) for s in samples]),
+            "pixels": images_to_batch([s.image for s in samples], self.image_size),
             "src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
             "src_lang": li_list, "tgt_lang": lj_list, "keys": [s.key for s in samples],
         }

@@ -41,22 +41,28 @@ def load_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         raise ImageDecodeError(f"not a decodable image ({type(exc).__name__}: {exc})") from exc
 
 
-def image_to_tensor(img: Image.Image, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """Resize to size x size (bicubic) and normalise: float32 [3, size, size]."""
+def _normalised(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BICUBIC)
-    arr = np.asarray(img, dtype=np.uint8)  # [H, W, 3]
-    x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return x.sub_(m).div_(s)
+    x = np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)  # [H, W, 3]
+    x -= np.asarray(mean, dtype=np.float32)
+    x /= np.asarray(std, dtype=np.float32)
+    return x.transpose(2, 0, 1)  # [3, H, W]
 
 
-def images_to_batch(images: Sequence[Image.Image], size: int = 224) -> torch.Tensor:
-    """Stack images as one float32 [B, 3, size, size] batch."""
+def image_to_tensor(img: Image.Image, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Resize to size x size (bicubic) and normalise: float32 [3, size, size]."""
+    return torch.from_numpy(np.ascontiguousarray(_normalised(img, size, mean, std)))
+
+
+def images_to_batch(images: Sequence[Image.Image], size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Stack images as one float32 [B, 3, size, size] batch.
+
+    Built in numpy: torch's intra-op threads would contend with the other threads of a worker."""
     if not images:
         return torch.zeros(0, 3, size, size)
-    return torch.stack([image_to_tensor(img, size) for img in images])
+    return torch.from_numpy(np.stack([_normalised(img, size, mean, std) for img in images]))
