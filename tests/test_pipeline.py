@@ -162,38 +162,26 @@ def _truncated(path: Path, good: bytes) -> None:
     path.write_bytes(good[: len(good) // 2 + 100])
 
 
-def _missing_field(path: Path, captions) -> None:
-    s = ds_sample(900, captions[0])
-    del s["boxes.npy"]
+def _one_broken_sample(path: Path, captions, field: str, value) -> None:
+    s = ds_sample(900, captions[0], jpg=True)
+    if value is None:
+        del s[field]
+    else:
+        s[field] = value(s[field]) if callable(value) else value
     write_tar(path, [s])
 
 
-def _bad_jpeg(path: Path, captions) -> None:
-    s = ds_sample(901, captions[1], jpg=True)
-    s["jpg"] = s["jpg"][:200]  # a JPEG cut short: the header parses, the pixels do not
-    write_tar(path, [s])
-
-
-def _non_utf8(path: Path, captions) -> None:
-    s = ds_sample(902, captions[2])
-    s["captions.json"] = b'{"en": "a dog \xff\xfe runs", "de": "ein Hund"}'
-    write_tar(path, [s])
-
-
-def _empty_caption(path: Path, captions) -> None:
-    s = ds_sample(903, captions[3])
-    s["captions.json"] = b'{"en": "  ", "de": "ein Hund"}'
-    write_tar(path, [s])
-
-
-FAULTS = {
+FAULTS = {  # name: (reason counted, writer of the bad shard from its path, captions and a good shard's bytes)
     "truncated": ("shard_error", lambda p, caps, good: _truncated(p, good)),
     "empty_file": ("shard_error", lambda p, caps, good: p.write_bytes(b"")),
     "not_a_tar": ("shard_error", lambda p, caps, good: p.write_bytes(b"this is not a tar archive\n" * 40)),
-    "missing_field": ("missing_field", lambda p, caps, good: _missing_field(p, caps)),
-    "undecodable_jpg": ("bad_image", lambda p, caps, good: _bad_jpeg(p, caps)),
-    "non_utf8_caption": ("non_utf8", lambda p, caps, good: _non_utf8(p, caps)),
-    "empty_caption": ("empty_text", lambda p, caps, good: _empty_caption(p, caps)),
+    "missing_field": ("missing_field", lambda p, caps, good: _one_broken_sample(p, caps, "boxes.npy", None)),
+    # a JPEG cut short: the header parses, the pixels do not
+    "undecodable_jpg": ("bad_image", lambda p, caps, good: _one_broken_sample(p, caps, "jpg", lambda b: b[:200])),
+    "non_utf8_caption": ("non_utf8", lambda p, caps, good: _one_broken_sample(
+        p, caps, "captions.json", b'{"en": "a dog \xff\xfe runs", "de": "ein Hund"}')),
+    "empty_caption": ("empty_text", lambda p, caps, good: _one_broken_sample(
+        p, caps, "captions.json", b'{"en": "  ", "de": "ein Hund"}')),
 }
 
 
