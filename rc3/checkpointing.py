@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import distributed as dist
-from . import rng
+from . import fault_injection, rng
 
 log = logging.getLogger("rc3.checkpoint")
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -105,6 +105,7 @@ class CheckpointManager:
         dist.barrier()
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={**client_state, "step": step, "world_size": world},
                                save_latest=False)
+        fault_injection.maybe_crash_in_save(step, rank)
         rng.save(path / f"rng_rank{rank:05d}.safetensors")
         _write_atomic(path / f"data_rank{rank:05d}.json", json.dumps(data_state))
         dist.barrier()  # every rank's part is on disk

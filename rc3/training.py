@@ -31,11 +31,13 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from . import distributed as dist
+from . import fault_injection
 from . import flops as flop_count
 from . import rng
 from .checkpointing import CheckpointError, CheckpointManager
 from .config import ConfigError, RC3Config, save_config
 from .data.collate import DsCollator, DtCollator, DwCollator
+from .data.multitask import MultiTaskLoader
 from .data.pipeline import make_pipeline
 from .modeling import RC3Model, build_model, load_tokenizer
 from .objectives import TASKS, ObjectiveState, compute_losses
@@ -43,9 +45,6 @@ from .run_log import RunLogger, cuda_peak_memory_gib
 from .tokenization import RC3Tokenizer
 
 log = logging.getLogger("rc3.train")
-# Fault injection for the fault-tolerance tests: "STEP" or "STEP:RANK[,STEP:RANK...]" makes that
-# rank's loss NaN at that optimizer step.
-INJECT_NAN_ENV = "RC3_INJECT_NAN"
 
 
 class NonFiniteError(RuntimeError):
@@ -132,18 +131,17 @@ def estimate_batches_per_epoch(pattern: str, batch_size: int, world_size: int) -
 
 
 class TaskStreams:
-    """One endless batch stream per corpus, and per step a dict task -> batch.
+    """The shard loaders of the enabled tasks and, per step, a dict task -> batch.
 
-    MCLM and ITM share one Ds batch (the paper samples both from Ds); R-XVtCL on Ds reads its own
-    Ds stream. Each stream runs epoch after epoch; its position is saved per rank.
+    MCLM and ITM share one Ds stream (the paper samples both from Ds; MultiTaskLoader hands them
+    the same batch); R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
+    positions and skip counts are saved per rank.
     """
 
     def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int) -> None:
         d, o = cfg.data, cfg.objectives
         combined = cfg.model.visual_mode == "combined"
         seed = cfg.train.seed
-        self.loaders: dict[str, Any] = {}
-        self.routes: dict[str, str] = {}
         specs = {
             "ds_mlm": (("mclm", "itm"), "ds", d.ds_shards, lambda: DsCollator(
                 tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed, with_pixels=combined, langs=d.langs,
@@ -155,52 +153,50 @@ class TaskStreams:
                 tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
             "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs)),
         }
+        self.loaders: dict[str, Any] = {}
+        by_task: dict[str, Any] = {}
         for stream, (tasks, corpus, shards, make_collate) in specs.items():
             on = [t for t in tasks if getattr(o, t).enabled]
             if not on:
                 continue
             batch = max(cfg.task_batch_size(t) for t in on)
             bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size)
-            self.loaders[stream] = make_pipeline(
+            loader = make_pipeline(
                 corpus, shards, batch, make_collate(), seed=seed + zlib.crc32(stream.encode()), rank=rank,
                 world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
                 batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available())
-            for t in on:
-                self.routes[t] = stream
-        self._iters: dict[str, Iterator] = {}
-
-    def _next(self, stream: str) -> dict:
-        while True:
-            it = self._iters.get(stream)
-            if it is None:
-                it = self._iters[stream] = iter(self.loaders[stream])
-            try:
-                return next(it)
-            except StopIteration:
-                self._iters.pop(stream)  # epoch over: the loader moves to the next epoch
+            self.loaders[stream] = loader
+            by_task.update({t: loader for t in on})
+        self.multi = MultiTaskLoader(by_task)
+        self._it: Iterator[dict[str, dict]] | None = None
 
     def next_batches(self) -> dict[str, dict]:
-        fresh = {s: self._next(s) for s in self.loaders}
-        return {task: fresh[stream] for task, stream in self.routes.items()}
+        # Fetching is kept neutral to the global RNG: a DataLoader draws its workers' base seed from it
+        # when an epoch's iterator starts, which would shift dropout after a resume (other start points).
+        with torch.random.fork_rng(devices=[]):
+            if self._it is None:
+                self._it = iter(self.multi)
+            return next(self._it)
 
     def samples_per_step(self) -> int:
-        return sum(self.loaders[s].cfg.batch_size for s in self.loaders)
+        return sum(loader.cfg.batch_size for loader in self.loaders.values())
 
     def skipped(self) -> int:
-        return sum(sum(l.skips.as_dict().values()) for l in self.loaders.values())
+        return sum(self.multi.skips.as_dict().values())
 
     def state_dict(self) -> dict[str, Any]:
-        return {s: {**l.state_dict(), "skips": l.skips.as_dict()} for s, l in self.loaders.items()}
+        return {"positions": self.multi.state_dict(),
+                "skips": {s: loader.skips.as_dict() for s, loader in self.loaders.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for s, loader in self.loaders.items():
-            if s not in state:
-                raise CheckpointError(f"the checkpoint has no data position for stream {s!r} (tasks changed?)")
-            pos = dict(state[s])
-            skips = pos.pop("skips", {})
-            loader.load_state_dict(pos)
-            loader.skips.update(skips)
-        self._iters.clear()
+        try:
+            self.multi.load_state_dict(state["positions"])
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"the checkpoint's data positions do not fit the enabled tasks: {err}") from None
+        for stream, counts in state.get("skips", {}).items():
+            if stream in self.loaders:
+                self.loaders[stream].skips.update(counts)
+        self._it = None
 
 
 def to_device(batches: Mapping[str, Mapping[str, Any]], device: torch.device) -> dict[str, dict[str, Any]]:
@@ -211,15 +207,6 @@ def to_device(batches: Mapping[str, Mapping[str, Any]], device: torch.device) ->
             moved[id(batch)] = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         out[task] = moved[id(batch)]
     return out
-
-
-def _injected_nan(step: int, rank: int) -> bool:
-    spec = os.environ.get(INJECT_NAN_ENV, "")
-    for item in filter(None, spec.split(",")):
-        s, _, r = item.partition(":")
-        if int(s) == step and (r == "" or int(r) == rank):
-            return True
-    return False
 
 
 # ---- the job -----------------------------------------------------------------------------------
@@ -288,21 +275,23 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
             t0 = time.perf_counter()
             plain_sum: dict[str, float] = {}
             parts_sum: dict[str, float] = {}
-            good, counter = 0, flop_count.FlopCounter()
+            good, attempts, counter = 0, 0, flop_count.FlopCounter()
+            fault_injection.maybe_kill(step + 1, rank)
             while good < accum:
                 batches = to_device(streams.next_batches(), device)
                 gen = torch.Generator().manual_seed(zlib.crc32(f"{cfg.train.seed}:{step}:{good}:{rank}".encode()))
                 with counter:
                     out = engine(compute_losses, batches, cfg.objectives, state, gen, gather)
                 loss = out.loss
-                if _injected_nan(step, rank):
+                if fault_injection.nan_loss(step + 1, rank, first_attempt=attempts == 0):
                     loss = loss * float("nan")
+                attempts += 1
                 if dist.any_rank(not bool(torch.isfinite(loss.detach()).item())):
                     nonfinite_in_row += 1
-                    logger.event(f"non-finite loss at step {step} on some rank: micro-batch skipped on every rank "
-                                 f"({nonfinite_in_row} in a row)", step=step, nonfinite_loss=1)
+                    logger.event(f"non-finite loss at step {step + 1} on some rank: micro-batch skipped on every rank "
+                                 f"({nonfinite_in_row} in a row)", step=step + 1, nonfinite_loss=1)
                     if nonfinite_in_row >= cfg.train.max_nonfinite_steps:
-                        raise NonFiniteError(f"{nonfinite_in_row} non-finite losses in a row at step {step}; stopping "
+                        raise NonFiniteError(f"{nonfinite_in_row} non-finite losses in a row at step {step + 1}; stopping "
                                              "(check the data and the learning rate; the last checkpoint is intact)")
                     continue
                 with counter:
@@ -317,10 +306,10 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
                 parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
             if engine.skipped_steps > skipped_before:
                 nonfinite_in_row += 1
-                logger.event(f"non-finite gradients at step {step}: DeepSpeed skipped the update", step=step,
+                logger.event(f"non-finite gradients at step {step + 1}: DeepSpeed skipped the update", step=step + 1,
                              nonfinite_grad=1)
                 if nonfinite_in_row >= cfg.train.max_nonfinite_steps:
-                    raise NonFiniteError(f"{nonfinite_in_row} non-finite steps in a row at step {step}; stopping")
+                    raise NonFiniteError(f"{nonfinite_in_row} non-finite steps in a row at step {step + 1}; stopping")
             else:
                 nonfinite_in_row = 0
             # p_avg and logged losses: averaged over micro-steps, then over ranks (one collective)

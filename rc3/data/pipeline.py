@@ -46,6 +46,7 @@ import itertools
 import os
 import random
 import re
+import signal
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -266,6 +267,12 @@ class _WorkerStream(IterableDataset):
         )
 
 
+def _ignore_sigterm(_worker_id: int) -> None:
+    # Schedulers send SIGTERM to every process of a job on preemption; the training process then
+    # saves a checkpoint and needs its workers until it is done. Workers exit with their parent.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ShardLoader:
     """Iterable over one rank's batches of one corpus; each `iter()` runs the next (or resumed) epoch.
 
@@ -307,7 +314,8 @@ class ShardLoader:
             self.epoch, self.batches_done = self.epoch + 1, 0
         loader = DataLoader(_WorkerStream(self.cfg, self.epoch, self.batches_done), batch_size=None,
                             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
-                            prefetch_factor=2 if self.num_workers > 0 else None)
+                            prefetch_factor=2 if self.num_workers > 0 else None,
+                            worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None)
         it = iter(loader)
         try:
             while bpe is None or self.batches_done < bpe:

@@ -1,0 +1,40 @@
+"""Fault injection for the fault-tolerance tests, driven by environment variables (off when unset).
+
+    RC3_INJECT_NAN=STEP:RANK     that rank's loss is NaN on the first micro-batch of optimizer step STEP
+    RC3_INJECT_NAN=STEP+:RANK    ... on every micro-batch from step STEP on (exercises the stop after N)
+    RC3_KILL_AT=STEP:RANK        that rank SIGKILLs itself when step STEP begins
+    RC3_CRASH_IN_SAVE=STEP:RANK  that rank dies right after writing its part of step STEP's checkpoint
+
+RANK may be omitted (every rank). Several items are separated by commas.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _matches(var: str, step: int, rank: int, first_attempt: bool = True) -> bool:
+    for item in filter(None, os.environ.get(var, "").split(",")):
+        s, _, r = item.partition(":")
+        if r and int(r) != rank:
+            continue
+        if s.endswith("+"):
+            if step >= int(s[:-1]):
+                return True
+        elif int(s) == step and first_attempt:
+            return True
+    return False
+
+
+def nan_loss(step: int, rank: int, first_attempt: bool) -> bool:
+    return _matches("RC3_INJECT_NAN", step, rank, first_attempt)
+
+
+def maybe_kill(step: int, rank: int) -> None:
+    if _matches("RC3_KILL_AT", step, rank):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_crash_in_save(step: int, rank: int) -> None:
+    if _matches("RC3_CRASH_IN_SAVE", step, rank):
+        os._exit(137)

@@ -1,0 +1,163 @@
+"""The pretraining engine under `deepspeed` on CPU: 2 ranks, exact resume, torn checkpoints, faults, 2 nodes.
+
+Every scenario launches real processes with the `deepspeed` launcher (gloo). They share one
+uninterrupted reference run of the same tiny config, whose per-step losses the others must match.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from engine_fixtures import (REPO, deepspeed_cmd, events, free_port, launch, step_losses, write_config,
+                             write_tiny_shards)
+
+pytestmark = pytest.mark.slow
+TOTAL = 10
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer_dir):
+    root = tmp_path_factory.mktemp("engine")
+    shards = write_tiny_shards(root / "shards")
+    return root, shards, tokenizer_dir
+
+
+def config_for(setup, name: str, **train) -> tuple[Path, Path]:
+    root, shards, tok = setup
+    run_dir = root / name
+    return write_config(root / f"{name}.yaml", tok, shards, run_dir, **train), run_dir
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    cfg, run_dir = config_for(setup, "reference")
+    ok(launch(cfg))
+    losses = step_losses(run_dir)
+    assert sorted(losses) == list(range(1, TOTAL + 1))
+    return losses
+
+
+def assert_same(losses: dict, reference: dict, steps) -> None:
+    for s in steps:
+        assert losses[s] == reference[s], f"step {s}: {losses[s]} != {reference[s]}"
+
+
+def test_two_ranks_train_and_checkpoint(reference, setup):
+    root = setup[0]
+    ckpt = root / "reference" / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step_00000010"
+    tags = sorted(p.name for p in ckpt.iterdir() if p.name.startswith("step_"))
+    assert tags == ["step_00000008", "step_00000010"]  # keep_last = 2
+    for tag in tags:
+        assert (ckpt / tag / "COMPLETE").is_file()
+        assert {f"rng_rank0000{r}.safetensors" for r in (0, 1)} <= {p.name for p in (ckpt / tag).iterdir()}
+    assert (root / "reference" / "model_card" / "rc3_config.json").is_file()
+    first, last = reference[1]["loss"], reference[TOTAL]["loss"]
+    assert last < first  # it learns something even in 10 steps
+
+
+def test_kill_one_rank_then_resume_is_exact(reference, setup):
+    cfg, run_dir = config_for(setup, "killed")
+    start = time.monotonic()
+    proc = launch(cfg, env={"RC3_KILL_AT": "6:1"})
+    assert proc.returncode != 0  # the whole job fails, it does not hang
+    assert time.monotonic() - start < 240
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    control = run_dir.with_name("killed-control")
+    shutil.copytree(run_dir, control)
+    ok(launch(cfg, "--resume"))
+    assert_same(step_losses(run_dir), reference, range(5, TOTAL + 1))
+    # negative control: the same resume without restoring RNG states (dropout) does not match
+    control_cfg, _ = config_for(setup, "killed-control")
+    ok(launch(control_cfg, "--resume", "--no-rng-restore"))
+    got = step_losses(control)
+    assert any(got[s] != reference[s] for s in range(5, TOTAL + 1))
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(reference, setup):
+    cfg, run_dir = config_for(setup, "torn")
+    proc = launch(cfg, env={"RC3_CRASH_IN_SAVE": "8:1"})
+    assert proc.returncode != 0
+    ckpt = run_dir / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step_00000004"
+    assert (ckpt / "step_00000008").is_dir() and not (ckpt / "step_00000008" / "COMPLETE").exists()
+    ok(launch(cfg, "--resume"))
+    assert_same(step_losses(run_dir), reference, range(5, TOTAL + 1))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(setup):
+    cfg, run_dir = config_for(setup, "empty")
+    proc = launch(cfg, "--resume", nproc=1)
+    assert proc.returncode != 0
+    assert "no complete checkpoint" in proc.stderr + proc.stdout
+
+
+def test_nan_on_one_rank_is_skipped_everywhere_then_sigterm_saves(setup):
+    cfg, run_dir = config_for(setup, "faults", total_steps=1000, save_every=1000)
+    cmd = deepspeed_cmd("--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "pretrain" / "main.py"),
+                        "--config", str(cfg))
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1", "RC3_INJECT_NAN": "3:1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if (run_dir / "metrics.jsonl").exists() and max(step_losses(run_dir) or [0]) >= 5:
+                break
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        # the rank processes (and their DataLoader workers), not the launcher
+        workers = subprocess.run(["pgrep", "-f", f"pretrain/main.py --local_rank=.*{cfg}"], capture_output=True,
+                                 text=True)
+        pids = [int(p) for p in workers.stdout.split() if int(p) != proc.pid]
+        assert pids
+        for pid in pids:  # what a cluster scheduler does on preemption
+            os.kill(pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-8000:]
+    ev = events(run_dir)
+    assert any(e.get("nonfinite_loss") and e["step"] == 3 for e in ev)
+    assert any("SIGTERM" in e["event"] for e in ev)
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert (run_dir / "checkpoints" / latest / "COMPLETE").is_file() and int(latest[5:]) >= 5
+
+
+def test_repeated_nan_stops_with_a_clear_error(setup):
+    cfg, run_dir = config_for(setup, "nan-stop", max_nonfinite_steps=3)
+    proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN": "2+"})
+    assert proc.returncode != 0
+    assert "3 non-finite losses in a row at step 2" in proc.stderr + proc.stdout
+
+
+def test_two_nodes_on_loopback_match_two_ranks_on_one_node(reference, setup):
+    cfg, run_dir = config_for(setup, "two-nodes")
+    root = setup[0]
+    hostfile = root / "hostfile"
+    hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        cmd = deepspeed_cmd("--hostfile", str(hostfile), "--num_nodes", "2", "--num_gpus", "1", "--node_rank",
+                            str(node), "--master_addr", "127.0.0.1", "--master_port", str(port), "--no_ssh",
+                            str(REPO / "pretrain" / "main.py"), "--config", str(cfg))
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1"},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    got = step_losses(run_dir)
+    for s in range(1, TOTAL + 1):
+        for k, v in reference[s].items():
+            assert got[s][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (s, k)
