@@ -151,7 +151,7 @@ class TaskStreams:
                 langs=d.langs, image_size=cfg.model.image_size)),
             "dw": (("rxvtcl_dw",), "dw", d.dw_shards, lambda: DwCollator(
                 tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
-            "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs)),
+            "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs, seed)),
         }
         self.loaders: dict[str, Any] = {}
         by_task: dict[str, Any] = {}

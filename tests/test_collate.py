@@ -150,7 +150,7 @@ def test_dt_batch_format(captions, tokenizer):
     tok = tokenizer
     pairs = [DtSample(key=f"t{i}", src_lang="en", tgt_lang="cs", src=captions[i]["en"], tgt=captions[i]["cs"])
              for i in range(4)]
-    col = DtCollator(tok, max_len=10)
+    col = DtCollator(tok, max_len=10, swap=False)
     b = col(pairs)
     for i, p in enumerate(pairs):
         assert b["src_ids"][i, : int(b["src_mask"][i].sum())].tolist() == tok.encode(p.src, "en", 10)
@@ -158,6 +158,19 @@ def test_dt_batch_format(captions, tokenizer):
     assert b["src_ids"].shape[1] <= 10 and b["src_lang"] == ["en"] * 4 and b["tgt_lang"] == ["cs"] * 4
     assert col.reject(DtSample("x", "en", "en", "a", "b")) == "bad_pair"
     assert col.reject(DtSample("x", "en", "sw", "a", "b")) == "bad_pair"  # not a pretraining language
+
+
+def test_dt_anchor_side_is_drawn_per_sample(captions, tokenizer):
+    pairs = [DtSample(key=f"t{i}", src_lang="en", tgt_lang="cs", src=captions[i % 4]["en"], tgt=captions[i % 4]["cs"])
+             for i in range(40)]
+    col = DtCollator(tokenizer, max_len=10, seed=3)
+    b = col(pairs, epoch=0)
+    assert 5 < b["src_lang"].count("en") < 35  # both directions occur
+    for i, p in enumerate(pairs):
+        src_text = p.src if b["src_lang"][i] == "en" else p.tgt
+        assert b["src_ids"][i, : int(b["src_mask"][i].sum())].tolist() == tokenizer.encode(src_text, b["src_lang"][i], 10)
+    assert col(pairs, epoch=0)["src_lang"] == b["src_lang"]  # deterministic
+    assert col(pairs, epoch=1)["src_lang"] != b["src_lang"]  # redrawn per epoch
 
 
 def test_helpers():

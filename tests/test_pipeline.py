@@ -91,7 +91,7 @@ def collator(corpus: str, tok, **kw):
         return DsCollator(tok, max_len=32, max_tgt_len=32, seed=3, **kw)
     if corpus == "dw":
         return DwCollator(tok, max_len=32, image_size=32, seed=3)
-    return DtCollator(tok, max_len=32)
+    return DtCollator(tok, max_len=32, swap=False)
 
 
 def run(loader) -> list[dict]:

@@ -199,28 +199,41 @@ class DwCollator(_TextPairCollator):
 
 
 class DtCollator:
-    """Dt parallel pairs for XTCL: src/tgt ids (encoder format) and masks, langs, keys. No randomness."""
+    """Dt parallel pairs for XTCL: src/tgt ids (encoder format) and masks, langs, keys.
+
+    Which side is the anchor x^li is drawn per sample from (seed, epoch, key): corpora store pairs
+    in a fixed direction (WikiMatrix puts one language first), and XTCL should anchor in every language.
+    """
 
     corpus = "dt"
     needs_image = False
     image_size = None
 
-    def __init__(self, tokenizer: RC3Tokenizer, max_len: int, langs: Sequence[str] = PRETRAIN_LANGS) -> None:
+    def __init__(self, tokenizer: RC3Tokenizer, max_len: int, langs: Sequence[str] = PRETRAIN_LANGS,
+                 seed: int = 0, swap: bool = True) -> None:
         if max_len < 3:
             raise ValueError(f"max_len must be >= 3 ([BOS] piece [LANG]), got {max_len}")
         self.tok = tokenizer
         self.max_len = max_len
         self.langs = _check_langs(langs)
+        self.seed = seed
+        self.swap = swap
 
     def reject(self, sample: Any) -> str | None:
         ok = sample.src_lang in self.langs and sample.tgt_lang in self.langs and sample.src_lang != sample.tgt_lang
         return None if ok else "bad_pair"
 
     def __call__(self, samples: Sequence[Any], epoch: int = 0) -> dict[str, Any]:
-        src_ids, src_mask = pad_batch([self.tok.encode(s.src, s.src_lang, self.max_len) for s in samples],
+        pairs = []
+        for s in samples:
+            a, b = (s.src, s.src_lang), (s.tgt, s.tgt_lang)
+            if self.swap and random.Random(sample_seed(self.seed, epoch, s.key)).random() < 0.5:
+                a, b = b, a
+            pairs.append((a, b))
+        src_ids, src_mask = pad_batch([self.tok.encode(t, lang, self.max_len) for (t, lang), _ in pairs],
                                       self.tok.pad_id)
-        tgt_ids, tgt_mask = pad_batch([self.tok.encode(s.tgt, s.tgt_lang, self.max_len) for s in samples],
+        tgt_ids, tgt_mask = pad_batch([self.tok.encode(t, lang, self.max_len) for _, (t, lang) in pairs],
                                       self.tok.pad_id)
         return {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
-                "src_lang": [s.src_lang for s in samples], "tgt_lang": [s.tgt_lang for s in samples],
+                "src_lang": [a[1] for a, _ in pairs], "tgt_lang": [b[1] for _, b in pairs],
                 "keys": [s.key for s in samples]}
