@@ -257,7 +257,7 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
         cfg = finetune_config_from_dict({}, "itr", [f"data.root={world}", *DATA["itr"], "data.features=[features.h5]",
                                                     "eval.batch_size=4"])
         is_main = True
-    table = read_table(Run.cfg, xflickrco_path(world / "xFlickrCO", "de"), "de", None)
+    table = read_table(xflickrco_path(world / "xFlickrCO", "de"), "de", None)
     ev = RetrievalEvaluator(model, table, "de", Run, VisualSource("roi", [world / "features.h5"]))
     n_i, n_t = len(table.images), len(table.captions)
     # One query per call, as the recipe's k=all pass makes them, so the scores are bit-identical

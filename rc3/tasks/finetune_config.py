@@ -11,7 +11,6 @@ so one `--set data.root=/mnt/iglue` moves a whole recipe to another machine.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -305,9 +304,3 @@ def save_finetune_config(cfg: FinetuneConfig, path: str | os.PathLike) -> Path:
     os.replace(tmp, path)
     return path
 
-
-def replace(cfg: FinetuneConfig, **changes: Any) -> FinetuneConfig:
-    """A copy with top-level fields changed, validated again."""
-    out = dataclasses.replace(cfg, **changes)
-    validate_finetune(out)
-    return out

@@ -31,7 +31,8 @@ from .trainer import FinetuneRun, parse_cli
 METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R@1", "images", "captions"]
 
 
-def read_table(cfg: ITRFinetuneConfig, path: Any, lang: str, limit_to: Optional[int]) -> CaptionTable:
+def read_table(path: Any, lang: str, limit_to: Optional[int]) -> CaptionTable:
+    """A retrieval file as a caption table (its first `limit_to` images when set)."""
     return caption_table(limit(list(read_retrieval(path, lang)), limit_to))
 
 
@@ -117,16 +118,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
         visual = visual_source(cfg, rc3.cfg.image_size)
         root, split = cfg.data_path(cfg.data.test), cfg.data.test_split
         langs = pick_langs(cfg, xflickrco_langs(root, split), f"{root}/annotations/<lang>/{split}.jsonl")
-        tables = {lang: read_table(cfg, xflickrco_path(root, lang, split), lang, cfg.data.max_eval_examples) for lang in langs}
+        tables = {lang: read_table(xflickrco_path(root, lang, split), lang, cfg.data.max_eval_examples) for lang in langs}
         for lang, table in tables.items():
             visual.check(table.images, f"the {lang} test set")
         dev = None
         if cfg.data.dev and cfg.train.epochs > 0:
-            dev = read_table(cfg, cfg.data_path(cfg.data.dev), cfg.data.train_lang, cfg.data.max_eval_examples)
+            dev = read_table(cfg.data_path(cfg.data.dev), cfg.data.train_lang, cfg.data.max_eval_examples)
             visual.check(dev.images, f"the dev set {cfg.data_path(cfg.data.dev)}")
 
         if cfg.train.epochs > 0:
-            table = read_table(cfg, cfg.data_path(cfg.data.train), cfg.data.train_lang, cfg.data.max_train_examples)
+            table = read_table(cfg.data_path(cfg.data.train), cfg.data.train_lang, cfg.data.max_train_examples)
             items = train_items(table, cfg.data.train_lang)
             visual.check(image_keys(items), f"the training set {cfg.data_path(cfg.data.train)}")
             dataset = VisualTextDataset(items, run.tokenizer, visual, cfg.data.max_text_len)

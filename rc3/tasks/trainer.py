@@ -63,14 +63,17 @@ class FinetuneRun:
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         self.cfg, self.save_model = cfg, save_model
-        world = PartialState().num_processes
+        # Without CUDA, Accelerate only forms a (gloo) process group under a launcher when told cpu=True;
+        # otherwise every launched process would run alone and write the same outputs.
+        cpu = not torch.cuda.is_available()
+        world = PartialState(cpu=cpu).num_processes
         per_step = cfg.train.micro_batch_size * world
         if cfg.train.batch_size % per_step:
             raise ConfigError("train.batch_size", f"{cfg.train.batch_size} is not divisible by micro_batch_size x "
                                                   f"processes = {cfg.train.micro_batch_size} x {world}")
         self.grad_accum = cfg.train.batch_size // per_step
         self.accelerator = Accelerator(
-            mixed_precision=_precision(cfg), gradient_accumulation_steps=self.grad_accum,
+            cpu=cpu, mixed_precision=_precision(cfg), gradient_accumulation_steps=self.grad_accum,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         set_seed(cfg.seed)
         self.out_dir = Path(cfg.output_dir)
