@@ -345,3 +345,20 @@ def test_script_help(task: str) -> None:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "--init" in proc.stdout and "--set" in proc.stdout and "--no-save" in proc.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    """DDP over 2 CPU processes (gloo): one run, sharded evaluation gathered back to every example."""
+    out = tmp_path / "ddp"
+    sets = [*COMMON, f"data.root={world}", "data.features=[features.h5]", *DATA["xvnli"]]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29731",
+           str(REPO / "finetune" / "xvnli.py"), "--init", str(model_dir), "--output-dir", str(out), "--no-save"]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout and proc.stdout.count("[xvnli] results:") == 1
+    results = read_results(out)
+    assert list(results) == ["en", "es", "fr"] and all(row["n"] == 6 for row in results.values())
