@@ -122,7 +122,7 @@ def test_nan_on_one_rank_is_skipped_everywhere_then_sigterm_saves(setup):
         assert pids
         for pid in pids:  # what a cluster scheduler does on preemption
             os.kill(pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
