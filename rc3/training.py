@@ -270,15 +270,19 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     nonfinite_in_row = 0
     window: dict[str, float] = {}
     window_steps, window_time, window_flops, window_tokens, window_samples = 0, 0.0, 0.0, 0, 0
+    window_wait = 0.0
     try:
         while step < cfg.train.total_steps:
             t0 = time.perf_counter()
             plain_sum: dict[str, float] = {}
+            data_wait = 0.0
             parts_sum: dict[str, float] = {}
             good, attempts, counter = 0, 0, flop_count.FlopCounter()
             fault_injection.maybe_kill(step + 1, rank)
             while good < accum:
+                t_fetch = time.perf_counter()
                 batches = to_device(streams.next_batches(), device)
+                data_wait += time.perf_counter() - t_fetch
                 gen = torch.Generator().manual_seed(zlib.crc32(f"{cfg.train.seed}:{step}:{good}:{rank}".encode()))
                 with counter:
                     out = engine(compute_losses, batches, cfg.objectives, state, gen, gather)
@@ -321,6 +325,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
             elapsed = time.perf_counter() - t0
             window_steps += 1
             window_time += elapsed
+            window_wait += data_wait
             window_flops += counter.flops
             window_tokens += counter.encoder_tokens + counter.decoder_tokens
             window_samples += streams.samples_per_step() * accum * world
@@ -333,13 +338,15 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
                 record.update({"p_avg.xtcl": state.xtcl.value, "p_avg.rxvtcl": state.rxvtcl.value,
                                "samples_per_s": window_samples / window_time,
                                "tokens_per_s": window_tokens * world / window_time,
-                               "skipped_samples": streams.skipped(), "step_time_s": window_time / window_steps})
+                               "skipped_samples": streams.skipped(), "step_time_s": window_time / window_steps,
+                               "data_wait_share": window_wait / window_time})
                 if peak:
                     record["mfu"] = window_flops / window_time / peak
                     record["peak_mem_gib"] = cuda_peak_memory_gib()
                 logger.write(record)
                 window.clear()
                 window_steps, window_time, window_flops, window_tokens, window_samples = 0, 0.0, 0.0, 0, 0
+                window_wait = 0.0
             if dist.any_rank(stop["requested"]):
                 save(step)
                 logger.event(f"SIGTERM: checkpoint saved at step {step}; exiting", step=step)
