@@ -50,6 +50,16 @@ def test_two_image_layout(model, tokenizer):
     assert not enc.mask[0, 31:37].any() and enc.mask[1, 31:37].all()
 
 
+def test_uint8_pixels_are_normalised_by_the_patch_front_end(model, tokenizer):
+    ids, mask, visual = batch(tokenizer)
+    u8 = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    as_float = (u8.float() / 255 - mean) / std
+    torch.testing.assert_close(model.vtr(ids, mask, {"pixels": u8}, "patch"),
+                               model.vtr(ids, mask, {"pixels": as_float}, "patch"), atol=1e-5, rtol=1e-5)
+
+
 def test_text_only(model, tokenizer):
     ids, mask, _ = batch(tokenizer)
     enc = model.encode(ids, mask)

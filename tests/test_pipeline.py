@@ -19,7 +19,7 @@ from PIL import Image
 from rc3.data import schemas
 from rc3.data.collate import DsCollator, DtCollator, DwCollator
 from rc3.data.faults import NoUsableData, SkipBudgetExceeded
-from rc3.data.images import image_to_tensor, load_image
+from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
 from rc3.data.multitask import MultiTaskLoader
 from rc3.data.pipeline import expand_shards, make_pipeline
 
@@ -119,11 +119,12 @@ def test_round_trip_keeps_every_record(corpus, tmp_path, captions, tokenizer):
             i = by_key[key]
             if corpus == "ds":
                 roi, boxes = roi_arrays(i)
-                assert torch.equal(b["roi"][row], torch.from_numpy(roi.astype(np.float32)))
+                assert torch.equal(b["roi"][row], torch.from_numpy(roi.astype(np.float16)))
                 assert torch.equal(b["boxes"][row], torch.from_numpy(boxes))
             elif corpus == "dw":
                 want = image_to_tensor(load_image(jpeg_bytes(i), 32), 32)
-                assert torch.allclose(b["pixels"][row], want)
+                mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+                assert torch.allclose((b["pixels"][row].float() / 255 - mean) / std, want, atol=1e-5)
                 assert b["src_lang"][row] != b["tgt_lang"][row]
             else:
                 s = dt_sample(i, captions[i])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..tokenization import PRETRAIN_LANGS, RC3Tokenizer, check_lang
-from .images import images_to_batch
+from .images import images_to_uint8_batch
 
 IGNORE_INDEX = -100
 
@@ -106,8 +106,9 @@ class _TextPairCollator:
 class DsCollator(_TextPairCollator):
     """Ds (v, x^li, x^lj) batches for MCLM, ITM and R-XVtCL: masked x^li, clean x^li, x^lj, decoder.
 
-    Keys: roi f32 [B,R,2048], boxes f32 [B,R,5], roi_mask bool [B,R] (False on padded regions),
-    pixels f32 [B,3,S,S] when with_pixels; src_ids (masked x^li), mlm_labels, src_clean_ids,
+    Keys: roi f16 [B,R,2048] (as stored; the ROI front end casts it on the device, so loaders move half
+    the bytes), boxes f32 [B,R,5], roi_mask bool [B,R] (False on padded regions),
+    pixels uint8 [B,3,S,S] (resized, normalised by the model) when with_pixels; src_ids (masked x^li), mlm_labels, src_clean_ids,
     src_mask; tgt_ids/tgt_mask (x^lj, encoder format); dec_input_ids = [EOS] [LANG_j] pieces,
     dec_labels = [LANG_j] pieces [EOS] (-100 on padding), dec_mask; src_lang, tgt_lang, keys.
     """
@@ -153,7 +154,7 @@ class DsCollator(_TextPairCollator):
         dec_labels, _ = pad_batch(dec_lab, IGNORE_INDEX)
         # numpy, not torch.stack: on a busy CPU torch's intra-op threads wait on each other (in-process
         # loading, num_workers=0, measured 200+ ms per 32-sample stack on 2 loaded cores vs ~6 ms here)
-        roi = torch.from_numpy(np.stack([s.roi for s in samples]).astype(np.float32))
+        roi = torch.from_numpy(np.stack([s.roi for s in samples]).astype(np.float16, copy=False))
         boxes = torch.from_numpy(np.stack([s.boxes for s in samples]).astype(np.float32))
         roi_mask = torch.zeros(roi.shape[:2], dtype=torch.bool)
         for i, s in enumerate(samples):
@@ -166,12 +167,13 @@ class DsCollator(_TextPairCollator):
             "src_lang": li_list, "tgt_lang": lj_list, "keys": [s.key for s in samples],
         }
         if self.with_pixels:
-            batch["pixels"] = images_to_batch([s.image for s in samples], self.image_size)
+            batch["pixels"] = images_to_uint8_batch([s.image for s in samples], self.image_size)
         return batch
 
 
 class DwCollator(_TextPairCollator):
-    """Dw (v, x^li, x^lj) batches for R-XVtCL: pixels f32 [B,3,S,S], src/tgt ids and masks, langs, keys."""
+    """Dw (v, x^li, x^lj) batches for R-XVtCL: pixels uint8 [B,3,S,S] (resized; the model normalises them),
+    src/tgt ids and masks, langs, keys."""
 
     corpus = "dw"
     text_field = "texts"
@@ -192,7 +194,7 @@ class DwCollator(_TextPairCollator):
         src_ids, src_mask = pad_batch(src, self.tok.pad_id)
         tgt_ids, tgt_mask = pad_batch(tgt, self.tok.pad_id)
         return {
-            "pixels": images_to_batch([s.image for s in samples], self.image_size),
+            "pixels": images_to_uint8_batch([s.image for s in samples], self.image_size),
             "src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
             "src_lang": li_list, "tgt_lang": lj_list, "keys": [s.key for s in samples],
         }

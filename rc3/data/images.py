@@ -52,6 +52,25 @@ def _normalised(img: Image.Image, size: int, mean: Sequence[float], std: Sequenc
     return x.transpose(2, 0, 1)  # [3, H, W]
 
 
+def _resized_uint8(img: Image.Image, size: int) -> np.ndarray:
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # [3, H, W]
+
+
+def images_to_uint8_batch(images: Sequence[Image.Image], size: int = 224) -> torch.Tensor:
+    """Resized (bicubic) but not normalised: uint8 [B, 3, size, size].
+
+    A quarter of the bytes of float32 between loader workers, the training process and the GPU;
+    the patch front end normalises uint8 pixels itself (rc3.modeling.visual.PatchEmbedding), on the
+    device, so the result equals `images_to_batch` up to float rounding."""
+    if not images:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack([_resized_uint8(img, size) for img in images]))
+
+
 def image_to_tensor(img: Image.Image, size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """Resize to size x size (bicubic) and normalise: float32 [3, size, size]."""

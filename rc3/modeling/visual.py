@@ -37,14 +37,22 @@ class ROIEmbedding(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
+    """timm ViT patch embedding + FC. Takes normalised float pixels, or uint8 pixels that it normalises
+    (ImageNet mean / std) on their device: loaders then ship a quarter of the bytes."""
+
     def __init__(self, image_size: int, patch_size: int, patch_dim: int, d_model: int) -> None:
         super().__init__()
+        # not persistent: constants, not weights
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255, persistent=False)
         self.patch_embed = PatchEmbed(img_size=image_size, patch_size=patch_size, in_chans=3, embed_dim=patch_dim)
         self.proj = nn.Linear(patch_dim, d_model)
         self.norm = nn.LayerNorm(d_model)
         self.num_patches = (image_size // patch_size) ** 2
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype == torch.uint8:
+            pixels = ((pixels.float() - self.mean) / self.std).to(self.proj.weight.dtype)
         tokens = pixels.shape[0] * self.num_patches
         conv = self.patch_embed.proj
         flops.linear(tokens, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
@@ -82,7 +90,7 @@ class VisualFrontEnd(nn.Module):
             masks.append(torch.ones(b, 1, dtype=torch.bool, device=parts[0].device))
         if mode in ("patch", "combined"):
             pixels = _need(visual, f"pixels{suffix}", mode)
-            tokens = self.patch(pixels.to(self.special.dtype))
+            tokens = self.patch(pixels if pixels.dtype == torch.uint8 else pixels.to(self.special.dtype))
             parts.append(tokens)
             masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
