@@ -1,0 +1,1 @@
+"""Small-scale reproduction of the paper's claims: job scheduling, result tables, sentence retrieval."""
