@@ -5,6 +5,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -83,8 +84,15 @@ def launch(config: Path, *extra: str, env: dict | None = None, nproc: int = 2, t
            port: int | None = None) -> subprocess.CompletedProcess:
     cmd = deepspeed_cmd("--num_gpus", str(nproc), "--master_port", str(port or free_port()),
                         str(REPO / "pretrain" / "main.py"), "--config", str(config), *extra)
-    return subprocess.run(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1", **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # a timed-out launch takes its ranks with it
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def step_losses(run_dir: Path) -> dict[int, dict[str, float]]:

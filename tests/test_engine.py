@@ -107,7 +107,7 @@ def test_nan_on_one_rank_is_skipped_everywhere_then_sigterm_saves(setup):
     cmd = deepspeed_cmd("--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "pretrain" / "main.py"),
                         "--config", str(cfg))
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1", "RC3_INJECT_NAN": "3:1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -124,8 +124,8 @@ def test_nan_on_one_rank_is_skipped_everywhere_then_sigterm_saves(setup):
             os.kill(pid, signal.SIGTERM)
         out, _ = proc.communicate(timeout=180)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # never leave ranks behind
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out[-8000:]
     ev = events(run_dir)
     assert any(e.get("nonfinite_loss") and e["step"] == 3 for e in ev)
@@ -153,8 +153,14 @@ def test_two_nodes_on_loopback_match_two_ranks_on_one_node(reference, setup):
                             str(node), "--master_addr", "127.0.0.1", "--master_port", str(port), "--no_ssh",
                             str(REPO / "pretrain" / "main.py"), "--config", str(cfg))
         procs.append(subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1"},
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     got = step_losses(run_dir)
