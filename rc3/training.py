@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import time
@@ -177,6 +178,15 @@ class TaskStreams:
             if self._it is None:
                 self._it = iter(self.multi)
             return next(self._it)
+
+    def close(self) -> None:
+        """Stop every loader's workers. They ignore SIGTERM (rc3.data.pipeline), so any worker that did
+        not leave through the loader's own shutdown is killed here; else interpreter exit would wait on it."""
+        self.multi.close()
+        self._it = None
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join(timeout=5)
 
     def samples_per_step(self) -> int:
         return sum(loader.cfg.batch_size for loader in self.loaders.values())
@@ -356,6 +366,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
         save(step)
         return step
     finally:
+        streams.close()
         logger.close()
 
 
