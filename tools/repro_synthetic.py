@@ -223,7 +223,7 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
             md.append(table(rows, metric, LANGS[t], GROUPS[t]))
     # What pretraining itself gives, without finetuning: cross-lingual alignment of the TR.
     align = {v: text_alignment(args.world, args.out / "models" / f"{SLUG[v]}-s0", ["de", "id", "ja", "zh"])
-             for v in {k[0] for k in results}}
+             for v in VARIANTS if v in {k[0] for k in results}}
     summary["tr_alignment_seed0"] = align
     md.append("\n### Without finetuning: en -> X caption retrieval with the TR (accuracy@1, %, seed 0)\n\n"
               "| variant | de | id | ja | zh | chance |\n|---|---:|---:|---:|---:|---:|\n")
