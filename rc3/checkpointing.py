@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import distributed as dist
+from . import distributed as comm
 from . import fault_injection, rng
 
 log = logging.getLogger("rc3.checkpoint")
@@ -96,24 +96,24 @@ class CheckpointManager:
     def save(self, engine: Any, step: int, client_state: dict[str, Any], data_state: dict[str, Any]) -> str:
         """Every rank calls this. Returns the tag once it is complete and published."""
         tag = tag_for(step)
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank, world = comm.get_rank(), comm.get_world_size()
         path = self.dir / tag
         if rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             if (path / COMPLETE).exists():  # re-saving a step (e.g. SIGTERM right after a save): start clean
                 (path / COMPLETE).unlink()
-        dist.barrier()
+        comm.barrier()
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={**client_state, "step": step, "world_size": world},
                                save_latest=False)
         fault_injection.maybe_crash_in_save(step, rank)
         rng.save(path / f"rng_rank{rank:05d}.safetensors")
         _write_atomic(path / f"data_rank{rank:05d}.json", json.dumps(data_state))
-        dist.barrier()  # every rank's part is on disk
+        comm.barrier()  # every rank's part is on disk
         if rank == 0:
             _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": world, "time": time.time()}))
             _write_atomic(self.dir / LATEST, tag + "\n")
             self._prune(keep=tag)
-        dist.barrier()
+        comm.barrier()
         return tag
 
     def _prune(self, keep: str) -> None:
@@ -131,7 +131,7 @@ class CheckpointManager:
         tag = tag or self.resume_tag()
         path = self.dir / tag
         meta = json.loads((path / COMPLETE).read_text())
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank, world = comm.get_rank(), comm.get_world_size()
         if meta["world_size"] != world:
             raise CheckpointError(f"{path} was written by {meta['world_size']} ranks, this run has {world}; "
                                   "resume with the same number of ranks (or convert it with "

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from . import distributed as dist
+from . import distributed as comm
 from . import fault_injection
 from . import flops as flop_count
 from . import rng
@@ -225,8 +225,8 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     """Run (or resume) pretraining as configured; returns the last completed step."""
     import deepspeed
 
-    dist.init_from_launcher(cfg.train.collective_timeout_s)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    comm.init_from_launcher(cfg.train.collective_timeout_s)
+    rank, world = comm.get_rank(), comm.get_world_size()
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if on_gpu else torch.device("cpu")
     if on_gpu:
@@ -260,7 +260,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
         streams.load_state_dict(resumed.data_state)
         if rank == 0:
             log.warning("resumed from %s at step %d", resumed.tag, step)
-    dist.barrier()
+    comm.barrier()
 
     stop = {"requested": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
@@ -269,8 +269,8 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     gather = None
     if cfg.objectives.xtcl_gather:
         def gather(t: torch.Tensor) -> tuple[torch.Tensor, int]:
-            sizes = dist.all_gather_sizes(t.shape[0])
-            return dist.all_gather_with_grad(t), sum(sizes[:rank])
+            sizes = comm.all_gather_sizes(t.shape[0])
+            return comm.all_gather_with_grad(t), sum(sizes[:rank])
 
     def save(at: int) -> None:
         client = {"objectives": state.state_dict(), "config": cfg.train.run_dir}
@@ -300,7 +300,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
                 if fault_injection.nan_loss(step + 1, rank, first_attempt=attempts == 0):
                     loss = loss * float("nan")
                 attempts += 1
-                if dist.any_rank(not bool(torch.isfinite(loss.detach()).item())):
+                if comm.any_rank(not bool(torch.isfinite(loss.detach()).item())):
                     nonfinite_in_row += 1
                     logger.event(f"non-finite loss at step {step + 1} on some rank: micro-batch skipped on every rank "
                                  f"({nonfinite_in_row} in a row)", step=step + 1, nonfinite_loss=1)
@@ -327,7 +327,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
             else:
                 nonfinite_in_row = 0
             # p_avg and logged losses: averaged over micro-steps, then over ranks (one collective)
-            reduced = dist.all_reduce_sum_dict({**{f"plain.{k}": v / accum for k, v in plain_sum.items()},
+            reduced = comm.all_reduce_sum_dict({**{f"plain.{k}": v / accum for k, v in plain_sum.items()},
                                                 **{k: v / accum for k, v in parts_sum.items()}})
             state.update({k[len("plain."):]: v / world for k, v in reduced.items() if k.startswith("plain.")})
             step += 1
@@ -357,7 +357,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
                 window.clear()
                 window_steps, window_time, window_flops, window_tokens, window_samples = 0, 0.0, 0.0, 0, 0
                 window_wait = 0.0
-            if dist.any_rank(stop["requested"]):
+            if comm.any_rank(stop["requested"]):
                 save(step)
                 logger.event(f"SIGTERM: checkpoint saved at step {step}; exiting", step=step)
                 return step

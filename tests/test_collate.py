@@ -1,4 +1,4 @@
-"""Collators: batch formats of the contract, whole-word masking statistics, per-sample randomness."""
+"""Collators: the documented batch formats, whole-word masking statistics, per-sample randomness."""
 from __future__ import annotations
 
 import gzip
