@@ -3,14 +3,14 @@
 #   1. the synthetic world (images, ROI features, captions in 7+ languages, downstream sets, tokenizer)
 #   2. pretraining with `deepspeed` (2 ranks; CPU is fine) on its Ds, Dw and Dt shards
 #   3. the DeepSpeed checkpoint -> a model directory
-#   4. XVNLI finetuned on English, evaluated zero-shot on every test language
+#   4. xGQA finetuned on English, evaluated zero-shot on every test language
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 WORLD=work/synthetic
 RUN=runs/demo-pretrain
 MODEL=work/demo-model
-FT=runs/demo-xvnli
+FT=runs/demo-xgqa
 NPROC=${NPROC:-2}
 STEPS=${STEPS:-300}
 
@@ -30,9 +30,9 @@ rm -rf "$RUN"
 echo "== 3/4 checkpoint -> model directory $MODEL"
 $PY tools/zero_to_safetensors.py "$RUN" "$MODEL" --overwrite
 
-echo "== 4/4 XVNLI: finetune on English, zero-shot on the other languages -> $FT"
+echo "== 4/4 xGQA: finetune on English, zero-shot on the other languages -> $FT"
 rm -rf "$FT"
-$PY finetune/xvnli.py --config configs/finetune/synthetic/xvnli.yaml --init "$MODEL" --set output_dir="$FT"
+$PY finetune/xgqa.py --config configs/finetune/synthetic/xgqa.yaml --init "$MODEL" --set output_dir="$FT"
 
 echo
 echo "Pretraining curves: $RUN/metrics.jsonl (TensorBoard: $RUN/tb)"
@@ -44,5 +44,10 @@ for r in (rows[0], rows[-1]):
     print("  step %4d  loss %.3f  mclm %.3f  itm %.3f  xtcl %.3f  rxvtcl_ds %.3f  rxvtcl_dw %.3f" % tuple(
         r.get(k, float("nan")) for k in ("step", "loss", "mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw")))
 PYEOF
-echo "XVNLI results ($FT/results.md; chance is 33.3%):"
+$PY - "$WORLD/world.json" <<'PYEOF'
+import json, sys
+chance = json.load(open(sys.argv[1]))["chance"]
+print("xGQA results (%s); chance %.1f%%, most frequent answer %.1f%%:" % (
+    "results.md", 100 * chance["xgqa"], 100 * chance["xgqa_majority_answer"]))
+PYEOF
 cat "$FT/results.md"
