@@ -1,7 +1,8 @@
 """Build an RC3Model from a run config: an RC3 model directory, a local mBART-50 directory, or random init.
 
-Which one is decided by the files in `model.init_from`: `rc3_config.json` (an RC3 directory, e.g.
-from tools/convert_mbart50.py or tools/zero_to_safetensors.py) or `config.json` (a plain HF mBART).
+Which one is decided by the files in `model.init_from`: `rc3_config.json` (an RC3 directory, as
+written by tools/convert_mbart50.py or tools/zero_to_safetensors.py) or `config.json` (a plain HF
+mBART).
 Nothing is ever fetched from a hub.
 """
 from __future__ import annotations
