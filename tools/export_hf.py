@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ except ImportError:  # running from a plain checkout
 import torch
 
 from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE
+from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
 from rc3.tokenization import ID_MAP_FILE
 
 VISUAL_FILE = "rc3_visual.safetensors"
@@ -65,13 +64,7 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
                 shutil.copy2(f, tmp / f.name)
         meta = {"rc3_config": (rc3_dir / RC3_CONFIG_FILE).read_text(), "format": "pt"}
         save_file(visual_state(model), str(tmp / VISUAL_FILE), metadata=meta)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

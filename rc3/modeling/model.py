@@ -150,13 +150,7 @@ class RC3Model(nn.Module):
                 for f in Path(tokenizer_dir).iterdir():
                     if f.is_file() and f.name not in (RC3_CONFIG_FILE, WEIGHTS_FILE):
                         shutil.copy2(f, tmp / f.name)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
+            replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
@@ -240,6 +234,17 @@ class RC3Model(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished directory `tmp` to `out`, replacing an existing `out` only once `tmp` is complete."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
 
 
 def _tied_aliases(model: RC3Model) -> set[str]:
