@@ -38,7 +38,7 @@ from . import rng
 from .checkpointing import CheckpointError, CheckpointManager
 from .config import ConfigError, RC3Config, save_config
 from .data.collate import DsCollator, DtCollator, DwCollator
-from .data.multitask import MultiTaskLoader
+from .data.multitask import MultiTaskLoader, StepPrefetcher
 from .data.pipeline import make_pipeline
 from .modeling import RC3Model, build_model, load_tokenizer
 from .objectives import TASKS, ObjectiveState, compute_losses
@@ -137,9 +137,17 @@ class TaskStreams:
     MCLM and ITM share one Ds stream (the paper samples both from Ds; MultiTaskLoader hands them
     the same batch); R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
     positions and skip counts are saved per rank.
+
+    With `prefetch_steps` > 0 the steps are fetched that many ahead on a background thread
+    (rc3.data.multitask.StepPrefetcher): receiving a batch from a loader worker is mostly waiting
+    on the worker process, and the thread overlaps that with the step. `state_dict()` and
+    `skipped()` describe the steps handed out by `next_batches()`, not the ones fetched ahead.
     """
 
-    def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int) -> None:
+    def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int,
+                 prefetch_steps: int = 2) -> None:
+        if not isinstance(prefetch_steps, int) or prefetch_steps < 0:
+            raise ValueError(f"prefetch_steps must be an integer >= 0, got {prefetch_steps!r}")
         d, o = cfg.data, cfg.objectives
         combined = cfg.model.visual_mode == "combined"
         seed = cfg.train.seed
@@ -169,19 +177,34 @@ class TaskStreams:
             self.loaders[stream] = loader
             by_task.update({t: loader for t in on})
         self.multi = MultiTaskLoader(by_task)
+        self.prefetch_steps = prefetch_steps
         self._it: Iterator[dict[str, dict]] | None = None
+        self._prefetcher: StepPrefetcher | None = None
 
     def next_batches(self) -> dict[str, dict]:
-        # Fetching is kept neutral to the global RNG: a DataLoader draws its workers' base seed from it
-        # when an epoch's iterator starts, which would shift dropout after a resume (other start points).
+        if self.prefetch_steps > 0:
+            if self._prefetcher is None:
+                # ShardLoaders start epochs with their own generator, so the thread leaves the global RNG alone
+                self._prefetcher = StepPrefetcher(self.multi, self._live_state, self._live_state(), self.prefetch_steps)
+            return self._prefetcher.get()
+        # Fetching is kept neutral to the global RNG (as ShardLoader's own generator already ensures;
+        # kept for loaders that draw from it).
         with torch.random.fork_rng(devices=[]):
             if self._it is None:
                 self._it = iter(self.multi)
             return next(self._it)
 
+    def _stop_prefetch(self) -> None:
+        if self._prefetcher is not None:
+            stopped = self._prefetcher.close()
+            self._prefetcher = None
+            if not stopped:  # its loaders' epochs are still running on that thread: not ours to close
+                self.multi.abandon()
+
     def close(self) -> None:
         """Stop every loader's workers. They ignore SIGTERM (rc3.data.pipeline), so any worker that did
         not leave through the loader's own shutdown is killed here; else interpreter exit would wait on it."""
+        self._stop_prefetch()
         self.multi.close()
         self._it = None
         for child in multiprocessing.active_children():
@@ -192,13 +215,17 @@ class TaskStreams:
         return sum(loader.cfg.batch_size for loader in self.loaders.values())
 
     def skipped(self) -> int:
-        return sum(self.multi.skips.as_dict().values())
+        return sum(n for counts in self.state_dict()["skips"].values() for n in counts.values())
 
-    def state_dict(self) -> dict[str, Any]:
+    def _live_state(self) -> dict[str, Any]:
         return {"positions": self.multi.state_dict(),
                 "skips": {s: loader.skips.as_dict() for s, loader in self.loaders.items()}}
 
+    def state_dict(self) -> dict[str, Any]:
+        return self._prefetcher.state if self._prefetcher is not None else self._live_state()
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._stop_prefetch()
         try:
             self.multi.load_state_dict(state["positions"])
         except (KeyError, ValueError) as err:

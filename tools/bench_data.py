@@ -9,7 +9,7 @@ For each corpus it times
     pipeline does (np.load(allow_pickle=False) + json for Ds; json + JPEG decode at draft scale
     for Dw), no checks, no shuffle, no collate;
   * pipeline: rc3.data.pipeline.make_pipeline + the real collator (tokenisation, masking, ROI
-    float32 tensors, 224x224 normalised pixels) with N DataLoader workers (0 = in-process),
+    tensors as stored (fp16), 224x224 uint8 pixels) with N DataLoader workers (0 = in-process),
     one pass over the shards, timed from the first batch on (worker start-up excluded).
 The ratio is pipeline samples/s over bare samples/s; per worker is total / max(N, 1).
 """

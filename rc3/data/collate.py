@@ -36,13 +36,14 @@ def sample_seed(seed: int, epoch: int, key: str) -> int:
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists to the longest: (long [B, L], bool mask [B, L] of real positions)."""
-    width = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max()) if len(seqs) else 0
+    # numpy, then one tensor view: a torch.tensor per row costs more than the rest of this function
+    ids = np.full((len(seqs), width), pad, dtype=np.int64)
     for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = True
-    return ids, mask
+        ids[i, : len(s)] = s
+    mask = np.arange(width) < lengths[:, None]
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def whole_word_mask(ids: Sequence[int], words: Sequence[int], prob: float, mask_id: int,
@@ -131,21 +132,26 @@ class DsCollator(_TextPairCollator):
 
     def __call__(self, samples: Sequence[Any], epoch: int = 0) -> dict[str, Any]:
         tok = self.tok
-        src, labels, clean, tgt, dec_in, dec_lab, li_list, lj_list = [], [], [], [], [], [], [], []
-        for s in samples:
-            rng = random.Random(sample_seed(self.seed, epoch, s.key))
-            li, lj = _pick_pair(s.captions, self.langs, rng)
-            ids, words = tok.encode_words(s.captions[li], li, self.max_len)
+        # Pairs first, then one tokenizer call for all 2B texts (x^li, x^lj); each sample's rng goes on
+        # to draw its MCLM mask, so the draws are those of a per-sample loop.
+        rngs = [random.Random(sample_seed(self.seed, epoch, s.key)) for s in samples]
+        pairs = [_pick_pair(s.captions, self.langs, rng) for s, rng in zip(samples, rngs)]
+        segs = tok.segment([s.captions[li] for s, (li, _) in zip(samples, pairs)]
+                           + [s.captions[lj] for s, (_, lj) in zip(samples, pairs)])
+        n = len(samples)
+        src, labels, clean, tgt, dec_in, dec_lab = [], [], [], [], [], []
+        for i, ((li, lj), rng) in enumerate(zip(pairs, rngs)):
+            ids, words = tok.encoder_ids(segs[i], li, self.max_len)
             masked, lab = whole_word_mask(ids, words, self.mlm_prob, tok.mask_id, rng)
-            target = tok.encode_target(s.captions[lj], lj, self.max_tgt_len)  # [LANG_j] pieces [EOS]
+            target = tok.target_ids(segs[n + i], lj, self.max_tgt_len)  # [LANG_j] pieces [EOS]
             src.append(masked)
             labels.append(lab)
             clean.append(ids)
-            tgt.append(tok.encode(s.captions[lj], lj, self.max_len))
+            tgt.append(tok.encoder_ids(segs[n + i], lj, self.max_len)[0])
             dec_in.append([tok.eos_id, *target[:-1]])  # mBART: decoding starts from [EOS]
             dec_lab.append(target)
-            li_list.append(li)
-            lj_list.append(lj)
+        li_list = [li for li, _ in pairs]
+        lj_list = [lj for _, lj in pairs]
         src_ids, src_mask = pad_batch(src, tok.pad_id)
         mlm_labels, _ = pad_batch(labels, IGNORE_INDEX)
         src_clean_ids, _ = pad_batch(clean, tok.pad_id)
@@ -184,13 +190,13 @@ class DwCollator(_TextPairCollator):
         super().__init__(tokenizer, max_len, langs, seed, image_size)
 
     def __call__(self, samples: Sequence[Any], epoch: int = 0) -> dict[str, Any]:
-        src, tgt, li_list, lj_list = [], [], [], []
-        for s in samples:
-            li, lj = _pick_pair(s.texts, self.langs, random.Random(sample_seed(self.seed, epoch, s.key)))
-            src.append(self.tok.encode(s.texts[li], li, self.max_len))
-            tgt.append(self.tok.encode(s.texts[lj], lj, self.max_len))
-            li_list.append(li)
-            lj_list.append(lj)
+        pairs = [_pick_pair(s.texts, self.langs, random.Random(sample_seed(self.seed, epoch, s.key))) for s in samples]
+        li_list = [li for li, _ in pairs]
+        lj_list = [lj for _, lj in pairs]
+        n = len(samples)
+        both = self.tok.encode_many([s.texts[li] for s, li in zip(samples, li_list)]
+                                    + [s.texts[lj] for s, lj in zip(samples, lj_list)], li_list + lj_list, self.max_len)
+        src, tgt = both[:n], both[n:]
         src_ids, src_mask = pad_batch(src, self.tok.pad_id)
         tgt_ids, tgt_mask = pad_batch(tgt, self.tok.pad_id)
         return {
@@ -232,10 +238,10 @@ class DtCollator:
             if self.swap and random.Random(sample_seed(self.seed, epoch, s.key)).random() < 0.5:
                 a, b = b, a
             pairs.append((a, b))
-        src_ids, src_mask = pad_batch([self.tok.encode(t, lang, self.max_len) for (t, lang), _ in pairs],
-                                      self.tok.pad_id)
-        tgt_ids, tgt_mask = pad_batch([self.tok.encode(t, lang, self.max_len) for _, (t, lang) in pairs],
-                                      self.tok.pad_id)
+        sides = [a for a, _ in pairs] + [b for _, b in pairs]
+        ids = self.tok.encode_many([t for t, _ in sides], [lang for _, lang in sides], self.max_len)
+        src_ids, src_mask = pad_batch(ids[: len(pairs)], self.tok.pad_id)
+        tgt_ids, tgt_mask = pad_batch(ids[len(pairs):], self.tok.pad_id)
         return {"src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
                 "src_lang": [a[1] for a, _ in pairs], "tgt_lang": [b[1] for _, b in pairs],
                 "keys": [s.key for s in samples]}

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import braceexpand
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -312,10 +313,15 @@ class ShardLoader:
         bpe = self.batches_per_epoch
         if bpe is not None and self.batches_done >= bpe:
             self.epoch, self.batches_done = self.epoch + 1, 0
+        # Its own generator: DataLoader draws the workers' base seed when an epoch starts, and from
+        # the global torch RNG without one; the batches do not depend on it (every stage seeds its
+        # own random.Random), and leaving the global RNG alone lets a background thread start epochs
+        # (rc3.data.multitask.StepPrefetcher) without moving the training process's dropout draws.
+        base_seed = torch.Generator().manual_seed(stable_seed(self.cfg.seed, self.epoch, self.cfg.rank, "workers"))
         loader = DataLoader(_WorkerStream(self.cfg, self.epoch, self.batches_done), batch_size=None,
                             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
                             prefetch_factor=2 if self.num_workers > 0 else None,
-                            worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None)
+                            worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None, generator=base_seed)
         it = iter(loader)
         try:
             while bpe is None or self.batches_done < bpe:
