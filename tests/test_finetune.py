@@ -273,8 +273,17 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
         assert results["de"][f"i2t_{k}"] == pytest.approx(r_i2t[k])
         assert results["de"][f"t2i_{k}"] == pytest.approx(r_t2i[k])
     # Candidate search + re-ranking with k = 10 < 12 images goes through FAISS and stays a valid recall.
-    scores = ev.recall(10, "faiss")
+    scores = ev.recall(10, "faiss", dual=True)
     assert scores["i2t_R@10"] <= 100.0 and scores["t2i_R@1"] <= scores["t2i_R@10"]
+    # The dual encoder's own recall is the brute-force ranking by embedding similarity.
+    image_emb, text_emb = (e.numpy() for e in ev.embeddings())
+    sim = image_emb @ text_emb.T
+    d_i2t = recall_at_k(gold_ranks(np.argsort(-sim, axis=1, kind="stable"), table.captions_of()))
+    d_t2i = recall_at_k(gold_ranks(np.argsort(-sim.T, axis=1, kind="stable"), [[i] for i in table.caption_image]))
+    for k in ("R@1", "R@5", "R@10"):
+        assert scores[f"dual_i2t_{k}"] == pytest.approx(d_i2t[k])
+        assert scores[f"dual_t2i_{k}"] == pytest.approx(d_t2i[k])
+    assert results["de"]["dual_mean_R@1"] == pytest.approx((d_i2t["R@1"] + d_t2i["R@1"]) / 2)
 
 
 def test_mmt_bleu_signature_and_rows(world: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

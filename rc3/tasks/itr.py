@@ -6,7 +6,8 @@ five sentences per image) with the loss of `rc3.tasks.itr_model`. Evaluation per
 image-only and every caption text-only; FAISS (or torch) finds each query's top `itr.k` candidates
 by inner product (rc3.retrieval) and the ITM cross-encoder re-ranks them. `itr.k=all` skips the
 search and scores every pair, which is exactly the brute-force cross-encoder ranking. Rows:
-R@1/5/10 image->text and text->image, and mean R@1 (the paper's ITR number).
+R@1/5/10 image->text and text->image, and mean R@1 (the paper's ITR number); the same with a `dual_`
+prefix for the dual encoder's ranking alone (the first stage, before re-ranking).
 
 Evaluation runs on the main process (the ranking needs every embedding); the others wait.
 """
@@ -28,7 +29,9 @@ from .itr_model import ITRModel
 from .readers.xflickrco import CaptionTable, caption_table, read_retrieval, xflickrco_langs, xflickrco_path
 from .trainer import FinetuneRun, parse_cli
 
-METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R@1", "images", "captions"]
+METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R@1", "dual_mean_R@1",
+           "images", "captions"]
+DUAL_K = 10  # the dual encoder's own recall needs its top 10 only (R@1/5/10)
 
 
 def read_table(path: Any, lang: str, limit_to: Optional[int]) -> CaptionTable:
@@ -83,10 +86,20 @@ class RetrievalEvaluator:
                 out.append(self.model.itm_scores(ids, mask, self._visual(flat_i[a:a + self.batch])).float().cpu())
         return torch.cat(out).reshape(image_idx.shape)
 
-    def recall(self, k: int | str, index: str) -> dict[str, float]:
-        image_emb, text_emb = self.embeddings()
-        return itr_recall(image_emb.cpu(), text_emb.cpu(), self.table.caption_image, self.pair_scores, k=k,
-                          chunk_size=max(1, self.batch // 4), index=index, max_pairs=4 * self.batch)
+    def recall(self, k: int | str, index: str, dual: bool = False) -> dict[str, float]:
+        """Recall of the re-ranked ranking; with `dual`, also the `dual_*` recall of the dual encoder alone
+        (candidates ordered by embedding similarity: the first stage, which no ITM head touches)."""
+        image_emb, text_emb = (e.cpu() for e in self.embeddings())
+        scores = itr_recall(image_emb, text_emb, self.table.caption_image, self.pair_scores, k=k,
+                            chunk_size=max(1, self.batch // 4), index=index, max_pairs=4 * self.batch)
+        if dual:
+            def similarity(i: Tensor, t: Tensor) -> Tensor:
+                return (image_emb[i] * text_emb[t]).sum(-1)
+
+            first = itr_recall(image_emb, text_emb, self.table.caption_image, similarity, k=DUAL_K,
+                               chunk_size=4096, index=index)
+            scores.update({f"dual_{name}": value for name, value in first.items()})
+        return scores
 
 
 def _compact(visual: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -99,10 +112,11 @@ def evaluate(run: FinetuneRun, model: ITRModel, tables: dict[str, CaptionTable],
     model.eval()
     results = {}
     for lang, table in tables.items():
-        scores = RetrievalEvaluator(model, table, lang, run, visual).recall(k, index)
+        scores = RetrievalEvaluator(model, table, lang, run, visual).recall(k, index, dual=True)
         results[lang] = {**scores, "images": len(table.images), "captions": len(table.captions)}
         log(f"[itr] {lang}: mean R@1 {scores['mean_R@1']:.2f} (i2t R@1 {scores['i2t_R@1']:.2f}, "
-            f"t2i R@1 {scores['t2i_R@1']:.2f}; {len(table.images)} images, {len(table.captions)} captions, k={k})")
+            f"t2i R@1 {scores['t2i_R@1']:.2f}; dual encoder alone {scores['dual_mean_R@1']:.2f}; "
+            f"{len(table.images)} images, {len(table.captions)} captions, k={k})")
     return results
 
 
