@@ -34,24 +34,27 @@ def test_nn_accuracy() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_quick_pretraining_beats_no_pretraining(tmp_path: Path) -> None:
-    """tools/repro_synthetic.py --quick (RC3 pretrained 100 steps on the synthetic world vs a random init).
+    """tools/repro_synthetic.py --quick: RC3 pretrained on the tiny synthetic world vs a random init,
+    both finetuned for ITR on English and evaluated zero-shot on de/id/ja/zh.
 
-    Asserted: pretraining aligns the languages, i.e. en -> de/id/ja/zh caption retrieval with the TR
-    beats the random init by a wide margin. Not asserted: the zero-shot ITR mean R@1 after English
-    finetuning, which at this scale sits near chance for both (the ITM re-ranker is still at chance,
-    so R@1 is mostly the luck of the re-ranking; see REPRODUCTION.md); it is checked to be reported.
+    Asserted: pretraining beats no pretraining on zero-shot ITR recall (mean R@1 of the dual
+    encoder, the first stage of retrieval) by a wide margin, and the languages are aligned by
+    pretraining (en -> X caption retrieval with the TR, no finetuning). The re-ranked mean R@1 is
+    checked to be reported: at this pretraining length the ITM head that re-ranks is still weak.
     """
     out = tmp_path / "quick"
     proc = subprocess.run([sys.executable, "tools/repro_synthetic.py", "--quick", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
+    full, random_init = "RC3 (all four objectives)", "no pretraining"
+    dual = summary["zero_shot_pretrained_langs"]["itr_dual"]
+    assert dual[full][0] > 2 * dual[random_init][0] and dual[full][0] > dual[random_init][0] + 3, dual
     align = summary["tr_alignment_seed0"]
     mean = lambda row: sum(row[k] for k in ("de", "id", "ja", "zh")) / 4  # noqa: E731
-    pretrained, random_init = mean(align["RC3 (all four objectives)"]), mean(align["no pretraining"])
-    assert pretrained > 2 * random_init and pretrained > random_init + 3, (pretrained, random_init)
+    assert mean(align[full]) > 2 * mean(align[random_init]) and mean(align[full]) > mean(align[random_init]) + 3
     itr = summary["zero_shot_pretrained_langs"]["itr"]
-    assert set(itr) == {"RC3 (all four objectives)", "no pretraining"}
+    assert set(itr) == {full, random_init}
     assert all(0.0 <= v[0] <= 100.0 for v in itr.values())

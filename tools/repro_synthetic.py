@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""The paper's ablation (Table 4) and visual-feature comparison (Table 1) at small scale, on the synthetic world.
+"""The paper's ablation (Table 4), the visual-feature comparison (Table 1) and every finetuning recipe at
+small scale, on the synthetic world.
 
-    python tools/repro_synthetic.py [--seeds 3] [--steps 200] [--weak-overlap 0.8] [--out runs/repro/synthetic]
-    python tools/repro_synthetic.py --quick          # minutes: full RC3 vs no pretraining, ITR only, one seed
+    python tools/repro_synthetic.py [--size small] [--seeds 3] [--steps 1200] [--tasks itr,xvnli] [--out runs/repro/synthetic]
+    python tools/repro_synthetic.py --tasks itr,xvnli,xgqa,marvl,mmt --variants full,random --seeds 1   # all recipes
+    python tools/repro_synthetic.py --quick          # minutes: full RC3 vs no pretraining, ITR only, tiny world
 
 For each seed: pretrain the tiny model (configs/repro/synthetic.yaml, one rank, `python pretrain/main.py`)
 with (a) all four objectives, (b) w/o KL, (c) w/o R-XVtCL, (d) w/o R-XVtCL & XTCL; (e) is a random
 init saved with RC3Model.save_pretrained. Each checkpoint goes through tools/zero_to_safetensors.py,
-then finetune/itr.py and finetune/xvnli.py (configs/finetune/synthetic/*.yaml) finetune it on
-English and evaluate zero-shot on the other languages. With --visual-modes, RC3 is also pretrained
-with Patch and Combined visual input and the three are compared on --visual-task (English + zero-shot).
-Jobs run two at a time, single-threaded. Writes OUT/summary.json and OUT/tables.md.
+then finetune/<task>.py (configs/finetune/synthetic/<task>.yaml) finetunes it on English and
+evaluates zero-shot on the other languages. With --visual-modes, RC3 is also pretrained with Patch
+and Combined visual input and the three are compared on --visual-task (English + zero-shot).
+Jobs run two at a time, single-threaded. Writes OUT/summary.json and OUT/tables.md (with each
+task's chance level from the world's world.json).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from rc3.repro.jobs import Job, run_jobs  # noqa: E402
 from rc3.repro.report import lang_mean, read_results, table  # noqa: E402
 
 PY = sys.executable
+QUICK_STEPS = 300  # --quick: pretraining steps (the tiny world; about 2 minutes per 100 steps on one core)
 VARIANTS: dict[str, list[str]] = {
     "RC3 (all four objectives)": [],
     "w/o KL": ["objectives.kl=false"],
@@ -44,8 +48,19 @@ GROUPS = {
     "itr": {"zero-shot, pretrained langs": ["de", "id", "ja", "zh"], "zero-shot, unseen langs": ["es", "ru", "tr"]},
     "xvnli": {"zero-shot, pretrained langs": ["fr"], "zero-shot, unseen langs": ["ar", "es", "ru"]},
 }
-METRIC = {"itr": "mean_R@1", "xvnli": "accuracy"}
-LANGS = {"itr": ["en", "de", "id", "ja", "zh", "es", "ru", "tr"], "xvnli": ["en", "fr", "ar", "es", "ru"]}
+METRIC = {"itr": "mean_R@1", "xvnli": "accuracy", "xgqa": "accuracy", "marvl": "accuracy", "mmt": "BLEU"}
+LANGS = {"itr": ["en", "de", "id", "ja", "zh", "es", "ru", "tr"], "xvnli": ["en", "fr", "ar", "es", "ru"],
+         "xgqa": ["en", "de", "id", "zh", "bn", "ko", "pt", "ru"], "marvl": ["en", "id", "zh", "sw", "ta", "tr"],
+         "mmt": ["de:test_2016_flickr", "de:test_2017_flickr", "de:test_2017_mscoco"]}
+GROUPS.update({
+    "xgqa": {"zero-shot, pretrained langs": ["de", "id", "zh"], "zero-shot, unseen langs": ["bn", "ko", "pt", "ru"]},
+    "marvl": {"zero-shot, pretrained langs": ["id", "zh"], "zero-shot, unseen langs": ["sw", "ta", "tr"]},
+    "mmt": {},
+})
+CHANCE = {"itr": ("xflickrco_recall_at_1", 100.0), "xvnli": ("xvnli", 100.0), "xgqa": ("xgqa_majority_answer", 100.0),
+          "marvl": ("marvl", 100.0)}  # world.json's chance key per task (the majority answer for xGQA)
+TASKS = tuple(METRIC)
+DEFAULT_EPOCHS = {"itr": 5, "xvnli": 10, "xgqa": 10, "marvl": 10, "mmt": 10}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -54,10 +69,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--world", type=Path, default=None, help="synthetic world dir (default: work/repro/world-wo<OVERLAP>)")
     ap.add_argument("--weak-overlap", type=float, default=0.8)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=200, help="pretraining steps")
-    ap.add_argument("--itr-epochs", type=int, default=5)
-    ap.add_argument("--xvnli-epochs", type=int, default=40)
-    ap.add_argument("--tasks", default="itr,xvnli")
+    ap.add_argument("--steps", type=int, default=1200, help="pretraining steps")
+    ap.add_argument("--size", choices=("tiny", "small"), default="small",
+                    help="synthetic world size (tools/make_synthetic.py --size); small: 6,000 XVNLI training pairs")
+    ap.add_argument("--epochs", default="", metavar="TASK=N,...",
+                    help="finetuning epochs per task (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
+    ap.add_argument("--tasks", default="itr,xvnli", help="subset of " + ",".join(TASKS))
     ap.add_argument("--variants", default=",".join(SLUG.values()), help="subset of " + ",".join(SLUG.values()))
     ap.add_argument("--visual-modes", action="store_true", help="also RC3-Patch / RC3-Combined on XVNLI (first seed)")
     ap.add_argument("--visual-task", choices=("itr", "xvnli"), default="itr",
@@ -66,22 +83,36 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="RC3 vs no pretraining on ITR, 1 seed, short runs")
     args = ap.parse_args(argv)
     if args.quick:
-        args.seeds, args.steps, args.itr_epochs, args.tasks = 1, 100, 2, "itr"
+        args.seeds, args.steps, args.epochs, args.tasks, args.size = 1, QUICK_STEPS, "itr=2", "itr", "tiny"
         args.variants, args.visual_modes = "full,random", False
         LANGS["itr"] = ["en", "de", "id", "ja", "zh"]  # the unseen languages only add evaluation time
         GROUPS["itr"] = {"zero-shot, pretrained langs": ["de", "id", "ja", "zh"]}
+    unknown = [t for t in args.tasks.split(",") if t and t not in TASKS]
+    if unknown:
+        ap.error(f"--tasks: unknown task(s) {unknown}; choose from {','.join(TASKS)}")
+    args.epoch_map = dict(DEFAULT_EPOCHS)
+    for item in filter(None, args.epochs.split(",")):
+        task, _, n = item.partition("=")
+        if task not in TASKS or not n.isdigit():
+            ap.error(f"--epochs: {item!r} is not TASK=N with TASK one of {','.join(TASKS)}")
+        args.epoch_map[task] = int(n)
     if args.world is None:
-        args.world = ROOT / f"work/repro/world-wo{args.weak_overlap:g}"
+        args.world = ROOT / f"work/repro/world-{args.size}-wo{args.weak_overlap:g}"
     return args
 
 
-def ensure_world(world: Path, overlap: float) -> None:
-    """Generate the synthetic world once per weak-overlap degree (reused when its world.json matches)."""
+def ensure_world(world: Path, overlap: float, size: str) -> None:
+    """Generate the synthetic world once per size and weak-overlap degree (reused when its world.json matches)."""
+    from rc3.data.synthetic.build import SIZES
+
     meta = world / "world.json"
-    if meta.is_file() and abs(json.loads(meta.read_text())["weak_overlap"] - overlap) < 1e-9:
-        return
-    print(f"== synthetic world (weak overlap {overlap}) -> {world}", flush=True)
-    run_jobs([Job("world", [PY, "tools/make_synthetic.py", "--out", str(world), "--weak-overlap", str(overlap), "--force"],
+    if meta.is_file():
+        made = json.loads(meta.read_text())
+        if abs(made["weak_overlap"] - overlap) < 1e-9 and made["sizes"]["ds_images"] == SIZES[size].ds_images:
+            return
+    print(f"== synthetic world (size {size}, weak overlap {overlap}) -> {world}", flush=True)
+    run_jobs([Job("world", [PY, "tools/make_synthetic.py", "--out", str(world), "--size", size,
+                            "--weak-overlap", str(overlap), "--force"],
               world.parent / f"{world.name}.log")], parallel=1, cwd=ROOT)
 
 
@@ -127,10 +158,11 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[tuple[str, int, str]
         return f"convert {name}"
 
     def finetune(task: str, name: str, seed: int, dep: tuple[str, ...], extra: list[str] = ()) -> Path:
-        epochs = args.itr_epochs if task == "itr" else args.xvnli_epochs
+        epochs = args.epoch_map[task]
         ft = out / "finetune" / f"{task}-e{epochs}-{name}"  # the epochs in the name: a longer re-run never reuses it
-        sets = [f"data.root={w / 'downstream'}", f"seed={seed}", f"train.epochs={epochs}", f"output_dir={ft}",
-                f"data.test_langs=[{','.join(LANGS[task])}]", *extra]
+        sets = [f"data.root={w / 'downstream'}", f"seed={seed}", f"train.epochs={epochs}", f"output_dir={ft}", *extra]
+        if task != "mmt":  # MMT's test_langs are target languages; its rows are the test splits into German
+            sets.append(f"data.test_langs=[{','.join(LANGS[task])}]")
         jobs.append(Job(f"{task} {name} ({epochs} epochs)", [PY, f"finetune/{task}.py", "--config", f"configs/finetune/synthetic/{task}.yaml",
                                            "--init", str(out / "models" / name), "--no-save",
                                            *sum((["--set", s] for s in sets), [])],
@@ -161,12 +193,21 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[tuple[str, int, str]
 
 
 def with_r10(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Add mean_R@10 (both directions) to ITR rows: at this scale the ITM head that re-ranks the top
-    candidates stays near chance, so R@1 is mostly the luck of the re-ranking; R@10 shows the dual encoder."""
+    """Add mean_R@10 (both directions) to ITR rows, beside the paper's mean R@1."""
     for row in rows.values():
         if "i2t_R@10" in row:
             row["mean_R@10"] = (float(row["i2t_R@10"]) + float(row["t2i_R@10"])) / 2
     return rows
+
+
+def chance_row(world: Path, task: str, langs: list[str]) -> str:
+    """A table row with each language's chance level (world.json), or '' for tasks without one (MMT)."""
+    if task not in CHANCE:
+        return ""
+    key, scale = CHANCE[task]
+    value = json.loads((world / "world.json").read_text())["chance"][key] * scale
+    groups = len(GROUPS[task])
+    return "| chance | " + " | ".join([f"{value:.1f}"] * (len(langs) + groups)) + " |\n"
 
 
 def text_alignment(world: Path, model_dir: Path, langs: list[str]) -> dict[str, float]:
@@ -198,26 +239,29 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
     runs: dict[str, dict[str, list[dict]]] = {}
     for (variant, _seed, task), path in results.items():
         runs.setdefault(task, {}).setdefault(variant, []).append(with_r10(read_results(path)))
-    md = [f"Synthetic world: weak overlap {args.weak_overlap}, {args.steps} pretraining steps x 16 samples per task, "
-          f"{args.seeds} seed(s); cells are mean ± std over seeds.\n"]
+    md = [f"Synthetic world: size {args.size}, weak overlap {args.weak_overlap}, {args.steps} pretraining steps "
+          f"(configs/repro/synthetic.yaml), {args.seeds} seed(s); finetuning epochs "
+          + ", ".join(f"{t} {args.epoch_map[t]}" for t in runs) + "; cells are mean ± std over seeds.\n"]
     summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": wall, "job_s": times,
                                "zero_shot_pretrained_langs": {}}
     for task, by_variant in runs.items():
         md.append(f"\n### {task} ({METRIC[task]}, %): finetuned on English\n\n")
-        md.append(table(by_variant, METRIC[task], LANGS[task], GROUPS[task]))
+        md.append(table(by_variant, METRIC[task], LANGS[task], GROUPS[task]) + chance_row(args.world, task, LANGS[task]))
         if task == "itr":
-            md.append("\n### itr (mean R@10 of the two directions, %): finetuned on English\n\n")
-            md.append(table(by_variant, "mean_R@10", LANGS[task], GROUPS[task]))
-        langs = GROUPS[task]["zero-shot, pretrained langs"]
+            md.append("\n### itr: the dual encoder alone (mean R@1 before re-ranking, %): finetuned on English\n\n")
+            md.append(table(by_variant, "dual_mean_R@1", LANGS[task], GROUPS[task]) + chance_row(args.world, task, LANGS[task]))
+        langs = GROUPS[task].get("zero-shot, pretrained langs", LANGS[task])
         summary["zero_shot_pretrained_langs"][task] = {
             v: [lang_mean(r, METRIC[task], langs) for r in rs] for v, rs in by_variant.items()}
+        summary.setdefault("english", {})[task] = {v: [lang_mean(r, METRIC[task], LANGS[task][:1]) for r in rs]
+                                                   for v, rs in by_variant.items()}
         if task == "itr":
-            summary["zero_shot_pretrained_langs"]["itr_R@10"] = {
-                v: [lang_mean(r, "mean_R@10", langs) for r in rs] for v, rs in by_variant.items()}
+            summary["zero_shot_pretrained_langs"]["itr_dual"] = {
+                v: [lang_mean(r, "dual_mean_R@1", langs) for r in rs] for v, rs in by_variant.items()}
     if visual:
         t = args.visual_task
         rows = {f"RC3-{m.upper() if m == 'roi' else m.capitalize()}": [with_r10(read_results(p))] for m, p in visual}
-        for metric in ((METRIC[t], "mean_R@10") if t == "itr" else (METRIC[t],)):
+        for metric in ((METRIC[t], "dual_mean_R@1") if t == "itr" else (METRIC[t],)):
             md.append(f"\n### Visual input (Table 1 rows): {t} {metric} (%), seed 0, pretrained and finetuned "
                       "with that input\n\n")
             md.append(table(rows, metric, LANGS[t], GROUPS[t]))
@@ -244,7 +288,7 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     t0 = time.perf_counter()
-    ensure_world(args.world, args.weak_overlap)
+    ensure_world(args.world, args.weak_overlap, args.size)
     jobs, results, visual = plan(args)
     times = run_jobs(jobs, parallel=args.parallel, cwd=ROOT, echo=lambda s: print(s, flush=True))
     return summarise(args, results, visual, times, time.perf_counter() - t0)
