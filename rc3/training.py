@@ -138,9 +138,9 @@ class TaskStreams:
     the same batch); R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
     positions and skip counts are saved per rank.
 
-    With `prefetch_steps` > 0 the steps are fetched that many ahead on a background thread
-    (rc3.data.multitask.StepPrefetcher): receiving a batch from a loader worker is mostly waiting
-    on the worker process, and the thread overlaps that with the step. `state_dict()` and
+    With `prefetch_steps` > 0 and in-process loading (`data.num_workers=0`) the steps are fetched
+    that many ahead on a background thread (rc3.data.multitask.StepPrefetcher), which overlaps
+    collation with the step. With loader workers the thread is not used (see __init__). `state_dict()` and
     `skipped()` describe the steps handed out by `next_batches()`, not the ones fetched ahead.
     """
 
@@ -177,7 +177,11 @@ class TaskStreams:
             self.loaders[stream] = loader
             by_task.update({t: loader for t in on})
         self.multi = MultiTaskLoader(by_task)
-        self.prefetch_steps = prefetch_steps
+        # Loader workers are forked when an epoch starts, i.e. on the thread that fetches. Forking from
+        # a helper thread while the training thread holds locks (logging, allocator, collectives) can
+        # leave a worker deadlocked, and a run hung on it was seen with short epochs; so the thread
+        # only runs for in-process loading (num_workers=0), where nothing is forked.
+        self.prefetch_steps = prefetch_steps if d.num_workers == 0 else 0
         self._it: Iterator[dict[str, dict]] | None = None
         self._prefetcher: StepPrefetcher | None = None
 
