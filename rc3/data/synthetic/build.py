@@ -46,7 +46,7 @@ class Sizes:
     xvnli_images: tuple[int, int, int] = (200, 30, 50)  # train, dev, test; 3 hypotheses each
     gqa_images: tuple[int, int] = (150, 30)  # English train, testdev; 4 questions each
     xgqa_images: tuple[int, int] = (20, 40)  # few_shot dev, test per language
-    nlvr2_pairs: tuple[int, int, int] = (120, 20, 40)  # 4 statements each
+    nlvr2_pairs: tuple[int, int, int] = (120, 20, 40)  # 3 statements each (write_nlvr2 per_pair)
     marvl_images_per_concept: int = 8
     marvl_statements: int = 150
     retrieval_images: tuple[int, int, int] = (300, 50, 100)  # flickr30k train, valid; xFlickr&CO test
