@@ -57,8 +57,8 @@ GROUPS.update({
     "marvl": {"zero-shot, pretrained langs": ["id", "zh"], "zero-shot, unseen langs": ["sw", "ta", "tr"]},
     "mmt": {},
 })
-CHANCE = {"itr": ("xflickrco_recall_at_1", 100.0), "xvnli": ("xvnli", 100.0), "xgqa": ("xgqa_majority_answer", 100.0),
-          "marvl": ("marvl", 100.0)}  # world.json's chance key per task (the majority answer for xGQA)
+CHANCE = {"itr": "xflickrco_recall_at_1", "xvnli": "xvnli", "xgqa": "xgqa_majority_answer",
+          "marvl": "marvl"}  # world.json's chance key per task (the majority answer for xGQA); MMT has none
 TASKS = tuple(METRIC)
 DEFAULT_EPOCHS = {"itr": 5, "xvnli": 10, "xgqa": 10, "marvl": 10, "mmt": 10}
 
@@ -200,14 +200,12 @@ def with_r10(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def chance_row(world: Path, task: str, langs: list[str]) -> str:
-    """A table row with each language's chance level (world.json), or '' for tasks without one (MMT)."""
+def chance_row(chance: dict[str, float], task: str, langs: list[str]) -> str:
+    """A table row with each language's chance level (world.json's fractions, in %), or '' for MMT."""
     if task not in CHANCE:
         return ""
-    key, scale = CHANCE[task]
-    value = json.loads((world / "world.json").read_text())["chance"][key] * scale
-    groups = len(GROUPS[task])
-    return "| chance | " + " | ".join([f"{value:.1f}"] * (len(langs) + groups)) + " |\n"
+    value = 100.0 * chance[CHANCE[task]]
+    return "| chance | " + " | ".join([f"{value:.1f}"] * (len(langs) + len(GROUPS[task]))) + " |\n"
 
 
 def text_alignment(world: Path, model_dir: Path, langs: list[str]) -> dict[str, float]:
@@ -244,12 +242,13 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
           + ", ".join(f"{t} {args.epoch_map[t]}" for t in runs) + "; cells are mean ± std over seeds.\n"]
     summary: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": wall, "job_s": times,
                                "zero_shot_pretrained_langs": {}}
+    chance = json.loads((args.world / "world.json").read_text())["chance"]
     for task, by_variant in runs.items():
         md.append(f"\n### {task} ({METRIC[task]}, %): finetuned on English\n\n")
-        md.append(table(by_variant, METRIC[task], LANGS[task], GROUPS[task]) + chance_row(args.world, task, LANGS[task]))
+        md.append(table(by_variant, METRIC[task], LANGS[task], GROUPS[task]) + chance_row(chance, task, LANGS[task]))
         if task == "itr":
             md.append("\n### itr: the dual encoder alone (mean R@1 before re-ranking, %): finetuned on English\n\n")
-            md.append(table(by_variant, "dual_mean_R@1", LANGS[task], GROUPS[task]) + chance_row(args.world, task, LANGS[task]))
+            md.append(table(by_variant, "dual_mean_R@1", LANGS[task], GROUPS[task]) + chance_row(chance, task, LANGS[task]))
         langs = GROUPS[task].get("zero-shot, pretrained langs", LANGS[task])
         summary["zero_shot_pretrained_langs"][task] = {
             v: [lang_mean(r, METRIC[task], langs) for r in rs] for v, rs in by_variant.items()}

@@ -9,11 +9,10 @@ The stream is endless: when a loader finishes an epoch its next epoch starts (ea
 advances its own epoch), so loaders of different lengths never stop one another. The position
 of every loader is saved and restored together.
 
-`StepPrefetcher` runs a MultiTaskLoader a few steps ahead on a background thread. Receiving a
-batch from a DataLoader worker is mostly waiting: each tensor's shared memory comes with a file
-descriptor handed over by the worker process, which has to be scheduled for it; on a busy 2-core
-machine that cost ~10 ms per batch and four batches per step, ~5% of the step. On the thread
-that waiting overlaps the step's compute.
+`StepPrefetcher` runs a MultiTaskLoader a few steps ahead on a background thread, so fetching and
+collating overlap the step's compute. Training uses it for in-process loading only: loaders with
+worker processes fork them when an epoch starts, which must not happen on a helper thread
+(rc3.training.TaskStreams).
 """
 from __future__ import annotations
 
