@@ -92,6 +92,7 @@ class DataConfig:
     max_text_len: int = 40
     max_tgt_len: int = 40
     num_workers: int = 2
+    prefetch_steps: int = 2  # steps fetched ahead on a background thread (0 = fetch on the training thread)
     shuffle_buffer: int = 1000
     batches_per_epoch: Optional[int] = None  # per rank; None = estimated from the shard sizes
     skip_budget: float = 0.01  # fraction of samples that may be skipped before the run stops
@@ -284,6 +285,8 @@ def validate(cfg: RC3Config) -> None:
         raise ConfigError("objectives.zeta", f"must be >= 0, got {o.zeta}")
     if d.num_workers < 0:
         raise ConfigError("data.num_workers", f"must be >= 0, got {d.num_workers}")
+    if d.prefetch_steps < 0:
+        raise ConfigError("data.prefetch_steps", f"must be >= 0, got {d.prefetch_steps}")
     if not 0.0 <= d.skip_budget <= 1.0:
         raise ConfigError("data.skip_budget", f"must be a fraction in [0, 1], got {d.skip_budget}")
     for name in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw"):

@@ -39,7 +39,7 @@ from .checkpointing import CheckpointError, CheckpointManager
 from .config import ConfigError, RC3Config, save_config
 from .data.collate import DsCollator, DtCollator, DwCollator
 from .data.multitask import MultiTaskLoader, StepPrefetcher
-from .data.pipeline import make_pipeline
+from .data.pipeline import make_pipeline, start_forkserver
 from .modeling import RC3Model, build_model, load_tokenizer
 from .objectives import TASKS, ObjectiveState, compute_losses
 from .run_log import RunLogger, cuda_peak_memory_gib
@@ -138,14 +138,17 @@ class TaskStreams:
     the same batch); R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
     positions and skip counts are saved per rank.
 
-    With `prefetch_steps` > 0 and in-process loading (`data.num_workers=0`) the steps are fetched
-    that many ahead on a background thread (rc3.data.multitask.StepPrefetcher), which overlaps
-    collation with the step. With loader workers the thread is not used (see __init__). `state_dict()` and
+    With `prefetch_steps` > 0 (default: `data.prefetch_steps`) the steps are fetched that many ahead on a background thread
+    (rc3.data.multitask.StepPrefetcher), which overlaps fetching, collation and the start of each
+    epoch's loader workers with the step. Those workers then start from a forkserver (see __init__).
+    `state_dict()` and
     `skipped()` describe the steps handed out by `next_batches()`, not the ones fetched ahead.
     """
 
     def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int,
-                 prefetch_steps: int = 2) -> None:
+                 prefetch_steps: int | None = None) -> None:
+        if prefetch_steps is None:
+            prefetch_steps = cfg.data.prefetch_steps
         if not isinstance(prefetch_steps, int) or prefetch_steps < 0:
             raise ValueError(f"prefetch_steps must be an integer >= 0, got {prefetch_steps!r}")
         d, o = cfg.data, cfg.objectives
@@ -162,6 +165,15 @@ class TaskStreams:
                 tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
             "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs, seed)),
         }
+        # The prefetch thread starts each epoch's loader workers. Forking them from that helper thread
+        # while the training thread holds locks (logging, allocator, collectives) can leave a worker
+        # deadlocked (a run hung on it with short epochs), so with the thread they start from a
+        # forkserver, which is started here, on the main thread, before the thread exists.
+        self.prefetch_steps = prefetch_steps
+        start_method = None
+        if prefetch_steps > 0 and d.num_workers > 0:
+            start_method = "forkserver"
+            start_forkserver()
         self.loaders: dict[str, Any] = {}
         by_task: dict[str, Any] = {}
         for stream, (tasks, corpus, shards, make_collate) in specs.items():
@@ -173,15 +185,11 @@ class TaskStreams:
             loader = make_pipeline(
                 corpus, shards, batch, make_collate(), seed=seed + zlib.crc32(stream.encode()), rank=rank,
                 world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
-                batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available())
+                batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available(),
+                start_method=start_method)
             self.loaders[stream] = loader
             by_task.update({t: loader for t in on})
         self.multi = MultiTaskLoader(by_task)
-        # Loader workers are forked when an epoch starts, i.e. on the thread that fetches. Forking from
-        # a helper thread while the training thread holds locks (logging, allocator, collectives) can
-        # leave a worker deadlocked, and a run hung on it was seen with short epochs; so the thread
-        # only runs for in-process loading (num_workers=0), where nothing is forked.
-        self.prefetch_steps = prefetch_steps if d.num_workers == 0 else 0
         self._it: Iterator[dict[str, dict]] | None = None
         self._prefetcher: StepPrefetcher | None = None
 

@@ -10,9 +10,9 @@ advances its own epoch), so loaders of different lengths never stop one another.
 of every loader is saved and restored together.
 
 `StepPrefetcher` runs a MultiTaskLoader a few steps ahead on a background thread, so fetching and
-collating overlap the step's compute. Training uses it for in-process loading only: loaders with
-worker processes fork them when an epoch starts, which must not happen on a helper thread
-(rc3.training.TaskStreams).
+collating overlap the step's compute. Loaders with worker processes start them when an epoch
+starts, i.e. on that thread; they must then not fork (rc3.training.TaskStreams gives them a
+forkserver).
 """
 from __future__ import annotations
 

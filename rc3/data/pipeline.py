@@ -36,7 +36,11 @@ uninterrupted run. Cost: the skipped samples are read and decoded again (not col
 decode time of k batches spread over the workers. Exactness needs the same shards, seed, batch
 size, world size and num_workers (and, with `batches_per_epoch=None`, that no worker ran dry).
 Workers are started per epoch (persistent_workers=False): the epoch and resume position are part
-of each worker's stream, and restarting costs far less than an epoch.
+of each worker's stream, and restarting costs far less than an epoch. `start_method` picks how:
+"fork" (the platform default on Linux) copies the process that starts the epoch; "forkserver"
+starts them from a clean single-threaded server process (`start_forkserver`), which is what a
+loader needs when its epochs start on a helper thread (forking a multi-threaded process can
+copy a lock held by another thread and leave the worker deadlocked).
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ import random
 import re
 import signal
 import tarfile
+import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -268,10 +274,39 @@ class _WorkerStream(IterableDataset):
         )
 
 
-def _ignore_sigterm(_worker_id: int) -> None:
+def _init_worker(_worker_id: int, owner_pid: int) -> None:
     # Schedulers send SIGTERM to every process of a job on preemption; the training process then
-    # saves a checkpoint and needs its workers until it is done. Workers exit with their parent.
+    # saves a checkpoint and needs its workers until it is done. Workers exit with their owner.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.getppid() != owner_pid:
+        # Started by a forkserver: torch's own watchdog watches the parent, i.e. the forkserver, which
+        # in turn stays up as long as its children do; a killed training process would leave both
+        # behind (holding its stdout open). So watch the process that owns the loader.
+        threading.Thread(target=_exit_with, args=(owner_pid,), name="rc3-owner-watch", daemon=True).start()
+
+
+def _exit_with(pid: int, interval: float = 1.0) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # pid reused by another user's process: ours is gone
+            os._exit(0)
+
+
+START_METHODS = ("fork", "forkserver", "spawn")
+
+
+def start_forkserver(preload: Sequence[str] = ("torch", "webdataset", "rc3.data.pipeline", "rc3.data.collate")) -> None:
+    """Start the forkserver that "forkserver" loaders start their workers from, with `preload`
+    imported once in it (so a worker starts in milliseconds, not the seconds of importing torch).
+    Call it on the main thread before any helper thread exists; later calls do nothing."""
+    import multiprocessing.forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+    multiprocessing.forkserver.ensure_running()
 
 
 class ShardLoader:
@@ -282,8 +317,9 @@ class ShardLoader:
     """
 
     def __init__(self, cfg: _Config, epoch: int, num_workers: int, batches_per_epoch: int | None,
-                 pin_memory: bool) -> None:
+                 pin_memory: bool, start_method: str | None = None) -> None:
         self.cfg = cfg
+        self.start_method = start_method
         self.epoch = epoch
         self.batches_done = 0
         self.num_workers = num_workers
@@ -321,7 +357,8 @@ class ShardLoader:
         loader = DataLoader(_WorkerStream(self.cfg, self.epoch, self.batches_done), batch_size=None,
                             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
                             prefetch_factor=2 if self.num_workers > 0 else None,
-                            worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None, generator=base_seed)
+                            multiprocessing_context=self.start_method if self.num_workers > 0 else None,
+                            worker_init_fn=functools.partial(_init_worker, owner_pid=os.getpid()) if self.num_workers > 0 else None, generator=base_seed)
         it = iter(loader)
         try:
             while bpe is None or self.batches_done < bpe:
@@ -351,13 +388,15 @@ class ShardLoader:
 def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, collate_fn: Callable[..., dict], *,
                   seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                   shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, skip_budget: float = 0.01,
-                  skip_grace: int = 16, shuffle_shards: bool = True, pin_memory: bool = False) -> ShardLoader:
+                  skip_grace: int = 16, shuffle_shards: bool = True, pin_memory: bool = False,
+                  start_method: str | None = None) -> ShardLoader:
     """A loader of `corpus` ("ds" | "dw" | "dt") batches for one rank (see the module docstring).
 
     `collate_fn(samples, epoch=...)` receives decoded schema samples (rc3.data.schemas); the
     collators of rc3.data.collate also tell the pipeline which samples they cannot use and
     whether images must be decoded. `skip_budget`: largest fraction of a worker's samples that
-    may be broken (plus `skip_grace` samples) before SkipBudgetExceeded.
+    may be broken (plus `skip_grace` samples) before SkipBudgetExceeded. `start_method`: how
+    worker processes start ("fork", "forkserver", "spawn"; None = the platform default).
     """
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {CORPORA}")
@@ -373,6 +412,8 @@ def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, col
         raise ValueError(f"skip_budget is a fraction in [0, 1] and skip_grace >= 0, got {skip_budget}, {skip_grace}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    if start_method is not None and start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS} or None, got {start_method!r}")
     shard_list = expand_shards(shards)
     streams = world_size * max(num_workers, 1)
     if len(shard_list) < streams:
@@ -382,4 +423,4 @@ def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, col
     cfg = _Config(corpus=corpus, shards=shard_list, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
                   rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, shuffle_shards=shuffle_shards,
                   skip_budget=skip_budget, skip_grace=skip_grace, repeat=batches_per_epoch is not None)
-    return ShardLoader(cfg, epoch, num_workers, batches_per_epoch, pin_memory)
+    return ShardLoader(cfg, epoch, num_workers, batches_per_epoch, pin_memory, start_method)
