@@ -174,6 +174,31 @@ def init_from_launcher(timeout_s: float = 1800.0) -> None:
                            "MASTER_PORT": os.environ.get("MASTER_PORT", "29511")})
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if backend == "gloo":
+        _unlink_shm_buffers()
+
+
+def _unlink_shm_buffers() -> None:
+    """Remove the names of DeepSpeed's CPU all-reduce buffers once every rank has mapped them.
+
+    On CPU with all ranks on one machine, DeepSpeed's shm comm op creates one 69 MB
+    /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> per rank and never unlinks it,
+    so every run (finished or killed) leaves them behind, until /dev/shm fills the machine's memory.
+    Each rank maps every other rank's buffer inside `init_distributed`; after a barrier the names
+    are no longer needed, and unlinking them now frees the memory when the last rank exits, however
+    it exits. The mappings stay valid.
+    """
+    import os
+
+    if dist.get_world_size() < 2:
+        return
+    dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:  # no shm op (ranks on several nodes, or no compiler): nothing was created
+        pass
 
 
 def any_rank(flag: bool) -> bool:
