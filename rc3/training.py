@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -131,6 +132,12 @@ def estimate_batches_per_epoch(pattern: str, batch_size: int, world_size: int) -
     return max(1, (len(keys) * len(shards)) // (batch_size * world_size))
 
 
+def forkserver_preload(tokenizer: RC3Tokenizer) -> list[str]:
+    """What loader workers import when they start: the rc3 modules loaded here (pretrain/main.py
+    runs again in each worker and imports them) and the tokenizer's classes (the collators pickle it)."""
+    return [*sorted(m for m in sys.modules if m == "rc3" or m.startswith("rc3.")), type(tokenizer.hf).__module__]
+
+
 class TaskStreams:
     """The shard loaders of the enabled tasks and, per step, a dict task -> batch.
 
@@ -173,7 +180,7 @@ class TaskStreams:
         start_method = None
         if prefetch_steps > 0 and d.num_workers > 0:
             start_method = "forkserver"
-            start_forkserver()
+            start_forkserver(forkserver_preload(tokenizer))
         self.loaders: dict[str, Any] = {}
         by_task: dict[str, Any] = {}
         for stream, (tasks, corpus, shards, make_collate) in specs.items():
@@ -282,6 +289,8 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     rng.seed_everything(cfg.train.seed + rank)
 
     tokenizer = load_tokenizer(cfg.model)
+    if cfg.data.num_workers > 0 and cfg.data.prefetch_steps > 0:
+        start_forkserver(forkserver_preload(tokenizer))  # its imports overlap building the model
     model = build_model(cfg.model, tokenizer)
     if rank == 0:
         card = run_dir / "model_card"

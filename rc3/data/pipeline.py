@@ -299,13 +299,25 @@ def _exit_with(pid: int, interval: float = 1.0) -> None:
 START_METHODS = ("fork", "forkserver", "spawn")
 
 
-def start_forkserver(preload: Sequence[str] = ("torch", "webdataset", "rc3.data.pipeline", "rc3.data.collate")) -> None:
-    """Start the forkserver that "forkserver" loaders start their workers from, with `preload`
-    imported once in it (so a worker starts in milliseconds, not the seconds of importing torch).
-    Call it on the main thread before any helper thread exists; later calls do nothing."""
+FORKSERVER_PRELOAD = ("torch", "webdataset", "rc3.data.pipeline", "rc3.data.collate")
+
+
+def start_forkserver(extra_preload: Sequence[str] = ()) -> None:
+    """Start the forkserver that "forkserver" loaders start their workers from, with
+    FORKSERVER_PRELOAD + `extra_preload` imported once in it.
+
+    A worker then starts without re-importing torch, but it still runs the main script again (as
+    `__mp_main__`: a guarded `if __name__ == "__main__"` block does not run) and imports what its
+    dataset's pickle needs (the tokenizer's classes); preload those modules too (the main script's
+    own imports and `type(tokenizer).__module__`), or every worker of every epoch spends seconds
+    importing them. Python's own "__main__" preload does not take effect in Python 3.11 (the main
+    path is filtered out before it reaches the server). The server starts in the background: start
+    it early to overlap its imports with other work. Later calls do nothing.
+    """
     import multiprocessing.forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(list(preload))
+    preload = list(dict.fromkeys([*FORKSERVER_PRELOAD, *extra_preload]))
+    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
     multiprocessing.forkserver.ensure_running()
 
 
