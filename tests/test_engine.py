@@ -41,7 +41,10 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 @pytest.fixture(scope="module")
 def reference(setup):
     cfg, run_dir = config_for(setup, "reference")
-    ok(launch(cfg))
+    port = free_port()
+    ok(launch(cfg, port=port))
+    # DeepSpeed's CPU shm all-reduce buffers (69 MB per rank) are unlinked, not left in /dev/shm
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     losses = step_losses(run_dir)
     assert sorted(losses) == list(range(1, TOTAL + 1))
     return losses

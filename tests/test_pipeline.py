@@ -148,6 +148,21 @@ def test_order_is_a_function_of_seed_and_epoch(tmp_path, captions, tokenizer):
     assert sorted(order(0, 0)) == sorted(first)
 
 
+def test_forkserver_workers_give_the_batches_of_forked_ones(tmp_path, captions, tokenizer):
+    # training starts loader workers from a forkserver when the prefetch thread runs (rc3.training)
+    write_corpus(tmp_path, "dt", captions, shards=4)
+
+    def batches(method):
+        loader = make_pipeline("dt", str(tmp_path / "*.tar"), 3, collator("dt", tokenizer), seed=3, num_workers=2,
+                               shuffle_buffer=8, batches_per_epoch=5, start_method=method)
+        return [(b["keys"], b["src_ids"].tolist(), b["tgt_ids"].tolist()) for b in run(loader)]
+
+    forked = batches("fork")
+    assert batches("forkserver") == forked and len(forked) == 5
+    with pytest.raises(ValueError, match="start_method"):
+        make_pipeline("dt", str(tmp_path / "*.tar"), 3, collator("dt", tokenizer), start_method="threads")
+
+
 def test_iterating_again_runs_the_next_epoch(tmp_path, captions, tokenizer):
     write_corpus(tmp_path, "dt", captions, shards=2)
     loader = make_pipeline("dt", str(tmp_path / "*.tar"), 4, collator("dt", tokenizer), batches_per_epoch=2, seed=1)
