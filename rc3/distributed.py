@@ -190,9 +190,8 @@ def _unlink_shm_buffers() -> None:
     """
     import os
 
-    if dist.get_world_size() < 2:
-        return
-    dist.barrier()
+    if dist.get_world_size() > 1:
+        dist.barrier()
     name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
             f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
     try:

@@ -57,11 +57,12 @@ def main() -> None:
     import deepspeed
     from safetensors.torch import save_file
 
+    from rc3 import distributed
     from rc3.modeling import RC3Model
     from rc3.testing import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    distributed.init_from_launcher()
     tokenizer = RC3Tokenizer.from_dir(args.tokenizer_dir)
     torch.manual_seed(0)  # same initial weights on every rank
     model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, pad_id=tokenizer.pad_id,
