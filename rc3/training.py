@@ -132,10 +132,17 @@ def estimate_batches_per_epoch(pattern: str, batch_size: int, world_size: int) -
     return max(1, (len(keys) * len(shards)) // (batch_size * world_size))
 
 
-def forkserver_preload(tokenizer: RC3Tokenizer) -> list[str]:
-    """What loader workers import when they start: the rc3 modules loaded here (pretrain/main.py
-    runs again in each worker and imports them) and the tokenizer's classes (the collators pickle it)."""
-    return [*sorted(m for m in sys.modules if m == "rc3" or m.startswith("rc3.")), type(tokenizer.hf).__module__]
+def start_loader_forkserver(cfg: RC3Config, tokenizer: RC3Tokenizer, prefetch_steps: int) -> str | None:
+    """The start method of the loader workers: "forkserver" when a prefetch thread starts them
+    (starting the server now, on the calling thread; later calls do nothing), else None (fork).
+
+    The server preloads the rc3 modules loaded here (pretrain/main.py runs again in each worker and
+    imports them) and the tokenizer's classes (the collators pickle it)."""
+    if prefetch_steps == 0 or cfg.data.num_workers == 0:
+        return None
+    start_forkserver([*sorted(m for m in sys.modules if m == "rc3" or m.startswith("rc3.")),
+                      type(tokenizer.hf).__module__])
+    return "forkserver"
 
 
 class TaskStreams:
@@ -145,11 +152,10 @@ class TaskStreams:
     the same batch); R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
     positions and skip counts are saved per rank.
 
-    With `prefetch_steps` > 0 (default: `data.prefetch_steps`) the steps are fetched that many ahead on a background thread
-    (rc3.data.multitask.StepPrefetcher), which overlaps fetching, collation and the start of each
-    epoch's loader workers with the step. Those workers then start from a forkserver (see __init__).
-    `state_dict()` and
-    `skipped()` describe the steps handed out by `next_batches()`, not the ones fetched ahead.
+    With `prefetch_steps` > 0 (default: `data.prefetch_steps`) the steps are fetched that many
+    ahead on a background thread (rc3.data.multitask.StepPrefetcher), which overlaps fetching,
+    collation and the start of each epoch's loader workers with the step. Those workers then start
+    from a forkserver (see __init__). `state_dict()` and `skipped()` describe the steps handed out by `next_batches()`, not the ones fetched ahead.
     """
 
     def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int,
@@ -177,10 +183,7 @@ class TaskStreams:
         # deadlocked (a run hung on it with short epochs), so with the thread they start from a
         # forkserver, which is started here, on the main thread, before the thread exists.
         self.prefetch_steps = prefetch_steps
-        start_method = None
-        if prefetch_steps > 0 and d.num_workers > 0:
-            start_method = "forkserver"
-            start_forkserver(forkserver_preload(tokenizer))
+        start_method = start_loader_forkserver(cfg, tokenizer, prefetch_steps)
         self.loaders: dict[str, Any] = {}
         by_task: dict[str, Any] = {}
         for stream, (tasks, corpus, shards, make_collate) in specs.items():
@@ -289,8 +292,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     rng.seed_everything(cfg.train.seed + rank)
 
     tokenizer = load_tokenizer(cfg.model)
-    if cfg.data.num_workers > 0 and cfg.data.prefetch_steps > 0:
-        start_forkserver(forkserver_preload(tokenizer))  # its imports overlap building the model
+    start_loader_forkserver(cfg, tokenizer, cfg.data.prefetch_steps)  # its imports overlap building the model
     model = build_model(cfg.model, tokenizer)
     if rank == 0:
         card = run_dir / "model_card"

@@ -290,15 +290,11 @@ def _exit_with(pid: int, interval: float = 1.0) -> None:
         time.sleep(interval)
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # pid reused by another user's process: ours is gone
+        except (ProcessLookupError, PermissionError):  # gone (PermissionError: the pid was reused by another user)
             os._exit(0)
 
 
 START_METHODS = ("fork", "forkserver", "spawn")
-
-
 FORKSERVER_PRELOAD = ("torch", "webdataset", "rc3.data.pipeline", "rc3.data.collate")
 
 
@@ -370,7 +366,8 @@ class ShardLoader:
                             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
                             prefetch_factor=2 if self.num_workers > 0 else None,
                             multiprocessing_context=self.start_method if self.num_workers > 0 else None,
-                            worker_init_fn=functools.partial(_init_worker, owner_pid=os.getpid()) if self.num_workers > 0 else None, generator=base_seed)
+                            worker_init_fn=(functools.partial(_init_worker, owner_pid=os.getpid())
+                                            if self.num_workers > 0 else None), generator=base_seed)
         it = iter(loader)
         try:
             while bpe is None or self.batches_done < bpe:
