@@ -106,8 +106,8 @@ def itm(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator) -
     other = (torch.arange(b) + shift) % b
     index = torch.cat([torch.arange(b), torch.arange(b)]).to(ids.device)
     text_index = torch.cat([torch.arange(b), other]).to(ids.device)
-    visual = _visual(batch, index)
-    scores = model.itm_logits(model.vtr(ids[text_index], mask[text_index], visual, ds_visual_mode(model, batch)))
+    scores = model.itm_logits(model.vtr(ids[text_index], mask[text_index], _visual(batch), ds_visual_mode(model, batch),
+                                        visual_index=index))
     targets = torch.cat([torch.ones(b), torch.zeros(b)]).to(scores.device)
     loss = losses.itm_loss(scores, targets)
     acc = ((scores > 0).float() == targets).float().mean()
@@ -194,7 +194,8 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
     texts = pad_cat(src_ids, tgt_ids, model.mbart.config.pad_token_id)
     masks = pad_cat(batch["src_mask"], batch["tgt_mask"], False)
     t_idx, i_idx = plan.text.to(dev), plan.image.to(dev)
-    vtr = model.vtr(texts[t_idx], masks[t_idx], _visual(batch, i_idx), mode)  # every sequence, one call
+    # Every sequence in one encoder call; each of the B images goes through the visual front end once.
+    vtr = model.vtr(texts[t_idx], masks[t_idx], _visual(batch), mode, visual_index=i_idx)
     anchor, positive = vtr[plan.anchor.to(dev)], vtr[plan.positive.to(dev)]
     negatives = vtr[plan.negatives.to(dev)]
     contrastive = losses.interpolated_contrastive_loss(anchor, positive, negatives, p_avg, cfg.zeta)

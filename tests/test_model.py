@@ -60,6 +60,27 @@ def test_uint8_pixels_are_normalised_by_the_patch_front_end(model, tokenizer):
                                model.vtr(ids, mask, {"pixels": as_float}, "patch"), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["roi", "patch", "combined"])
+def test_visual_index_equals_indexing_the_images_first(model, tokenizer, mode):
+    """Each distinct image through the front end once, then gathered: the same states and gradients."""
+    ids, mask, visual = batch(tokenizer)
+    visual["roi_mask"][1, 20:] = False  # the per-image mask travels with the gathered tokens
+    index = torch.tensor([2, 0, 2, 1, 1, 0])
+    t_idx = torch.tensor([0, 1, 2, 2, 0, 1])
+    gathered = model.encode(ids[t_idx], mask[t_idx], visual, mode, visual_index=index)
+    indexed = model.encode(ids[t_idx], mask[t_idx], {k: v[index] for k, v in visual.items()}, mode)
+    torch.testing.assert_close(gathered.hidden, indexed.hidden, atol=1e-5, rtol=1e-5)
+    assert torch.equal(gathered.mask, indexed.mask)
+    grads = []
+    for vis, kw in ((visual, {"visual_index": index}), ({k: v[index] for k, v in visual.items()}, {})):
+        model.zero_grad()
+        model.vtr(ids[t_idx], mask[t_idx], vis, mode, **kw).sum().backward()
+        grads.append(model.visual.roi.feature_proj.weight.grad.clone() if mode != "patch"
+                     else model.visual.patch.proj.weight.grad.clone())
+    model.zero_grad()
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
 def test_text_only(model, tokenizer):
     ids, mask, _ = batch(tokenizer)
     enc = model.encode(ids, mask)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rc3 import retrieval  # noqa: E402
+from rc3.provenance import git_commit  # noqa: E402
 from rc3.tasks import metrics  # noqa: E402
 
 
@@ -65,19 +64,6 @@ def make_world(n_images: int, per_image: int, dim: int, dual_noise: float, capti
     noise = lambda x: nn.functional.normalize(x + dual_noise * torch.randn(x.shape, generator=g) / dim ** 0.5, dim=1)  # noqa: E731
     out = {"img_lat": img_lat, "txt_lat": txt_lat, "img_emb": noise(img_lat), "txt_emb": noise(txt_lat), "cap_img": cap_img}
     return {k: v.to(device) for k, v in out.items()}
-
-
-def git_commit() -> str:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "rc3/retrieval.py", "tools/bench_retrieval.py"],
-                               cwd=repo).returncode != 0
-        return sha + (" (modified retrieval code)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        # A copy of the tree without .git (e.g. shipped to another machine) can pass the commit in.
-        return os.environ.get("RC3_GIT_COMMIT", "unknown (no git checkout)")
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> tuple[float, object]:
@@ -129,7 +115,7 @@ def main() -> None:
         return s.view(image_idx.shape)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
-    print(f"# bench_retrieval  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  commit={git_commit()}")
+    print(f"# bench_retrieval  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  commit={git_commit(['rc3/retrieval.py', 'tools/bench_retrieval.py'])}")
     print(f"# device: {dev_name} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads), "
           f"faiss on {'GPU' if retrieval.faiss_gpu_available() else 'CPU'}, bf16 autocast={bf16}")
     n_img, n_txt = args.images, len(w["cap_img"])

@@ -1,19 +1,22 @@
 #!/usr/bin/env python
-"""The paper's ablation (Table 4), the visual-feature comparison (Table 1) and every finetuning recipe at
-small scale, on the synthetic world.
+"""The paper's ablation (Table 4), the visual-feature comparison (Table 1), XTCL on real text, and every
+finetuning recipe at small scale, on the synthetic world.
 
-    python tools/repro_synthetic.py [--size small] [--seeds 3] [--steps 1200] [--tasks itr,xvnli] [--out runs/repro/synthetic]
-    python tools/repro_synthetic.py --tasks itr,xvnli,xgqa,marvl,mmt --variants full,random --seeds 1   # all recipes
-    python tools/repro_synthetic.py --quick          # minutes: full RC3 vs no pretraining, ITR only, tiny world
+    python tools/repro_synthetic.py                  # the whole reproduction: about 50 minutes on 2 CPU cores
+    python tools/repro_synthetic.py --quick          # minutes: full RC3 vs no pretraining, ITR only (the slow test)
+    python tools/repro_synthetic.py --size small --steps 1200 --tasks itr,xvnli,xgqa,marvl,mmt \
+        --variants full,random --seeds 1 --no-visual-modes --no-text   # all recipes, the larger world (~35 min)
 
-For each seed: pretrain the tiny model (configs/repro/synthetic.yaml, one rank, `python pretrain/main.py`)
-with (a) all four objectives, (b) w/o KL, (c) w/o R-XVtCL, (d) w/o R-XVtCL & XTCL; (e) is a random
-init saved with RC3Model.save_pretrained. Each checkpoint goes through tools/zero_to_safetensors.py,
-then finetune/<task>.py (configs/finetune/synthetic/<task>.yaml) finetunes it on English and
-evaluates zero-shot on the other languages. With --visual-modes, RC3 is also pretrained with Patch
-and Combined visual input and the three are compared on --visual-task (English + zero-shot).
-Jobs run two at a time, single-threaded. Writes OUT/summary.json and OUT/tables.md (with each
-task's chance level from the world's world.json).
+Default protocol, per seed (3 seeds): pretrain the tiny model (configs/repro/synthetic.yaml, one rank,
+`python pretrain/main.py`, 300 steps x 32 samples per task) with (a) all four objectives, (b) w/o KL,
+(c) w/o R-XVtCL, (d) w/o R-XVtCL & XTCL; (e) is a random init saved with RC3Model.save_pretrained. Each
+checkpoint goes through tools/zero_to_safetensors.py, then finetune/<task>.py
+(configs/finetune/synthetic/<task>.yaml) finetunes it on English (ITR 5 epochs, XVNLI 10) and evaluates
+zero-shot on the other languages. RC3 is also pretrained with Patch and Combined visual input (seed 0)
+and the three are compared on --visual-task. tools/repro_text.py (XTCL alone on real parallel text,
+sentence retrieval, text-only MMT) runs as one more job of the same graph. Jobs run two at a time,
+single-threaded, longest first. Writes OUT/summary.json and OUT/tables.md (with each task's chance
+level from the world's world.json, and the wall time of every job).
 """
 from __future__ import annotations
 
@@ -29,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rc3.repro.jobs import Job, run_jobs  # noqa: E402
-from rc3.repro.report import lang_mean, read_results, table  # noqa: E402
+from rc3.repro.report import fmt, lang_mean, read_results, table  # noqa: E402
 
 PY = sys.executable
-QUICK_STEPS = 300  # --quick: pretraining steps (the tiny world; about 2 minutes per 100 steps on one core)
+QUICK_STEPS = 300  # --quick: pretraining steps (the tiny world; about 1.5 minutes per 100 steps on one core)
 VARIANTS: dict[str, list[str]] = {
     "RC3 (all four objectives)": [],
     "w/o KL": ["objectives.kl=false"],
@@ -60,10 +63,12 @@ GROUPS.update({
 CHANCE = {"itr": "xflickrco_recall_at_1", "xvnli": "xvnli", "xgqa": "xgqa_majority_answer",
           "marvl": "marvl"}  # world.json's chance key per task (the majority answer for xGQA); MMT has none
 TASKS = tuple(METRIC)
-# XVNLI's labels depend only on binding a shape's attribute to the image (an XOR-like target): the
-# loss sits at ln 3 until it finds that; from the 1,200-step checkpoint on the small world it leaves
-# the plateau after ~17 epochs (REPRODUCTION.md), so 10 epochs are not enough.
-DEFAULT_EPOCHS = {"itr": 5, "xvnli": 30, "xgqa": 10, "marvl": 10, "mmt": 10}
+# Finetuning epochs per world size. XVNLI's labels depend only on binding a shape's attribute to the image
+# (an XOR-like target): the loss sits at ln 3 until it finds that; from the 1,200-step checkpoint on the
+# small world it leaves the plateau after ~17 epochs (REPRODUCTION.md), so the small world gets 30. The
+# tiny world's 600 XVNLI training pairs do not leave it in any budget tried; 10 epochs keep the hour.
+DEFAULT_EPOCHS = {"tiny": {"itr": 5, "xvnli": 10, "xgqa": 10, "marvl": 10, "mmt": 10},
+                  "small": {"itr": 5, "xvnli": 30, "xgqa": 10, "marvl": 10, "mmt": 10}}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -72,28 +77,33 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--world", type=Path, default=None, help="synthetic world dir (default: work/repro/world-wo<OVERLAP>)")
     ap.add_argument("--weak-overlap", type=float, default=0.8)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=1200, help="pretraining steps")
-    ap.add_argument("--size", choices=("tiny", "small"), default="small",
-                    help="synthetic world size (tools/make_synthetic.py --size); small: 6,000 XVNLI training pairs")
+    ap.add_argument("--steps", type=int, default=300, help="pretraining steps (32 samples per task each)")
+    ap.add_argument("--size", choices=("tiny", "small"), default="tiny",
+                    help="synthetic world size (tools/make_synthetic.py --size); small: 10x, 6,000 XVNLI training pairs")
     ap.add_argument("--epochs", default="", metavar="TASK=N,...",
-                    help="finetuning epochs per task (default: " + ",".join(f"{k}={v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
+                    help="finetuning epochs per task (default for tiny: "
+                         + ",".join(f"{k}={v}" for k, v in DEFAULT_EPOCHS["tiny"].items()) + "; small: xvnli=30)")
     ap.add_argument("--tasks", default="itr,xvnli", help="subset of " + ",".join(TASKS))
     ap.add_argument("--variants", default=",".join(SLUG.values()), help="subset of " + ",".join(SLUG.values()))
-    ap.add_argument("--visual-modes", action="store_true", help="also RC3-Patch / RC3-Combined on XVNLI (first seed)")
+    ap.add_argument("--visual-modes", action=argparse.BooleanOptionalAction, default=True,
+                    help="also pretrain RC3-Patch / RC3-Combined (first seed) and compare them with RC3-ROI on --visual-task")
     ap.add_argument("--visual-task", choices=("itr", "xvnli"), default="itr",
                     help="the task of the visual-mode comparison (itr: XVNLI stays at chance at this scale)")
+    ap.add_argument("--text", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run tools/repro_text.py (XTCL on real text) as one job of the graph, into OUT/text")
+    ap.add_argument("--text-args", default="", help="extra arguments for tools/repro_text.py (one string)")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="RC3 vs no pretraining on ITR, 1 seed, short runs")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.epochs, args.tasks, args.size = 1, QUICK_STEPS, "itr=2", "itr", "tiny"
-        args.variants, args.visual_modes = "full,random", False
+        args.variants, args.visual_modes, args.text = "full,random", False, False
         LANGS["itr"] = ["en", "de", "id", "ja", "zh"]  # the unseen languages only add evaluation time
         GROUPS["itr"] = {"zero-shot, pretrained langs": ["de", "id", "ja", "zh"]}
     unknown = [t for t in args.tasks.split(",") if t and t not in TASKS]
     if unknown:
         ap.error(f"--tasks: unknown task(s) {unknown}; choose from {','.join(TASKS)}")
-    args.epoch_map = dict(DEFAULT_EPOCHS)
+    args.epoch_map = dict(DEFAULT_EPOCHS[args.size])
     for item in filter(None, args.epochs.split(",")):
         task, _, n = item.partition("=")
         if task not in TASKS or not n.isdigit():
@@ -188,11 +198,26 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[tuple[str, int, str]
             conv = f"convert {name}"  # RC3-ROI is the ablation's full model
             dep = (conv,) if any(j.name == conv for j in jobs) else (pretrain(name, 0, [f"model.visual_mode={mode}"]),)
             visual.append((mode, finetune(args.visual_task, name, 0, dep, [f"model.visual_mode={mode}"])))
+    if args.text:
+        text_out = out / "text"
+        jobs.append(Job("text: XTCL on real text", [PY, "tools/repro_text.py", "--out", str(text_out), *args.text_args.split()],
+                        out / "logs" / "text.log", done=lambda: (text_out / "summary.json").is_file()))
     # The finetune job of the ROI row may already exist as the ablation's own XVNLI job: keep one.
     seen: dict[str, Job] = {}
     for j in jobs:
         seen.setdefault(j.name, j)
-    return list(seen.values()), results, visual
+    return sorted(seen.values(), key=job_priority), results, visual
+
+
+def job_priority(job: Job) -> int:
+    """Longest first (the order is stable within a class): the text chain (~20 min, serial inside),
+    pretraining with R-XVtCL (~5 min), pretraining without it (~2 min), then the short jobs; with two
+    slots this keeps both cores busy to the end."""
+    if job.name.startswith("text"):
+        return 0
+    if job.name.startswith("pretrain"):
+        return 2 if "no_rxvtcl" in job.name else 1
+    return 3
 
 
 def with_r10(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -252,6 +277,8 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
         if task == "itr":
             md.append("\n### itr: the dual encoder alone (mean R@1 before re-ranking, %): finetuned on English\n\n")
             md.append(table(by_variant, "dual_mean_R@1", LANGS[task], GROUPS[task]) + chance_row(chance, task, LANGS[task]))
+            md.append("\n### itr (mean R@10 of the two directions, re-ranked, %): finetuned on English\n\n")
+            md.append(table(by_variant, "mean_R@10", LANGS[task], GROUPS[task]))
         langs = GROUPS[task].get("zero-shot, pretrained langs", LANGS[task])
         summary["zero_shot_pretrained_langs"][task] = {
             v: [lang_mean(r, METRIC[task], langs) for r in rs] for v, rs in by_variant.items()}
@@ -263,18 +290,32 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
     if visual:
         t = args.visual_task
         rows = {f"RC3-{m.upper() if m == 'roi' else m.capitalize()}": [with_r10(read_results(p))] for m, p in visual}
-        for metric in ((METRIC[t], "dual_mean_R@1") if t == "itr" else (METRIC[t],)):
+        for metric in ((METRIC[t], "dual_mean_R@1", "mean_R@10") if t == "itr" else (METRIC[t],)):
             md.append(f"\n### Visual input (Table 1 rows): {t} {metric} (%), seed 0, pretrained and finetuned "
                       "with that input\n\n")
             md.append(table(rows, metric, LANGS[t], GROUPS[t]))
-    # What pretraining itself gives, without finetuning: cross-lingual alignment of the TR.
-    align = {v: text_alignment(args.world, args.out / "models" / f"{SLUG[v]}-s0", ["de", "id", "ja", "zh"])
-             for v in VARIANTS if v in {k[0] for k in results}}
-    summary["tr_alignment_seed0"] = align
-    md.append("\n### Without finetuning: en -> X caption retrieval with the TR (accuracy@1, %, seed 0)\n\n"
-              "| variant | de | id | ja | zh | chance |\n|---|---:|---:|---:|---:|---:|\n")
-    md.extend(f"| {v} | " + " | ".join(f"{a[k]:.1f}" for k in ("de", "id", "ja", "zh", "chance")) + " |\n"
-              for v, a in align.items())
+    # What pretraining itself gives, without finetuning: cross-lingual alignment of the TR, every seed.
+    align_langs = ["de", "id", "ja", "zh"]
+    done = {(k[0], k[1]) for k in results}
+    align = {v: [text_alignment(args.world, args.out / "models" / f"{SLUG[v]}-s{seed}", align_langs)
+                 for seed in range(args.seeds) if (v, seed) in done] for v in VARIANTS}
+    align = {v: a for v, a in align.items() if a}
+    summary["tr_alignment_seed0"] = {v: a[0] for v, a in align.items()}
+    summary["tr_alignment"] = align
+    md.append(f"\n### Without finetuning: en -> X caption retrieval with the TR (accuracy@1, %, {args.seeds} seed(s))\n\n"
+              "| variant | " + " | ".join(align_langs) + " | mean | chance |\n|---|" + "---:|" * (len(align_langs) + 2) + "\n")
+    for v, seeds in align.items():
+        for a in seeds:
+            a["mean"] = sum(a[k] for k in align_langs) / len(align_langs)
+        md.append(f"| {v} | " + " | ".join(fmt([a[k] for a in seeds]) for k in [*align_langs, "mean"])
+                  + f" | {seeds[0]['chance']:.1f} |\n")
+    text_tables = args.out / "text" / "tables.md"
+    if args.text and text_tables.is_file():
+        md.append("\n### Real text (tools/repro_text.py)\n\n" + text_tables.read_text())
+        summary["text"] = json.loads((args.out / "text" / "summary.json").read_text())
+    summary["wall_s"] = wall
+    md.append(f"\nWall time: {wall / 60:.1f} min for the whole graph ({args.parallel} jobs at a time); "
+              f"job seconds: " + ", ".join(f"{n} {t:.0f}" for n, t in times.items()) + ".\n")
     text = "".join(md)
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out / "tables.md.tmp"

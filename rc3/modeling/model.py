@@ -172,14 +172,23 @@ class RC3Model(nn.Module):
         return self.mbart.model.shared(input_ids)  # scaled by sqrt(d) as in mBART-50
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-               visual: Optional[Mapping[str, torch.Tensor]] = None, mode: Optional[str] = None) -> EncoderOutput:
-        """Encode `[CLS] visual [BOS] text [LANG]` (or text only when `visual` is None)."""
+               visual: Optional[Mapping[str, torch.Tensor]] = None, mode: Optional[str] = None,
+               visual_index: Optional[torch.Tensor] = None) -> EncoderOutput:
+        """Encode `[CLS] visual [BOS] text [LANG]` (or text only when `visual` is None).
+
+        With `visual_index` ([B] image indices), `visual` holds distinct images and sequence s is paired
+        with image `visual_index[s]`: the visual front end runs once per distinct image and its tokens
+        are gathered (R-XVtCL and retrieval pair each image with many texts). Same result as indexing
+        `visual` first, for a fraction of the front-end cost.
+        """
         text = self.embed_text(input_ids)
         text_mask = attention_mask.bool()
         if visual is None:
             embeds, mask, start = text, text_mask, 0
         else:
             vis, vis_mask = self.visual(visual, mode or self.cfg.visual_mode)
+            if visual_index is not None:
+                vis, vis_mask = vis[visual_index], vis_mask[visual_index]
             embeds = torch.cat([vis.to(text.dtype), text], dim=1)
             mask = torch.cat([vis_mask, text_mask], dim=1)
             start = vis.shape[1]
@@ -189,9 +198,9 @@ class RC3Model(nn.Module):
         return EncoderOutput(out.last_hidden_state, mask, start)
 
     def vtr(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: Mapping[str, torch.Tensor],
-            mode: Optional[str] = None) -> torch.Tensor:
-        """Visio-textual representation: top state at [CLS]."""
-        return self.encode(input_ids, attention_mask, visual, mode).hidden[:, 0]
+            mode: Optional[str] = None, visual_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Visio-textual representation: top state at [CLS] (`visual_index`: see `encode`)."""
+        return self.encode(input_ids, attention_mask, visual, mode, visual_index).hidden[:, 0]
 
     def tr(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Textual representation: top state at [BOS] of a text-only input."""

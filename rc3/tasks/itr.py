@@ -78,12 +78,15 @@ class RetrievalEvaluator:
     @torch.no_grad()
     def pair_scores(self, image_idx: Tensor, text_idx: Tensor) -> Tensor:
         """ITM logits of pairs (image_idx[c,k], text_idx[c,k]) -> [c,k], `eval.batch_size` pairs per forward."""
-        flat_i, flat_t = image_idx.reshape(-1).tolist(), text_idx.reshape(-1).tolist()
+        flat_i, flat_t = image_idx.reshape(-1), text_idx.reshape(-1).tolist()
         out = []
         with self.run.accelerator.autocast():
             for a in range(0, len(flat_i), self.batch):
                 ids, mask = self._text(flat_t[a:a + self.batch])
-                out.append(self.model.itm_scores(ids, mask, self._visual(flat_i[a:a + self.batch])).float().cpu())
+                # A chunk pairs few distinct images with many texts: embed each image once.
+                images, where = torch.unique(flat_i[a:a + self.batch], return_inverse=True)
+                out.append(self.model.itm_scores(ids, mask, self._visual(images.tolist()),
+                                                 visual_index=where.to(self.device)).float().cpu())
         return torch.cat(out).reshape(image_idx.shape)
 
     def recall(self, k: int | str, index: str, dual: bool = False) -> dict[str, float]:

@@ -28,10 +28,6 @@ def empty_text(like: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     return like.new_zeros((batch, 0)), torch.zeros(batch, 0, dtype=torch.bool, device=like.device)
 
 
-def index_visual(visual: Mapping[str, Tensor], index: Tensor) -> dict[str, Tensor]:
-    return {k: v[index] for k, v in visual.items()}
-
-
 class ITRModel(TaskModel):
     task = "itr"
 
@@ -54,8 +50,10 @@ class ITRModel(TaskModel):
     def text_embeddings(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.dual.text(self.rc3.tr(input_ids, attention_mask))
 
-    def itm_scores(self, input_ids: Tensor, attention_mask: Tensor, visual: Mapping[str, Tensor]) -> Tensor:
-        return self.rc3.itm_logits(self.rc3.vtr(input_ids, attention_mask, visual, self.mode)).float()
+    def itm_scores(self, input_ids: Tensor, attention_mask: Tensor, visual: Mapping[str, Tensor],
+                   visual_index: Tensor | None = None) -> Tensor:
+        """ITM logit of each (text, image) pair; with `visual_index`, `visual` holds distinct images (RC3Model.encode)."""
+        return self.rc3.itm_logits(self.rc3.vtr(input_ids, attention_mask, visual, self.mode, visual_index)).float()
 
     # ---- training ---------------------------------------------------------------------------
     def _negatives(self, sim: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,7 +88,7 @@ class ITRModel(TaskModel):
         v_index = torch.cat([arange, img_rows, neg_img])
         t_index = torch.cat([arange, neg_txt, txt_rows])
         targets = torch.cat([torch.ones(b, device=ids.device), torch.zeros(len(img_rows) + len(txt_rows), device=ids.device)])
-        scores = self.itm_scores(ids[t_index], mask[t_index], index_visual(visual, v_index))
+        scores = self.itm_scores(ids[t_index], mask[t_index], visual, visual_index=v_index)
         itm = itm_loss(scores, targets)
         loss = self.contrastive_weight * contrastive + self.itm_weight * itm
         itm_acc = ((scores > 0).float() == targets).float().mean()
