@@ -286,6 +286,32 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
     assert results["de"]["dual_mean_R@1"] == pytest.approx((d_i2t["R@1"] + d_t2i["R@1"]) / 2)
 
 
+def test_bench_retrieval_model_compares_rerank_with_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    """tools/bench_retrieval_model.py on a finetuned model: pair counts, and its brute force is the
+    recipe's own k=all ranking."""
+    import importlib.util
+
+    out = tmp_path / "itr"
+    run_recipe("itr", world, model_dir, out, "itr.k=all", "data.test_langs=[de]")
+    spec = importlib.util.spec_from_file_location("bench_retrieval_model", REPO / "tools" / "bench_retrieval_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--model", str(out / "model"), "--root", str(world), "--ann", "xFlickrCO/annotations/de/test.jsonl",
+            "--k", "10", "--batch", "5", "--json", str(tmp_path / "bench.json"), "--output-dir", str(tmp_path / "b"),
+            "--set", "data.features=[features.h5]", "--set", "data.images=images"]
+    figures = bench.main(argv)
+    n = 12  # images, one caption each
+    assert figures["images"] == figures["captions"] == n
+    assert figures["brute_force"]["pairs"] == n * n  # every pair once
+    assert figures["rerank"]["pairs"] == 2 * n * 10  # k candidates per query, both directions
+    want = read_results(out)["de"]
+    for key in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@10", "mean_R@1"):
+        assert figures["brute_force"][key] == pytest.approx(want[key])
+    assert json.loads((tmp_path / "bench.json").read_text())["speedup"] == pytest.approx(figures["speedup"])
+    with pytest.raises(SystemExit, match="no ITR head"):
+        bench.main([*argv[:1], str(model_dir), *argv[2:]])
+
+
 def test_mmt_bleu_signature_and_rows(world: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "mmt"
     run_recipe("mmt", world, model_dir, out)

@@ -11,7 +11,7 @@ Default protocol, per seed (3 seeds): pretrain the tiny model (configs/repro/syn
 `python pretrain/main.py`, 300 steps x 32 samples per task) with (a) all four objectives, (b) w/o KL,
 (c) w/o R-XVtCL, (d) w/o R-XVtCL & XTCL; (e) is a random init saved with RC3Model.save_pretrained. Each
 checkpoint goes through tools/zero_to_safetensors.py, then finetune/<task>.py
-(configs/finetune/synthetic/<task>.yaml) finetunes it on English (ITR 5 epochs, XVNLI 10) and evaluates
+(configs/finetune/synthetic/<task>.yaml) finetunes it on English (ITR 4 epochs, XVNLI 10) and evaluates
 zero-shot on the other languages. RC3 is also pretrained with Patch and Combined visual input (seed 0)
 and the three are compared on --visual-task. tools/repro_text.py (XTCL alone on real parallel text,
 sentence retrieval, text-only MMT) runs as one more job of the same graph. Jobs run two at a time,
@@ -67,7 +67,7 @@ TASKS = tuple(METRIC)
 # (an XOR-like target): the loss sits at ln 3 until it finds that; from the 1,200-step checkpoint on the
 # small world it leaves the plateau after ~17 epochs (REPRODUCTION.md), so the small world gets 30. The
 # tiny world's 600 XVNLI training pairs do not leave it in any budget tried; 10 epochs keep the hour.
-DEFAULT_EPOCHS = {"tiny": {"itr": 5, "xvnli": 10, "xgqa": 10, "marvl": 10, "mmt": 10},
+DEFAULT_EPOCHS = {"tiny": {"itr": 4, "xvnli": 10, "xgqa": 10, "marvl": 10, "mmt": 10},
                   "small": {"itr": 5, "xvnli": 30, "xgqa": 10, "marvl": 10, "mmt": 10}}
 
 

@@ -48,7 +48,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--holdout", type=int, default=500, help="xFlickr&CO images held out for evaluation")
     ap.add_argument("--xf-repeat", type=int, default=4)
     ap.add_argument("--mmt-epochs", type=int, default=1)
-    ap.add_argument("--mmt-steps", type=int, default=400, help="cap on MMT optimizer steps (64 pairs each)")
+    ap.add_argument("--mmt-steps", type=int, default=300, help="cap on MMT optimizer steps (64 pairs each)")
     ap.add_argument("--mmt-beams", type=int, default=1, help="beam size of the test decoding (1 = greedy)")
     ap.add_argument("--no-mmt", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
