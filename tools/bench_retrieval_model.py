@@ -46,9 +46,11 @@ WATCHED = ["rc3/retrieval.py", "rc3/tasks/itr.py", "tools/bench_retrieval_model.
 
 def score_matrix(ev: RetrievalEvaluator, n_images: int, n_captions: int, rows: int) -> torch.Tensor:
     """ITM logits [images, captions], every pair scored once, `rows` images per call of the evaluator."""
+    from tqdm.auto import tqdm
+
     out = torch.empty(n_images, n_captions)
     caps = torch.arange(n_captions)
-    for a in range(0, n_images, rows):
+    for a in tqdm(range(0, n_images, rows), desc="brute-force ITM", unit="image rows", dynamic_ncols=True):
         img = torch.arange(a, min(a + rows, n_images))
         out[img] = ev.pair_scores(img[:, None].expand(-1, n_captions), caps.expand(len(img), -1))
     return out

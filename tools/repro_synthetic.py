@@ -6,6 +6,8 @@ finetuning recipe at small scale, on the synthetic world.
     python tools/repro_synthetic.py --quick          # minutes: full RC3 vs no pretraining, ITR only (the slow test)
     python tools/repro_synthetic.py --size small --steps 1200 --tasks itr,xvnli,xgqa,marvl,mmt \
         --variants full,random --seeds 1 --no-visual-modes --no-text   # all recipes, the larger world (~35 min)
+    python tools/repro_synthetic.py --weak-overlap 0.5 --variants full,no_dw --no-finetune --no-text \
+        --out runs/repro/overlap-0.5   # what Dw adds to the alignment at another weak-overlap degree
 
 Default protocol, per seed (3 seeds): pretrain the tiny model (configs/repro/synthetic.yaml, one rank,
 `python pretrain/main.py`, 300 steps x 32 samples per task) with (a) all four objectives, (b) w/o KL,
@@ -43,9 +45,12 @@ VARIANTS: dict[str, list[str]] = {
     "w/o R-XVtCL & XTCL": ["objectives.rxvtcl_ds.enabled=false", "objectives.rxvtcl_dw.enabled=false",
                            "objectives.xtcl.enabled=false"],
     "no pretraining": [],  # random init
+    # Not in Table 4: what the weakly aligned corpus adds (R-XVtCL on Ds kept), for the weak-overlap sweep.
+    "w/o R-XVtCL on Dw": ["objectives.rxvtcl_dw.enabled=false"],
 }
 SLUG = {"RC3 (all four objectives)": "full", "w/o KL": "no_kl", "w/o R-XVtCL": "no_rxvtcl",
-        "w/o R-XVtCL & XTCL": "no_rxvtcl_xtcl", "no pretraining": "random"}
+        "w/o R-XVtCL & XTCL": "no_rxvtcl_xtcl", "no pretraining": "random", "w/o R-XVtCL on Dw": "no_dw"}
+TABLE4 = ("full", "no_kl", "no_rxvtcl", "no_rxvtcl_xtcl", "random")  # the default variants
 # Languages of the downstream test sets that pretraining saw (Ds/Dw/Dt of the world) and those it did not.
 GROUPS = {
     "itr": {"zero-shot, pretrained langs": ["de", "id", "ja", "zh"], "zero-shot, unseen langs": ["es", "ru", "tr"]},
@@ -84,7 +89,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="finetuning epochs per task (default for tiny: "
                          + ",".join(f"{k}={v}" for k, v in DEFAULT_EPOCHS["tiny"].items()) + "; small: xvnli=30)")
     ap.add_argument("--tasks", default="itr,xvnli", help="subset of " + ",".join(TASKS))
-    ap.add_argument("--variants", default=",".join(SLUG.values()), help="subset of " + ",".join(SLUG.values()))
+    ap.add_argument("--variants", default=",".join(TABLE4), help="subset of " + ",".join(SLUG.values()))
+    ap.add_argument("--no-finetune", action="store_true",
+                    help="pretrain only and report the cross-lingual alignment (e.g. for a --weak-overlap sweep)")
     ap.add_argument("--visual-modes", action=argparse.BooleanOptionalAction, default=True,
                     help="also pretrain RC3-Patch / RC3-Combined (first seed) and compare them with RC3-ROI on --visual-task")
     ap.add_argument("--visual-task", choices=("itr", "xvnli"), default="itr",
@@ -100,6 +107,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.variants, args.visual_modes, args.text = "full,random", False, False
         LANGS["itr"] = ["en", "de", "id", "ja", "zh"]  # the unseen languages only add evaluation time
         GROUPS["itr"] = {"zero-shot, pretrained langs": ["de", "id", "ja", "zh"]}
+    if args.no_finetune:
+        args.tasks, args.visual_modes = "", False
+    bad = [v for v in args.variants.split(",") if v not in SLUG.values()]
+    if bad:
+        ap.error(f"--variants: unknown variant(s) {bad}; choose from {','.join(SLUG.values())}")
     unknown = [t for t in args.tasks.split(",") if t and t not in TASKS]
     if unknown:
         ap.error(f"--tasks: unknown task(s) {unknown}; choose from {','.join(TASKS)}")
@@ -296,10 +308,9 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
             md.append(table(rows, metric, LANGS[t], GROUPS[t]))
     # What pretraining itself gives, without finetuning: cross-lingual alignment of the TR, every seed.
     align_langs = ["de", "id", "ja", "zh"]
-    done = {(k[0], k[1]) for k in results}
+    wanted = [v for v, slug in SLUG.items() if slug in args.variants.split(",")]
     align = {v: [text_alignment(args.world, args.out / "models" / f"{SLUG[v]}-s{seed}", align_langs)
-                 for seed in range(args.seeds) if (v, seed) in done] for v in VARIANTS}
-    align = {v: a for v, a in align.items() if a}
+                 for seed in range(args.seeds)] for v in wanted}
     summary["tr_alignment_seed0"] = {v: a[0] for v, a in align.items()}
     summary["tr_alignment"] = align
     md.append(f"\n### Without finetuning: en -> X caption retrieval with the TR (accuracy@1, %, {args.seeds} seed(s))\n\n"
