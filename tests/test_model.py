@@ -81,6 +81,28 @@ def test_visual_index_equals_indexing_the_images_first(model, tokenizer, mode):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
 
 
+def test_visual_index_backward_is_deterministic_with_threads(model):
+    """Bit-identical gradients run to run on several CPU threads (exact resumes depend on it)."""
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (8, 3, 224, 224), dtype=torch.uint8, generator=g)
+    ids = torch.randint(5, 100, (48, 12), generator=g)
+    mask = torch.ones(48, 12, dtype=torch.bool)
+    index = torch.arange(8).repeat(6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(3):
+            model.zero_grad()
+            model.vtr(ids, mask, {"pixels": pixels}, "patch", visual_index=index).pow(2).sum().backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    finally:
+        torch.set_num_threads(threads)
+        model.zero_grad()
+    for other in grads[1:]:
+        assert all(torch.equal(grads[0][n], other[n]) for n in grads[0])
+
+
 def test_text_only(model, tokenizer):
     ids, mask, _ = batch(tokenizer)
     enc = model.encode(ids, mask)

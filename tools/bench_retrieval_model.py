@@ -35,7 +35,7 @@ from rc3.provenance import git_commit  # noqa: E402
 from rc3.retrieval import itr_recall  # noqa: E402
 from rc3.tasks.classification import visual_source  # noqa: E402
 from rc3.tasks.itr import RetrievalEvaluator  # noqa: E402
-from rc3.tasks.heads import load_head  # noqa: E402
+from rc3.tasks.heads import HEAD_META, load_head  # noqa: E402
 from rc3.tasks.itr_model import ITRModel  # noqa: E402
 from rc3.tasks.readers.xflickrco import caption_table, read_retrieval  # noqa: E402
 from rc3.tasks.trainer import FinetuneRun, parse_cli  # noqa: E402
@@ -75,7 +75,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     WATCHED_COMMIT = git_commit(WATCHED)
 
-    sets = [f"data.root={args.root}", "train.epochs=0", f"eval.batch_size={args.batch}", *args.overrides]
+    sets = [f"data.root={args.root}", "train.epochs=0", f"eval.batch_size={args.batch}"]
+    meta = Path(args.model) / HEAD_META
+    if meta.is_file():  # the head's own sizes, whatever the config says
+        saved = json.loads(meta.read_text())
+        sets += [f"itr.embed_dim={saved['embed_dim']}", f"model.visual_mode={saved['visual_mode']}"]
+    sets += args.overrides
     cfg, _ = parse_cli("itr", ["--config", args.config, "--init", args.model, "--no-save",
                                "--output-dir", args.output_dir, *sum((["--set", s] for s in sets), [])])
     examples = [ex for path in args.ann for ex in read_retrieval(Path(args.root) / path, "en")]

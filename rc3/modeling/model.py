@@ -188,7 +188,9 @@ class RC3Model(nn.Module):
         else:
             vis, vis_mask = self.visual(visual, mode or self.cfg.visual_mode)
             if visual_index is not None:
-                vis, vis_mask = vis[visual_index], vis_mask[visual_index]
+                # index_select, not vis[visual_index]: the backward of advanced indexing accumulates with
+                # several CPU threads in a nondeterministic order, which would break bit-exact resumes.
+                vis, vis_mask = vis.index_select(0, visual_index), vis_mask.index_select(0, visual_index)
             embeds = torch.cat([vis.to(text.dtype), text], dim=1)
             mask = torch.cat([vis_mask, text_mask], dim=1)
             start = vis.shape[1]
