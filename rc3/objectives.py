@@ -70,9 +70,9 @@ class ObjectiveOutput:
     extras: dict[str, Tensor] = field(default_factory=dict)  # detached diagnostics (KL, MLM/decoder split, ITM accuracy)
 
 
-def _visual(batch: Mapping[str, Any], index: Optional[Tensor] = None) -> dict[str, Tensor]:
-    out = {k: batch[k] for k in VISUAL_KEYS if batch.get(k) is not None}
-    return {k: v[index] for k, v in out.items()} if index is not None else out
+def _visual(batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The batch's visual inputs, one row per distinct image (pairings go through `visual_index`)."""
+    return {k: batch[k] for k in VISUAL_KEYS if batch.get(k) is not None}
 
 
 def ds_visual_mode(model: RC3Model, batch: Mapping[str, Any]) -> str:

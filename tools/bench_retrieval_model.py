@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -34,9 +35,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from rc3.provenance import git_commit  # noqa: E402
 from rc3.retrieval import itr_recall  # noqa: E402
 from rc3.tasks.classification import visual_source  # noqa: E402
-from rc3.tasks.itr import RetrievalEvaluator  # noqa: E402
 from rc3.tasks.heads import HEAD_META, load_head  # noqa: E402
-from rc3.tasks.itr_model import ITRModel  # noqa: E402
+from rc3.tasks.itr import RetrievalEvaluator, build_itr_model  # noqa: E402
 from rc3.tasks.readers.xflickrco import caption_table, read_retrieval  # noqa: E402
 from rc3.tasks.trainer import FinetuneRun, parse_cli  # noqa: E402
 
@@ -46,8 +46,6 @@ WATCHED = ["rc3/retrieval.py", "rc3/tasks/itr.py", "tools/bench_retrieval_model.
 
 def score_matrix(ev: RetrievalEvaluator, n_images: int, n_captions: int, rows: int) -> torch.Tensor:
     """ITM logits [images, captions], every pair scored once, `rows` images per call of the evaluator."""
-    from tqdm.auto import tqdm
-
     out = torch.empty(n_images, n_captions)
     caps = torch.arange(n_captions)
     for a in tqdm(range(0, n_images, rows), desc="brute-force ITM", unit="image rows", dynamic_ncols=True):
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="finetune config overrides (e.g. model.visual_mode=patch)")
     args = ap.parse_args(argv)
-    WATCHED_COMMIT = git_commit(WATCHED)
+    commit = git_commit(WATCHED)
 
     sets = [f"data.root={args.root}", "train.epochs=0", f"eval.batch_size={args.batch}"]
     meta = Path(args.model) / HEAD_META
@@ -87,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = caption_table(examples[:args.images] if args.images else examples)
     with FinetuneRun(cfg, save_model=False) as run:
         rc3 = run.load_rc3()
-        c = cfg.itr
-        model = ITRModel(rc3, cfg.model.visual_mode, c.embed_dim, c.temperature, c.learn_temperature,
-                         c.contrastive_weight, c.itm_weight, c.hard_negatives)
+        model = build_itr_model(rc3, cfg)
         if not load_head(model, args.model):
             raise SystemExit(f"{args.model}: no ITR head (dual encoder + ITM) saved there; give the `model` directory "
                              "that finetune/itr.py writes (without --no-save)")
@@ -100,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_img, n_cap = len(table.images), len(table.captions)
         device = run.accelerator.device
         print(f"# bench_retrieval_model  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  "
-              f"commit={WATCHED_COMMIT}", flush=True)
+              f"commit={commit}", flush=True)
         print(f"# device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU ' + (platform.processor() or platform.machine())}"
               f" (torch {torch.__version__}, {torch.get_num_threads()} threads); model {args.model}; "
               f"{n_img} images x {n_cap} captions; k={args.k}; {args.batch} pairs per ITM forward", flush=True)
@@ -120,14 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
 
         n_pairs["n"] = 0
         t0 = time.perf_counter()
-        rows = max(1, args.batch // n_cap) if n_cap < args.batch else 1
-        scores = score_matrix(ev, n_img, n_cap, rows)
+        scores = score_matrix(ev, n_img, n_cap, rows=max(1, args.batch // n_cap))
         # k="all" never searches: the embeddings only give the counts, so brute force computes none.
         brute = itr_recall(torch.zeros(n_img, 1), torch.zeros(n_cap, 1), table.caption_image,
                            lambda i, t: scores[i, t], k="all", chunk_size=256)
         t_brute, pairs_brute = time.perf_counter() - t0, n_pairs["n"]
 
-    out = {"images": n_img, "captions": n_cap, "k": args.k, "device": str(device), "commit": WATCHED_COMMIT,
+    out = {"images": n_img, "captions": n_cap, "k": args.k, "device": str(device), "commit": commit,
            "date": dt.date.today().isoformat(), "rerank": {"seconds": t_rerank, "pairs": pairs_rerank, **rerank},
            "brute_force": {"seconds": t_brute, "pairs": pairs_brute, **brute}, "speedup": t_brute / t_rerank}
     print("\n| method | ITM pairs scored | time (s) | i2t R@1 | t2i R@1 | mean R@1 | i2t R@10 | t2i R@10 |")

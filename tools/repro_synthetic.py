@@ -126,6 +126,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def selected_variants(args: argparse.Namespace) -> list[str]:
+    """The --variants names, in the fixed table order of VARIANTS."""
+    return [v for v, slug in SLUG.items() if slug in args.variants.split(",")]
+
+
 def ensure_world(world: Path, overlap: float, size: str) -> None:
     """Generate the synthetic world once per size and weak-overlap degree (reused when its world.json matches)."""
     from rc3.data.synthetic.build import SIZES
@@ -163,7 +168,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[tuple[str, int, str]
             f"data.dw_shards={w / 'shards/dw/dw-*.tar'}", f"data.dt_shards={w / 'shards/dt/dt-*.tar'}",
             f"train.total_steps={args.steps}"]
     tasks = [t for t in args.tasks.split(",") if t]
-    wanted = [v for v, s in SLUG.items() if s in args.variants.split(",")]
+    wanted = selected_variants(args)
     jobs: list[Job] = []
     results: dict[tuple[str, int, str], Path] = {}
     visual: list[tuple[str, Path]] = []
@@ -268,6 +273,7 @@ def text_alignment(world: Path, model_dir: Path, langs: list[str]) -> dict[str, 
         ids = sorted(set(en) & set(other))
         out[lang] = 100 * nn_accuracy(embed_texts(model, tok, [en[i] for i in ids], "en"),
                                       embed_texts(model, tok, [other[i] for i in ids], lang))
+    out["mean"] = sum(out[lang] for lang in langs) / len(langs)
     out["chance"] = 100 / max(1, len(ids))
     return out
 
@@ -308,16 +314,13 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
             md.append(table(rows, metric, LANGS[t], GROUPS[t]))
     # What pretraining itself gives, without finetuning: cross-lingual alignment of the TR, every seed.
     align_langs = ["de", "id", "ja", "zh"]
-    wanted = [v for v, slug in SLUG.items() if slug in args.variants.split(",")]
     align = {v: [text_alignment(args.world, args.out / "models" / f"{SLUG[v]}-s{seed}", align_langs)
-                 for seed in range(args.seeds)] for v in wanted}
+                 for seed in range(args.seeds)] for v in selected_variants(args)}
     summary["tr_alignment_seed0"] = {v: a[0] for v, a in align.items()}
     summary["tr_alignment"] = align
     md.append(f"\n### Without finetuning: en -> X caption retrieval with the TR (accuracy@1, %, {args.seeds} seed(s))\n\n"
               "| variant | " + " | ".join(align_langs) + " | mean | chance |\n|---|" + "---:|" * (len(align_langs) + 2) + "\n")
     for v, seeds in align.items():
-        for a in seeds:
-            a["mean"] = sum(a[k] for k in align_langs) / len(align_langs)
         md.append(f"| {v} | " + " | ".join(fmt([a[k] for a in seeds]) for k in [*align_langs, "mean"])
                   + f" | {seeds[0]['chance']:.1f} |\n")
     text_tables = args.out / "text" / "tables.md"

@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.collate import pad_batch
+from ..modeling import RC3Model
 from ..retrieval import itr_recall
 from .classification import pick_langs, visual_source
 from .common import VisualSource, collate_visual
@@ -105,6 +106,13 @@ class RetrievalEvaluator:
         return scores
 
 
+def build_itr_model(rc3: RC3Model, cfg: ITRFinetuneConfig) -> ITRModel:
+    """The retrieval model (ITM cross-encoder + dual-encoder head) over `rc3`, sized by `cfg.itr`."""
+    c = cfg.itr
+    return ITRModel(rc3, cfg.model.visual_mode, c.embed_dim, c.temperature, c.learn_temperature,
+                    c.contrastive_weight, c.itm_weight, c.hard_negatives)
+
+
 def _compact(visual: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: (v.half() if k == "roi" else v) for k, v in visual.items()}
 
@@ -129,8 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     with FinetuneRun(cfg, save_model=not args.no_save) as run:
         rc3 = run.load_rc3()
         c = cfg.itr
-        model = ITRModel(rc3, cfg.model.visual_mode, c.embed_dim, c.temperature, c.learn_temperature,
-                         c.contrastive_weight, c.itm_weight, c.hard_negatives)
+        model = build_itr_model(rc3, cfg)
         run.maybe_load_head(model)
         visual = visual_source(cfg, rc3.cfg.image_size)
         root, split = cfg.data_path(cfg.data.test), cfg.data.test_split
