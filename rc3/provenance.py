@@ -10,15 +10,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit(watched: Sequence[str] = (), repo: Path = REPO) -> str:
-    """Short commit of `repo`, with " (modified: ...)" when any of the `watched` paths has local changes.
+    """Short commit of `repo`, plus " (modified: <files>)" naming the files under `watched` with local changes.
 
     A copy of the tree without .git (e.g. shipped to another machine) passes the commit in RC3_GIT_COMMIT.
     """
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = bool(watched) and subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *watched],
-                                                 cwd=repo).returncode != 0
-        return sha + (f" (modified: {', '.join(watched)})" if dirty else "")
+        changed = subprocess.run(["git", "diff", "--name-only", "HEAD", "--", *watched], cwd=repo, capture_output=True,
+                                 text=True, check=True).stdout.split() if watched else []
+        return sha + (f" (modified: {', '.join(changed)})" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return os.environ.get("RC3_GIT_COMMIT", "unknown (no git checkout)")

@@ -20,7 +20,6 @@ import io
 import json
 import os
 import platform
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -39,6 +38,7 @@ from rc3.data.collate import DsCollator, DwCollator  # noqa: E402
 from rc3.data.images import load_image  # noqa: E402
 from rc3.data.pipeline import expand_shards, make_pipeline  # noqa: E402
 from rc3.data.shard_writer import ShardWriter  # noqa: E402
+from rc3.provenance import git_commit  # noqa: E402
 from rc3.testing import train_tiny_spm  # noqa: E402
 from rc3.tokenization import RC3Tokenizer  # noqa: E402
 
@@ -48,15 +48,7 @@ LANGS = ("en", "de", "fr", "cs", "ja", "zh")
 
 
 def environment() -> dict[str, str]:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True).stdout.strip()
-        commit += " (uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit(["rc3/data", "tools/bench_data.py"])
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from datetime import date
 
@@ -27,6 +26,7 @@ from rc3 import flops as flop_count
 from rc3.config import load_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.objectives import ObjectiveState, compute_losses
+from rc3.provenance import git_commit
 from rc3.testing import random_task_batches
 from rc3.training import TaskStreams, build_optimizer, resolve_ds_config, to_device
 
@@ -141,7 +141,7 @@ def main() -> None:
     # Paper schedule: 100k steps, 1024 samples per task per step, over 8 GPUs -> 128 per GPU per task.
     micro_steps_per_paper_step = (1024 / 8) / micro
     projected_days = 100_000 * micro_steps_per_paper_step * step_time / 86400
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit(["rc3", "tools/bench_step.py"])
     figures = {
         "device": torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
         "date": str(date.today()), "commit": commit, "config": args.config, "overrides": args.set,
