@@ -6,8 +6,10 @@ in a batch are never each other's negatives). The loss is
   and text embeddings (text-only TR) with the head's temperature, both directions;
 - BCE of the ITM head (model.itm_logits on the VtR of `[CLS] image [BOS] text [LANG]`) on every
   positive pair, one negative caption per image and one negative image per caption, drawn from the
-  other images of the batch in proportion to their dual-encoder similarity (hard negatives, as in
-  ALBEF) or uniformly (`itr.hard_negatives=false`).
+  other images of the batch with probability softmax(similarity / temperature) (hard negatives, as in
+  ALBEF) or uniformly (`itr.hard_negatives=false`). The temperature matters: a softmax over raw
+  cosines (within [-1, 1]) is nearly uniform, which trains the ITM head on easy negatives only,
+  while re-ranking asks it to order the dual encoder's closest candidates.
 All cross-encoder sequences of a step go through the encoder in one call.
 """
 from __future__ import annotations
@@ -56,17 +58,18 @@ class ITRModel(TaskModel):
         return self.rc3.itm_logits(self.rc3.vtr(input_ids, attention_mask, visual, self.mode, visual_index)).float()
 
     # ---- training ---------------------------------------------------------------------------
-    def _negatives(self, sim: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
-        """One negative column per row (by similarity or uniformly) among columns of another image; rows
-        without any such column are dropped. Returns (rows, chosen columns)."""
-        weights = torch.softmax(sim.detach().float(), dim=1) if self.hard_negatives else torch.ones_like(sim, dtype=torch.float)
-        weights = weights.masked_fill(same, 0.0)
+    def _negatives(self, logits: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
+        """One negative column per row (with probability softmax(logits), or uniformly) among columns of
+        another image; rows without any such column are dropped. Returns (rows, chosen columns)."""
+        if self.hard_negatives:
+            masked = logits.detach().float().masked_fill(same, float("-inf"))
+            weights = torch.softmax(masked, dim=1).nan_to_num(0.0)  # a row with only `same` columns: NaN -> 0
+        else:
+            weights = (~same).float()
         rows = torch.nonzero(weights.sum(dim=1) > 0).squeeze(1)
         if len(rows) == 0:
             return rows, rows
-        w = weights[rows]
-        w = w + (w.sum(dim=1, keepdim=True) == 0).float()  # guard; never taken for kept rows
-        return rows, torch.multinomial(w / w.sum(dim=1, keepdim=True), 1).squeeze(1)
+        return rows, torch.multinomial(weights[rows], 1).squeeze(1)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         ids, mask, group = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -82,8 +85,9 @@ class ITRModel(TaskModel):
         contrastive = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
 
         # ITM: positives, a negative caption per image, a negative image per caption, in one encoder call.
-        img_rows, neg_txt = self._negatives(sim, same)
-        txt_rows, neg_img = self._negatives(sim.T, same)
+        scaled = sim * self.dual.scale()  # the contrastive logits, before masking
+        img_rows, neg_txt = self._negatives(scaled, same)
+        txt_rows, neg_img = self._negatives(scaled.T, same)
         arange = torch.arange(b, device=ids.device)
         v_index = torch.cat([arange, img_rows, neg_img])
         t_index = torch.cat([arange, neg_txt, txt_rows])
