@@ -101,7 +101,7 @@ class ITRConfig:
     learn_temperature: bool = True
     contrastive_weight: float = 1.0
     itm_weight: float = 1.0
-    hard_negatives: bool = True  # ITM negatives sampled by dual-encoder similarity (else uniformly)
+    hard_negatives: bool = True  # ITM negatives drawn by softmax(similarity / temperature) (else uniformly)
 
     @property
     def rerank_k(self) -> int | Literal["all"]:
