@@ -1,6 +1,8 @@
 """The ITR finetuning loss (rc3.tasks.itr_model): which negatives the ITM head is trained on."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from rc3.modeling import RC3Model
@@ -8,11 +10,13 @@ from rc3.tasks.itr_model import ITRModel
 from rc3.testing import tiny_model_config
 
 VOCAB = 64
+REPO = Path(__file__).resolve().parents[1]
 
 
-def itr_model(hard: bool = True) -> ITRModel:
+def itr_model(hard: bool = True, uniform_share: float = 0.0) -> ITRModel:
     torch.manual_seed(0)
-    return ITRModel(RC3Model.from_config(tiny_model_config(), VOCAB), "roi", embed_dim=16, hard_negatives=hard)
+    return ITRModel(RC3Model.from_config(tiny_model_config(), VOCAB), "roi", embed_dim=16, hard_negatives=hard,
+                    uniform_negative_share=uniform_share)
 
 
 def test_hard_negatives_follow_the_softmax_of_the_logits_and_skip_the_same_image() -> None:
@@ -38,6 +42,30 @@ def test_uniform_negatives_ignore_the_logits() -> None:
     cols = torch.stack([model._negatives(logits, same)[1][0] for _ in range(2000)])
     share = torch.bincount(cols, minlength=3).float() / len(cols)
     assert share[0] == 0 and abs(share[1] - 0.5) < 0.05
+
+
+def test_a_uniform_share_mixes_uniform_draws_into_the_hard_ones() -> None:
+    model = itr_model(uniform_share=0.5)
+    torch.manual_seed(2)
+    logits = torch.tensor([[0.0, 30.0, 0.0, 0.0]])  # hard draws alone would always take column 1
+    same = torch.tensor([[True, False, False, False]])
+    cols = torch.stack([model._negatives(logits, same)[1][0] for _ in range(3000)])
+    share = torch.bincount(cols, minlength=4).float() / len(cols)
+    expected = torch.tensor([0.0, 0.5 + 0.5 / 3, 0.5 / 3, 0.5 / 3])
+    assert share[0] == 0 and torch.allclose(share, expected, atol=0.03)
+
+
+def test_uniform_negative_share_is_validated() -> None:
+    import pytest
+    import yaml
+
+    from rc3.config import ConfigError
+    from rc3.tasks.finetune_config import finetune_config_from_dict
+
+    recipe = yaml.safe_load((REPO / "configs/finetune/synthetic/itr.yaml").read_text())
+    assert finetune_config_from_dict(recipe, "itr", ["itr.uniform_negative_share=0.5"]).itr.uniform_negative_share == 0.5
+    with pytest.raises(ConfigError, match="uniform_negative_share"):
+        finetune_config_from_dict(recipe, "itr", ["itr.uniform_negative_share=1.5"])
 
 
 def test_training_draws_negatives_from_the_temperature_scaled_similarities() -> None:

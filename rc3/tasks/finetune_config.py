@@ -102,6 +102,9 @@ class ITRConfig:
     contrastive_weight: float = 1.0
     itm_weight: float = 1.0
     hard_negatives: bool = True  # ITM negatives drawn by softmax(similarity / temperature) (else uniformly)
+    # Share of the hard-negative draw made uniformly instead: hard negatives alone teach the ITM head to
+    # order close candidates but leave its scores for unrelated pairs untrained (brute-force ranking).
+    uniform_negative_share: float = 0.0
 
     @property
     def rerank_k(self) -> int | Literal["all"]:
@@ -275,6 +278,8 @@ def _validate_itr(c: ITRConfig) -> None:
             raise ConfigError("itr.k", f"R@10 needs at least 10 re-ranked candidates; got {k} (or use 'all')")
     if c.embed_dim <= 0 or c.temperature <= 0:
         raise ConfigError("itr", "embed_dim and temperature must be positive")
+    if not 0.0 <= c.uniform_negative_share <= 1.0:
+        raise ConfigError("itr.uniform_negative_share", f"must be within [0, 1], got {c.uniform_negative_share}")
     if c.contrastive_weight < 0 or c.itm_weight < 0 or c.contrastive_weight + c.itm_weight == 0:
         raise ConfigError("itr", "contrastive_weight and itm_weight must be >= 0 and not both 0")
 

@@ -110,7 +110,7 @@ def build_itr_model(rc3: RC3Model, cfg: ITRFinetuneConfig) -> ITRModel:
     """The retrieval model (ITM cross-encoder + dual-encoder head) over `rc3`, sized by `cfg.itr`."""
     c = cfg.itr
     return ITRModel(rc3, cfg.model.visual_mode, c.embed_dim, c.temperature, c.learn_temperature,
-                    c.contrastive_weight, c.itm_weight, c.hard_negatives)
+                    c.contrastive_weight, c.itm_weight, c.hard_negatives, c.uniform_negative_share)
 
 
 def _compact(visual: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -7,9 +7,11 @@ in a batch are never each other's negatives). The loss is
 - BCE of the ITM head (model.itm_logits on the VtR of `[CLS] image [BOS] text [LANG]`) on every
   positive pair, one negative caption per image and one negative image per caption, drawn from the
   other images of the batch with probability softmax(similarity / temperature) (hard negatives, as in
-  ALBEF) or uniformly (`itr.hard_negatives=false`). The temperature matters: a softmax over raw
-  cosines (within [-1, 1]) is nearly uniform, which trains the ITM head on easy negatives only,
-  while re-ranking asks it to order the dual encoder's closest candidates.
+  ALBEF) or uniformly (`itr.hard_negatives=false`), or from a mixture of the two
+  (`itr.uniform_negative_share`). The temperature matters: a softmax over raw cosines (within
+  [-1, 1]) is nearly uniform, which trains the ITM head on easy negatives only, while re-ranking asks
+  it to order the dual encoder's closest candidates. Hard negatives alone, the other way round, leave
+  its scores for unrelated pairs untrained: fine inside a top-k, not over every pair (k = all).
 All cross-encoder sequences of a step go through the encoder in one call.
 """
 from __future__ import annotations
@@ -35,10 +37,11 @@ class ITRModel(TaskModel):
 
     def __init__(self, rc3: RC3Model, mode: str, embed_dim: int = 256, temperature: float = 0.07,
                  learn_temperature: bool = True, contrastive_weight: float = 1.0, itm_weight: float = 1.0,
-                 hard_negatives: bool = True) -> None:
+                 hard_negatives: bool = True, uniform_negative_share: float = 0.0) -> None:
         super().__init__(rc3, mode)
         self.dual = DualEncoderHead(rc3.d_model, embed_dim, temperature, learn_temperature)
         self.contrastive_weight, self.itm_weight, self.hard_negatives = contrastive_weight, itm_weight, hard_negatives
+        self.uniform_negative_share = uniform_negative_share
 
     def meta(self) -> dict[str, Any]:
         return {**super().meta(), "embed_dim": self.dual.image_proj.out_features}
@@ -61,11 +64,15 @@ class ITRModel(TaskModel):
     def _negatives(self, logits: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
         """One negative column per row (with probability softmax(logits), or uniformly) among columns of
         another image; rows without any such column are dropped. Returns (rows, chosen columns)."""
+        uniform = (~same).float()
+        uniform = uniform / uniform.sum(dim=1, keepdim=True).clamp(min=1.0)
         if self.hard_negatives:
             masked = logits.detach().float().masked_fill(same, float("-inf"))
-            weights = torch.softmax(masked, dim=1).nan_to_num(0.0)  # a row with only `same` columns: NaN -> 0
+            hard = torch.softmax(masked, dim=1).nan_to_num(0.0)  # a row with only `same` columns: NaN -> 0
+            u = self.uniform_negative_share
+            weights = (1.0 - u) * hard + u * uniform if u > 0 else hard
         else:
-            weights = (~same).float()
+            weights = uniform
         rows = torch.nonzero(weights.sum(dim=1) > 0).squeeze(1)
         if len(rows) == 0:
             return rows, rows
