@@ -64,15 +64,13 @@ class ITRModel(TaskModel):
     def _negatives(self, logits: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
         """One negative column per row (with probability softmax(logits), or uniformly) among columns of
         another image; rows without any such column are dropped. Returns (rows, chosen columns)."""
+        # Uniform draws are the mixture with share 1 (itr.hard_negatives=false).
+        share = self.uniform_negative_share if self.hard_negatives else 1.0
         uniform = (~same).float()
         uniform = uniform / uniform.sum(dim=1, keepdim=True).clamp(min=1.0)
-        if self.hard_negatives:
-            masked = logits.detach().float().masked_fill(same, float("-inf"))
-            hard = torch.softmax(masked, dim=1).nan_to_num(0.0)  # a row with only `same` columns: NaN -> 0
-            u = self.uniform_negative_share
-            weights = (1.0 - u) * hard + u * uniform if u > 0 else hard
-        else:
-            weights = uniform
+        masked = logits.detach().float().masked_fill(same, float("-inf"))
+        hard = torch.softmax(masked, dim=1).nan_to_num(0.0)  # a row with only `same` columns: NaN -> 0
+        weights = (1.0 - share) * hard + share * uniform
         rows = torch.nonzero(weights.sum(dim=1) > 0).squeeze(1)
         if len(rows) == 0:
             return rows, rows
@@ -87,12 +85,12 @@ class ITRModel(TaskModel):
         same = group[:, None] == group[None, :]
         eye = torch.eye(b, dtype=torch.bool, device=ids.device)
         sim = img @ txt.T  # cosine similarities, image rows x caption columns
-        logits = (sim * self.dual.scale()).masked_fill(same & ~eye, float("-inf"))
+        scaled = sim * self.dual.scale()  # the contrastive logits; hard ITM negatives are drawn from them too
+        logits = scaled.masked_fill(same & ~eye, float("-inf"))
         target = torch.arange(b, device=ids.device)
         contrastive = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
 
         # ITM: positives, a negative caption per image, a negative image per caption, in one encoder call.
-        scaled = sim * self.dual.scale()  # the contrastive logits, before masking
         img_rows, neg_txt = self._negatives(scaled, same)
         txt_rows, neg_img = self._negatives(scaled.T, same)
         arange = torch.arange(b, device=ids.device)
