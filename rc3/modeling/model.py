@@ -56,6 +56,19 @@ def mbart_config_from(cfg: ModelConfig, vocab_size: int, pad_id: int = 1, bos_id
         forced_eos_token_id=eos_id, tie_word_embeddings=True, attn_implementation=cfg.attn_implementation)
 
 
+def enable_activation_checkpointing(mbart: MBartForConditionalGeneration) -> None:
+    """Recompute each layer's activations in the backward (non-reentrant: works with frozen inputs).
+
+    transformers 5.x renamed the switch to `activation_checkpointing_enable` and deprecated the old
+    name; setup.py still admits 4.x, which has only `gradient_checkpointing_enable`.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(mbart, "activation_checkpointing_enable"):
+        mbart.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        mbart.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class RC3Model(nn.Module):
     def __init__(self, cfg: ModelConfig, mbart: MBartForConditionalGeneration) -> None:
         super().__init__()
@@ -65,7 +78,7 @@ class RC3Model(nn.Module):
         self.visual = VisualFrontEnd(d, cfg.roi_dim, cfg.image_size, cfg.patch_size, cfg.patch_dim)
         self.itm_head = nn.Linear(d, 1)
         if cfg.gradient_checkpointing:
-            self.mbart.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.mbart)
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
