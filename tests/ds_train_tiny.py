@@ -98,6 +98,9 @@ def main() -> None:
             f.write(args.tag)
         os.replace(tmp, ckpt_dir / "latest")
     deepspeed.comm.barrier()
+    # Tear the gloo group down before the interpreter exits: a rank once aborted at exit under ZeRO-3
+    # ("terminate called without an active exception", rc -6) with the group still alive.
+    distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
