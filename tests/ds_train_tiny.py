@@ -98,8 +98,8 @@ def main() -> None:
             f.write(args.tag)
         os.replace(tmp, ckpt_dir / "latest")
     deepspeed.comm.barrier()
-    # Tear the gloo group down before the interpreter exits: a rank once aborted at exit under ZeRO-3
-    # ("terminate called without an active exception", rc -6) with the group still alive.
+    # Tear the gloo group down rather than leave it alive at interpreter exit: a ZeRO-3 rank once
+    # aborted after training ("terminate called without an active exception", rc -6).
     distributed.destroy_process_group()
 
 

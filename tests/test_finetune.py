@@ -362,9 +362,11 @@ def test_config_defaults_and_validation() -> None:
     base = ["data.test=x", "data.train=y", "data.features=[f.h5]"]
     assert finetune_config_from_dict({}, "itr", base + ["itr.k=all"]).itr.rerank_k == "all"
     assert finetune_config_from_dict({}, "itr", base + ["itr.k=32"]).itr.rerank_k == 32
+    assert finetune_config_from_dict({}, "itr", base + ["itr.uniform_negative_share=0.5"]).itr.uniform_negative_share == 0.5
     bad = {"itr.k=5": "itr.k", "itr.k=many": "itr.k", "train.micro_batch_size=48": "train.batch_size",
            "data.test_langs=[xx]": r"data.test_langs\[0\]", "model.visual_mode=patch": "data.images",
-           "model.visual_mode=grid": "model.visual_mode", "train.bogus=1": "train.bogus", "mmt.num_beams=2": "mmt"}
+           "model.visual_mode=grid": "model.visual_mode", "train.bogus=1": "train.bogus", "mmt.num_beams=2": "mmt",
+           "itr.uniform_negative_share=1.5": "itr.uniform_negative_share"}
     for override, key in bad.items():
         with pytest.raises(ConfigError, match=key):
             finetune_config_from_dict({}, "itr", base + [override])

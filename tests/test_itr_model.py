@@ -1,8 +1,6 @@
 """The ITR finetuning loss (rc3.tasks.itr_model): which negatives the ITM head is trained on."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from rc3.modeling import RC3Model
@@ -10,7 +8,6 @@ from rc3.tasks.itr_model import ITRModel
 from rc3.testing import tiny_model_config
 
 VOCAB = 64
-REPO = Path(__file__).resolve().parents[1]
 
 
 def itr_model(hard: bool = True, uniform_share: float = 0.0) -> ITRModel:
@@ -53,19 +50,6 @@ def test_a_uniform_share_mixes_uniform_draws_into_the_hard_ones() -> None:
     share = torch.bincount(cols, minlength=4).float() / len(cols)
     expected = torch.tensor([0.0, 0.5 + 0.5 / 3, 0.5 / 3, 0.5 / 3])
     assert share[0] == 0 and torch.allclose(share, expected, atol=0.03)
-
-
-def test_uniform_negative_share_is_validated() -> None:
-    import pytest
-    import yaml
-
-    from rc3.config import ConfigError
-    from rc3.tasks.finetune_config import finetune_config_from_dict
-
-    recipe = yaml.safe_load((REPO / "configs/finetune/synthetic/itr.yaml").read_text())
-    assert finetune_config_from_dict(recipe, "itr", ["itr.uniform_negative_share=0.5"]).itr.uniform_negative_share == 0.5
-    with pytest.raises(ConfigError, match="uniform_negative_share"):
-        finetune_config_from_dict(recipe, "itr", ["itr.uniform_negative_share=1.5"])
 
 
 def test_training_draws_negatives_from_the_temperature_scaled_similarities() -> None:

@@ -40,8 +40,9 @@ class ITRModel(TaskModel):
                  hard_negatives: bool = True, uniform_negative_share: float = 0.0) -> None:
         super().__init__(rc3, mode)
         self.dual = DualEncoderHead(rc3.d_model, embed_dim, temperature, learn_temperature)
-        self.contrastive_weight, self.itm_weight, self.hard_negatives = contrastive_weight, itm_weight, hard_negatives
-        self.uniform_negative_share = uniform_negative_share
+        self.contrastive_weight, self.itm_weight = contrastive_weight, itm_weight
+        # Uniform draws (itr.hard_negatives=false) are the mixture with share 1.
+        self.uniform_share = uniform_negative_share if hard_negatives else 1.0
 
     def meta(self) -> dict[str, Any]:
         return {**super().meta(), "embed_dim": self.dual.image_proj.out_features}
@@ -64,8 +65,7 @@ class ITRModel(TaskModel):
     def _negatives(self, logits: Tensor, same: Tensor) -> tuple[Tensor, Tensor]:
         """One negative column per row (with probability softmax(logits), or uniformly) among columns of
         another image; rows without any such column are dropped. Returns (rows, chosen columns)."""
-        # Uniform draws are the mixture with share 1 (itr.hard_negatives=false).
-        share = self.uniform_negative_share if self.hard_negatives else 1.0
+        share = self.uniform_share
         uniform = (~same).float()
         uniform = uniform / uniform.sum(dim=1, keepdim=True).clamp(min=1.0)
         masked = logits.detach().float().masked_fill(same, float("-inf"))
