@@ -68,7 +68,7 @@ def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8,
     dec_in = torch.cat([torch.full((batch_size, 1), eos_id), tgt[:, :-1]], dim=1)
     langs = ["en"] * batch_size, ["de"] * batch_size
     keys = [f"s{i}" for i in range(batch_size)]
-    ds = {**visual(), "src_ids": masked, "mlm_labels": labels, "src_clean_ids": src, "src_mask": src_mask,
+    ds = {**visual(), "mlm_ids": masked, "mlm_labels": labels, "src_ids": src, "src_mask": src_mask,
           "tgt_ids": tgt, "tgt_mask": tgt_mask, "dec_input_ids": dec_in, "dec_labels": dec_labels,
           "dec_mask": tgt_mask, "src_lang": langs[0], "tgt_lang": langs[1], "keys": keys}
     w_src, w_src_mask = texts()

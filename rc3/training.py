@@ -108,14 +108,16 @@ def lr_lambda(cfg: RC3Config):
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW (the paper's Adam at 5e-5) without decay on biases and norms; fused kernels on GPU."""
+    """AdamW without decay on biases and norms (default), or the paper's plain Adam (`optim.name=adam`,
+    no decay); fused kernels on GPU."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
+    kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    optimizer = kind(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     return optimizer, scheduler
 
@@ -167,13 +169,16 @@ class TaskStreams:
         d, o = cfg.data, cfg.objectives
         combined = cfg.model.visual_mode == "combined"
         seed = cfg.train.seed
+        # MCLM's mask exists only where MCLM reads it: the MCLM/ITM stream draws it (ITM encodes the
+        # caption itself, `src_ids`), the R-XVtCL stream does not mask at all.
         specs = {
             "ds_mlm": (("mclm", "itm"), "ds", d.ds_shards, lambda: DsCollator(
                 tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed, with_pixels=combined, langs=d.langs,
-                image_size=cfg.model.image_size)),
+                image_size=cfg.model.image_size, mclm=o.mclm.enabled, mlm_count=o.mlm_count,
+                mlm_replace=o.mlm_replace)),
             "ds_rx": (("rxvtcl_ds",), "ds", d.ds_shards, lambda: DsCollator(
                 tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed + 1, with_pixels=combined,
-                langs=d.langs, image_size=cfg.model.image_size)),
+                langs=d.langs, image_size=cfg.model.image_size, mclm=False)),
             "dw": (("rxvtcl_dw",), "dw", d.dw_shards, lambda: DwCollator(
                 tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
             "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs, seed)),
@@ -301,7 +306,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     streams = TaskStreams(cfg, tokenizer, rank, world)
-    state = ObjectiveState.create(cfg.objectives.p_avg_window)
+    state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)
     step = 0
     if resume:
         resumed = ckpt.load(engine, restore_rng=restore_rng)
@@ -395,8 +400,8 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
             if step % cfg.train.log_every == 0 or step == cfg.train.total_steps:
                 record: dict[str, Any] = {"step": step, "lr": scheduler.get_last_lr()[0]}
                 record.update({k: v / window_steps for k, v in sorted(window.items())})
-                record.update({"p_avg.xtcl": state.xtcl.value, "p_avg.rxvtcl": state.rxvtcl.value,
-                               "samples_per_s": window_samples / window_time,
+                record.update({f"p_avg.{name}": t.value for name, t in state.trackers.items()})
+                record.update({"samples_per_s": window_samples / window_time,
                                "tokens_per_s": window_tokens * world / window_time,
                                "skipped_samples": streams.skipped(), "step_time_s": window_time / window_steps,
                                "data_wait_share": window_wait / window_time})

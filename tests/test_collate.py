@@ -45,7 +45,7 @@ def test_ds_batch_format(captions, tokenizer):
     assert b["roi_mask"].sum(1).tolist() == [36, 35, 34, 33, 32]
     assert "pixels" not in b and b["keys"] == [s.key for s in samples]
     L = b["src_ids"].shape[1]
-    for name in ("src_ids", "mlm_labels", "src_clean_ids", "src_mask"):
+    for name in ("src_ids", "mlm_labels", "mlm_ids", "src_mask"):
         assert b[name].shape == (B, L)
     assert L <= 16 and b["dec_input_ids"].shape[1] <= 12
     for i, s in enumerate(samples):
@@ -53,12 +53,13 @@ def test_ds_batch_format(captions, tokenizer):
         assert li != lj and {li, lj} <= {"en", "de", "fr"}
         n = int(b["src_mask"][i].sum())
         clean = tok.encode(s.captions[li], li, 16)
-        assert b["src_clean_ids"][i, :n].tolist() == clean and clean[0] == tok.bos_id and clean[-1] == tok.lang_id(li)
-        assert (b["src_ids"][i, n:] == tok.pad_id).all() and not b["src_mask"][i, n:].any()
-        masked = b["src_ids"][i] == tok.mask_id
-        assert masked.any() and (b["mlm_labels"][i][masked] == b["src_clean_ids"][i][masked]).all()
+        assert b["src_ids"][i, :n].tolist() == clean and clean[0] == tok.bos_id and clean[-1] == tok.lang_id(li)
+        assert (b["mlm_ids"][i, n:] == tok.pad_id).all() and not b["src_mask"][i, n:].any()
+        assert not (b["src_ids"][i] == tok.mask_id).any() and not (b["tgt_ids"][i] == tok.mask_id).any()
+        masked = b["mlm_ids"][i] == tok.mask_id
+        assert masked.any() and (b["mlm_labels"][i][masked] == b["src_ids"][i][masked]).all()
         assert (b["mlm_labels"][i][~masked] == -100).all()
-        assert (b["src_ids"][i][~masked] == b["src_clean_ids"][i][~masked]).all()
+        assert (b["mlm_ids"][i][~masked] == b["src_ids"][i][~masked]).all()
         assert b["tgt_ids"][i, : int(b["tgt_mask"][i].sum())].tolist() == tok.encode(s.captions[lj], lj, 16)
         labels = tok.encode_target(s.captions[lj], lj, 12)
         t = int(b["dec_mask"][i].sum())
@@ -93,7 +94,7 @@ def test_whole_word_masking_statistics(captions, tokenizer):
         for i, s in enumerate(samples):
             li = b["src_lang"][i]
             ids, words = tok.encode_words(s.captions[li], li, 64)
-            row = b["src_ids"][i, : len(ids)].tolist()
+            row = b["mlm_ids"][i, : len(ids)].tolist()
             chosen = {w for t, w in zip(row, words) if t == tok.mask_id}
             assert -1 not in chosen  # [BOS] and [LANG] are never masked
             assert row[0] == tok.bos_id and row[-1] == tok.lang_id(li)

@@ -143,9 +143,9 @@ def reference_ds(tok: RC3Tokenizer, col: DsCollator, samples, epoch: int) -> dic
         dec_in.append([tok.eos_id, *target[:-1]])
         dec_lab.append(target)
     out = {}
-    out["src_ids"], out["src_mask"] = pad_batch(src, tok.pad_id)
+    out["mlm_ids"], out["src_mask"] = pad_batch(src, tok.pad_id)
     out["mlm_labels"] = pad_batch(labels, IGNORE_INDEX)[0]
-    out["src_clean_ids"] = pad_batch(clean, tok.pad_id)[0]
+    out["src_ids"] = pad_batch(clean, tok.pad_id)[0]
     out["tgt_ids"], out["tgt_mask"] = pad_batch(tgt, tok.pad_id)
     out["dec_input_ids"], out["dec_mask"] = pad_batch(dec_in, tok.pad_id)
     out["dec_labels"] = pad_batch(dec_lab, IGNORE_INDEX)[0]

@@ -101,7 +101,7 @@ def main() -> None:
         next_batches = lambda i: to_device(streams.next_batches(), device)  # noqa: E731
         samples_per_step = streams.samples_per_step()
 
-    state = ObjectiveState.create(cfg.objectives.p_avg_window)
+    state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)
     gen = torch.Generator().manual_seed(0)
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     data_wait = total = flops = tokens = 0.0

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tokenization import PRETRAIN_LANGS, RC3Tokenizer, check_lang
+from ..tokenization import LANG_CODES, PRETRAIN_LANGS, RC3Tokenizer, check_lang
 from .images import images_to_uint8_batch
 
 IGNORE_INDEX = -100
@@ -46,24 +46,58 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def whole_word_mask(ids: Sequence[int], words: Sequence[int], prob: float, mask_id: int,
-                    rng: random.Random) -> tuple[list[int], list[int]]:
-    """Replace every piece of round(prob x #words) words (at least one) by [MASK].
+MLM_COUNTS = ("exact", "bernoulli")
+MLM_REPLACES = ("mask", "bert")
 
-    `words` gives each position's word index (-1 for [BOS] / [LANG], never masked). The paper
-    replaces masked words with [MASK] (Sec. 2.3.1), so there is no BERT 80/10/10 split: 100% of
-    chosen pieces become mask_id. The word count is drawn exactly (BERT's
-    max(1, round(n x prob))), so the masked fraction does not fluctuate per caption.
-    Returns (masked ids, labels: the original id at masked positions, -100 elsewhere).
+
+def whole_word_mask(ids: Sequence[int], words: Sequence[int], prob: float, mask_id: int,
+                    rng: random.Random, count: str = "exact", replace: str = "mask",
+                    random_ids: Sequence[int] = ()) -> tuple[list[int], list[int]]:
+    """Choose whole words for MCLM and corrupt every piece of them.
+
+    `words` gives each position's word index (-1 for [BOS] / [LANG], never masked).
+    Which words (`count`):
+      "exact"     round(prob x #words) words, at least one (BERT's max(1, round(n x prob))), so the
+                  masked fraction does not fluctuate per caption (our default);
+      "bernoulli" each word independently with probability `prob`, the paper's wording ("a word ...
+                  has a probability of 15% to be replaced"); a caption may then have no masked word.
+    What a chosen piece becomes (`replace`):
+      "mask"      always [MASK], the paper's wording (Sec. 2.3.1);
+      "bert"      BERT's 80/10/10: [MASK], a random id drawn from `random_ids`, or kept.
+    Returns (masked ids, labels: the original id at chosen positions, -100 elsewhere).
     """
+    if count not in MLM_COUNTS:
+        raise ValueError(f"mlm count must be one of {MLM_COUNTS}, got {count!r}")
+    if replace not in MLM_REPLACES:
+        raise ValueError(f"mlm replace must be one of {MLM_REPLACES}, got {replace!r}")
     candidates = sorted({w for w in words if w >= 0})
     if prob <= 0.0 or not candidates:
         return list(ids), [IGNORE_INDEX] * len(ids)
-    n = min(len(candidates), max(1, int(round(len(candidates) * prob))))
-    chosen = set(rng.sample(candidates, n))
-    masked = [mask_id if w in chosen else t for t, w in zip(ids, words)]
-    labels = [t if w in chosen else IGNORE_INDEX for t, w in zip(ids, words)]
+    if count == "exact":
+        n = min(len(candidates), max(1, int(round(len(candidates) * prob))))
+        chosen = set(rng.sample(candidates, n))
+    else:
+        chosen = {w for w in candidates if rng.random() < prob}
+    masked, labels = [], []
+    for t, w in zip(ids, words):
+        if w not in chosen:
+            masked.append(t)
+            labels.append(IGNORE_INDEX)
+            continue
+        labels.append(t)
+        if replace == "mask":
+            masked.append(mask_id)
+            continue
+        u = rng.random()
+        masked.append(mask_id if u < 0.8 else rng.choice(random_ids) if u < 0.9 else t)
     return masked, labels
+
+
+def ordinary_ids(tok: RC3Tokenizer) -> list[int]:
+    """Ids a BERT-style random replacement may draw: the vocabulary less specials and language codes."""
+    special = {tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id}
+    special |= {tok.lang_id(lang) for lang in LANG_CODES}
+    return [i for i in range(tok.vocab_size) if i not in special]
 
 
 def _check_langs(langs: Sequence[str]) -> tuple[str, ...]:
@@ -105,13 +139,16 @@ class _TextPairCollator:
 
 
 class DsCollator(_TextPairCollator):
-    """Ds (v, x^li, x^lj) batches for MCLM, ITM and R-XVtCL: masked x^li, clean x^li, x^lj, decoder.
+    """Ds (v, x^li, x^lj) batches: x^li, x^lj and, for MCLM, the masked x^li and the decoder target.
 
     Keys: roi f16 [B,R,2048] (as stored; the ROI front end casts it on the device, so loaders move half
     the bytes), boxes f32 [B,R,5], roi_mask bool [B,R] (False on padded regions),
-    pixels uint8 [B,3,S,S] (resized, normalised by the model) when with_pixels; src_ids (masked x^li), mlm_labels, src_clean_ids,
-    src_mask; tgt_ids/tgt_mask (x^lj, encoder format); dec_input_ids = [EOS] [LANG_j] pieces,
-    dec_labels = [LANG_j] pieces [EOS] (-100 on padding), dec_mask; src_lang, tgt_lang, keys.
+    pixels uint8 [B,3,S,S] (resized, normalised by the model) when with_pixels; src_ids / src_mask (x^li
+    as written: ITM and R-XVtCL encode it), tgt_ids / tgt_mask (x^lj, encoder format); src_lang, tgt_lang,
+    keys. With `mclm` (default) also mlm_ids (x^li with the MCLM mask: the only masked sequence of
+    pretraining, read only by MCLM; it shares src_mask) and mlm_labels, dec_input_ids = [EOS] [LANG_j]
+    pieces, dec_labels = [LANG_j] pieces [EOS] (-100 on padding), dec_mask. A stream that feeds only
+    R-XVtCL passes mclm=False and spends no time masking.
     """
 
     corpus = "ds"
@@ -119,14 +156,22 @@ class DsCollator(_TextPairCollator):
 
     def __init__(self, tokenizer: RC3Tokenizer, max_len: int, max_tgt_len: int, mlm_prob: float = 0.15,
                  seed: int = 0, with_pixels: bool = False, langs: Sequence[str] = PRETRAIN_LANGS,
-                 image_size: int = 224) -> None:
+                 image_size: int = 224, mclm: bool = True, mlm_count: str = "exact",
+                 mlm_replace: str = "mask") -> None:
         super().__init__(tokenizer, max_len, langs, seed, image_size)
         if max_tgt_len < 3:
             raise ValueError(f"max_tgt_len must be >= 3 ([LANG] piece [EOS]), got {max_tgt_len}")
         if not 0.0 <= mlm_prob < 1.0:
             raise ValueError(f"mlm_prob must be in [0, 1), got {mlm_prob}")
+        if mlm_count not in MLM_COUNTS or mlm_replace not in MLM_REPLACES:
+            raise ValueError(f"mlm_count must be one of {MLM_COUNTS} and mlm_replace one of {MLM_REPLACES}; "
+                             f"got {mlm_count!r}, {mlm_replace!r}")
         self.max_tgt_len = max_tgt_len
         self.mlm_prob = mlm_prob
+        self.mclm = mclm
+        self.mlm_count = mlm_count
+        self.mlm_replace = mlm_replace
+        self.random_ids = ordinary_ids(tokenizer) if mclm and mlm_replace == "bert" else []
         self.with_pixels = with_pixels
         self.needs_image = with_pixels
 
@@ -139,25 +184,10 @@ class DsCollator(_TextPairCollator):
         segs = tok.segment([s.captions[li] for s, (li, _) in zip(samples, pairs)]
                            + [s.captions[lj] for s, (_, lj) in zip(samples, pairs)])
         n = len(samples)
-        src, labels, clean, tgt, dec_in, dec_lab = [], [], [], [], [], []
-        for i, ((li, lj), rng) in enumerate(zip(pairs, rngs)):
-            ids, words = tok.encoder_ids(segs[i], li, self.max_len)
-            masked, lab = whole_word_mask(ids, words, self.mlm_prob, tok.mask_id, rng)
-            target = tok.target_ids(segs[n + i], lj, self.max_tgt_len)  # [LANG_j] pieces [EOS]
-            src.append(masked)
-            labels.append(lab)
-            clean.append(ids)
-            tgt.append(tok.encoder_ids(segs[n + i], lj, self.max_len)[0])
-            dec_in.append([tok.eos_id, *target[:-1]])  # mBART: decoding starts from [EOS]
-            dec_lab.append(target)
-        li_list = [li for li, _ in pairs]
-        lj_list = [lj for _, lj in pairs]
-        src_ids, src_mask = pad_batch(src, tok.pad_id)
-        mlm_labels, _ = pad_batch(labels, IGNORE_INDEX)
-        src_clean_ids, _ = pad_batch(clean, tok.pad_id)
+        src = [tok.encoder_ids(segs[i], li, self.max_len) for i, (li, _) in enumerate(pairs)]  # (ids, words)
+        tgt = [tok.encoder_ids(segs[n + i], lj, self.max_len)[0] for i, (_, lj) in enumerate(pairs)]
+        src_ids, src_mask = pad_batch([ids for ids, _ in src], tok.pad_id)
         tgt_ids, tgt_mask = pad_batch(tgt, tok.pad_id)
-        dec_input_ids, dec_mask = pad_batch(dec_in, tok.pad_id)
-        dec_labels, _ = pad_batch(dec_lab, IGNORE_INDEX)
         # numpy, not torch.stack: on a busy CPU torch's intra-op threads wait on each other (in-process
         # loading, num_workers=0, measured 200+ ms per 32-sample stack on 2 loaded cores vs ~6 ms here)
         roi = torch.from_numpy(np.stack([s.roi for s in samples]).astype(np.float16, copy=False))
@@ -167,14 +197,31 @@ class DsCollator(_TextPairCollator):
             roi_mask[i, : int(getattr(s, "num_rois", roi.shape[1]))] = True
         batch: dict[str, Any] = {
             "roi": roi, "boxes": boxes, "roi_mask": roi_mask,
-            "src_ids": src_ids, "mlm_labels": mlm_labels, "src_clean_ids": src_clean_ids, "src_mask": src_mask,
-            "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
-            "dec_input_ids": dec_input_ids, "dec_labels": dec_labels, "dec_mask": dec_mask,
-            "src_lang": li_list, "tgt_lang": lj_list, "keys": [s.key for s in samples],
+            "src_ids": src_ids, "src_mask": src_mask, "tgt_ids": tgt_ids, "tgt_mask": tgt_mask,
+            "src_lang": [li for li, _ in pairs], "tgt_lang": [lj for _, lj in pairs], "keys": [s.key for s in samples],
         }
+        if self.mclm:
+            batch.update(self._mclm_fields(src, segs[n:], pairs, rngs))
         if self.with_pixels:
             batch["pixels"] = images_to_uint8_batch([s.image for s in samples], self.image_size)
         return batch
+
+    def _mclm_fields(self, src: Sequence[tuple[list[int], list[int]]], tgt_segs: Sequence[Sequence[int]],
+                     pairs: Sequence[tuple[str, str]], rngs: Sequence[random.Random]) -> dict[str, Any]:
+        """MCLM's encoder input (x^li with whole words masked) and decoder target x^lj."""
+        tok = self.tok
+        masked, labels, dec_in, dec_lab = [], [], [], []
+        for (ids, words), seg, (_, lj), rng in zip(src, tgt_segs, pairs, rngs):
+            m, lab = whole_word_mask(ids, words, self.mlm_prob, tok.mask_id, rng, self.mlm_count, self.mlm_replace,
+                                     self.random_ids)
+            masked.append(m)
+            labels.append(lab)
+            target = tok.target_ids(seg, lj, self.max_tgt_len)  # [LANG_j] pieces [EOS]
+            dec_in.append([tok.eos_id, *target[:-1]])  # mBART: decoding starts from [EOS]
+            dec_lab.append(target)
+        dec_input_ids, dec_mask = pad_batch(dec_in, tok.pad_id)
+        return {"mlm_ids": pad_batch(masked, tok.pad_id)[0], "mlm_labels": pad_batch(labels, IGNORE_INDEX)[0],
+                "dec_input_ids": dec_input_ids, "dec_labels": pad_batch(dec_lab, IGNORE_INDEX)[0], "dec_mask": dec_mask}
 
 
 class DwCollator(_TextPairCollator):

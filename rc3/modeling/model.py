@@ -15,6 +15,7 @@ tokenizer files, and loads back with `RC3Model.from_pretrained` without DeepSpee
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
@@ -175,6 +176,19 @@ class RC3Model(nn.Module):
         only see computations that go through `forward`, so training runs its objectives as
         `engine(compute_losses, batches, ...)`. Parameter names stay those of RC3Model."""
         return fn(self, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def without_dropout(self) -> Iterator[None]:
+        """Every submodule in eval mode inside the block, each restored to its own mode after it: for
+        forward passes that produce targets (R-XVtCL's P_tr), which dropout noise would blur."""
+        modes = [(m, m.training) for m in self.modules()]
+        try:
+            for m, _ in modes:
+                m.training = False
+            yield
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
     # ---- encoder ---------------------------------------------------------------------------
     @property
