@@ -256,20 +256,39 @@ def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> RC3Config:
     return cfg
 
 
+def merge_dicts(base: dict, top: dict) -> dict:
+    """`top` over `base`, recursively for nested mappings (lists and scalars are replaced)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_config_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config as a mapping. A top-level `base: OTHER.yaml` (relative to this file) is read first
+    and this file's keys are merged over it, so a variant names only what it changes."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("--config" if not _seen else f"{_seen[-1]}: base", f"no such file {p}")
+    if p.resolve() in _seen:
+        raise ConfigError(f"{_seen[-1]}: base", f"{p} is already being read (a cycle of base configs)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("--config", f"{p} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{p} must hold a mapping at the top level")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: base", f"expected a path to another config, got {base!r}")
+    return merge_dicts(read_config_yaml(p.parent / base, (*_seen, p.resolve())), data)
+
+
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RC3Config:
     """Load a YAML run config (or the defaults when path is None), apply `key=value` overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", f"no such file {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError("--config", f"{p} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("--config", f"{p} must hold a mapping at the top level")
-    return config_from_dict(data, overrides)
+    return config_from_dict(read_config_yaml(path) if path is not None else {}, overrides)
 
 
 def validate(cfg: RC3Config) -> None:

@@ -321,11 +321,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     logger = RunLogger(run_dir, rank == 0, cfg.train.total_steps, step)
     peak = flop_count.peak_flops(cfg.train.peak_tflops) if on_gpu else None
-    gather = None
-    if cfg.objectives.xtcl_gather:
-        def gather(t: torch.Tensor) -> tuple[torch.Tensor, int]:
-            sizes = comm.all_gather_sizes(t.shape[0])
-            return comm.all_gather_with_grad(t), sum(sizes[:rank])
+    gather = comm.gather_with_offset if cfg.objectives.xtcl_gather else None  # the paper's global XTCL batch
 
     def save(at: int) -> None:
         client = {"objectives": state.state_dict(), "config": cfg.train.run_dir}

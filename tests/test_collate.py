@@ -201,3 +201,49 @@ def test_images():
     for bad in (b"", b"not an image", buf.getvalue()[:300]):
         with pytest.raises(ImageDecodeError):
             load_image(bad)
+
+
+def test_mlm_readings_bernoulli_and_bert(captions, tokenizer):
+    """objectives.mlm_count=bernoulli: 15% of words, each drawn on its own (some captions have none);
+    mlm_replace=bert: of the chosen pieces 80% [MASK], 10% a random ordinary id, 10% kept."""
+    tok = tokenizer
+    col = DsCollator(tok, 64, 64, seed=0, mlm_count="bernoulli", mlm_replace="bert")
+    special = {tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id}
+    chosen = words_total = no_mask = 0
+    outcome = {"mask": 0, "random": 0, "kept": 0}
+    for start in range(0, 400, 50):
+        samples = [ds(i, captions[i]) for i in range(start, start + 50)]
+        b = col(samples)
+        for i in range(len(samples)):
+            n = int(b["src_mask"][i].sum())
+            clean, masked, labels = (b[k][i, :n].tolist() for k in ("src_ids", "mlm_ids", "mlm_labels"))
+            picked = [j for j, lab in enumerate(labels) if lab != -100]
+            no_mask += not picked
+            for j in picked:
+                assert labels[j] == clean[j]
+                if masked[j] == tok.mask_id:
+                    outcome["mask"] += 1
+                elif masked[j] == clean[j]:
+                    outcome["kept"] += 1
+                else:
+                    outcome["random"] += 1
+                    assert masked[j] not in special
+            li = b["src_lang"][i]
+            _, words = tok.encode_words(samples[i].captions[li], li, 64)
+            words_total += len({w for w in words if w >= 0})
+            chosen += len({words[j] for j in picked})
+    assert 0.12 <= chosen / words_total <= 0.18 and no_mask > 0
+    total = sum(outcome.values())
+    assert 0.75 <= outcome["mask"] / total <= 0.85
+    assert 0.06 <= outcome["random"] / total <= 0.14 and 0.06 <= outcome["kept"] / total <= 0.14
+    with pytest.raises(ValueError, match="mlm_count"):
+        DsCollator(tok, 64, 64, mlm_count="poisson")
+
+
+def test_rxvtcl_stream_collates_without_mlm(captions, tokenizer):
+    col = DsCollator(tokenizer, 16, 12, seed=1, langs=("en", "de", "fr"), mclm=False)
+    b = col([ds(i, captions[i]) for i in range(4)])
+    assert not {"mlm_ids", "mlm_labels", "dec_input_ids", "dec_labels", "dec_mask"} & set(b)
+    full = DsCollator(tokenizer, 16, 12, seed=1, langs=("en", "de", "fr"))([ds(i, captions[i]) for i in range(4)])
+    for key in ("src_ids", "src_mask", "tgt_ids", "tgt_mask", "src_lang", "tgt_lang", "roi", "boxes"):
+        assert (torch.equal(b[key], full[key]) if torch.is_tensor(b[key]) else b[key] == full[key]), key

@@ -39,6 +39,17 @@ def test_dotted_override_parses_types():
     ("train.global_batch_size=100", "train.global_batch_size", "not divisible"),
     ("model.attention_heads=5", "model.attention_heads", "not divisible"),
     ("train.micro_batch_size=0", "train.micro_batch_size", "must be positive"),
+    # reading switches of the paper (FIDELITY.md): an unknown value names the key and the choices
+    ("objectives.rxvtcl_others=nearest", "objectives.rxvtcl_others", "not one of shift, random"),
+    ("objectives.itm_negatives=hard", "objectives.itm_negatives", "not one of shift, random"),
+    ("objectives.mlm_count=poisson", "objectives.mlm_count", "not one of exact, bernoulli"),
+    ("objectives.mlm_replace=random", "objectives.mlm_replace", "not one of mask, bert"),
+    ("objectives.p_avg_scope=global", "objectives.p_avg_scope", "not one of shared, per_corpus"),
+    ("optim.name=sgd", "optim.name", "not one of adamw, adam"),
+    ("optim.name=adam", "optim.weight_decay", "plain Adam"),
+    ("optim.grad_clip=-1", "optim.grad_clip", "must be >= 0"),
+    # K other triplets need K + 1 triplets per micro-batch
+    ("objectives.rxvtcl_other_triplets=32", "objectives.rxvtcl_other_triplets", "at least 33 triplets"),
 ])
 def test_bad_values_name_the_key(override, key, words):
     with pytest.raises(ConfigError) as err:
@@ -75,3 +86,42 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert yaml.safe_load(path.read_text())["model"]["d_model"] == 32
     assert load_config(path) == cfg
+
+
+def test_rxvtcl_k_against_a_task_batch_size():
+    with pytest.raises(ConfigError, match="rxvtcl_dw gets 2") as err:
+        load_config(None, SHARDS + ["objectives.rxvtcl_other_triplets=2", "objectives.rxvtcl_dw.batch_size=2"])
+    assert err.value.key == "objectives.rxvtcl_other_triplets"
+    ok = load_config(None, SHARDS + ["objectives.rxvtcl_other_triplets=2", "objectives.rxvtcl_dw.batch_size=3"])
+    assert ok.objectives.rxvtcl_other_triplets == 2
+
+
+def test_paper_configs_and_their_readings():
+    """configs/paper.yaml: our defaults with the paper's global XTCL batch; paper-literal.yaml: the
+    most literal reading of every switch FIDELITY.md lists."""
+    paper = load_config(REPO / "configs" / "paper.yaml")
+    assert paper.objectives.xtcl_gather and paper.optim.name == "adamw"
+    literal = load_config(REPO / "configs" / "paper-literal.yaml")
+    o, opt = literal.objectives, literal.optim
+    assert o.xtcl_gather and o.rxvtcl_other_triplets == 1 and o.rxvtcl_others == "random"
+    assert (o.mlm_count, o.mlm_replace, o.itm_negatives) == ("bernoulli", "mask", "random")
+    assert not o.detach_lambda and not o.detach_p_tr
+    assert (opt.name, opt.lr, opt.weight_decay, opt.warmup_steps, opt.schedule, opt.grad_clip) == \
+        ("adam", 5e-5, 0.0, 0, "constant", 0.0)
+    assert (literal.train.global_batch_size, literal.train.total_steps) == (1024, 100_000)
+    assert literal.model == paper.model and literal.data == paper.data
+
+
+def test_base_configs_merge_and_fail_clearly(tmp_path):
+    (tmp_path / "a.yaml").write_text("model: {d_model: 64, attention_heads: 4}\n" + "data: {ds_shards: a.tar, "
+                                     "dw_shards: b.tar, dt_shards: c.tar}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel: {d_model: 128}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.model.d_model, cfg.model.attention_heads, cfg.data.ds_shards) == (128, 4, "a.tar")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="base: no such file"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: e.yaml\n")
+    (tmp_path / "e.yaml").write_text("base: d.yaml\n")
+    with pytest.raises(ConfigError, match="cycle of base configs"):
+        load_config(tmp_path / "d.yaml")

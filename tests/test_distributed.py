@@ -106,7 +106,36 @@ def _case_primitives(rank: int) -> None:
         assert torch.equal(mine.grad, (own_rows * (1 + 2)).expand(-1, 2))
 
 
-_CASES: dict[str, Callable[[int], None]] = {"xtcl": _case_xtcl, "primitives": _case_primitives}
+def _case_xtcl_objective(rank: int) -> None:
+    """The training wiring: `rc3.objectives.xtcl` with `rd.gather_with_offset` on a model, each rank
+    holding half of the batch, equals one process over the whole batch (loss and model gradients,
+    the engine's gradient average over ranks included); every anchor sees 2 x 8 - 2 negatives."""
+    from rc3.config import ObjectivesConfig
+    from rc3.modeling import RC3Model
+    from rc3.objectives import xtcl
+    from rc3.testing import random_task_batches, tiny_model_config
+
+    torch.manual_seed(0)
+    model = RC3Model.from_config(tiny_model_config(), 300).double().eval()
+    whole = random_task_batches(300, batch_size=8, seed=3)["xtcl"]
+    cfg = ObjectivesConfig(xtcl_gather=True)
+    ref, _, ref_negatives = xtcl(model, whole, 0.6, cfg)
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    rows = slice(4 * rank, 4 * rank + 4)
+    local = {k: v[rows] for k, v in whole.items() if torch.is_tensor(v)}
+    loss, plain, negatives = xtcl(model, local, 0.6, cfg, gather=rd.gather_with_offset)
+    loss.backward()
+    assert float(negatives) == float(ref_negatives) == 14.0
+    torch.testing.assert_close(rd.all_reduce_mean(loss.detach()), ref.detach(), rtol=1e-10, atol=1e-12)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(rd.all_reduce_mean(model.get_parameter(name).grad), grad, rtol=1e-8, atol=1e-10,
+                                   msg=name)
+
+
+_CASES: dict[str, Callable[[int], None]] = {"xtcl": _case_xtcl, "xtcl_objective": _case_xtcl_objective,
+                                            "primitives": _case_primitives}
 
 
 def _worker(rank: int, init_file: str, case: str) -> None:
@@ -126,6 +155,12 @@ def _spawn(tmp_path: Path, case: str) -> None:
 @pytest.mark.timeout(180)
 def test_xtcl_with_gathered_negatives_matches_one_process(tmp_path: Path) -> None:
     _spawn(tmp_path, "xtcl")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_xtcl_objective_with_the_training_gather_matches_one_process(tmp_path: Path) -> None:
+    _spawn(tmp_path, "xtcl_objective")
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Objectives: the R-XVtCL index plan, batched == per-triplet reference, task switches and weights."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -105,3 +106,80 @@ def test_itm_negatives_are_other_captions(model, batches):
     loss1, _ = itm(model, batches["itm"], torch.Generator().manual_seed(5))
     loss2, _ = itm(model, batches["itm"], torch.Generator().manual_seed(5))
     assert torch.equal(loss1, loss2)  # the negative choice is driven by the given generator only
+
+
+# ---- reading switches (FIDELITY.md) ----------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["shift", "random"])
+def test_itm_negatives_are_never_the_own_caption(how):
+    from rc3.objectives import itm_negative_captions
+    seen = set()
+    for seed in range(200):
+        other = itm_negative_captions(6, how, torch.Generator().manual_seed(seed))
+        assert all(o != i for i, o in enumerate(other.tolist()))
+        if how == "shift":  # one shift for the whole batch: a permutation
+            assert sorted(other.tolist()) == list(range(6))
+        seen |= {(i, o) for i, o in enumerate(other.tolist())}
+    assert len(seen) == 30  # every (image, other caption) pair occurs
+    again = itm_negative_captions(6, how, torch.Generator().manual_seed(3))
+    assert torch.equal(again, itm_negative_captions(6, how, torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="objectives.itm_negatives"):
+        itm_negative_captions(6, "hard", torch.Generator())
+
+
+def test_random_others_are_distinct_other_triplets():
+    from rc3.objectives import choose_others, plan_from_others
+    counts = torch.zeros(5, 5)
+    for seed in range(300):
+        others = choose_others(5, 2, "random", torch.Generator().manual_seed(seed))
+        for b, row in enumerate(others.tolist()):
+            assert len(set(row)) == 2 and b not in row
+            counts[b, row] += 1
+        plan = plan_from_others(others)
+        pairs = {(int(i), int(t)) for i, t in zip(plan.image, plan.text)}
+        assert len(pairs) == len(plan.image)  # nothing encoded twice
+    off = counts[~torch.eye(5, dtype=torch.bool)]
+    assert off.min() > 0.7 * off.mean()  # uniform over the other triplets
+    with pytest.raises(ValueError, match="objectives.rxvtcl_other_triplets"):
+        choose_others(3, 3, "random", torch.Generator())
+
+
+def test_per_corpus_p_avg_keeps_one_tracker_each():
+    shared = ObjectiveState.create(window=4)
+    per = ObjectiveState.create(window=4, p_avg_scope="per_corpus")
+    for state in (shared, per):
+        state.update({"xtcl": 1.0, "rxvtcl_ds": 0.5, "rxvtcl_dw": 2.0})
+    assert shared.p_avg("rxvtcl_ds") == shared.p_avg("rxvtcl_dw") == pytest.approx(math.exp(-1.25))
+    assert per.p_avg("rxvtcl_ds") == pytest.approx(math.exp(-0.5))
+    assert per.p_avg("rxvtcl_dw") == pytest.approx(math.exp(-2.0))
+    assert per.p_avg("xtcl") == shared.p_avg("xtcl") == pytest.approx(math.exp(-1.0))
+    again = ObjectiveState.create(window=4, p_avg_scope="per_corpus")
+    again.load_state_dict(per.state_dict())
+    assert again.p_avg("rxvtcl_dw") == per.p_avg("rxvtcl_dw")
+    with pytest.raises(ValueError, match="p_avg_scope changed"):
+        shared.load_state_dict(per.state_dict())
+
+
+def test_literal_switches_train_together(batches):
+    torch.manual_seed(0)
+    model = RC3Model.from_config(tiny_model_config(), VOCAB).train()
+    cfg = dataclasses.replace(ObjectivesConfig(), rxvtcl_others="random", itm_negatives="random",
+                              detach_lambda=False, detach_p_tr=False, rxvtcl_other_triplets=2)
+    state = ObjectiveState.create(p_avg_scope="per_corpus")
+    state.update({"xtcl": 1.0, "rxvtcl_ds": 1.0, "rxvtcl_dw": 1.0})
+    out = compute_losses(model, batches, cfg, state, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert float(out.extras["xtcl_negatives"]) == 2 * 5 - 2
+
+
+def test_plain_adam_when_asked():
+    from rc3.config import load_config
+    from rc3.training import build_optimizer
+    shards = ["data.ds_shards=a", "data.dw_shards=b", "data.dt_shards=c"]
+    model = RC3Model.from_config(tiny_model_config(), VOCAB)
+    adam, _ = build_optimizer(model, load_config(None, shards + ["optim.name=adam", "optim.weight_decay=0"]), False)
+    adamw, _ = build_optimizer(model, load_config(None, shards), False)
+    assert type(adam) is torch.optim.Adam and type(adamw) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in adam.param_groups] == [0.0, 0.0]
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.01, 0.0]

@@ -10,7 +10,6 @@ so one `--set data.root=/mnt/iglue` moves a whole recipe to another machine.
 """
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
-from ..config import ConfigError, _from_dict, _set_dotted, parse_override, to_dict
+from ..config import ConfigError, _from_dict, _set_dotted, merge_dicts, parse_override, read_config_yaml, to_dict
 from ..tokenization import LANG_CODES
 
 TASKS: tuple[str, ...] = ("xvnli", "xgqa", "marvl", "itr", "mmt")
@@ -166,13 +165,6 @@ def task_defaults(task: str) -> dict[str, Any]:
             "data": {"max_text_len": t["max_text_len"]}}
 
 
-def _merge(base: dict, top: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
     """Table 6 defaults <- `data` <- overrides, typed and validated for `task`."""
     if task not in TASKS:
@@ -180,7 +172,7 @@ def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = 
     given = yaml.safe_load(yaml.safe_dump(data or {}))
     if given.get("task", task) != task:
         raise ConfigError("task", f"this config is for {given['task']!r} but the recipe is {task!r}")
-    merged = _merge(task_defaults(task), given)
+    merged = merge_dicts(task_defaults(task), given)
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(merged, key, value)
@@ -193,19 +185,9 @@ def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = 
 
 
 def load_finetune_config(path: str | os.PathLike | None, task: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
-    """Load a finetuning YAML (or only the Table 6 defaults when path is None), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", f"no such file {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError("--config", f"{p} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("--config", f"{p} must hold a mapping at the top level")
-    return finetune_config_from_dict(data, task, overrides)
+    """Load a finetuning YAML (or only the Table 6 defaults when path is None; `base:` as in
+    `rc3.config.read_config_yaml`), apply overrides, validate."""
+    return finetune_config_from_dict(read_config_yaml(path) if path is not None else {}, task, overrides)
 
 
 def _check_lang(key: str, lang: str) -> None:
