@@ -37,6 +37,12 @@ class ModelConfig:
     init_from: Optional[str] = None  # local mBART-50 or RC3 model directory; None = random init from the sizes below
     tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model (+ id_map.json); default: init_from
     vit_weights: Optional[str] = None  # local timm ViT-B/32 checkpoint whose patch embedding initialises the patch FC
+    # the timm name of those weights: their pixel mean / std come from its pretrained config (timm's own table)
+    vit_name: str = "vit_base_patch32_224.augreg_in21k_ft_in1k"
+    # pixel normalisation of the patch front end; None = ImageNet's, or vit_name's when vit_weights is set.
+    # Resolved when the model is built and saved with it, so a finetuned model normalises as it was trained.
+    pixel_mean: Optional[list[float]] = None
+    pixel_std: Optional[list[float]] = None
     vocab_size: Optional[int] = None  # None: taken from the tokenizer
     d_model: int = 1024
     encoder_layers: int = 12
@@ -306,6 +312,9 @@ def validate(cfg: RC3Config) -> None:
             raise ConfigError(key, f"must be positive, got {value}")
     if m.d_model % m.attention_heads:
         raise ConfigError("model.attention_heads", f"d_model {m.d_model} is not divisible by {m.attention_heads} heads")
+    for key, value in (("model.pixel_mean", m.pixel_mean), ("model.pixel_std", m.pixel_std)):
+        if value is not None and (len(value) != 3 or (key.endswith("std") and min(value) <= 0)):
+            raise ConfigError(key, f"expected 3 per-channel values (std > 0), got {value}")
     if m.image_size % m.patch_size:
         raise ConfigError("model.patch_size", f"image_size {m.image_size} is not divisible by patch_size {m.patch_size}")
     for i, lang in enumerate(d.langs):

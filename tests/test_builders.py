@@ -295,3 +295,28 @@ def test_cli_smoke(tmp_path: Path, shared_data: Path) -> None:
     assert len(report["broken_shards"]) == 1 and "dt-000009" in report["broken_shards"][0]
     text = run_tool("tools/dataset_stats.py", str(tmp_path / "dt" / "*.tar")).stdout
     assert "broken shards: 1" in text and "En" in text
+
+
+def test_build_dw_text_source(tmp_path: Path) -> None:
+    """--text-source: the reference captions (default), the alt texts, or the long context descriptions."""
+    long_en = "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. " * 8
+    rows = [
+        {"language": "en", "image_url": U.format("a/a1/Tower.jpg"), "caption_reference_description": "The tower",
+         "caption_alt_text_description": "tower alt", "context_page_description": long_en,
+         "context_section_description": ""},
+        {"language": "de", "image_url": U.format("a/a1/Tower.jpg"), "caption_reference_description": "Der Turm",
+         "caption_alt_text_description": "Turm alt", "context_page_description": "Seite",
+         "context_section_description": "Der Eiffelturm ist ein 330 Meter hoher Turm in Paris."},
+    ]
+    wit = write_wit(tmp_path / "part.tsv", rows)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / hashlib.sha1(U.format("a/a1/Tower.jpg").encode()).hexdigest()).write_bytes(jpeg((1, 2, 3)))
+    want = {"reference": {"en": "The tower", "de": "Der Turm"}, "alt": {"en": "tower alt", "de": "Turm alt"},
+            "context": {"en": long_en.strip(), "de": "Der Eiffelturm ist ein 330 Meter hoher Turm in Paris."}}
+    for source, texts in want.items():
+        build_dw([wit], tmp_path / source, images, text_source=source, show_progress=False)
+        (sample,) = read_back(tmp_path / source)
+        assert schemas.decode_dw(sample).texts == texts, source
+    with pytest.raises(ValueError, match="text_source 'title' is not one of"):
+        build_dw([wit], tmp_path / "x", images, text_source="title", show_progress=False)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from rc3.config import ConfigError
 from rc3.modeling import RC3Model
+from rc3.tasks.finetune_config import load_finetune_config
 from rc3.testing import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,3 +400,16 @@ def test_two_processes_under_accelerate_launch(world: Path, model_dir: Path, tmp
     assert "2 process(es)" in proc.stdout and proc.stdout.count("[xvnli] results:") == 1
     results = read_results(out)
     assert list(results) == ["en", "es", "fr"] and all(row["n"] == 6 for row in results.values())
+
+
+def test_itr_paper_protocol_is_a_cross_encoder_over_every_pair(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    """configs/finetune/itr-paper.yaml: IGLUE's protocol (ITM only, random negatives, every pair scored)."""
+    cfg = load_finetune_config(REPO / "configs" / "finetune" / "itr-paper.yaml", "itr")
+    mine = load_finetune_config(REPO / "configs" / "finetune" / "itr.yaml", "itr")
+    assert (cfg.itr.rerank_k, cfg.itr.contrastive_weight, cfg.itr.itm_weight, cfg.itr.hard_negatives) == \
+        ("all", 0.0, 1.0, False)
+    assert cfg.data == mine.data and cfg.optim == mine.optim and cfg.output_dir == "runs/finetune/itr-paper"
+    out = tmp_path / "itr_paper"
+    run_recipe("itr", world, model_dir, out, "itr.k=all", "itr.contrastive_weight=0", "itr.hard_negatives=false")
+    results = read_results(out)
+    assert list(results) == ["en", "de", "ja"] and all(0.0 <= r["mean_R@1"] <= 100.0 for r in results.values())

@@ -209,3 +209,38 @@ def test_attention_implementation_switch(tokenizer, impl):
     assert m.mbart.config._attn_implementation == impl
     ids, mask, visual = batch(tokenizer)
     assert torch.isfinite(m.vtr(ids, mask, visual, "roi")).all()
+
+
+def test_vit_weights_bring_their_own_pixel_normalisation(tokenizer, tmp_path):
+    """With model.vit_weights, uint8 pixels are normalised with the mean / std of those weights (timm's
+    pretrained config of model.vit_name: 0.5 / 0.5 for the augreg ViT-B/32), and the finetuned model
+    keeps them: they are saved in its config."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    cfg = tiny_model_config()
+    g = torch.Generator().manual_seed(2)
+    weights = {"patch_embed.proj.weight": torch.randn(cfg.patch_dim, 3, 32, 32, generator=g) * 0.02,
+               "patch_embed.proj.bias": torch.zeros(cfg.patch_dim)}
+    save_file(weights, str(tmp_path / "vit.safetensors"))
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(cfg, vit_weights=str(tmp_path / "vit.safetensors")), tokenizer).eval()
+    assert model.cfg.pixel_mean == [0.5, 0.5, 0.5] and model.cfg.pixel_std == [0.5, 0.5, 0.5]
+    assert torch.equal(model.visual.patch.patch_embed.proj.weight, weights["patch_embed.proj.weight"])
+    ids, mask, _ = batch(tokenizer)
+    u8 = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=g)
+    as_float = (u8.float() / 255 - 0.5) / 0.5  # the ViT's own normalisation, written out
+    want = model.vtr(ids, mask, {"pixels": as_float}, "patch")
+    torch.testing.assert_close(model.vtr(ids, mask, {"pixels": u8}, "patch"), want, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path / "saved")
+    again = RC3Model.from_pretrained(tmp_path / "saved").eval()
+    assert again.cfg.pixel_mean == [0.5, 0.5, 0.5]
+    torch.testing.assert_close(again.vtr(ids, mask, {"pixels": u8}, "patch"), want, atol=1e-5, rtol=1e-5)
+    # without ViT weights: ImageNet's statistics, as before
+    plain = build_model(cfg, tokenizer)
+    assert plain.cfg.pixel_mean is None and torch.allclose(plain.visual.patch.mean.flatten() / 255,
+                                                           torch.tensor([0.485, 0.456, 0.406]))
+    with pytest.raises(ValueError, match="model.vit_name"):
+        build_model(dataclasses.replace(cfg, vit_weights=str(tmp_path / "vit.safetensors"), vit_name="no_such_vit"),
+                    tokenizer)

@@ -22,7 +22,7 @@ except ImportError:  # running from a plain checkout
 from rc3.data.builders.common import BuildStats
 from rc3.data.builders.ds import build_ds
 from rc3.data.builders.dt import CaptionPairsSource, DtSource, LineAlignedSource, WikiMatrixSource, build_dt
-from rc3.data.builders.dw import DW_LANGS, TABLE5_ORDER, build_dw, format_pair_table
+from rc3.data.builders.dw import DW_LANGS, TABLE5_ORDER, TEXT_SOURCES, build_dw, format_pair_table
 
 
 def _lang_paths(items: list[str] | None, flag: str) -> dict[str, Path]:
@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dw.add_argument("--images", type=Path, required=True,
                     help="img2dataset output dir (tars with jpg+json) or a dir of images named sha1(url) or by URL basename")
     dw.add_argument("--langs", default=",".join(DW_LANGS), help="comma-separated languages (default %(default)s)")
+    dw.add_argument("--text-source", choices=sorted(TEXT_SOURCES), default="reference",
+                    help="WIT text of a row: the reference caption (then alt, attribution), the alt text, or the "
+                         "long context descriptions (default %(default)s; FIDELITY.md)")
     _common(dw, "dw")
 
     dt = sub.add_parser("dt", help="parallel text pairs")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                              images_dir=args.images_dir, min_langs=args.min_langs, **common)
         elif args.corpus == "dw":
             langs = tuple(x for x in args.langs.split(",") if x)
-            stats = build_dw(args.wit, args.out, args.images, langs=langs, **common)
+            stats = build_dw(args.wit, args.out, args.images, langs=langs, text_source=args.text_source, **common)
         else:
             stats = build_dt(_dt_sources(args), args.out, **common)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:

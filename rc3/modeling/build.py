@@ -7,6 +7,7 @@ Nothing is ever fetched from a hub.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -24,17 +25,36 @@ def load_tokenizer(cfg: ModelConfig) -> RC3Tokenizer:
     return RC3Tokenizer.from_dir(source)
 
 
+def vit_normalisation(name: str) -> tuple[list[float], list[float]]:
+    """Pixel mean and std of the timm weights `name` (e.g. vit_base_patch32_224.augreg_in21k_ft_in1k),
+    from timm's pretrained-config table: no download, the table ships with timm."""
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(name)
+    if pretrained is None or pretrained.mean is None:
+        raise ValueError(f"config error: model.vit_name: timm has no pretrained config {name!r} "
+                         "(give the timm name of the weights in model.vit_weights, or set model.pixel_mean/pixel_std)")
+    return list(pretrained.mean), list(pretrained.std)
+
+
 def build_model(cfg: ModelConfig, tokenizer: RC3Tokenizer) -> RC3Model:
-    """The model for `cfg`, its vocabulary checked against the tokenizer's."""
+    """The model for `cfg`, its vocabulary checked against the tokenizer's.
+
+    With `vit_weights`, pixels are normalised as those weights were trained (`vit_name`'s mean / std),
+    unless `pixel_mean` / `pixel_std` say otherwise; the values are stored in the model's config."""
+    if cfg.vit_weights and cfg.pixel_mean is None and cfg.pixel_std is None:
+        mean, std = vit_normalisation(cfg.vit_name)
+        cfg = dataclasses.replace(cfg, pixel_mean=mean, pixel_std=std)
     if cfg.init_from is None:
         model = RC3Model.from_config(cfg, cfg.vocab_size or tokenizer.vocab_size, pad_id=tokenizer.pad_id,
                                      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
     else:
         path = Path(cfg.init_from)
         if (path / RC3_CONFIG_FILE).is_file():
+            norm = {"pixel_mean": cfg.pixel_mean, "pixel_std": cfg.pixel_std} if cfg.vit_weights else {}
             model = RC3Model.from_pretrained(path, gradient_checkpointing=cfg.gradient_checkpointing,
                                              attn_implementation=cfg.attn_implementation,
-                                             visual_mode=cfg.visual_mode)
+                                             visual_mode=cfg.visual_mode, **norm)
         elif (path / "config.json").is_file():
             model = RC3Model.from_mbart(path, cfg)
         else:

@@ -12,7 +12,7 @@ in text, and keeping them out of the vocabulary leaves mBART-50's embedding matr
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -36,15 +36,21 @@ class ROIEmbedding(nn.Module):
         return self.norm(self.feature_proj(roi) + self.box_proj(boxes))
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class PatchEmbedding(nn.Module):
     """timm ViT patch embedding + FC. Takes normalised float pixels, or uint8 pixels that it normalises
-    (ImageNet mean / std) on their device: loaders then ship a quarter of the bytes."""
+    on their device (loaders then ship a quarter of the bytes) with `mean` / `std`: ImageNet's by
+    default, those of the ViT weights when they are loaded (`rc3.modeling.build`)."""
 
-    def __init__(self, image_size: int, patch_size: int, patch_dim: int, d_model: int) -> None:
+    def __init__(self, image_size: int, patch_size: int, patch_dim: int, d_model: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
-        # not persistent: constants, not weights
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255, persistent=False)
+        # not persistent: constants of the config, not weights
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1) * 255, persistent=False)
         self.patch_embed = PatchEmbed(img_size=image_size, patch_size=patch_size, in_chans=3, embed_dim=patch_dim)
         self.proj = nn.Linear(patch_dim, d_model)
         self.norm = nn.LayerNorm(d_model)
@@ -64,10 +70,12 @@ class VisualFrontEnd(nn.Module):
     """Turns the visual part of a batch into a token sequence and its mask, for any visual mode."""
 
     def __init__(self, d_model: int, roi_dim: int = 2048, image_size: int = 224, patch_size: int = 32,
-                 patch_dim: int = 768) -> None:
+                 patch_dim: int = 768, pixel_mean: Sequence[float] | None = None,
+                 pixel_std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.roi = ROIEmbedding(roi_dim, d_model)
-        self.patch = PatchEmbedding(image_size, patch_size, patch_dim, d_model)
+        self.patch = PatchEmbedding(image_size, patch_size, patch_dim, d_model, pixel_mean or IMAGENET_MEAN,
+                                    pixel_std or IMAGENET_STD)
         self.special = nn.Parameter(torch.randn(3, d_model) * 0.02)  # [CLS], [SEP], [SEP']
 
     def special_token(self, which: int, batch: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..data.features import open_feature_store
-from ..data.images import load_image, image_to_tensor
+from ..data.images import load_image, resize_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -126,7 +126,7 @@ class VisualSource:
 
     def load(self, key: str) -> dict[str, Tensor]:
         """{"roi": [R,2048], "boxes": [R,5], "roi_mask": [R]} (R = num_regions, zero-padded) and/or
-        {"pixels": [3,S,S]} for image `key`."""
+        {"pixels": uint8 [3,S,S]} for image `key`."""
         out: dict[str, Tensor] = {}
         if self.needs_roi:
             found = self._store_key(key)
@@ -149,7 +149,8 @@ class VisualSource:
                 img = load_image(path.read_bytes(), draft_size=self.image_size)
             except ValueError as err:
                 raise ValueError(f"{path}: {err}") from None
-            out["pixels"] = image_to_tensor(img, self.image_size)
+            # uint8: the model normalises with its own pixel mean / std (those of its ViT weights)
+            out["pixels"] = resize_uint8(img, self.image_size).contiguous()
         return out
 
 
@@ -163,7 +164,7 @@ def collate_visual(items: Sequence[Mapping[str, Tensor]], suffix: str = "") -> d
         out[f"boxes{suffix}"] = torch.stack([it["boxes"].float() for it in items])
         out[f"roi_mask{suffix}"] = torch.stack([it["roi_mask"].bool() for it in items])
     if "pixels" in items[0]:
-        out[f"pixels{suffix}"] = torch.stack([it["pixels"].float() for it in items])
+        out[f"pixels{suffix}"] = torch.stack([it["pixels"] for it in items])
     return out
 
 

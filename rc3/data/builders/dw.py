@@ -4,12 +4,18 @@ Following the paper (Appendix A), images are indexed by their unique `image_url`
 paired with its texts in the chosen languages (de, en, fr, id, ja, zh); only tuples with texts in
 >= 2 languages are kept, one text per language.
 
-Text of a row: `caption_reference_description` (the caption shown on the page, written for that
-language's article); if empty, `caption_alt_text_description`; if still empty,
-`caption_attribution_description`, but only when `attribution_passes_lang_id` is true, because the
-Commons attribution text is often in another language than the row's. When several rows give the
-same image a text in the same language (the image is used on several pages), the text from the
-best-ranked field wins, then the first one in file order.
+Text of a row (`text_source`, `--text-source`; the paper does not say which WIT field it uses, see
+FIDELITY.md):
+- "reference" (default): `caption_reference_description` (the caption shown on the page, written for
+  that language's article); if empty, `caption_alt_text_description`; if still empty,
+  `caption_attribution_description`, but only when `attribution_passes_lang_id` is true, because the
+  Commons attribution text is often in another language than the row's;
+- "alt": `caption_alt_text_description` only (the HTML alt text);
+- "context": `context_section_description`, else `context_page_description`: the texts around the
+  image, which the paper calls "generally very long" (they are cut to data.max_text_len pieces when
+  training).
+When several rows give the same image a text in the same language (the image is used on several
+pages), the text from the best-ranked field wins, then the first one in file order.
 
 Grouping uses an on-disk SQLite table keyed by (image_url, language), so a multi-GB WIT TSV never
 sits in memory; reading it back ordered by URL yields each image's rows together.
@@ -44,16 +50,22 @@ from rc3.data.shard_writer import ShardWriter
 
 DW_LANGS = ("de", "en", "fr", "id", "ja", "zh")
 TABLE5_ORDER = ("en", "de", "fr", "ja", "zh", "id")  # row/column order of the paper's Table 5
-# (column, rank): lower rank wins when an image has several texts in one language.
-TEXT_FIELDS = (("caption_reference_description", 0), ("caption_alt_text_description", 1), ("caption_attribution_description", 2))
-REQUIRED_COLUMNS = ("language", "image_url", "caption_reference_description")
+# (column, rank) per text source: lower rank wins when an image has several texts in one language.
+TEXT_SOURCES: dict[str, tuple[tuple[str, int], ...]] = {
+    "reference": (("caption_reference_description", 0), ("caption_alt_text_description", 1),
+                  ("caption_attribution_description", 2)),
+    "alt": (("caption_alt_text_description", 0),),
+    "context": (("context_section_description", 0), ("context_page_description", 1)),
+}
+TEXT_FIELDS = TEXT_SOURCES["reference"]
+REQUIRED_COLUMNS = ("language", "image_url")
 _IMAGE_SUFFIXES = ("", ".jpg", ".jpeg", ".png", ".gif", ".webp")
 _BATCH = 10_000
 
 
-def row_text(row: dict[str, str | None]) -> tuple[str, int] | None:
-    """(text, rank) for a WIT row by the field preference above, or None when it has no text."""
-    for column, rank in TEXT_FIELDS:
+def row_text(row: dict[str, str | None], text_source: str = "reference") -> tuple[str, int] | None:
+    """(text, rank) for a WIT row by the field preference of `text_source`, or None when it has no text."""
+    for column, rank in TEXT_SOURCES[text_source]:
         value = clean_text(row.get(column) or "")
         if not value:
             continue
@@ -63,20 +75,23 @@ def row_text(row: dict[str, str | None]) -> tuple[str, int] | None:
     return None
 
 
-def iter_wit_rows(path: Path) -> Iterator[dict[str, str | None]]:
-    """Rows of one WIT TSV (plain or .gz) as dicts; checks the header names the needed columns."""
+def iter_wit_rows(path: Path, text_source: str = "reference") -> Iterator[dict[str, str | None]]:
+    """Rows of one WIT TSV (plain or .gz) as dicts; checks the header names the columns needed
+    (the key columns and the first text column of `text_source`)."""
     require_file(path, "WIT TSV")
     # WIT context fields can be very long; the csv default (128 KiB) would reject them.
     csv.field_size_limit(2**31 - 1)
     with open_text(path) as fh:
         reader = csv.DictReader(fh, delimiter="\t")
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        needed = (*REQUIRED_COLUMNS, TEXT_SOURCES[text_source][0][0])
+        missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"WIT TSV {path}: header lacks column(s) {missing}; is this a WIT release file?")
         yield from reader
 
 
-def _index_rows(db: sqlite3.Connection, wit_tsvs: Sequence[Path], langs: Sequence[str], stats: BuildStats, show_progress: bool) -> None:
+def _index_rows(db: sqlite3.Connection, wit_tsvs: Sequence[Path], langs: Sequence[str], stats: BuildStats,
+                show_progress: bool, text_source: str = "reference") -> None:
     from tqdm import tqdm
 
     db.execute("CREATE TABLE wit (url TEXT, lang TEXT, rank INTEGER, text TEXT, PRIMARY KEY (url, lang)) WITHOUT ROWID")
@@ -88,7 +103,7 @@ def _index_rows(db: sqlite3.Connection, wit_tsvs: Sequence[Path], langs: Sequenc
     wanted = set(langs)
     for path in wit_tsvs:
         batch: list[tuple[str, str, int, str]] = []
-        for row in tqdm(iter_wit_rows(Path(path)), desc=f"index {Path(path).name}", unit=" rows", disable=not show_progress):
+        for row in tqdm(iter_wit_rows(Path(path), text_source), desc=f"index {Path(path).name}", unit=" rows", disable=not show_progress):
             lang, url = (row.get("language") or "").strip(), (row.get("image_url") or "").strip()
             if None in row or not url:  # extra unnamed fields / truncated row
                 stats.skip("malformed_row")
@@ -96,7 +111,7 @@ def _index_rows(db: sqlite3.Connection, wit_tsvs: Sequence[Path], langs: Sequenc
             if lang not in wanted:
                 stats.skip("other_language_row")
                 continue
-            picked = row_text(row)
+            picked = row_text(row, text_source)
             if picked is None:
                 stats.skip("row_without_text")
                 continue
@@ -219,12 +234,16 @@ def build_dw(
     prefix: str = "dw",
     overwrite: bool = False,
     show_progress: bool = True,
+    text_source: str = "reference",
 ) -> BuildStats:
-    """Write Dw shards `<out_dir>/<prefix>-%06d.tar`; `stats.pair_table` holds the Table-5 counts."""
+    """Write Dw shards `<out_dir>/<prefix>-%06d.tar`; `stats.pair_table` holds the Table-5 counts.
+    `text_source`: which WIT text becomes the tuple's text (module docstring)."""
     from tqdm import tqdm
 
     if not wit_tsvs:
         raise ValueError("no WIT TSV files given")
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"text_source {text_source!r} is not one of {', '.join(TEXT_SOURCES)}")
     for path in wit_tsvs:
         require_file(Path(path), "WIT TSV")
     if not Path(images).is_dir():
@@ -239,7 +258,7 @@ def build_dw(
     try:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
-        _index_rows(db, [Path(p) for p in wit_tsvs], langs, stats, show_progress)
+        _index_rows(db, [Path(p) for p in wit_tsvs], langs, stats, show_progress, text_source)
         source = open_images(Path(images), db, show_progress)
         n_images = db.execute("SELECT COUNT(DISTINCT url) FROM wit").fetchone()[0]
         with writer:
