@@ -152,6 +152,16 @@ class AttributeHead(nn.Module):
         return self.score(F.relu(self.fc(x)))
 
 
+def pool_regions(features: Tensor, boxes: Tensor, resolution: int, stride: int) -> Tensor:
+    """Caffe RoIPool of one image's boxes (image pixels) on a stride-``stride`` map: [R, C, res, res].
+
+    torchvision's roi_pool is the op detectron2's ``ROIPooler(pooler_type="ROIPool")`` wraps:
+    box corners scaled by 1/stride and rounded, inclusive ends, bins of (size + 1) / res cells.
+    """
+    rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
+    return roi_pool(features, rois, output_size=resolution, spatial_scale=1.0 / stride)
+
+
 @dataclass
 class BoxHeadOutput:
     """Per-proposal outputs of the box head."""
@@ -181,9 +191,7 @@ class BoxHead(nn.Module):
         self.attr = AttributeHead(width, cfg.num_classes, cfg.num_attrs)
 
     def forward(self, features: Tensor, boxes: Tensor) -> BoxHeadOutput:
-        rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
-        pooled = roi_pool(features, rois, output_size=self.cfg.pooler_resolution,
-                          spatial_scale=1.0 / self.cfg.feature_stride)
+        pooled = pool_regions(features, boxes, self.cfg.pooler_resolution, self.cfg.feature_stride)
         region = self.res5(pooled).mean(dim=(2, 3))
         class_logits = self.cls_score(region)
         return BoxHeadOutput(
