@@ -223,6 +223,10 @@ class RoIExtractor:
         detector = build_detector(load_state_dict_file(weights), min_size=min_size, max_size=max_size, bn_eps=bn_eps)
         return cls(detector, **kwargs)  # type: ignore[arg-type]
 
+    def extract_one(self, rgb: Image.Image) -> RegionFeatures:
+        """Regions of one RGB PIL image (the interface of the sharded runner)."""
+        return self.extract([pil_to_tensor(rgb).to(self.device).float() / 255.0])[0]
+
     @torch.inference_mode()
     def extract(self, images: Sequence[Tensor]) -> list[RegionFeatures]:
         """Regions for each image; images are float [3, H, W] tensors in [0, 1] (RGB)."""

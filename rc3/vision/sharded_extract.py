@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from rc3.fault_injection import maybe_kill_after_images
 from rc3.vision.image_sources import Unit, decode_image, iter_unit
 from rc3.vision.roi_extractor import RegionFeatures, write_regions
 
@@ -193,6 +194,7 @@ def run_worker(
             if len(rows) + len(chunk_skipped) >= chunk_size:
                 _write_chunk(parts, rank, seq, rows, chunk_skipped)
                 seq, rows, chunk_skipped = seq + 1, [], {}
+                maybe_kill_after_images(stats.written + len(stats.skipped), rank)
             bar.set_postfix(written=stats.written, skipped=len(stats.skipped), refresh=False)
         if rows or chunk_skipped:
             _write_chunk(parts, rank, seq, rows, chunk_skipped)
