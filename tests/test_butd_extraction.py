@@ -169,6 +169,27 @@ def test_killed_run_resumes_and_skips_what_is_done(tmp_path: Path, weights: Path
     assert not parts.exists()
 
 
+def test_launcher_ranks_split_the_work_and_the_last_one_merges(tmp_path: Path, weights: Path, images: Path,
+                                                                reference: tuple[Path, str]) -> None:
+    """What torchrun / accelerate launch start: one process per rank, RANK / WORLD_SIZE in the environment."""
+    out = tmp_path / "ranks.h5"
+    argv = [sys.executable, str(TOOL), "--images", str(images), "--out", str(out), "--weights", str(weights), *FAST]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
+             for r in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("wrote 4 images" in e for e in errs) == 1  # exactly one rank merged
+    # The other rank either finished first or lost the race for the merge lock.
+    assert sum("the last rank to finish merges" in e or "another process is merging" in e for e in errs) == 1
+    extracted = sorted(int(e.split("worker: ")[1].split(" ")[0]) for e in errs)
+    assert extracted == [2, 2]  # the 5 files (one broken) split 3 / 2 by position
+    one, ranks = _read(reference[0]), _read(out)
+    assert sorted(ranks) == KEYS
+    for key in KEYS:
+        _assert_same(ranks[key], one[key])
+
+
 def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -35,6 +35,12 @@ FORMAT = "rc3-butd-v1"
 # A buffer detectron2 saves but computes from the config (the anchors); checked, never required.
 DERIVED = {"proposal_generator.anchor_generator.cell_anchors.0": "rpn.cell_anchors"}
 
+# What a user may change at load time; everything else is fixed by the weights file.
+EXTRACTION_SETTINGS = frozenset({
+    "min_size", "max_size", "min_boxes", "max_boxes", "nms_schedule",
+    "rpn_pre_nms_topk", "rpn_post_nms_topk", "rpn_nms_thresh", "rpn_min_size",
+})
+
 _BN = r"(?P<bn>weight|bias|running_mean|running_var)"
 # (pattern on the detectron2 name, replacement giving the RC3 name)
 _RULES: list[tuple[re.Pattern[str], str]] = [
@@ -191,6 +197,9 @@ def load_detector(path: str | Path, **overrides: object) -> ButdDetector:
             f"{path} is not an RC3 bottom-up-attention weights file (metadata {sorted(meta)}); "
             "write it with tools/convert_butd_weights.py"
         )
+    architecture = sorted(set(overrides) - EXTRACTION_SETTINGS)
+    if architecture:
+        raise ValueError(f"{architecture} are architecture settings, fixed by the weights file {path}")
     cfg = ButdConfig.from_json(meta[CONFIG_KEY]).with_overrides(**overrides)
     model = ButdDetector(cfg)
     own = model.state_dict()
