@@ -273,3 +273,18 @@ def test_cuda_matches_cpu(weights: Path, images: Path, monkeypatch: pytest.Monke
     np.testing.assert_array_equal(gpu.obj_id, cpu.obj_id)
     np.testing.assert_allclose(gpu.boxes, cpu.boxes, atol=1e-3)
     np.testing.assert_allclose(gpu.features, cpu.features, rtol=1e-4, atol=1e-4 * np.abs(cpu.features).max())
+
+
+def test_inputs_that_match_nothing_or_collide_are_clear_errors(tmp_path: Path) -> None:
+    from rc3.vision.image_sources import discover_units
+
+    with pytest.raises(FileNotFoundError, match="no images, tar shards or parquet files found for input"):
+        discover_units([str(tmp_path / "nowhere" / "*.tar")])
+    (tmp_path / "x").mkdir()
+    for name in ("x/p.jpg", "x/p.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    assert len(discover_units([str(tmp_path / "x")], "name")) == 2
+    with pytest.raises(ValueError, match="share the key 'p'"):
+        discover_units([str(tmp_path / "x")], "stem")
+    units = discover_units(["https://host/shards-{000..002}.tar"])
+    assert [(u.kind, u.source) for u in units] == [("tar", f"https://host/shards-00{i}.tar") for i in range(3)]

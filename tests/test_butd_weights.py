@@ -149,6 +149,9 @@ def test_narrow_checkpoint_converts_with_its_architecture(tmp_path: Path, capsys
     assert code == 0, err
     cfg = load_detector(tmp_path / "o.safetensors").cfg
     assert (cfg.blocks, cfg.res5_blocks, cfg.num_classes, cfg.num_attrs, cfg.res2_channels) == ((1, 2, 1), 1, 5, 3, 16)
+    assert load_detector(tmp_path / "o.safetensors", min_size=600, max_size=1000).cfg.min_size == 600
+    with pytest.raises(ValueError, match="architecture settings"):
+        load_detector(tmp_path / "o.safetensors", num_classes=7)
 
 
 @pytest.mark.parametrize("change, message", [
