@@ -6,6 +6,9 @@ file. Region features are RoIAlign over the ResNet C5 map (``layer4`` of the bac
 channels, stride 32) followed by average pooling, so each region gets a 2048-d vector like the
 features IGLUE ships.
 
+Used by ``tools/extract_roi_features.py --detector torchvision-coco``. It is NOT IGLUE-compatible:
+for features that match IGLUE's, use the default detector, `rc3.vision.butd`.
+
 This approximates, and does not reproduce, the IGLUE/volta features: those come from a detectron2
 Faster R-CNN R101-C4 trained on Visual Genome (1,600 objects, 400 attributes), whose region
 vectors are the pooled res5 head. Exact parity needs those weights and that architecture.

@@ -56,6 +56,9 @@ Extraction (volta ``features_extraction/detectron2_proposal_maxnms.py``; see ``e
   clipped to the resized image; NMS over these boxes for thresholds ``np.arange(0.5, 1.0, 0.1)``
   until 36 remain, at most 36 (NUM_OBJECTS); SCORE_THRESH_TEST 0.2 and NMS_THRESH_TEST 0.6 are
   set but never read by this path.
+- this is volta's own ``fast_rcnn_inference_single_image`` (max-class, class-agnostic NMS, no score
+  threshold), not detectron2's per-class one with score threshold 0.2 that py-bottom-up-attention's
+  ``demo/demo_feature_extraction_attr.ipynb`` calls; both loop NMS thresholds the same way.
 - features: pooled res5 of the kept proposals (not re-pooled on the regressed boxes); attributes:
   ``pred_attr_logits[..., :-1].softmax(-1).max(-1)``.
 - boxes: scaled to the original image (``detector_postprocess``), clipped, empty boxes dropped.
