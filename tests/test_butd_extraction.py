@@ -147,6 +147,19 @@ def test_two_workers_write_what_one_worker_writes(tmp_path: Path, weights: Path,
         _assert_same(two[key], one[key])
 
 
+def test_decoding_in_loader_processes_changes_nothing(tmp_path: Path, weights: Path, images: Path,
+                                                      reference: tuple[Path, str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "loaders.h5"
+    code = _tool().main(["--images", str(images), "--out", str(out), "--weights", str(weights),
+                         "--loader-workers", "2", *FAST])
+    assert code == 0, capsys.readouterr().err
+    one, loaded = _read(reference[0]), _read(out)
+    assert sorted(loaded) == KEYS
+    for key in KEYS:
+        _assert_same(loaded[key], one[key])
+
+
 def test_killed_run_resumes_and_skips_what_is_done(tmp_path: Path, weights: Path, images: Path,
                                                     reference: tuple[Path, str],
                                                     capsys: pytest.CaptureFixture[str]) -> None:

@@ -253,35 +253,40 @@ def _read_chunks(parts: Path) -> tuple[dict[str, tuple[Path, str]], dict[str, st
     return where, skipped, duplicates
 
 
+def _by_chunk(where: dict[str, tuple[Path, str]]) -> list[tuple[Path, list[str]]]:
+    """Keys grouped by the chunk that holds them, so each chunk is opened once (thousands may exist)."""
+    groups: dict[Path, list[str]] = {}
+    for key, (chunk, _) in where.items():
+        groups.setdefault(chunk, []).append(key)
+    return sorted((chunk, sorted(keys)) for chunk, keys in groups.items())
+
+
 def merge_parts(out: Path, *, fmt: str = "h5", attrs: dict[str, Any] | None = None, keep_parts: bool = False) -> MergeStats:
-    """Merge every chunk into ``out`` (IGLUE H5 or volta LMDB) atomically; list skips beside it."""
+    """Merge every chunk into ``out`` (IGLUE H5 or volta LMDB) atomically; list skips beside it.
+
+    H5 lists groups by name whatever the write order, and LMDB keeps keys sorted, so the output
+    does not depend on how the work was split.
+    """
+    if fmt not in ("h5", "lmdb"):
+        raise ValueError(f"output format must be 'h5' or 'lmdb', got {fmt!r}")
     parts = parts_dir_for(out)
     where, skipped, duplicates = _read_chunks(parts)
     if not where:
         raise ValueError(f"no image could be read and extracted; nothing written to {out} (see {parts})")
-    keys = sorted(where)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    handles: dict[Path, h5py.File] = {}
     try:
         if fmt == "h5":
             with h5py.File(tmp, "w") as dst:
                 for name, value in (attrs or {}).items():
                     dst.attrs[name] = value
-                for key in keys:
-                    chunk, _ = where[key]
-                    src = handles.setdefault(chunk, h5py.File(chunk, "r"))
-                    src.copy(src[key], dst, name=key)
-        elif fmt == "lmdb":
-            _write_lmdb(tmp, keys, where, handles)
+                for chunk, keys in _by_chunk(where):
+                    with h5py.File(chunk, "r") as src:
+                        for key in keys:
+                            src.copy(src[key], dst, name=key)
         else:
-            raise ValueError(f"output format must be 'h5' or 'lmdb', got {fmt!r}")
-        for handle in handles.values():
-            handle.close()
-        handles.clear()
+            _write_lmdb(tmp, where)
         _replace(tmp, out)
     finally:
-        for handle in handles.values():
-            handle.close()
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -293,10 +298,10 @@ def merge_parts(out: Path, *, fmt: str = "h5", attrs: dict[str, Any] | None = No
     os.replace(tmp_list, listing)
     if not keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
-    return MergeStats(written=len(keys), skipped=skipped, duplicates=duplicates)
+    return MergeStats(written=len(where), skipped=skipped, duplicates=duplicates)
 
 
-def _write_lmdb(path: Path, keys: list[str], where: dict[str, tuple[Path, str]], handles: dict[Path, h5py.File]) -> None:
+def _write_lmdb(path: Path, where: dict[str, tuple[Path, str]]) -> None:
     """volta ``h5_to_lmdb.py`` layout: key -> pickled dict of the H5 datasets (+ img_id); b"keys" -> id list."""
     import lmdb
 
@@ -305,15 +310,15 @@ def _write_lmdb(path: Path, keys: list[str], where: dict[str, tuple[Path, str]],
     env = lmdb.open(str(path), map_size=max(1 << 24, 4 * size), subdir=True)
     try:
         with env.begin(write=True) as txn:
-            for key in keys:
-                chunk, _ = where[key]
-                src = handles.setdefault(chunk, h5py.File(chunk, "r"))
-                group = src[key]
-                item = {name: group[name][()] for name in group.keys()}
-                item["img_id"] = key
-                # Writing a pickle is how volta stores items; RC3 reads them back with a restricted unpickler.
-                txn.put(key.encode(), pickle.dumps(item))
-            txn.put(b"keys", pickle.dumps([k.encode() for k in keys]))
+            for chunk, keys in _by_chunk(where):
+                with h5py.File(chunk, "r") as src:
+                    for key in keys:
+                        group = src[key]
+                        item = {name: group[name][()] for name in group.keys()}
+                        item["img_id"] = key
+                        # Writing a pickle is how volta stores items; RC3 reads them back with a restricted unpickler.
+                        txn.put(key.encode(), pickle.dumps(item))
+            txn.put(b"keys", pickle.dumps([k.encode() for k in sorted(where)]))
     finally:
         env.close()
 
