@@ -220,6 +220,8 @@ def test_img2dataset_tars_and_parquet(tmp_path: Path, weights: Path, images: Pat
 
     raw = {name: (images / name).read_bytes() for name in SIZES}
     meta = json.dumps({"url": "http://example.com/x.jpg", "status": "success"}).encode()
+    thin = io.BytesIO()
+    Image.new("RGB", (1000, 1)).save(thin, format="PNG")
     shards = tmp_path / "shards"
     shards.mkdir()
     # img2dataset webdataset layout: KEY.jpg + KEY.json + KEY.txt per sample
@@ -227,6 +229,7 @@ def test_img2dataset_tars_and_parquet(tmp_path: Path, weights: Path, images: Pat
         ("000000000.jpg", raw["a.jpg"]), ("000000000.json", meta), ("000000000.txt", b"a caption"),
         ("000000001.jpg", b"\xff\xd8 broken"), ("000000001.json", meta),
         ("000000002.json", meta),  # download failed: no image member
+        ("000000003.png", thin.getvalue()),  # 1000 x 1: resized to 0 rows, the detector cannot run
     ]))
     cut = _tar_bytes([("000000010.jpg", raw["sub/c.jpg"]), ("000000011.jpg", raw["d.jpg"])])
     (shards / "00001.tar").write_bytes(cut[: 512 + len(raw["sub/c.jpg"]) + 1024 + 100])  # truncated in sample 2
@@ -247,8 +250,9 @@ def test_img2dataset_tars_and_parquet(tmp_path: Path, weights: Path, images: Pat
     assert skipped["000000001"].startswith("undecodable image")
     assert skipped["000000002"] == "sample has no image member"
     assert skipped["000000021"].startswith("no image bytes")
+    assert skipped["000000003"].startswith("detector failed (ValueError")
     assert any(k.startswith(str(shards / "00001.tar")) and v.startswith("unreadable shard") for k, v in skipped.items())
-    assert "skipped 4 unreadable" in err
+    assert "skipped 5 unreadable" in err
 
 
 def test_lmdb_output_and_ds_builder_take_it(tmp_path: Path, weights: Path, images: Path,

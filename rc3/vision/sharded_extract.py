@@ -186,11 +186,18 @@ def run_worker(
                 stats.skipped[key] = error
                 chunk_skipped[key] = error
             else:
-                regions = extractor.extract_one(image)
-                if num_boxes is not None and len(regions.features) < num_boxes:
-                    stats.short[key] = len(regions.features)
-                rows.append((key, regions))
-                stats.written += 1
+                try:
+                    regions = extractor.extract_one(image)
+                except (RuntimeError, ValueError) as exc:
+                    # e.g. an image a few pixels thin: the caffe max-pool has no output row. volta's
+                    # script prints such an image and moves on; here it is listed with the reason.
+                    regions = None
+                    stats.skipped[key] = chunk_skipped[key] = f"detector failed ({type(exc).__name__}: {exc})"
+                if regions is not None:
+                    if num_boxes is not None and len(regions.features) < num_boxes:
+                        stats.short[key] = len(regions.features)
+                    rows.append((key, regions))
+                    stats.written += 1
             if len(rows) + len(chunk_skipped) >= chunk_size:
                 _write_chunk(parts, rank, seq, rows, chunk_skipped)
                 seq, rows, chunk_skipped = seq + 1, [], {}

@@ -78,6 +78,14 @@ def select_boxes(
     return keep, max_boxes[keep], max_scores[keep], max_classes[keep]
 
 
+def _no_regions(dim: int, width: int, height: int) -> RegionFeatures:
+    return RegionFeatures(
+        features=np.zeros((0, dim), np.float32), boxes=np.zeros((0, 4), np.float32),
+        obj_id=np.zeros(0, np.int64), obj_conf=np.zeros(0, np.float32), attr_id=np.zeros(0, np.int64),
+        attr_conf=np.zeros(0, np.float32), img_w=width, img_h=height, num_detected=0,
+    )
+
+
 class ButdExtractor:
     """Runs `ButdDetector` and the selection above; one image per call."""
 
@@ -97,6 +105,8 @@ class ButdExtractor:
         image, (new_h, new_w), (height, width) = preprocess(rgb, cfg)
         proposals, head = self.detector(image.to(self.device), (new_h, new_w))
         count = len(proposals.boxes)
+        if count == 0:  # every proposal was empty after clipping: nothing to describe
+            return _no_regions(head.features.shape[1], width, height)
         probs = torch.softmax(head.class_logits, dim=-1)
         boxes = apply_deltas(
             head.box_deltas, proposals.boxes, cfg.box_weights, cfg.scale_clamp
