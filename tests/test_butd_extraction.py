@@ -305,3 +305,13 @@ def test_inputs_that_match_nothing_or_collide_are_clear_errors(tmp_path: Path) -
         discover_units([str(tmp_path / "x")], "stem")
     units = discover_units(["https://host/shards-{000..002}.tar"])
     assert [(u.kind, u.source) for u in units] == [("tar", f"https://host/shards-00{i}.tar") for i in range(3)]
+
+
+def test_weights_that_are_not_converted_are_a_clear_error(tmp_path: Path, images: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pkl = tmp_path / "faster_rcnn_from_caffe_attr.pkl"
+    pkl.write_bytes(b"\x80\x04}\x94.")  # a pickle, as the unconverted release is
+    code = _tool().main(["--images", str(images), "--out", str(tmp_path / "f.h5"), "--weights", str(pkl), *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot read" in err and "convert_butd_weights.py" in err, err
+    assert not (tmp_path / "f.h5").exists()

@@ -191,7 +191,10 @@ def load_detector(path: str | Path, **overrides: object) -> ButdDetector:
             meta = fh.metadata() or {}
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # header or data errors from the safetensors reader
-        raise ValueError(f"cannot read {path} as safetensors: {exc}") from exc
+        raise ValueError(
+            f"cannot read {path} as safetensors ({exc}); a detectron2 .pkl must first be converted with "
+            "tools/convert_butd_weights.py"
+        ) from exc
     if meta.get(FORMAT_KEY) != FORMAT or CONFIG_KEY not in meta:
         raise ValueError(
             f"{path} is not an RC3 bottom-up-attention weights file (metadata {sorted(meta)}); "
