@@ -35,6 +35,7 @@ setup(
     extras_require={
         "cpu": ["faiss-cpu>=1.8"],
         "gpu": ["faiss-gpu>=1.7"],
-        "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pyarrow>=14"],
+        "extract": ["pyarrow>=14"],  # img2dataset parquet input of tools/extract_roi_features.py
     },
 )

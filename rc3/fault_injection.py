@@ -4,6 +4,8 @@
     RC3_INJECT_NAN=STEP+:RANK    ... on every micro-batch from step STEP on (exercises the stop after N)
     RC3_KILL_AT=STEP:RANK        that rank SIGKILLs itself when step STEP begins
     RC3_CRASH_IN_SAVE=STEP:RANK  that rank dies right after writing its part of step STEP's checkpoint
+    RC3_KILL_AFTER_IMAGES=N:RANK feature extraction: that worker SIGKILLs itself once N images are in
+                                 its finished chunks (tools/extract_roi_features.py)
 
 RANK may be omitted (every rank). Several items are separated by commas.
 """
@@ -38,3 +40,8 @@ def maybe_kill(step: int, rank: int) -> None:
 def maybe_crash_in_save(step: int, rank: int) -> None:
     if _matches("RC3_CRASH_IN_SAVE", step, rank):
         os._exit(137)
+
+
+def maybe_kill_after_images(done: int, rank: int) -> None:
+    if _matches("RC3_KILL_AFTER_IMAGES", done, rank):
+        os.kill(os.getpid(), signal.SIGKILL)

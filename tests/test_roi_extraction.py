@@ -1,4 +1,4 @@
-"""ROI feature extraction: IGLUE H5 layout, region selection and fill, weights loading, CLI behaviour.
+"""ROI feature extraction with --detector torchvision-coco: H5 layout, region selection, weights, CLI.
 
 The detector gets random weights saved by the test (safetensors); images are small and made here.
 """
@@ -30,7 +30,7 @@ from rc3.vision.roi_extractor import (
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "extract_roi_features.py"
 # Small resize bounds keep the detector fast here; real use keeps 800/1333.
-FAST = ["--min-size", "96", "--max-size", "160", "--workers", "0", "--quiet"]
+FAST = ["--detector", "torchvision-coco", "--min-size", "96", "--max-size", "160", "--quiet"]
 NUM_CLASSES = 11  # not COCO's 91: the class count must be read from the weights
 SIZES = {"a.jpg": (160, 120), "b.png": (120, 160), "sub/c.jpg": (96, 64)}
 
@@ -103,8 +103,10 @@ def test_output_has_iglue_layout_and_shapes(extracted: tuple[Path, str]) -> None
 def test_corrupt_image_is_skipped_and_counted(extracted: tuple[Path, str]) -> None:
     out, stderr = extracted
     assert "skipped broken.jpg" in stderr
-    assert "wrote 3 images" in stderr and "skipped 1 undecodable" in stderr
-    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temp file left behind
+    assert "wrote 3 images" in stderr and "skipped 1 unreadable" in stderr
+    listing = out.with_name(out.name + ".skipped.tsv")
+    assert listing.read_text().startswith("broken.jpg\tundecodable image")
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, listing.name])  # no temp/parts left
 
 
 def test_existing_output_is_refused_unless_overwrite(
@@ -116,7 +118,7 @@ def test_existing_output_is_refused_unless_overwrite(
     assert _tool().main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"keep me"
-    assert _tool().main([*argv, "--overwrite", "--key-style", "stem", "--batch-size", "3"]) == 0
+    assert _tool().main([*argv, "--overwrite", "--key-style", "stem"]) == 0
     with h5py.File(out, "r") as h5:
         assert sorted(h5.keys()) == ["a", "b", "c"]
         assert h5["c"]["features"].shape == (36, 2048)
@@ -192,13 +194,15 @@ def test_frozen_bn_checkpoint_loads(state_dict: dict[str, torch.Tensor]) -> None
 def test_help_lists_options() -> None:
     proc = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for option in ("--images", "--out", "--weights", "--num-boxes", "--batch-size", "--device", "--overwrite", "--key-style"):
+    for option in ("--images", "--out", "--weights", "--num-boxes", "--num-workers", "--device", "--overwrite",
+                   "--key-style", "--detector", "--format"):
         assert option in proc.stdout
+    assert "NOT IGLUE-compatible" in proc.stdout
 
 
 def test_missing_weights_is_a_clear_error(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--images", str(images), "--out", str(tmp_path / "f.h5"), "--weights", str(tmp_path / "w.safetensors")]
-    assert _tool().main([*argv, *FAST]) == 1
+    assert _tool().main([*argv, *FAST]) == 2
     assert "detector weights not found" in capsys.readouterr().err
     assert not (tmp_path / "f.h5").exists()
 

@@ -6,6 +6,9 @@ file. Region features are RoIAlign over the ResNet C5 map (``layer4`` of the bac
 channels, stride 32) followed by average pooling, so each region gets a 2048-d vector like the
 features IGLUE ships.
 
+Used by ``tools/extract_roi_features.py --detector torchvision-coco``. It is NOT IGLUE-compatible:
+for features that match IGLUE's, use the default detector, `rc3.vision.butd`.
+
 This approximates, and does not reproduce, the IGLUE/volta features: those come from a detectron2
 Faster R-CNN R101-C4 trained on Visual Genome (1,600 objects, 400 attributes), whose region
 vectors are the pooled res5 head. Exact parity needs those weights and that architecture.
@@ -222,6 +225,10 @@ class RoIExtractor:
         """Build from a local weights file (see ``load_state_dict_file``)."""
         detector = build_detector(load_state_dict_file(weights), min_size=min_size, max_size=max_size, bn_eps=bn_eps)
         return cls(detector, **kwargs)  # type: ignore[arg-type]
+
+    def extract_one(self, rgb: Image.Image) -> RegionFeatures:
+        """Regions of one RGB PIL image (the interface of the sharded runner)."""
+        return self.extract([pil_to_tensor(rgb).to(self.device).float() / 255.0])[0]
 
     @torch.inference_mode()
     def extract(self, images: Sequence[Tensor]) -> list[RegionFeatures]:
