@@ -96,6 +96,26 @@ class DataConfig:
     shuffle_buffer: int = 1000
     batches_per_epoch: Optional[int] = None  # per rank; None = estimated from the shard sizes
     skip_budget: float = 0.01  # fraction of samples that may be skipped before the run stops
+    # Remote shards (pipe:, http(s)://, s3://, gs://; rc3.data.shard_source): how a scheme is opened,
+    # as "SCHEME=pipe:COMMAND {url}" or "SCHEME=fsspec" (default s3=pipe:aws s3 cp {url} -; http, https
+    # and gs go through webdataset's gopen), and the bounded retries before a shard is skipped.
+    shard_commands: list[str] = field(default_factory=list)
+    shard_retries: int = 3
+    shard_retry_backoff_s: float = 1.0  # doubled per retry, capped at 30 s
+
+
+def validate_data_sources(d: DataConfig) -> None:
+    """The remote-shard settings of the data section."""
+    from .data.shard_source import parse_commands  # data modules import torch; keep config import light
+
+    try:
+        parse_commands(d.shard_commands)
+    except ValueError as err:
+        raise ConfigError("data.shard_commands", str(err)) from None
+    if d.shard_retries < 0:
+        raise ConfigError("data.shard_retries", f"must be >= 0, got {d.shard_retries}")
+    if d.shard_retry_backoff_s < 0:
+        raise ConfigError("data.shard_retry_backoff_s", f"must be >= 0, got {d.shard_retry_backoff_s}")
 
 
 @dataclass
@@ -289,6 +309,7 @@ def validate(cfg: RC3Config) -> None:
         raise ConfigError("data.prefetch_steps", f"must be >= 0, got {d.prefetch_steps}")
     if not 0.0 <= d.skip_budget <= 1.0:
         raise ConfigError("data.skip_budget", f"must be a fraction in [0, 1], got {d.skip_budget}")
+    validate_data_sources(d)
     for name in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw"):
         task: TaskConfig = getattr(o, name)
         if task.batch_size is not None and task.batch_size <= 0:

@@ -40,7 +40,8 @@ from .checkpointing import CheckpointError, CheckpointManager
 from .config import ConfigError, RC3Config, save_config
 from .data.collate import DsCollator, DtCollator, DwCollator
 from .data.multitask import MultiTaskLoader, StepPrefetcher
-from .data.pipeline import make_pipeline, start_forkserver
+from .data.pipeline import count_samples, make_pipeline, start_forkserver
+from .data.shard_source import ShardOpener, expand_shards, parse_commands
 from .modeling import RC3Model, build_model, load_tokenizer
 from .objectives import TASKS, ObjectiveState, compute_losses
 from .run_log import RunLogger, cuda_peak_memory_gib
@@ -120,16 +121,19 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool) -> tup
     return optimizer, scheduler
 
 
-def estimate_batches_per_epoch(pattern: str, batch_size: int, world_size: int) -> int:
-    """Batches per rank per epoch from the shard count and the sample count of the first shard."""
-    import tarfile
-
-    from .data.pipeline import expand_shards
-
+def estimate_batches_per_epoch(pattern: str | list[str], batch_size: int, world_size: int,
+                               opener: ShardOpener | None = None) -> int:
+    """Batches per rank per epoch from the shard count and the sample count of the first shard
+    (local or remote: a remote one is streamed once, its member data skipped)."""
     shards = expand_shards(pattern)
-    with tarfile.open(shards[0]) as tar:
-        keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
-    return max(1, (len(keys) * len(shards)) // (batch_size * world_size))
+    return max(1, (count_samples(shards[0], opener) * len(shards)) // (batch_size * world_size))
+
+
+def shard_opener(cfg: RC3Config) -> ShardOpener:
+    """How remote shards are opened and retried (data.shard_commands, data.shard_retries, ...)."""
+    d = cfg.data
+    return ShardOpener(commands=parse_commands(d.shard_commands), retries=d.shard_retries,
+                       backoff_s=d.shard_retry_backoff_s)
 
 
 def start_loader_forkserver(cfg: RC3Config, tokenizer: RC3Tokenizer, prefetch_steps: int) -> str | None:
@@ -184,6 +188,7 @@ class TaskStreams:
         # forkserver, which is started here, on the main thread, before the thread exists.
         self.prefetch_steps = prefetch_steps
         start_method = start_loader_forkserver(cfg, tokenizer, prefetch_steps)
+        opener = shard_opener(cfg)
         self.loaders: dict[str, Any] = {}
         by_task: dict[str, Any] = {}
         for stream, (tasks, corpus, shards, make_collate) in specs.items():
@@ -191,12 +196,12 @@ class TaskStreams:
             if not on:
                 continue
             batch = max(cfg.task_batch_size(t) for t in on)
-            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size)
+            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener)
             loader = make_pipeline(
                 corpus, shards, batch, make_collate(), seed=seed + zlib.crc32(stream.encode()), rank=rank,
                 world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
                 batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available(),
-                start_method=start_method)
+                start_method=start_method, opener=opener)
             self.loaders[stream] = loader
             by_task.update({t: loader for t in on})
         self.multi = MultiTaskLoader(by_task)

@@ -45,7 +45,6 @@ copy a lock held by another thread and leave the worker deadlocked).
 from __future__ import annotations
 
 import functools
-import glob
 import itertools
 import os
 import random
@@ -59,13 +58,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import braceexpand
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import schemas
 from .faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
+from .shard_source import ShardOpener, abort, expand_shards, is_remote, stream_for_tar, transport_failure
 
 CORPORA = ("ds", "dw", "dt")
 _FIELDS = {"ds": frozenset(schemas.DS_FIELDS + ("nroi.txt",)), "dw": frozenset(schemas.DW_FIELDS),
@@ -78,27 +77,6 @@ _SKIPS_ONLY = "__skips_only__"  # a final item holding only skip counts (stream 
 def stable_seed(*parts: object) -> int:
     """A 32-bit seed from parts (CRC32: identical in every process, unlike hash())."""
     return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8"))
-
-
-def expand_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Expand brace patterns and globs into a sorted list of existing shard files."""
-    patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-    out: list[str] = []
-    for pattern in patterns:
-        for name in braceexpand.braceexpand(os.fspath(pattern)):
-            if glob.has_magic(name):
-                hits = glob.glob(name)
-                if not hits:
-                    raise FileNotFoundError(f"shard pattern {name!r} matches no file")
-                out.extend(hits)
-            else:
-                out.append(name)
-    if not out:
-        raise ValueError("no shards given")
-    missing = [p for p in out if not os.path.exists(p)]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} shard(s) do not exist, e.g. {missing[:3]}; check the shard pattern")
-    return sorted(set(out))
 
 
 def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int, shuffle: bool = True) -> list[str]:
@@ -122,6 +100,7 @@ class _Config:
     skip_budget: float
     skip_grace: int
     repeat: bool
+    opener: ShardOpener
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -138,30 +117,73 @@ def shard_passes(own: list[str], every: list[str], *, repeat: bool, shuffle: boo
         yield _END_OF_PASS
         if not repeat:
             return
-        if tracker.last_pass_good == 0:
+        # A pass in which every shard failed (a store that is down, a server cutting every transfer) is
+        # treated like one without usable samples, even when the shards' first parts arrived.
+        failed = tracker.last_pass_shard_faults >= len(order)
+        if tracker.last_pass_good == 0 or failed:
+            what = "no usable sample" if tracker.last_pass_good == 0 else "every shard failed to read"
             if fallback or len(own) == len(every):
                 raise NoUsableData(
-                    f"{where}: a full pass over all {len(every)} shard(s) gave no usable sample; every shard is "
-                    f"unreadable, empty or broken (see the warnings above), e.g. {every[:3]}")
-            log.warning("%s: a full pass over its %d shard(s) gave no usable sample; reading every shard of the "
-                        "epoch instead (other workers' data repeats)", where, len(own))
+                    f"{where}: a full pass over all {len(every)} shard(s): {what}; the shards are unreadable, "
+                    f"unreachable, empty or broken (skips so far: {tracker.totals.as_dict()}; see the warnings "
+                    f"above), e.g. {every[:3]}")
+            log.warning("%s: a full pass over its %d shard(s): %s; reading every shard of the epoch instead "
+                        "(other workers' data repeats)", where, len(own), what)
             source, fallback = every, True
         p += 1
 
 
-def read_samples(items: Iterable[str], fields: frozenset[str], tracker: FaultTracker) -> Iterator[Any]:
+def read_samples(items: Iterable[str], fields: frozenset[str], tracker: FaultTracker,
+                 opener: ShardOpener | None = None) -> Iterator[Any]:
+    opener = opener or ShardOpener()
     for url in items:
         if url == _END_OF_PASS:
             yield url
         else:
-            yield from _read_shard(url, fields, tracker)
+            yield from _read_shard(url, fields, tracker, opener)
 
 
-def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker) -> Iterator[dict]:
-    done, current = 0, None
+def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker, opener: ShardOpener) -> Iterator[dict]:
+    """The shard's samples; a remote shard that fails is reopened (bounded retries with backoff) and
+    the samples already handed on are passed over, so a retried shard yields what an intact one would."""
+    done, attempt, remote = 0, 0, is_remote(url)
+    while True:
+        try:
+            n = 0
+            for sample in _tar_samples(url, fields, opener):
+                n += 1
+                if n > done:
+                    done = n
+                    yield sample
+            return
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            # The sample being assembled when the fault hit may be incomplete: it goes with the shard rest.
+            detail = f"{type(exc).__name__}: {exc}"
+            if remote and attempt < opener.retries:
+                attempt += 1
+                wait = opener.backoff(attempt)
+                log.warning("%s: shard %s failed after %d sample(s) (%s); retry %d of %d in %.1f s",
+                            tracker.where, url, done, detail, attempt, opener.retries, wait)
+                time.sleep(wait)
+                continue
+            reason = "shard_fetch_error" if remote and isinstance(exc, OSError) else "shard_error"
+            if remote:
+                detail += f" (after {attempt} retries)"
+            tracker.shard_fault(url, detail, done, reason)
+            return
+
+
+def _tar_samples(url: str, fields: frozenset[str], opener: ShardOpener) -> Iterator[dict]:
+    """Tar members grouped into raw samples; only the schema's fields are read."""
+    current = None
+    raw = opener.open(url)
+    finished = False
     try:
-        # Random-access mode (not "r|"): at the end we can look back for the end-of-archive block.
-        with open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+        seekable = not is_remote(url)
+        # Random-access mode (not "r|"): at the end we can look back for the end-of-archive block. A stream
+        # gets that through a seek window (rc3.data.shard_source.SeekWindow).
+        f = raw if seekable else stream_for_tar(raw)
+        with tarfile.open(fileobj=f, mode="r:*" if seekable else "r:") as tar:
             for info in tar:
                 tar.members = []  # iteration does not need the member list; a shard's can be long
                 m = _MEMBER.match(info.name) if info.isreg() else None
@@ -170,7 +192,6 @@ def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker) -> Iter
                 key, field = m.group(1), m.group(2).lower()
                 if current is None or key != current["__key__"]:
                     if current is not None:
-                        done += 1
                         yield current
                     current = {"__key__": key, "__url__": url}
                 if field not in fields:
@@ -180,11 +201,35 @@ def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker) -> Iter
                 else:
                     current[field] = tar.extractfile(info).read()
             _check_archive_end(tar)
-        if current is not None:
-            yield current
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-        # The sample being assembled when the fault hit may be incomplete: it goes with the shard rest.
-        tracker.shard_fault(url, f"{type(exc).__name__}: {exc}", done)
+        finished = True
+        raw.close()  # a pipe reports its command's exit status here (an OSError when it failed)
+    except (EOFError, tarfile.TarError, zlib.error) as exc:
+        # A shard cut short looks broken; when the command that fetched it failed, it is a transport fault.
+        failure = transport_failure(raw) if is_remote(url) else None
+        if failure is not None:
+            raise OSError(f"{failure} ({type(exc).__name__}: {exc})") from exc
+        raise
+    finally:
+        if not finished:
+            abort(raw)
+    if current is not None:
+        yield current
+
+
+def count_samples(url: str, opener: ShardOpener | None = None) -> int:
+    """Samples in one shard (local or remote; member data is not read, a remote shard is streamed)."""
+    opener = opener or ShardOpener()
+    last_error: Exception | None = None
+    for attempt in range(opener.retries + 1):
+        if attempt:
+            time.sleep(opener.backoff(attempt))
+        try:
+            return sum(1 for _ in _tar_samples(url, frozenset(), opener))
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            last_error = exc
+            if not is_remote(url):
+                break
+    raise OSError(f"cannot count the samples of shard {url}: {type(last_error).__name__}: {last_error}")
 
 
 def _check_archive_end(tar: tarfile.TarFile) -> None:
@@ -263,7 +308,7 @@ class _WorkerStream(IterableDataset):
         return wds.DataPipeline(
             functools.partial(shard_passes, own, order, repeat=c.repeat, shuffle=c.shuffle_shards, seed=c.seed,
                               epoch=epoch, where=where, tracker=tracker),
-            functools.partial(read_samples, fields=fields, tracker=tracker),
+            functools.partial(read_samples, fields=fields, tracker=tracker, opener=c.opener),
             (functools.partial(shuffle_in_pass, bufsize=c.shuffle_buffer, rng=shuffle_rng)
              if c.shuffle_buffer > 1 else None),
             functools.partial(check_samples, corpus=c.corpus, collate_fn=c.collate_fn, needs_image=needs_image,
@@ -398,7 +443,7 @@ def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, col
                   seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                   shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, skip_budget: float = 0.01,
                   skip_grace: int = 16, shuffle_shards: bool = True, pin_memory: bool = False,
-                  start_method: str | None = None) -> ShardLoader:
+                  start_method: str | None = None, opener: ShardOpener | None = None) -> ShardLoader:
     """A loader of `corpus` ("ds" | "dw" | "dt") batches for one rank (see the module docstring).
 
     `collate_fn(samples, epoch=...)` receives decoded schema samples (rc3.data.schemas); the
@@ -406,6 +451,8 @@ def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, col
     whether images must be decoded. `skip_budget`: largest fraction of a worker's samples that
     may be broken (plus `skip_grace` samples) before SkipBudgetExceeded. `start_method`: how
     worker processes start ("fork", "forkserver", "spawn"; None = the platform default).
+    `shards` may name local files, globs, brace ranges, `pipe:` commands and URLs; `opener`
+    (rc3.data.shard_source.ShardOpener) says how remote ones are opened and retried.
     """
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {CORPORA}")
@@ -431,5 +478,6 @@ def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, col
             f"{streams} streams; every worker needs at least one shard: write smaller shards or use fewer workers")
     cfg = _Config(corpus=corpus, shards=shard_list, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
                   rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, shuffle_shards=shuffle_shards,
-                  skip_budget=skip_budget, skip_grace=skip_grace, repeat=batches_per_epoch is not None)
+                  skip_budget=skip_budget, skip_grace=skip_grace, repeat=batches_per_epoch is not None,
+                  opener=opener or ShardOpener())
     return ShardLoader(cfg, epoch, num_workers, batches_per_epoch, pin_memory, start_method)
