@@ -6,8 +6,10 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -269,7 +271,9 @@ def test_decode_rejects_broken_fields() -> None:
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    # PYTHONPATH: the tool must import this checkout's rc3, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
 
 
 def test_cli_smoke(tmp_path: Path, shared_data: Path) -> None:
@@ -295,3 +299,30 @@ def test_cli_smoke(tmp_path: Path, shared_data: Path) -> None:
     assert len(report["broken_shards"]) == 1 and "dt-000009" in report["broken_shards"][0]
     text = run_tool("tools/dataset_stats.py", str(tmp_path / "dt" / "*.tar")).stdout
     assert "broken shards: 1" in text and "En" in text
+
+
+def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: dict) -> None:
+    # img2dataset over the CC3M TSV: tars of <key>.jpg + <key>.json ({"key", "url", ...}); the caption
+    # files may name an image by its img2dataset key, its URL or the URL's file name
+    shards = tmp_path / "cc3m_img2dataset"
+    shards.mkdir()
+    by = {"3000003": ("000000000", "http://img.example/a/3000003.jpg"),  # id = URL file name
+          "3000001": ("3000001", "http://img.example/b/x.jpg"),          # id = img2dataset key
+          "img.0042": ("000000002", "img.0042")}                         # id = URL
+    with wds.TarWriter(str(shards / "00000.tar"), encoder=False) as tw:
+        for n, (image_id, (key, url)) in enumerate(by.items()):
+            meta = json.dumps({"key": key, "url": url, "status": "success", "caption": "x"}).encode()
+            tw.write({"__key__": key, "jpg": jpeg((60 * n, 0, 0), "PNG" if n == 2 else "JPEG"), "json": meta,
+                      "txt": b"x"})
+        tw.write({"__key__": "000000009", "json": json.dumps({"url": "y", "status": "failed_to_download"}).encode()})
+    out = tmp_path / "ds"
+    temp_before = set(Path(tempfile.gettempdir()).glob("rc3-images-*.sqlite"))
+    result = run_tool("tools/build_shards.py", "ds", "--captions", *(f"{k}={v}" for k, v in ds_inputs["captions"].items()), "--features",
+                      str(ds_inputs["features"]), "--images-dir", str(shards), "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    samples = {s.key: s for s in map(schemas.decode_ds, read_back(out))}
+    assert "written: 3 samples" in result.stdout and len(samples) == 3
+    for n, image_id in enumerate(by):
+        key = next(k for k in samples if k.startswith(image_id.replace(".", "_")))
+        assert samples[key].image.getpixel((5, 5))[0] == pytest.approx(60 * n, abs=12)
+    assert set(Path(tempfile.gettempdir()).glob("rc3-images-*.sqlite")) <= temp_before  # the index is removed

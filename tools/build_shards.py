@@ -50,8 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ds = sub.add_parser("ds", help="CC3M captions + translations + ROI features")
     ds.add_argument("--captions", nargs="+", required=True, metavar="LANG=PATH",
                     help="one caption file per language (TSV image_id<TAB>caption or JSONL); en drives the order")
-    ds.add_argument("--features", type=Path, required=True, help="IGLUE H5 file or volta LMDB directory")
-    ds.add_argument("--images-dir", type=Path, default=None, help="also store the JPEGs (needed for Combined input)")
+    ds.add_argument("--features", type=Path, required=True,
+                    help="IGLUE H5 file, volta LMDB directory, or UNITER/UC2 img_db folder (feat_th0.2_max100_min10*/)")
+    ds.add_argument("--images-dir", type=Path, default=None,
+                    help="also store the JPEGs (needed for Combined input): a folder of <image_id>.jpg or img2dataset "
+                         "output (tars; matched by img2dataset key, URL or URL file name)")
     ds.add_argument("--min-langs", type=int, default=None, help="skip images with captions in fewer languages (default 2)")
     _common(ds, "ds")
 

@@ -4,7 +4,10 @@ The English caption file drives the order (it decides which images exist); the o
 are joined by image id through an on-disk SQLite table (see common.CaptionJoin), so memory does
 not grow with the corpus. Each image becomes one Ds sample (rc3.data.schemas): ROI features as
 float16 [36,2048], boxes [36,5], captions {lang: text}, and the JPEG when `images_dir` is given
-(needed for the Combined visual input).
+(needed for the Combined visual input). The images come from a plain folder (`<image id>.jpg`)
+or from img2dataset output (its `*.tar` shards, samples of `jpg` + `json`): an image is found by
+its img2dataset key (the member name, also the json's "key"), its URL (the json's "url"), or the
+URL's file name (with or without its extension), indexed once into SQLite (constant memory).
 
 Images whose detector output is not 36 boxes: more than 36 are truncated to the first 36 (the
 extractor orders boxes by confidence); fewer are zero-padded and the real count is stored in the
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rc3.data.builders.common import BuildStats, CaptionJoin, caption_format, require_file, safe_key, to_jpeg_bytes
-from rc3.data.features import open_feature_store
+from rc3.data.features import FeatureStore, open_feature_store
 from rc3.data.schemas import BOX_DIM, FEATURE_DIM, NUM_ROIS, encode_ds
 from rc3.data.shard_writer import ShardWriter
 
@@ -45,6 +48,65 @@ def find_image(images_dir: Path, image_id: str) -> Path | None:
     return None
 
 
+class Img2DatasetImages:
+    """img2dataset shards indexed by key, URL and URL file name -> (tar, offset, size), in SQLite."""
+
+    def __init__(self, root: Path, show_progress: bool = True) -> None:
+        import json
+        import os
+        import sqlite3
+        import tarfile
+        import tempfile
+        from urllib.parse import unquote, urlsplit
+
+        from tqdm import tqdm
+
+        fd, name = tempfile.mkstemp(prefix="rc3-images-", suffix=".sqlite")
+        os.close(fd)
+        self._path = Path(name)
+        self.db = sqlite3.connect(name)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("CREATE TABLE images (id TEXT PRIMARY KEY, tar TEXT, offset INTEGER, size INTEGER) WITHOUT ROWID")
+        for tar_path in tqdm(sorted(Path(root).glob("*.tar")), desc="index image tars", unit=" tar",
+                             disable=not show_progress):
+            ids: dict[str, list[str]] = {}
+            spans: dict[str, tuple[int, int]] = {}
+            with tarfile.open(tar_path, "r:") as tf:
+                for member in tf:
+                    tf.members = []
+                    stem, _, ext = member.name.rpartition("/")[2].partition(".")
+                    if not member.isfile() or not stem:
+                        continue
+                    if ext == "jpg":
+                        spans[stem] = (member.offset_data, member.size)
+                    elif ext == "json":
+                        try:
+                            meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                        except (ValueError, UnicodeDecodeError):
+                            continue
+                        url = meta.get("url") if isinstance(meta, dict) else None
+                        names = [str(meta["key"])] if isinstance(meta, dict) and meta.get("key") else []
+                        if isinstance(url, str) and url:
+                            base = os.path.basename(urlsplit(url).path)
+                            names += [url, base, unquote(base), base.rpartition(".")[0]]
+                        ids[stem] = names
+            rows = [(i, str(tar_path), *span) for stem, span in spans.items() for i in [stem, *ids.get(stem, [])] if i]
+            self.db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)", rows)
+        self.db.commit()
+
+    def get(self, image_id: str) -> bytes | None:
+        hit = self.db.execute("SELECT tar, offset, size FROM images WHERE id = ?", (image_id,)).fetchone()
+        if hit is None:
+            return None
+        with open(hit[0], "rb") as fh:
+            fh.seek(hit[1])
+            return fh.read(hit[2])
+
+    def close(self) -> None:
+        self.db.close()
+        self._path.unlink(missing_ok=True)
+
+
 def build_ds(
     captions: dict[str, Path],
     features: Path,
@@ -58,12 +120,11 @@ def build_ds(
 ) -> BuildStats:
     """Write Ds shards `<out_dir>/<prefix>-%06d.tar`.
 
-    captions: {lang: caption file}; features: IGLUE H5 file or volta LMDB dir, keyed by image id.
+    captions: {lang: caption file}; features: IGLUE H5 file, volta LMDB dir or UNITER / UC2 img_db
+    folder, keyed by image id. images_dir: image folder or img2dataset output (see the module docstring).
     min_langs: images with captions in fewer languages are skipped (default: 2, or 1 when only
     one caption file is given), since MCLM needs a second language to generate.
     """
-    from tqdm import tqdm
-
     captions = {lang: Path(p) for lang, p in captions.items()}
     for lang, path in captions.items():  # validate every input before creating anything
         require_file(path, f"caption file for {lang!r}")
@@ -75,6 +136,22 @@ def build_ds(
     stats = BuildStats()
     out_dir = Path(out_dir)
     writer = ShardWriter(out_dir, prefix, shard_size, overwrite=overwrite)  # refuse before indexing
+    tar_images = (Img2DatasetImages(Path(images_dir), show_progress)
+                  if images_dir is not None and any(Path(images_dir).glob("*.tar")) else None)
+    try:
+        _write(store, captions, stats, writer, need, images_dir, tar_images, show_progress)
+    finally:
+        if tar_images is not None:
+            tar_images.close()
+    stats.shards = list(writer.shards)
+    return stats
+
+
+def _write(store: FeatureStore, captions: dict[str, Path], stats: BuildStats, writer: ShardWriter, need: int,
+           images_dir: Path | None, tar_images: Img2DatasetImages | None, show_progress: bool) -> None:
+    """Join captions, features and images image by image and write the samples."""
+    from tqdm import tqdm
+
     with store, CaptionJoin(captions, stats, show_progress=show_progress) as join, writer:
         for image_id, caps in tqdm(join, total=len(join), desc="ds shards", unit=" img", disable=not show_progress):
             if len(caps) < need:
@@ -93,12 +170,16 @@ def build_ds(
                 continue
             jpg = None
             if images_dir is not None:
-                path = find_image(Path(images_dir), image_id)
-                if path is None:
+                if tar_images is not None:
+                    data, where = tar_images.get(image_id), f"img2dataset image {image_id!r}"
+                else:
+                    path = find_image(Path(images_dir), image_id)
+                    data, where = (path.read_bytes() if path is not None else None), str(path)
+                if data is None:
                     stats.skip("no_image")
                     continue
                 try:
-                    jpg = to_jpeg_bytes(path.read_bytes(), str(path))
+                    jpg = to_jpeg_bytes(data, where)
                 except ValueError:
                     stats.skip("bad_image")
                     continue
@@ -111,5 +192,3 @@ def build_ds(
             stats.languages.update(caps.keys())
             if feats.shape[0] != NUM_ROIS:  # written, but worth knowing about
                 stats.notes["padded_rois" if feats.shape[0] < NUM_ROIS else "truncated_rois"] += 1
-    stats.shards = list(writer.shards)
-    return stats
