@@ -86,11 +86,31 @@ def resolve_ds_config(cfg: RC3Config, world_size: int, on_gpu: bool) -> tuple[di
     if bf16 and not on_gpu:
         log.warning("bf16 requested on CPU; DeepSpeed's CPU path runs it, but fp32 is the tested CPU setting")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
-    ds.pop("fp16", None)
-    ds.pop("optimizer", None)  # the optimizer and schedule come from the run config (build_optimizer)
-    ds.pop("scheduler", None)
+    # The optimizer, schedule and precision come from the run config (build_optimizer, train.precision);
+    # blocks of the JSON that would set them are removed, and said so: a user who wrote them expects them.
+    replaced = {"optimizer": f"optim.* (AdamW, lr {cfg.optim.lr}; DeepSpeedCPUAdam under optimizer offload)",
+                "scheduler": f"optim.warmup_steps / optim.schedule ({cfg.optim.schedule})",
+                "fp16": "train.precision (fp32 or bf16; fp16 is not supported)"}
+    dropped = [name for name in replaced if name in ds and not _disabled(ds[name])]
+    for name in replaced:
+        ds.pop(name, None)
+    if dropped:
+        log.warning("%s: the block(s) %s are ignored; the run config sets them instead: %s. Remove them from the "
+                    "JSON to silence this.", path, ", ".join(repr(n) for n in dropped),
+                    "; ".join(f"{n} <- {replaced[n]}" for n in dropped))
     ds.setdefault("steps_per_print", 10**9)
     return ds, accum, bf16
+
+
+def _disabled(block: Any) -> bool:
+    """`"fp16": {"enabled": false}` is the same as no block at all; nothing to report."""
+    return isinstance(block, dict) and block.get("enabled", True) is False and len(block) == 1
+
+
+def optimizer_offloaded(ds_config: Mapping[str, Any]) -> bool:
+    """Whether the DeepSpeed config keeps optimizer states on the CPU (or NVMe) and steps them there."""
+    offload = (ds_config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return str(offload.get("device", "none")).lower() in ("cpu", "nvme")
 
 
 def lr_lambda(cfg: RC3Config):
@@ -108,15 +128,26 @@ def lr_lambda(cfg: RC3Config):
     return factor
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW (the paper's Adam at 5e-5) without decay on biases and norms; fused kernels on GPU."""
+def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
+                    offload: bool = False) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW (the paper's Adam at 5e-5) without decay on biases and norms; fused kernels on GPU.
+
+    With `offload` (the DeepSpeed config offloads the optimizer, see optimizer_offloaded) the same
+    AdamW is DeepSpeed's CPU Adam (adamw_mode): the step then runs on the CPU where the states
+    live, and DeepSpeed refuses any other client optimizer there (zero_force_ds_cpu_optimizer).
+    Its C++ kernel is built on first use (minutes, then cached by torch's extension cache)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     return optimizer, scheduler
 
@@ -302,7 +333,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     if rank == 0:
         card = run_dir / "model_card"
         model.save_pretrained(card, tokenizer_dir=tokenizer_dir(cfg), overwrite=True, weights=False)
-    optimizer, scheduler = build_optimizer(model, cfg, on_gpu)
+    optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config))
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     streams = TaskStreams(cfg, tokenizer, rank, world)
@@ -429,4 +460,4 @@ def tokenizer_dir(cfg: RC3Config) -> str:
     return cfg.model.tokenizer or cfg.model.init_from  # type: ignore[return-value]
 
 
-__all__ = ["train", "resolve_ds_config", "build_optimizer", "lr_lambda", "TaskStreams", "TASKS", "RC3Model"]
+__all__ = ["train", "resolve_ds_config", "build_optimizer", "optimizer_offloaded", "lr_lambda", "TaskStreams", "TASKS", "RC3Model"]
