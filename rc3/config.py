@@ -84,10 +84,25 @@ class ObjectivesConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One weighted source of a corpus (data.<corpus>_sources): shard specs and a weight."""
+
+    shards: str = ""  # as data.<corpus>_shards: brace range, glob, pipe:, URL
+    weight: float = 1.0  # share of the corpus's samples = weight / sum of the weights
+    name: Optional[str] = None  # for the logged mix; default source0, source1, ...
+
+
+@dataclass
 class DataConfig:
     ds_shards: Optional[str] = None  # brace pattern or glob of Ds shards
     dw_shards: Optional[str] = None
     dt_shards: Optional[str] = None
+    # Instead of <corpus>_shards: several weighted sources, e.g. Dt = WikiMatrix 0.7 + Ds parallel captions 0.3
+    # (rc3.data.pipeline.Source); each sample is drawn from a source with probability weight / sum.
+    ds_sources: list[SourceConfig] = field(default_factory=list)
+    dw_sources: list[SourceConfig] = field(default_factory=list)
+    dt_sources: list[SourceConfig] = field(default_factory=list)
+    resampled: bool = False  # draw shards with replacement (endless streams) instead of passes over them
     langs: list[str] = field(default_factory=lambda: list(PRETRAIN_LANGS))
     max_text_len: int = 40
     max_tgt_len: int = 40
@@ -105,8 +120,21 @@ class DataConfig:
 
 
 def validate_data_sources(d: DataConfig) -> None:
-    """The remote-shard settings of the data section."""
+    """Shard sources and the remote-shard settings of the data section."""
     from .data.shard_source import parse_commands  # data modules import torch; keep config import light
+
+    for corpus in ("ds", "dw", "dt"):
+        sources: list[SourceConfig] = getattr(d, f"{corpus}_sources")
+        if sources and getattr(d, f"{corpus}_shards") is not None:
+            raise ConfigError(f"data.{corpus}_sources", f"give data.{corpus}_shards or data.{corpus}_sources, not both")
+        names = [src.name or f"source{i}" for i, src in enumerate(sources)]
+        for i, src in enumerate(sources):
+            if not src.shards:
+                raise ConfigError(f"data.{corpus}_sources[{i}].shards", "is empty")
+            if not src.weight > 0:
+                raise ConfigError(f"data.{corpus}_sources[{i}].weight", f"must be positive, got {src.weight}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.{corpus}_sources", f"source names must be unique, got {names}")
 
     try:
         parse_commands(d.shard_commands)
@@ -327,7 +355,7 @@ def validate(cfg: RC3Config) -> None:
     needs = {"ds_shards": ("mclm", "itm", "rxvtcl_ds"), "dw_shards": ("rxvtcl_dw",), "dt_shards": ("xtcl",)}
     for key, tasks in needs.items():
         on = [n for n in tasks if getattr(o, n).enabled]
-        if on and getattr(d, key) is None and t.total_steps > 0:
+        if on and getattr(d, key) is None and not getattr(d, key.replace("_shards", "_sources")) and t.total_steps > 0:
             raise ConfigError(f"data.{key}", f"required by the enabled task(s) {', '.join(on)}")
 
 

@@ -40,7 +40,7 @@ from .checkpointing import CheckpointError, CheckpointManager
 from .config import ConfigError, RC3Config, save_config
 from .data.collate import DsCollator, DtCollator, DwCollator
 from .data.multitask import MultiTaskLoader, StepPrefetcher
-from .data.pipeline import count_samples, make_pipeline, start_forkserver
+from .data.pipeline import Source, count_samples, make_pipeline, start_forkserver
 from .data.shard_source import ShardOpener, expand_shards, parse_commands
 from .modeling import RC3Model, build_model, load_tokenizer
 from .objectives import TASKS, ObjectiveState, compute_losses
@@ -152,12 +152,28 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
     return optimizer, scheduler
 
 
-def estimate_batches_per_epoch(pattern: str | list[str], batch_size: int, world_size: int,
+def estimate_batches_per_epoch(pattern: str | list[str] | list[Source], batch_size: int, world_size: int,
                                opener: ShardOpener | None = None) -> int:
     """Batches per rank per epoch from the shard count and the sample count of the first shard
     (local or remote: a remote one is streamed once, its member data skipped)."""
+    if isinstance(pattern, list) and pattern and isinstance(pattern[0], Source):
+        # weighted sources: one epoch = as many samples as all sources hold together
+        samples = 0
+        for src in pattern:
+            shards = expand_shards(src.shards)
+            samples += count_samples(shards[0], opener) * len(shards)
+        return max(1, samples // (batch_size * world_size))
     shards = expand_shards(pattern)
     return max(1, (count_samples(shards[0], opener) * len(shards)) // (batch_size * world_size))
+
+
+def corpus_shards(cfg: RC3Config, corpus: str) -> str | list[Source] | None:
+    """data.<corpus>_shards, or data.<corpus>_sources as weighted pipeline Sources."""
+    d = cfg.data
+    sources = getattr(d, f"{corpus}_sources")
+    if sources:
+        return [Source(src.name or f"source{i}", src.shards, src.weight) for i, src in enumerate(sources)]
+    return getattr(d, f"{corpus}_shards")
 
 
 def shard_opener(cfg: RC3Config) -> ShardOpener:
@@ -203,15 +219,16 @@ class TaskStreams:
         combined = cfg.model.visual_mode == "combined"
         seed = cfg.train.seed
         specs = {
-            "ds_mlm": (("mclm", "itm"), "ds", d.ds_shards, lambda: DsCollator(
+            "ds_mlm": (("mclm", "itm"), "ds", corpus_shards(cfg, "ds"), lambda: DsCollator(
                 tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed, with_pixels=combined, langs=d.langs,
                 image_size=cfg.model.image_size)),
-            "ds_rx": (("rxvtcl_ds",), "ds", d.ds_shards, lambda: DsCollator(
+            "ds_rx": (("rxvtcl_ds",), "ds", corpus_shards(cfg, "ds"), lambda: DsCollator(
                 tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed + 1, with_pixels=combined,
                 langs=d.langs, image_size=cfg.model.image_size)),
-            "dw": (("rxvtcl_dw",), "dw", d.dw_shards, lambda: DwCollator(
+            "dw": (("rxvtcl_dw",), "dw", corpus_shards(cfg, "dw"), lambda: DwCollator(
                 tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
-            "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs, seed)),
+            "dt": (("xtcl",), "dt", corpus_shards(cfg, "dt"), lambda: DtCollator(
+                tokenizer, d.max_text_len, d.langs, seed)),
         }
         # The prefetch thread starts each epoch's loader workers. Forking them from that helper thread
         # while the training thread holds locks (logging, allocator, collectives) can leave a worker
@@ -232,7 +249,7 @@ class TaskStreams:
                 corpus, shards, batch, make_collate(), seed=seed + zlib.crc32(stream.encode()), rank=rank,
                 world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
                 batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available(),
-                start_method=start_method, opener=opener)
+                start_method=start_method, opener=opener, resampled=d.resampled)
             self.loaders[stream] = loader
             by_task.update({t: loader for t in on})
         self.multi = MultiTaskLoader(by_task)
