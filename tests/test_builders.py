@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import h5py
@@ -309,12 +310,22 @@ def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: di
     by = {"3000003": ("000000000", "http://img.example/a/3000003.jpg"),  # id = URL file name
           "3000001": ("3000001", "http://img.example/b/x.jpg"),          # id = img2dataset key
           "img.0042": ("000000002", "img.0042")}                         # id = URL
+    # volta's CC3M id is crc32(url): caption files keyed that way find the image too
+    crc_url = "http://img.example/c/3000002.jpg"
+    crc = str(zlib.crc32(crc_url.encode()) & 0xFFFFFFFF)
     with wds.TarWriter(str(shards / "00000.tar"), encoder=False) as tw:
         for n, (image_id, (key, url)) in enumerate(by.items()):
             meta = json.dumps({"key": key, "url": url, "status": "success", "caption": "x"}).encode()
             tw.write({"__key__": key, "jpg": jpeg((60 * n, 0, 0), "PNG" if n == 2 else "JPEG"), "json": meta,
                       "txt": b"x"})
+        tw.write({"__key__": "000000003", "jpg": jpeg((0, 0, 200)), "txt": b"x",
+                  "json": json.dumps({"key": "000000003", "url": crc_url}).encode()})
         tw.write({"__key__": "000000009", "json": json.dumps({"url": "y", "status": "failed_to_download"}).encode()})
+    from rc3.data.builders.ds import Img2DatasetImages
+
+    index = Img2DatasetImages(shards, show_progress=False)
+    assert index.get(crc) is not None and index.get("3000002") is not None and index.get("nope") is None
+    index.close()
     out = tmp_path / "ds"
     temp_before = set(Path(tempfile.gettempdir()).glob("rc3-images-*.sqlite"))
     result = run_tool("tools/build_shards.py", "ds", "--captions", *(f"{k}={v}" for k, v in ds_inputs["captions"].items()), "--features",

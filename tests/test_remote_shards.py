@@ -243,3 +243,18 @@ def test_stray_pickles_in_remote_shards_are_never_read(tmp_path, captions, token
     shutil.copy(tmp_path / "ds-000000.tar", tmp_path / "ds-000001.tar")
     got = batches(f"pipe:cat {tmp_path}/ds-{{000000..000001}}.tar", tokenizer, num_workers=0, batches_per_epoch=None)
     assert sorted(set(keys_of(got))) == ["ds00000", "ds00001"] and not marker.exists()
+
+
+@pytest.mark.parametrize("count", [1, 5, 2778])
+def test_paper_config_patterns_take_any_shard_count(tmp_path, monkeypatch, count):
+    from engine_fixtures import REPO
+
+    cfg = load_config(REPO / "configs" / "paper.yaml")
+    monkeypatch.chdir(tmp_path)
+    for corpus in ("ds", "dw", "dt"):
+        folder = tmp_path / "data" / "shards" / corpus
+        folder.mkdir(parents=True)
+        for i in range(count):
+            (folder / f"{corpus}-{i:06d}.tar").touch()
+        (folder / f"{corpus}-000000.tar.tmp").touch()  # a shard being written is not picked up
+        assert len(expand_shards(getattr(cfg.data, f"{corpus}_shards"))) == count

@@ -6,8 +6,8 @@ not grow with the corpus. Each image becomes one Ds sample (rc3.data.schemas): R
 float16 [36,2048], boxes [36,5], captions {lang: text}, and the JPEG when `images_dir` is given
 (needed for the Combined visual input). The images come from a plain folder (`<image id>.jpg`)
 or from img2dataset output (its `*.tar` shards, samples of `jpg` + `json`): an image is found by
-its img2dataset key (the member name, also the json's "key"), its URL (the json's "url"), or the
-URL's file name (with or without its extension), indexed once into SQLite (constant memory).
+its img2dataset key (the member name, also the json's "key"), its URL (the json's "url"), the
+URL's file name (with or without its extension), or volta's CC3M id crc32(url), indexed once into SQLite (constant memory).
 
 Images whose detector output is not 36 boxes: more than 36 are truncated to the first 36 (the
 extractor orders boxes by confidence); fewer are zero-padded and the real count is stored in the
@@ -57,6 +57,7 @@ class Img2DatasetImages:
         import sqlite3
         import tarfile
         import tempfile
+        import zlib
         from urllib.parse import unquote, urlsplit
 
         from tqdm import tqdm
@@ -88,7 +89,9 @@ class Img2DatasetImages:
                         names = [str(meta["key"])] if isinstance(meta, dict) and meta.get("key") else []
                         if isinstance(url, str) and url:
                             base = os.path.basename(urlsplit(url).path)
-                            names += [url, base, unquote(base), base.rpartition(".")[0]]
+                            # volta names a CC3M image by the CRC32 of its URL (its conceptual_captions README)
+                            names += [url, base, unquote(base), base.rpartition(".")[0],
+                                      str(zlib.crc32(url.encode("utf-8")) & 0xFFFFFFFF)]
                         ids[stem] = names
             rows = [(i, str(tar_path), *span) for stem, span in spans.items() for i in [stem, *ids.get(stem, [])] if i]
             self.db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)", rows)
