@@ -131,7 +131,8 @@ def test_overwrite_refusal(tmp_path: Path, ds_inputs: dict) -> None:
     with pytest.raises(FileExistsError, match="overwrite"):
         build_ds(ds_inputs["captions"], ds_inputs["features"], out, show_progress=False)
     stats = build_ds(ds_inputs["captions"], ds_inputs["features"], out, shard_size=10, overwrite=True, show_progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["ds-000000.tar"] and stats.written == 3
+    # the stale shards (and their progress records) are gone; a progress record sits beside each shard
+    assert sorted(p.name for p in out.iterdir()) == ["ds-000000.progress.json", "ds-000000.tar"] and stats.written == 3
 
 
 def test_shard_writer_never_leaves_half_shards(tmp_path: Path) -> None:

@@ -1,14 +1,25 @@
-"""Crash-safe WebDataset shard writer: `<prefix>-%06d.tar`, each shard atomically renamed into place.
+"""Crash-safe, resumable WebDataset shard writer: `<prefix>-%06d.tar`, each shard atomically renamed into place.
 
 A shard is written to `<name>.tmp` and renamed to its final name only once it is complete and
 flushed to disk, so an interrupted build never leaves a half-written tar under a shard name (the
 partial `.tmp` is removed when the writer exits through an exception). A non-empty output
-directory is refused unless `overwrite=True`; with overwrite, the stale shards of the same prefix
-are removed first so a smaller rebuild cannot leave old shards behind.
+directory is refused unless `overwrite=True` or `resume=True`; with overwrite, the stale shards of
+the same prefix are removed first so a smaller rebuild cannot leave old shards behind.
+
+Resume: with `progress` (a callable returning a JSON-able dict, e.g. how many input items the
+builder has consumed and its counts so far), each finished shard gets a sidecar
+`<prefix>-%06d.progress.json` written atomically right after the shard. `resume=True` keeps the
+shards that have one, removes any later shard or temp file (a crash between the shard and its
+sidecar leaves a shard without one: it is written again, identically), continues the numbering,
+and hands the last sidecar back as `resumed` so the builder can skip the inputs already written.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,7 +29,8 @@ import webdataset as wds
 class ShardWriter:
     """Write samples (dicts of bytes, see rc3.data.schemas) into numbered tar shards."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], prefix: str, max_samples: int = 1000, overwrite: bool = False) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], prefix: str, max_samples: int = 1000, overwrite: bool = False,
+                 resume: bool = False, progress: Callable[[], dict] | None = None) -> None:
         if max_samples < 1:
             raise ValueError(f"max_samples (shard size) must be >= 1, got {max_samples}")
         if not prefix or "/" in prefix:
@@ -34,7 +46,38 @@ class ShardWriter:
         self._tar: wds.TarWriter | None = None
         self._tmp: Path | None = None
         self._final: Path | None = None
-        self._prepare_dir(overwrite)
+        self.progress = progress
+        self.resumed: dict | None = None  # the last finished shard's progress record, on resume
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        if resume:
+            self._resume_dir()
+        else:
+            self._prepare_dir(overwrite)
+
+    def _progress_path(self, index: int) -> Path:
+        return self.out_dir / f"{self.prefix}-{index:06d}.progress.json"
+
+    def _resume_dir(self) -> None:
+        """Keep the leading run of shards that have a progress record; remove what follows."""
+        if not self.out_dir.is_dir():
+            raise FileNotFoundError(f"cannot resume: shard output directory {self.out_dir} does not exist")
+        name = re.compile(rf"^{re.escape(self.prefix)}-(\d{{6}})\.(tar|tar\.tmp|progress\.json)$")
+        done = 0
+        while (self.out_dir / f"{self.prefix}-{done:06d}.tar").is_file() and self._progress_path(done).is_file():
+            done += 1
+        for path in self.out_dir.iterdir():
+            m = name.match(path.name)
+            if m and (int(m.group(1)) >= done or m.group(2) == "tar.tmp"):
+                path.unlink()
+        self._index = done
+        self.shards = [self.out_dir / f"{self.prefix}-{i:06d}.tar" for i in range(done)]
+        if done:
+            try:
+                self.resumed = json.loads(self._progress_path(done - 1).read_text())
+            except ValueError as exc:
+                raise ValueError(f"cannot resume: {self._progress_path(done - 1)} is not valid JSON ({exc}); "
+                                 "rebuild with --overwrite") from None
 
     def _prepare_dir(self, overwrite: bool) -> None:
         if self.out_dir.exists() and not self.out_dir.is_dir():
@@ -47,7 +90,8 @@ class ShardWriter:
                 f"{existing[0].name}); choose an empty directory or pass overwrite=True (--overwrite)"
             )
         for path in existing:
-            if path.is_file() and path.name.startswith(f"{self.prefix}-") and path.name.endswith((".tar", ".tar.tmp")):
+            if path.is_file() and path.name.startswith(f"{self.prefix}-") and path.name.endswith(
+                    (".tar", ".tar.tmp", ".progress.json")):
                 path.unlink()
 
     def _open_next(self) -> None:
@@ -69,6 +113,8 @@ class ShardWriter:
         os.replace(self._tmp, self._final)
         self.shards.append(self._final)
         self._tar = self._file = self._tmp = None
+        if self.progress is not None:
+            _write_json_atomic(self._progress_path(self._index), self.progress())
         self._index += 1
 
     def _abort_current(self) -> None:
@@ -105,3 +151,12 @@ class ShardWriter:
             self.close()
         else:
             self._abort_current()
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
