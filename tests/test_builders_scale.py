@@ -104,19 +104,19 @@ def test_workers_and_resume_give_the_shards_of_one_uninterrupted_build(corpus, i
         assert shard_bytes(tmp_path / "two") == ref and counts(two) == counts(ref_stats)
 
     # interrupt after 3 full shards and part of the 4th
-    real_write, calls = ShardWriter.write, [0]
+    real_write, calls = ShardWriter.write_encoded, [0]
 
-    def failing_write(self, sample):
+    def failing_write(self, data):
         calls[0] += 1
         if calls[0] > 3 * 7 + 2:
             raise Interrupted()
-        real_write(self, sample)
+        real_write(self, data)
 
-    monkeypatch.setattr(ShardWriter, "write", failing_write)
+    monkeypatch.setattr(ShardWriter, "write_encoded", failing_write)
     out = tmp_path / "resumed"
     with pytest.raises(Interrupted):
         build(inputs, out, workers=2)
-    monkeypatch.setattr(ShardWriter, "write", real_write)
+    monkeypatch.setattr(ShardWriter, "write_encoded", real_write)
     finished = sorted(out.glob("*.tar"))
     assert [p.name for p in finished] == [f"{corpus}-{i:06d}.tar" for i in range(3)]
     assert not list(out.glob("*.tmp"))
@@ -147,3 +147,18 @@ def test_workers_must_be_positive(inputs, tmp_path):
     with pytest.raises(ValueError, match="workers"):
         BUILDERS["dw"](inputs, tmp_path / "x", workers=0)
     assert WIT_COLUMNS  # the WIT header the fixture writes is the released one (test_builders)
+
+
+def test_shards_are_byte_for_byte_what_webdataset_writes(tmp_path):
+    # the writer serialises samples itself (in the builders' worker processes); the bytes must stay
+    # those of webdataset's TarWriter, which the shards were always written with
+    samples = [{"__key__": f"key{i:03d}", "jpg": bytes(range(256)) * (i + 1), "texts.json": b'{"en": "x"}' * i,
+                "nroi.txt": b"36"} for i in range(9)]
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, encoder=False, compress=False, mtime=0.0) as tw:
+        for sample in samples:
+            tw.write(sample)
+    with ShardWriter(tmp_path, "x", max_samples=100) as writer:
+        for sample in samples:
+            writer.write(sample)
+    assert (tmp_path / "x-000000.tar").read_bytes() == buf.getvalue()

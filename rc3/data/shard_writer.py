@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import webdataset as wds
+import tarfile
 
 
 class ShardWriter:
@@ -43,7 +43,7 @@ class ShardWriter:
         self._index = 0
         self._count = 0
         self._file: BinaryIO | None = None
-        self._tar: wds.TarWriter | None = None
+        self._offset = 0  # bytes written to the current shard
         self._tmp: Path | None = None
         self._final: Path | None = None
         self.progress = progress
@@ -98,42 +98,44 @@ class ShardWriter:
         self._final = self.out_dir / f"{self.prefix}-{self._index:06d}.tar"
         self._tmp = self._final.with_name(self._final.name + ".tmp")
         self._file = open(self._tmp, "wb")
-        # encoder=False: schemas.encode_* already produced bytes; no implicit pickling.
-        self._tar = wds.TarWriter(self._file, encoder=False, compress=False, mtime=0.0)
+        self._offset = 0
         self._count = 0
 
     def _finish_current(self) -> None:
-        if self._tar is None:
+        if self._file is None:
             return
-        assert self._file is not None and self._tmp is not None and self._final is not None
-        self._tar.close()
+        assert self._tmp is not None and self._final is not None
+        # the end of a tar as tarfile writes it: two zero blocks, then zeros up to a full record
+        end = self._offset + 2 * tarfile.BLOCKSIZE
+        self._file.write(bytes(2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self._final)
         self.shards.append(self._final)
-        self._tar = self._file = self._tmp = None
+        self._file = self._tmp = None
         if self.progress is not None:
             _write_json_atomic(self._progress_path(self._index), self.progress())
         self._index += 1
 
     def _abort_current(self) -> None:
-        try:
-            if self._tar is not None:
-                self._tar.close()  # release tarfile's buffers before the file goes away
-        finally:
-            if self._file is not None:
-                self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
-        self._tar = self._file = self._tmp = None
+        self._file = self._tmp = None
 
     def write(self, sample: dict[str, Any]) -> None:
         """Append one encoded sample, starting a new shard when the current one is full."""
-        if self._tar is None:
+        self.write_encoded(encode_tar_sample(sample))
+
+    def write_encoded(self, data: bytes) -> None:
+        """Append one sample already serialised by `encode_tar_sample` (e.g. in a worker process)."""
+        if self._file is None:
             self._open_next()
-        assert self._tar is not None
-        self._tar.write(sample)
+        assert self._file is not None
+        self._file.write(data)
+        self._offset += len(data)
         self._count += 1
         self.total += 1
         if self._count >= self.max_samples:
@@ -151,6 +153,34 @@ class ShardWriter:
             self.close()
         else:
             self._abort_current()
+
+
+# What webdataset's TarWriter(encoder=False, compress=False, mtime=0.0) writes for a sample: one member
+# per field in sorted order, PAX headers (tarfile's default format; the float mtime adds a PAX
+# record), mode 0o444, owner "bigdata". Done here so that worker processes can serialise samples
+# and the writer only appends bytes; tests/test_builders_scale.py checks the bytes against TarWriter.
+_TAR_USER = "bigdata"
+
+
+def encode_tar_sample(sample: dict[str, Any]) -> bytes:
+    """A sample (dict of bytes with "__key__") as the tar members webdataset's TarWriter writes."""
+    if "__key__" not in sample:
+        raise ValueError("a sample must contain a __key__")
+    key = sample["__key__"]
+    parts = []
+    for field in sorted(sample):
+        if field.startswith("_"):
+            continue
+        value = sample[field]
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ValueError(f"{field} of sample {key!r} is {type(value).__name__}, not bytes")
+        info = tarfile.TarInfo(f"{key}.{field}")
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(value), 0.0, 0o444, _TAR_USER, _TAR_USER
+        parts += [info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), bytes(value),
+                  bytes(-len(value) % tarfile.BLOCKSIZE)]
+    return b"".join(parts)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:

@@ -27,7 +27,7 @@ from rc3.data.builders.common import (BuildStats, CaptionJoin, caption_format, r
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.features import open_feature_store
 from rc3.data.schemas import BOX_DIM, FEATURE_DIM, NUM_ROIS, encode_ds
-from rc3.data.shard_writer import ShardWriter
+from rc3.data.shard_writer import ShardWriter, encode_tar_sample
 
 _IMAGE_SUFFIXES = ("", ".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -195,7 +195,7 @@ def build_ds(
                     stats.languages.update(langs)
                     if note:
                         stats.notes[note] += 1
-                    writer.write(sample)
+                    writer.write_encoded(sample)
             finally:
                 results.close()  # stops the worker processes now, also on an error
     finally:
@@ -223,7 +223,7 @@ def _ds_close() -> None:
 
 
 def _ds_item(item: tuple[str, dict[str, str]]) -> tuple:
-    """("skip", reason) or ("ok", encoded sample, languages, note or None) for one image."""
+    """("skip", reason) or ("ok", the sample's tar bytes, languages, note or None) for one image."""
     image_id, caps = item
     if len(caps) < _DS["need"]:
         return ("skip", "fewer_langs_than_min")
@@ -254,4 +254,6 @@ def _ds_item(item: tuple[str, dict[str, str]]) -> tuple:
     note = None
     if feats.shape[0] != NUM_ROIS:  # written, but worth knowing about
         note = "padded_rois" if feats.shape[0] < NUM_ROIS else "truncated_rois"
-    return ("ok", encode_ds(safe_key(image_id), roi, locs, caps, jpg=jpg, num_rois=n), list(caps), note)
+    # serialised here, in the worker, so the writing process only appends bytes
+    sample = encode_tar_sample(encode_ds(safe_key(image_id), roi, locs, caps, jpg=jpg, num_rois=n))
+    return ("ok", sample, list(caps), note)

@@ -41,7 +41,7 @@ from webdataset.tariterators import base_plus_ext
 from rc3.data.builders.common import BuildStats, clean_text, open_text, require_file, start_progress, to_jpeg_bytes
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.schemas import encode_dw
-from rc3.data.shard_writer import ShardWriter
+from rc3.data.shard_writer import ShardWriter, encode_tar_sample
 
 DW_LANGS = ("de", "en", "fr", "id", "ja", "zh")
 TABLE5_ORDER = ("en", "de", "fr", "ja", "zh", "id")  # row/column order of the paper's Table 5
@@ -119,38 +119,44 @@ def _grouped(db: sqlite3.Connection, langs: Sequence[str]) -> Iterator[tuple[str
 
 
 class _TarImages:
-    """img2dataset shards: url -> (tar, offset, size), indexed once into SQLite."""
+    """img2dataset shards: url -> (tar, offset, size), indexed once into SQLite (one tar per task
+    when `workers` > 1: reading the tar headers is most of the indexing time)."""
 
-    def __init__(self, root: Path, db: sqlite3.Connection, show_progress: bool) -> None:
+    def __init__(self, root: Path, db: sqlite3.Connection, show_progress: bool, workers: int = 1) -> None:
         from tqdm import tqdm
 
         self.db = db
         db.execute("CREATE TABLE images (url TEXT PRIMARY KEY, tar TEXT, offset INTEGER, size INTEGER)")
-        for tar_path in tqdm(sorted(root.glob("*.tar")), desc="index image tars", unit=" tar", disable=not show_progress):
-            urls: dict[str, str] = {}
-            spans: dict[str, tuple[int, int]] = {}
-            with tarfile.open(tar_path, "r:") as tf:
-                for member in tf:
-                    key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
-                    if key is None:
-                        continue
-                    if ext == "json":
-                        try:
-                            meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
-                        except (json.JSONDecodeError, UnicodeDecodeError):
-                            continue
-                        if isinstance(meta, dict) and isinstance(meta.get("url"), str):
-                            urls[key] = meta["url"]
-                    elif ext == "jpg":
-                        spans[key] = (member.offset_data, member.size)
-            db.executemany(
-                "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
-                [(url, str(tar_path), *spans[key]) for key, url in urls.items() if key in spans],
-            )
+        tars = sorted(root.glob("*.tar"))
+        for rows in tqdm(ordered_map(_index_tar, tars, workers, chunk_size=1), total=len(tars), desc="index image tars",
+                         unit=" tar", disable=not show_progress):
+            db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)", rows)
         db.commit()
 
     def get(self, url: str) -> bytes | None:
         return _tar_get(self.db, url)
+
+
+def _index_tar(tar_path: Path) -> list[tuple[str, str, int, int]]:
+    """(url, tar, offset, size) of every image of one img2dataset tar that has a url in its json."""
+    urls: dict[str, str] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    with tarfile.open(tar_path, "r:") as tf:
+        for member in tf:
+            tf.members = []  # the member list is not needed and grows with the tar
+            key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+            if key is None:
+                continue
+            if ext == "json":
+                try:
+                    meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if isinstance(meta, dict) and isinstance(meta.get("url"), str):
+                    urls[key] = meta["url"]
+            elif ext == "jpg":
+                spans[key] = (member.offset_data, member.size)
+    return [(url, str(tar_path), *spans[key]) for key, url in urls.items() if key in spans]
 
 
 class _TarLookup:
@@ -190,13 +196,14 @@ class _DirImages:
         return None
 
 
-def open_images(images: Path, db: sqlite3.Connection, show_progress: bool = True) -> _TarImages | _DirImages:
+def open_images(images: Path, db: sqlite3.Connection, show_progress: bool = True,
+                workers: int = 1) -> _TarImages | _DirImages:
     """img2dataset shard dir when it holds `*.tar` files, else a plain image directory."""
     root = Path(images)
     if not root.is_dir():
         raise FileNotFoundError(f"images {root} is not a directory (expected img2dataset output or an image folder)")
     if any(root.glob("*.tar")):
-        return _TarImages(root, db, show_progress)
+        return _TarImages(root, db, show_progress, workers)
     return _DirImages(root)
 
 
@@ -269,7 +276,7 @@ def build_dw(
             table.update(restored.pair_table or {})
             restored.pair_table = table
             stats.__dict__.update(restored.__dict__)
-        source = open_images(Path(images), db, show_progress)
+        source = open_images(Path(images), db, show_progress, workers)
         db.commit()
         n_images = db.execute("SELECT COUNT(DISTINCT url) FROM wit").fetchone()[0]
         init = (str(images), db_name if isinstance(source, _TarImages) else None)
@@ -287,7 +294,7 @@ def build_dw(
                     stats.written += 1  # counted before the write: a shard it completes records it
                     stats.languages.update(tuple_langs)
                     count_pairs(table, tuple_langs)
-                    writer.write(sample)
+                    writer.write_encoded(sample)
             finally:
                 results.close()  # stops the worker processes now, also on an error
     finally:
@@ -308,7 +315,7 @@ def _dw_init(images: str, tar_index: str | None) -> None:
 
 
 def _dw_item(item: tuple[str, dict[str, str]]) -> tuple:
-    """("skip", reason) or ("ok", encoded sample, languages) for one image and its texts."""
+    """("skip", reason) or ("ok", the sample's tar bytes, languages) for one image and its texts."""
     url, texts = item
     if len(texts) < 2:
         return ("skip", "single_language_image")
@@ -319,4 +326,5 @@ def _dw_item(item: tuple[str, dict[str, str]]) -> tuple:
         jpg = to_jpeg_bytes(data, url)
     except ValueError:
         return ("skip", "bad_image")
-    return ("ok", encode_dw(hashlib.sha1(url.encode("utf-8")).hexdigest(), jpg, texts), list(texts))
+    # serialised here, in the worker, so the writing process only appends bytes
+    return ("ok", encode_tar_sample(encode_dw(hashlib.sha1(url.encode("utf-8")).hexdigest(), jpg, texts)), list(texts))
