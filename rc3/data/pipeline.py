@@ -7,7 +7,11 @@ DataLoader worker runs this explicit list of stages (a `wds.DataPipeline`):
                       list), split by rank then by worker, repeated pass after pass (see below)
   2. read_samples     tar members grouped into raw samples (bytes only); only the schema's fields
                       are read, so stray members (e.g. `x.pickle`) are never even loaded; an
-                      unreadable or truncated shard is counted, logged with its name, and left
+                      unreadable or truncated shard is counted, logged with its name, and left.
+                      Shards may be remote (`pipe:`, http(s), s3, gs: rc3.data.shard_source): they
+                      are streamed, and a failed one is reopened (bounded retries with backoff)
+                      and read on past the samples already handed on, so the stream is the same
+                      as without the fault; after the retries it is skipped (shard_fetch_error)
   3. shuffle_in_pass  seeded shuffle buffer (per seed, epoch, rank, worker), drained at each pass end
   4. check_samples    (rc3.data.faults) safe decode through rc3.data.schemas (np.load(allow_pickle=
                       False), json, PIL; never wds' default `.decode()`, which unpickles), then text
@@ -26,6 +30,11 @@ shards a worker falls back to every shard of the epoch (duplicating other worker
 a barren pass over every shard raises NoUsableData. The skip budget (FaultTracker) bounds the
 fraction of broken samples. So the stream either makes progress or fails within two passes.
 With `batches_per_epoch=None` each worker reads its shards once (the last batch may be short).
+
+Weighted sources (`Source`): stages 1-4 run once per source, and a seeded draw (seed, epoch,
+rank, worker) picks each sample's source with probability weight / sum of weights; `resampled`
+draws shards with replacement instead of passing over them. Both keep the stream a pure function
+of its seeds, so resume stays exact; the realised mix is counted per source and logged.
 
 Resume: DataLoader hands out batches round-robin over its workers, so batch n of an epoch is
 batch n // W of worker n % W, and every worker's stream is a pure function of (shards, seed,
