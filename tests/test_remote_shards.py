@@ -258,3 +258,49 @@ def test_paper_config_patterns_take_any_shard_count(tmp_path, monkeypatch, count
             (folder / f"{corpus}-{i:06d}.tar").touch()
         (folder / f"{corpus}-000000.tar.tmp").touch()  # a shard being written is not picked up
         assert len(expand_shards(getattr(cfg.data, f"{corpus}_shards"))) == count
+
+
+KILLED_READER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from rc3.data.collate import DsCollator
+from rc3.data.pipeline import make_pipeline
+from rc3.data.shard_source import ShardOpener
+from rc3.tokenization import RC3Tokenizer
+tok = RC3Tokenizer.from_dir(sys.argv[2])
+loader = make_pipeline("ds", sys.argv[3], 3, DsCollator(tok, max_len=32, max_tgt_len=32, seed=3), seed=4, epoch=1,
+                       num_workers=2, shuffle_buffer=5, batches_per_epoch=7, opener=ShardOpener(retries=2, backoff_s=0.01))
+for batch in loader:
+    print(json.dumps(batch["keys"]), flush=True)
+"""
+
+
+def test_a_reader_killed_mid_epoch_over_http_resumes_exactly(ds_dir, tokenizer, tokenizer_dir):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from engine_fixtures import REPO
+
+    with ShardServer(ds_dir, drop="first") as server:
+        url = f"{server.url}/{shard_names()}"
+
+        def loader():
+            return make_pipeline("ds", url, 3, collator("ds", tokenizer), seed=4, epoch=1, num_workers=2,
+                                 shuffle_buffer=5, batches_per_epoch=7, opener=FAST)
+
+        ref = list(loader())
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_READER, str(REPO), str(tokenizer_dir), url],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            seen = [json.loads(proc.stdout.readline()) for _ in range(3)]
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # the reader and its loader workers, mid-epoch
+            proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        resumed = loader()
+        resumed.load_state_dict({"epoch": 1, "batches_done": len(seen)})  # what its checkpoint would hold
+        rest = list(resumed)
+    assert seen == [b["keys"] for b in ref[:3]] and same(rest, ref[3:]) and len(rest) == 4
