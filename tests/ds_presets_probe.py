@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -62,7 +61,8 @@ def main() -> None:
         print(json.dumps({"preset": preset.name, "stage": engine.zero_optimization_stage(),
                           "optimizer": type(engine.basic_optimizer).__name__, "bf16": bf16,
                           "offload": optimizer_offloaded(ds_config), "losses": losses}), flush=True)
-        engine.destroy() if hasattr(engine, "destroy") else None
+        if hasattr(engine, "destroy"):  # release the engine's hooks before the next preset's
+            engine.destroy()
     distributed.destroy_process_group()
 
 
