@@ -29,13 +29,15 @@ setup(
         "numpy>=1.26",
         "h5py>=3.10",
         "lmdb>=1.4",
+        "msgpack>=1.0",  # UNITER / UC2 img_db feature stores (rc3.data.features_imgdb)
+        "fsspec>=2023.1",  # data.shard_commands "SCHEME=fsspec" (s3fs / gcsfs add the object stores)
         "pillow>=10.0",
         "protobuf>=4.0",
     ],
     extras_require={
         "cpu": ["faiss-cpu>=1.8"],
         "gpu": ["faiss-gpu>=1.7"],
-        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pyarrow>=14"],
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pyarrow>=14", "msgpack-numpy>=0.4.8"],  # msgpack-numpy writes img_db fixtures
         "extract": ["pyarrow>=14"],  # img2dataset parquet input of tools/extract_roi_features.py
     },
 )

@@ -105,10 +105,25 @@ class ObjectivesConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One weighted source of a corpus (data.<corpus>_sources): shard specs and a weight."""
+
+    shards: str = ""  # as data.<corpus>_shards: brace range, glob, pipe:, URL
+    weight: float = 1.0  # share of the corpus's samples = weight / sum of the weights
+    name: Optional[str] = None  # for the logged mix; default source0, source1, ...
+
+
+@dataclass
 class DataConfig:
     ds_shards: Optional[str] = None  # brace pattern or glob of Ds shards
     dw_shards: Optional[str] = None
     dt_shards: Optional[str] = None
+    # Instead of <corpus>_shards: several weighted sources, e.g. Dt = WikiMatrix 0.7 + Ds parallel captions 0.3
+    # (rc3.data.pipeline.Source); each sample is drawn from a source with probability weight / sum.
+    ds_sources: list[SourceConfig] = field(default_factory=list)
+    dw_sources: list[SourceConfig] = field(default_factory=list)
+    dt_sources: list[SourceConfig] = field(default_factory=list)
+    resampled: bool = False  # draw shards with replacement (endless streams) instead of passes over them
     langs: list[str] = field(default_factory=lambda: list(PRETRAIN_LANGS))
     max_text_len: int = 40
     max_tgt_len: int = 40
@@ -117,6 +132,39 @@ class DataConfig:
     shuffle_buffer: int = 1000
     batches_per_epoch: Optional[int] = None  # per rank; None = estimated from the shard sizes
     skip_budget: float = 0.01  # fraction of samples that may be skipped before the run stops
+    # Remote shards (pipe:, http(s)://, s3://, gs://; rc3.data.shard_source): how a scheme is opened,
+    # as "SCHEME=pipe:COMMAND {url}" or "SCHEME=fsspec" (default s3=pipe:aws s3 cp {url} -; http, https
+    # and gs go through webdataset's gopen), and the bounded retries before a shard is skipped.
+    shard_commands: list[str] = field(default_factory=list)
+    shard_retries: int = 3
+    shard_retry_backoff_s: float = 1.0  # doubled per retry, capped at 30 s
+
+
+def validate_data_sources(d: DataConfig) -> None:
+    """Shard sources and the remote-shard settings of the data section."""
+    from .data.shard_source import parse_commands  # data modules import torch; keep config import light
+
+    for corpus in ("ds", "dw", "dt"):
+        sources: list[SourceConfig] = getattr(d, f"{corpus}_sources")
+        if sources and getattr(d, f"{corpus}_shards") is not None:
+            raise ConfigError(f"data.{corpus}_sources", f"give data.{corpus}_shards or data.{corpus}_sources, not both")
+        names = [src.name or f"source{i}" for i, src in enumerate(sources)]
+        for i, src in enumerate(sources):
+            if not src.shards:
+                raise ConfigError(f"data.{corpus}_sources[{i}].shards", "is empty")
+            if not src.weight > 0:
+                raise ConfigError(f"data.{corpus}_sources[{i}].weight", f"must be positive, got {src.weight}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.{corpus}_sources", f"source names must be unique, got {names}")
+
+    try:
+        parse_commands(d.shard_commands)
+    except ValueError as err:
+        raise ConfigError("data.shard_commands", str(err)) from None
+    if d.shard_retries < 0:
+        raise ConfigError("data.shard_retries", f"must be >= 0, got {d.shard_retries}")
+    if d.shard_retry_backoff_s < 0:
+        raise ConfigError("data.shard_retry_backoff_s", f"must be >= 0, got {d.shard_retry_backoff_s}")
 
 
 @dataclass
@@ -335,6 +383,7 @@ def validate(cfg: RC3Config) -> None:
         raise ConfigError("data.prefetch_steps", f"must be >= 0, got {d.prefetch_steps}")
     if not 0.0 <= d.skip_budget <= 1.0:
         raise ConfigError("data.skip_budget", f"must be a fraction in [0, 1], got {d.skip_budget}")
+    validate_data_sources(d)
     for name in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw"):
         task: TaskConfig = getattr(o, name)
         if task.batch_size is not None and task.batch_size <= 0:
@@ -357,7 +406,7 @@ def validate(cfg: RC3Config) -> None:
     needs = {"ds_shards": ("mclm", "itm", "rxvtcl_ds"), "dw_shards": ("rxvtcl_dw",), "dt_shards": ("xtcl",)}
     for key, tasks in needs.items():
         on = [n for n in tasks if getattr(o, n).enabled]
-        if on and getattr(d, key) is None and t.total_steps > 0:
+        if on and getattr(d, key) is None and not getattr(d, key.replace("_shards", "_sources")) and t.total_steps > 0:
             raise ConfigError(f"data.{key}", f"required by the enabled task(s) {', '.join(on)}")
 
 

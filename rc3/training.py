@@ -40,7 +40,8 @@ from .checkpointing import CheckpointError, CheckpointManager
 from .config import ConfigError, RC3Config, save_config
 from .data.collate import DsCollator, DtCollator, DwCollator
 from .data.multitask import MultiTaskLoader, StepPrefetcher
-from .data.pipeline import make_pipeline, start_forkserver
+from .data.pipeline import Source, count_samples, make_pipeline, start_forkserver
+from .data.shard_source import ShardOpener, expand_shards, parse_commands
 from .modeling import RC3Model, build_model, load_tokenizer
 from .objectives import TASKS, ObjectiveState, compute_losses
 from .run_log import RunLogger, cuda_peak_memory_gib
@@ -85,11 +86,31 @@ def resolve_ds_config(cfg: RC3Config, world_size: int, on_gpu: bool) -> tuple[di
     if bf16 and not on_gpu:
         log.warning("bf16 requested on CPU; DeepSpeed's CPU path runs it, but fp32 is the tested CPU setting")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
-    ds.pop("fp16", None)
-    ds.pop("optimizer", None)  # the optimizer and schedule come from the run config (build_optimizer)
-    ds.pop("scheduler", None)
+    # The optimizer, schedule and precision come from the run config (build_optimizer, train.precision);
+    # blocks of the JSON that would set them are removed, and said so: a user who wrote them expects them.
+    replaced = {"optimizer": f"optim.* (AdamW, lr {cfg.optim.lr}; DeepSpeedCPUAdam under optimizer offload)",
+                "scheduler": f"optim.warmup_steps / optim.schedule ({cfg.optim.schedule})",
+                "fp16": "train.precision (fp32 or bf16; fp16 is not supported)"}
+    dropped = [name for name in replaced if name in ds and not _disabled(ds[name])]
+    for name in replaced:
+        ds.pop(name, None)
+    if dropped:
+        log.warning("%s: the block(s) %s are ignored; the run config sets them instead: %s. Remove them from the "
+                    "JSON to silence this.", path, ", ".join(repr(n) for n in dropped),
+                    "; ".join(f"{n} <- {replaced[n]}" for n in dropped))
     ds.setdefault("steps_per_print", 10**9)
     return ds, accum, bf16
+
+
+def _disabled(block: Any) -> bool:
+    """`"fp16": {"enabled": false}` is the same as no block at all; nothing to report."""
+    return isinstance(block, dict) and block.get("enabled", True) is False and len(block) == 1
+
+
+def optimizer_offloaded(ds_config: Mapping[str, Any]) -> bool:
+    """Whether the DeepSpeed config keeps optimizer states on the CPU (or NVMe) and steps them there."""
+    offload = (ds_config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return str(offload.get("device", "none")).lower() in ("cpu", "nvme")
 
 
 def lr_lambda(cfg: RC3Config):
@@ -107,31 +128,61 @@ def lr_lambda(cfg: RC3Config):
     return factor
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool) -> tuple[torch.optim.Optimizer, Any]:
+def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
+                    offload: bool = False) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW without decay on biases and norms (default), or the paper's plain Adam (`optim.name=adam`,
-    no decay); fused kernels on GPU."""
+    no decay); fused kernels on GPU.
+
+    With `offload` (the DeepSpeed config offloads the optimizer, see optimizer_offloaded) the same
+    optimizer is DeepSpeed's CPU Adam (adamw_mode for AdamW): the step then runs on the CPU where the
+    states live, and DeepSpeed refuses any other client optimizer there (zero_force_ds_cpu_optimizer).
+    Its C++ kernel is built on first use (minutes, then cached by torch's extension cache)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    optimizer = kind(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, adamw_mode=o.name == "adamw")
+    else:
+        kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+        optimizer = kind(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     return optimizer, scheduler
 
 
-def estimate_batches_per_epoch(pattern: str, batch_size: int, world_size: int) -> int:
-    """Batches per rank per epoch from the shard count and the sample count of the first shard."""
-    import tarfile
-
-    from .data.pipeline import expand_shards
-
+def estimate_batches_per_epoch(pattern: str | list[str] | list[Source], batch_size: int, world_size: int,
+                               opener: ShardOpener | None = None) -> int:
+    """Batches per rank per epoch from the shard count and the sample count of the first shard
+    (local or remote: a remote one is streamed once, its member data skipped)."""
+    if isinstance(pattern, list) and pattern and isinstance(pattern[0], Source):
+        # weighted sources: one epoch = as many samples as all sources hold together
+        samples = 0
+        for src in pattern:
+            shards = expand_shards(src.shards)
+            samples += count_samples(shards[0], opener) * len(shards)
+        return max(1, samples // (batch_size * world_size))
     shards = expand_shards(pattern)
-    with tarfile.open(shards[0]) as tar:
-        keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
-    return max(1, (len(keys) * len(shards)) // (batch_size * world_size))
+    return max(1, (count_samples(shards[0], opener) * len(shards)) // (batch_size * world_size))
+
+
+def corpus_shards(cfg: RC3Config, corpus: str) -> str | list[Source] | None:
+    """data.<corpus>_shards, or data.<corpus>_sources as weighted pipeline Sources."""
+    d = cfg.data
+    sources = getattr(d, f"{corpus}_sources")
+    if sources:
+        return [Source(src.name or f"source{i}", src.shards, src.weight) for i, src in enumerate(sources)]
+    return getattr(d, f"{corpus}_shards")
+
+
+def shard_opener(cfg: RC3Config) -> ShardOpener:
+    """How remote shards are opened and retried (data.shard_commands, data.shard_retries, ...)."""
+    d = cfg.data
+    return ShardOpener(commands=parse_commands(d.shard_commands), retries=d.shard_retries,
+                       backoff_s=d.shard_retry_backoff_s)
 
 
 def start_loader_forkserver(cfg: RC3Config, tokenizer: RC3Tokenizer, prefetch_steps: int) -> str | None:
@@ -172,16 +223,17 @@ class TaskStreams:
         # MCLM's mask exists only where MCLM reads it: the MCLM/ITM stream draws it (ITM encodes the
         # caption itself, `src_ids`), the R-XVtCL stream does not mask at all.
         specs = {
-            "ds_mlm": (("mclm", "itm"), "ds", d.ds_shards, lambda: DsCollator(
+            "ds_mlm": (("mclm", "itm"), "ds", corpus_shards(cfg, "ds"), lambda: DsCollator(
                 tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed, with_pixels=combined, langs=d.langs,
                 image_size=cfg.model.image_size, mclm=o.mclm.enabled, mlm_count=o.mlm_count,
                 mlm_replace=o.mlm_replace)),
-            "ds_rx": (("rxvtcl_ds",), "ds", d.ds_shards, lambda: DsCollator(
+            "ds_rx": (("rxvtcl_ds",), "ds", corpus_shards(cfg, "ds"), lambda: DsCollator(
                 tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed + 1, with_pixels=combined,
                 langs=d.langs, image_size=cfg.model.image_size, mclm=False)),
-            "dw": (("rxvtcl_dw",), "dw", d.dw_shards, lambda: DwCollator(
+            "dw": (("rxvtcl_dw",), "dw", corpus_shards(cfg, "dw"), lambda: DwCollator(
                 tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
-            "dt": (("xtcl",), "dt", d.dt_shards, lambda: DtCollator(tokenizer, d.max_text_len, d.langs, seed)),
+            "dt": (("xtcl",), "dt", corpus_shards(cfg, "dt"), lambda: DtCollator(
+                tokenizer, d.max_text_len, d.langs, seed)),
         }
         # The prefetch thread starts each epoch's loader workers. Forking them from that helper thread
         # while the training thread holds locks (logging, allocator, collectives) can leave a worker
@@ -189,6 +241,7 @@ class TaskStreams:
         # forkserver, which is started here, on the main thread, before the thread exists.
         self.prefetch_steps = prefetch_steps
         start_method = start_loader_forkserver(cfg, tokenizer, prefetch_steps)
+        opener = shard_opener(cfg)
         self.loaders: dict[str, Any] = {}
         by_task: dict[str, Any] = {}
         for stream, (tasks, corpus, shards, make_collate) in specs.items():
@@ -196,12 +249,12 @@ class TaskStreams:
             if not on:
                 continue
             batch = max(cfg.task_batch_size(t) for t in on)
-            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size)
+            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener)
             loader = make_pipeline(
                 corpus, shards, batch, make_collate(), seed=seed + zlib.crc32(stream.encode()), rank=rank,
                 world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
                 batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available(),
-                start_method=start_method)
+                start_method=start_method, opener=opener, resampled=d.resampled)
             self.loaders[stream] = loader
             by_task.update({t: loader for t in on})
         self.multi = MultiTaskLoader(by_task)
@@ -302,7 +355,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     if rank == 0:
         card = run_dir / "model_card"
         model.save_pretrained(card, tokenizer_dir=tokenizer_dir(cfg), overwrite=True, weights=False)
-    optimizer, scheduler = build_optimizer(model, cfg, on_gpu)
+    optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config))
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     streams = TaskStreams(cfg, tokenizer, rank, world)
@@ -425,4 +478,4 @@ def tokenizer_dir(cfg: RC3Config) -> str:
     return cfg.model.tokenizer or cfg.model.init_from  # type: ignore[return-value]
 
 
-__all__ = ["train", "resolve_ds_config", "build_optimizer", "lr_lambda", "TaskStreams", "TASKS", "RC3Model"]
+__all__ = ["train", "resolve_ds_config", "build_optimizer", "optimizer_offloaded", "lr_lambda", "TaskStreams", "TASKS", "RC3Model"]

@@ -84,7 +84,10 @@ def launch(config: Path, *extra: str, env: dict | None = None, nproc: int = 2, t
            port: int | None = None) -> subprocess.CompletedProcess:
     cmd = deepspeed_cmd("--num_gpus", str(nproc), "--master_port", str(port or free_port()),
                         str(REPO / "pretrain" / "main.py"), "--config", str(config), *extra)
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1", **(env or {})},
+    # PYTHONPATH: every rank and its loader workers import this checkout's rc3, not an installed copy
+    # (pretrain/main.py's own directory comes first on sys.path, so `import rc3` would find that copy)
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1", "PYTHONPATH": path, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -6,8 +6,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import zlib
 from pathlib import Path
 
 import h5py
@@ -128,7 +131,8 @@ def test_overwrite_refusal(tmp_path: Path, ds_inputs: dict) -> None:
     with pytest.raises(FileExistsError, match="overwrite"):
         build_ds(ds_inputs["captions"], ds_inputs["features"], out, show_progress=False)
     stats = build_ds(ds_inputs["captions"], ds_inputs["features"], out, shard_size=10, overwrite=True, show_progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["ds-000000.tar"] and stats.written == 3
+    # the stale shards (and their progress records) are gone; a progress record sits beside each shard
+    assert sorted(p.name for p in out.iterdir()) == ["ds-000000.progress.json", "ds-000000.tar"] and stats.written == 3
 
 
 def test_shard_writer_never_leaves_half_shards(tmp_path: Path) -> None:
@@ -269,7 +273,9 @@ def test_decode_rejects_broken_fields() -> None:
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+    # PYTHONPATH: the tool must import this checkout's rc3, not an installed copy
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
 
 
 def test_cli_smoke(tmp_path: Path, shared_data: Path) -> None:
@@ -320,3 +326,40 @@ def test_build_dw_text_source(tmp_path: Path) -> None:
         assert schemas.decode_dw(sample).texts == texts, source
     with pytest.raises(ValueError, match="text_source 'title' is not one of"):
         build_dw([wit], tmp_path / "x", images, text_source="title", show_progress=False)
+
+
+def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: dict) -> None:
+    # img2dataset over the CC3M TSV: tars of <key>.jpg + <key>.json ({"key", "url", ...}); the caption
+    # files may name an image by its img2dataset key, its URL or the URL's file name
+    shards = tmp_path / "cc3m_img2dataset"
+    shards.mkdir()
+    by = {"3000003": ("000000000", "http://img.example/a/3000003.jpg"),  # id = URL file name
+          "3000001": ("3000001", "http://img.example/b/x.jpg"),          # id = img2dataset key
+          "img.0042": ("000000002", "img.0042")}                         # id = URL
+    # volta's CC3M id is crc32(url): caption files keyed that way find the image too
+    crc_url = "http://img.example/c/3000002.jpg"
+    crc = str(zlib.crc32(crc_url.encode()) & 0xFFFFFFFF)
+    with wds.TarWriter(str(shards / "00000.tar"), encoder=False) as tw:
+        for n, (image_id, (key, url)) in enumerate(by.items()):
+            meta = json.dumps({"key": key, "url": url, "status": "success", "caption": "x"}).encode()
+            tw.write({"__key__": key, "jpg": jpeg((60 * n, 0, 0), "PNG" if n == 2 else "JPEG"), "json": meta,
+                      "txt": b"x"})
+        tw.write({"__key__": "000000003", "jpg": jpeg((0, 0, 200)), "txt": b"x",
+                  "json": json.dumps({"key": "000000003", "url": crc_url}).encode()})
+        tw.write({"__key__": "000000009", "json": json.dumps({"url": "y", "status": "failed_to_download"}).encode()})
+    from rc3.data.builders.ds import Img2DatasetImages
+
+    index = Img2DatasetImages(shards, show_progress=False)
+    assert index.get(crc) is not None and index.get("3000002") is not None and index.get("nope") is None
+    index.close()
+    out = tmp_path / "ds"
+    temp_before = set(Path(tempfile.gettempdir()).glob("rc3-images-*.sqlite"))
+    result = run_tool("tools/build_shards.py", "ds", "--captions", *(f"{k}={v}" for k, v in ds_inputs["captions"].items()), "--features",
+                      str(ds_inputs["features"]), "--images-dir", str(shards), "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    samples = {s.key: s for s in map(schemas.decode_ds, read_back(out))}
+    assert "written: 3 samples" in result.stdout and len(samples) == 3
+    for n, image_id in enumerate(by):
+        key = next(k for k in samples if k.startswith(image_id.replace(".", "_")))
+        assert samples[key].image.getpixel((5, 5))[0] == pytest.approx(60 * n, abs=12)
+    assert set(Path(tempfile.gettempdir()).glob("rc3-images-*.sqlite")) <= temp_before  # the index is removed

@@ -28,7 +28,7 @@ from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.objectives import ObjectiveState, compute_losses
 from rc3.provenance import git_commit
 from rc3.testing import random_task_batches
-from rc3.training import TaskStreams, build_optimizer, resolve_ds_config, to_device
+from rc3.training import TaskStreams, build_optimizer, optimizer_offloaded, resolve_ds_config, to_device
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
         dist.init_from_launcher()
         cfg.train.global_batch_size = micro  # one process: accumulation 1, every micro-step an optimizer step
         ds_config, _, bf16 = resolve_ds_config(cfg, 1, on_gpu)
-        optimizer, scheduler = build_optimizer(model, cfg, on_gpu)
+        optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config))
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         forward, backward, step = engine, engine.backward, engine.step
     else:

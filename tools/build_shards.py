@@ -6,7 +6,9 @@ r"""Build WebDataset shards for RC3 pretraining from the released corpora.
     python tools/build_shards.py dt --wikimatrix de en WikiMatrix.de-en.tsv.gz --min-score 1.06 \
         --parallel en de train.en.gz train.de.gz --captions en=cc3m.en.tsv de=cc3m.de.tsv --out shards/dt
 
-Prints what was written and skipped (and the Table-5 language-pair table for dw).
+Prints what was written and skipped (and the Table-5 language-pair table for dw). `--workers N` reads
+features and images in N processes (ds, dw); `--resume` continues an interrupted build without
+rewriting its finished shards.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ def _common(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--prefix", default=prefix, help=f"shard file prefix (default {prefix!r})")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty output dir (replaces shards of this prefix)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted build in --out, keeping its finished shards")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,9 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ds = sub.add_parser("ds", help="CC3M captions + translations + ROI features")
     ds.add_argument("--captions", nargs="+", required=True, metavar="LANG=PATH",
                     help="one caption file per language (TSV image_id<TAB>caption or JSONL); en drives the order")
-    ds.add_argument("--features", type=Path, required=True, help="IGLUE H5 file or volta LMDB directory")
-    ds.add_argument("--images-dir", type=Path, default=None, help="also store the JPEGs (needed for Combined input)")
+    ds.add_argument("--features", type=Path, required=True,
+                    help="IGLUE H5 file, volta LMDB directory, or UNITER/UC2 img_db folder (feat_th0.2_max100_min10*/)")
+    ds.add_argument("--images-dir", type=Path, default=None,
+                    help="also store the JPEGs (needed for Combined input): a folder of <image_id>.jpg or img2dataset "
+                         "output (tars; matched by img2dataset key, URL or URL file name)")
     ds.add_argument("--min-langs", type=int, default=None, help="skip images with captions in fewer languages (default 2)")
+    ds.add_argument("--workers", type=int, default=1,
+                    help="processes reading features/images (default 1; the shards are the same for any count)")
     _common(ds, "ds")
 
     dw = sub.add_parser("dw", help="WIT rows grouped by image URL")
@@ -63,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dw.add_argument("--text-source", choices=sorted(TEXT_SOURCES), default="reference",
                     help="WIT text of a row: the reference caption (then alt, attribution), the alt text, or the "
                          "long context descriptions (default %(default)s; FIDELITY.md)")
+    dw.add_argument("--workers", type=int, default=1,
+                    help="processes reading images (default 1; the shards are the same for any count)")
     _common(dw, "dw")
 
     dt = sub.add_parser("dt", help="parallel text pairs")
@@ -95,15 +106,17 @@ def _dt_sources(args: argparse.Namespace) -> list[DtSource]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common = dict(shard_size=args.shard_size, prefix=args.prefix, overwrite=args.overwrite, show_progress=not args.no_progress)
+    common = dict(shard_size=args.shard_size, prefix=args.prefix, overwrite=args.overwrite, show_progress=not args.no_progress,
+                  resume=args.resume)
     try:
         stats: BuildStats
         if args.corpus == "ds":
             stats = build_ds(_lang_paths(args.captions, "--captions"), args.features, args.out,
-                             images_dir=args.images_dir, min_langs=args.min_langs, **common)
+                             images_dir=args.images_dir, min_langs=args.min_langs, workers=args.workers, **common)
         elif args.corpus == "dw":
             langs = tuple(x for x in args.langs.split(",") if x)
-            stats = build_dw(args.wit, args.out, args.images, langs=langs, text_source=args.text_source, **common)
+            stats = build_dw(args.wit, args.out, args.images, langs=langs, text_source=args.text_source,
+                             workers=args.workers, **common)
         else:
             stats = build_dt(_dt_sources(args), args.out, **common)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:

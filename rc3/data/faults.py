@@ -10,6 +10,8 @@ covers all workers exactly once.
 Reasons:
   shard_error     a shard could not be opened or read to its end (missing, empty, not a tar,
                   truncated); samples read before the fault are kept, the rest of the shard is lost
+  shard_fetch_error  a remote shard (URL or pipe: command) kept failing to arrive after the
+                  retries (connection dropped, command failed); as shard_error otherwise
   missing_field   a field of the corpus schema is absent
   duplicate_field a sample holds the same field twice
   bad_array       an npy field is not a finite float array of the schema's shape (or holds pickles)
@@ -34,7 +36,7 @@ log = logging.getLogger("rc3.data")
 
 SAMPLE_REASONS = ("missing_field", "duplicate_field", "bad_array", "bad_image", "bad_json", "non_utf8",
                   "empty_text", "too_few_langs", "bad_pair")
-SHARD_REASONS = ("shard_error",)
+SHARD_REASONS = ("shard_error", "shard_fetch_error")
 # Per reason, the first few skips are logged in full, then one line per this many (a corpus with
 # a systematic fault would otherwise flood the log with millions of identical lines).
 LOG_FIRST = 10
@@ -133,6 +135,8 @@ class FaultTracker:
         self.good = 0
         self.pass_good = 0  # usable samples in the current pass over the worker's shards
         self.last_pass_good = -1  # ... in the last finished pass (-1: none finished yet)
+        self.pass_shard_faults = 0  # shards of the current pass that failed
+        self.last_pass_shard_faults = 0  # ... of the last finished pass
 
     def ok(self) -> None:
         self.checked += 1
@@ -141,6 +145,7 @@ class FaultTracker:
 
     def end_pass(self) -> None:
         self.last_pass_good, self.pass_good = self.pass_good, 0
+        self.last_pass_shard_faults, self.pass_shard_faults = self.pass_shard_faults, 0
 
     def skip(self, reason: str, shard: str, key: str, detail: str) -> None:
         """Drop one sample: count it, log it (rate-limited) with its shard, check the budget."""
@@ -160,9 +165,12 @@ class FaultTracker:
                 f"{self.totals.as_dict()}; last: shard {shard}, sample {key!r}: {detail}. Rebuild or remove the "
                 f"broken shards, or raise data.skip_budget if this loss is acceptable.")
 
-    def shard_fault(self, shard: str, detail: str, samples_read: int) -> None:
+    def shard_fault(self, shard: str, detail: str, samples_read: int, reason: str = "shard_error") -> None:
         """A shard failed to open or to read to its end; always logged."""
-        self._count("shard_error")
+        if reason not in SHARD_REASONS:
+            raise ValueError(f"unknown shard skip reason {reason!r}")
+        self._count(reason)
+        self.pass_shard_faults += 1
         log.warning("%s: shard %s unreadable after %d sample(s), skipping the rest of it: %s",
                     self.where, shard, samples_read, detail)
 

@@ -1,4 +1,4 @@
-"""Read-only access to pre-extracted ROI feature stores (IGLUE H5 and volta LMDB).
+"""Read-only access to pre-extracted ROI feature stores (IGLUE H5, volta LMDB, UNITER img_db).
 
 `open_feature_store(path)` returns a `FeatureStore`: a read-only mapping from an image key (str)
 to `(features, boxes)` with features [n, 2048] float32 and boxes [n, 5] float32 =
@@ -11,6 +11,7 @@ Three released layouts are understood:
   numpy arrays; the special key `b"keys"` holds the pickled list of ids.
 - volta LMDB (`npy_to_lmdb.py`): same container, but `features` / `boxes` are base64-encoded float32
   bytes, plus `num_boxes`, `objects`, `cls_prob`.
+- UNITER / UC2 img_db (UC2's CC3M features): see rc3.data.features_imgdb.
 Like volta's reader, base64 is tried first and raw arrays are the fallback; the box count is taken
 from the feature array (a stored `num_boxes` is ignored).
 
@@ -321,10 +322,15 @@ def _is_lmdb_dir(path: Path) -> bool:
 
 
 def open_feature_store(path: str | os.PathLike[str]) -> FeatureStore:
-    """Open an IGLUE H5 file or a volta LMDB store (directory with data.mdb, or the .mdb file)."""
+    """Open an IGLUE H5 file, a volta LMDB store (directory with data.mdb, or the .mdb file) or a
+    UNITER / UC2 img_db folder (rc3.data.features_imgdb)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"feature store {p} does not exist; pass an IGLUE .h5 file or a volta LMDB directory")
+    from .features_imgdb import ImgDbFeatureStore, find_img_db
+
+    if find_img_db(p) is not None:
+        return ImgDbFeatureStore(p)
     if _is_lmdb_dir(p):
         return LmdbFeatureStore(p)
     if p.is_file():
@@ -335,6 +341,7 @@ def open_feature_store(path: str | os.PathLike[str]) -> FeatureStore:
         if p.suffix == ".mdb":
             return LmdbFeatureStore(p)
     raise ValueError(
-        f"unknown feature store format at {p}: expected an HDF5 file (IGLUE release) or an LMDB "
-        "directory containing data.mdb (volta h5_to_lmdb / npy_to_lmdb)"
+        f"unknown feature store format at {p}: expected an HDF5 file (IGLUE release), an LMDB "
+        "directory containing data.mdb (volta h5_to_lmdb / npy_to_lmdb) or a UNITER / UC2 img_db folder "
+        "(feat_th0.2_max100_min10[_compressed]/ + nbb_th0.2_max100_min10.json)"
     )

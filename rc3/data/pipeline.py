@@ -7,7 +7,11 @@ DataLoader worker runs this explicit list of stages (a `wds.DataPipeline`):
                       list), split by rank then by worker, repeated pass after pass (see below)
   2. read_samples     tar members grouped into raw samples (bytes only); only the schema's fields
                       are read, so stray members (e.g. `x.pickle`) are never even loaded; an
-                      unreadable or truncated shard is counted, logged with its name, and left
+                      unreadable or truncated shard is counted, logged with its name, and left.
+                      Shards may be remote (`pipe:`, http(s), s3, gs: rc3.data.shard_source): they
+                      are streamed, and a failed one is reopened (bounded retries with backoff)
+                      and read on past the samples already handed on, so the stream is the same
+                      as without the fault; after the retries it is skipped (shard_fetch_error)
   3. shuffle_in_pass  seeded shuffle buffer (per seed, epoch, rank, worker), drained at each pass end
   4. check_samples    (rc3.data.faults) safe decode through rc3.data.schemas (np.load(allow_pickle=
                       False), json, PIL; never wds' default `.decode()`, which unpickles), then text
@@ -27,6 +31,11 @@ a barren pass over every shard raises NoUsableData. The skip budget (FaultTracke
 fraction of broken samples. So the stream either makes progress or fails within two passes.
 With `batches_per_epoch=None` each worker reads its shards once (the last batch may be short).
 
+Weighted sources (`Source`): stages 1-4 run once per source, and a seeded draw (seed, epoch,
+rank, worker) picks each sample's source with probability weight / sum of weights; `resampled`
+draws shards with replacement instead of passing over them. Both keep the stream a pure function
+of its seeds, so resume stays exact; the realised mix is counted per source and logged.
+
 Resume: DataLoader hands out batches round-robin over its workers, so batch n of an epoch is
 batch n // W of worker n % W, and every worker's stream is a pure function of (shards, seed,
 epoch, rank, worker, W). `state_dict()` is {"epoch", "batches_done"} (the same on every rank);
@@ -45,7 +54,6 @@ copy a lock held by another thread and leave the worker deadlocked).
 from __future__ import annotations
 
 import functools
-import glob
 import itertools
 import os
 import random
@@ -59,13 +67,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import braceexpand
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import schemas
 from .faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
+from .shard_source import ShardOpener, abort, expand_shards, is_remote, stream_for_tar, transport_failure
 
 CORPORA = ("ds", "dw", "dt")
 _FIELDS = {"ds": frozenset(schemas.DS_FIELDS + ("nroi.txt",)), "dw": frozenset(schemas.DW_FIELDS),
@@ -80,27 +88,6 @@ def stable_seed(*parts: object) -> int:
     return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8"))
 
 
-def expand_shards(shards: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Expand brace patterns and globs into a sorted list of existing shard files."""
-    patterns = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
-    out: list[str] = []
-    for pattern in patterns:
-        for name in braceexpand.braceexpand(os.fspath(pattern)):
-            if glob.has_magic(name):
-                hits = glob.glob(name)
-                if not hits:
-                    raise FileNotFoundError(f"shard pattern {name!r} matches no file")
-                out.extend(hits)
-            else:
-                out.append(name)
-    if not out:
-        raise ValueError("no shards given")
-    missing = [p for p in out if not os.path.exists(p)]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} shard(s) do not exist, e.g. {missing[:3]}; check the shard pattern")
-    return sorted(set(out))
-
-
 def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int, shuffle: bool = True) -> list[str]:
     order = list(shards)
     if shuffle:
@@ -109,9 +96,25 @@ def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int, shuffle: boo
 
 
 @dataclass
+class Source:
+    """One source of a corpus: its shard specs and its share of the corpus's samples."""
+
+    name: str
+    shards: str | Sequence[str]
+    weight: float = 1.0
+
+
+@dataclass
+class _Source:
+    name: str
+    shards: list[str]
+    weight: float
+
+
+@dataclass
 class _Config:
     corpus: str
-    shards: list[str]
+    sources: list[_Source]
     batch_size: int
     collate_fn: Callable[..., dict]
     seed: int
@@ -122,6 +125,12 @@ class _Config:
     skip_budget: float
     skip_grace: int
     repeat: bool
+    opener: ShardOpener
+    resampled: bool = False
+
+    @property
+    def shards(self) -> list[str]:
+        return [u for src in self.sources for u in src.shards]
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -138,30 +147,107 @@ def shard_passes(own: list[str], every: list[str], *, repeat: bool, shuffle: boo
         yield _END_OF_PASS
         if not repeat:
             return
-        if tracker.last_pass_good == 0:
+        # A pass in which every shard failed (a store that is down, a server cutting every transfer) is
+        # treated like one without usable samples, even when the shards' first parts arrived.
+        failed = tracker.last_pass_shard_faults >= len(order)
+        if tracker.last_pass_good == 0 or failed:
+            what = "no usable sample" if tracker.last_pass_good == 0 else "every shard failed to read"
             if fallback or len(own) == len(every):
                 raise NoUsableData(
-                    f"{where}: a full pass over all {len(every)} shard(s) gave no usable sample; every shard is "
-                    f"unreadable, empty or broken (see the warnings above), e.g. {every[:3]}")
-            log.warning("%s: a full pass over its %d shard(s) gave no usable sample; reading every shard of the "
-                        "epoch instead (other workers' data repeats)", where, len(own))
+                    f"{where}: a full pass over all {len(every)} shard(s): {what}; the shards are unreadable, "
+                    f"unreachable, empty or broken (skips so far: {tracker.totals.as_dict()}; see the warnings "
+                    f"above), e.g. {every[:3]}")
+            log.warning("%s: a full pass over its %d shard(s): %s; reading every shard of the epoch instead "
+                        "(other workers' data repeats)", where, len(own), what)
             source, fallback = every, True
         p += 1
 
 
-def read_samples(items: Iterable[str], fields: frozenset[str], tracker: FaultTracker) -> Iterator[Any]:
+def resampled_shards(every: list[str], *, seed: int, epoch: int, where: str, tracker: FaultTracker) -> Iterator[str]:
+    """Shards drawn with replacement (endless), seeded per (seed, epoch, rank, worker); a "pass" is
+    len(every) draws, after which the same no-progress rule as shard_passes applies."""
+    rng = random.Random(stable_seed(seed, epoch, where, "resampled"))
+    while True:
+        for _ in range(len(every)):
+            yield rng.choice(every)
+        yield _END_OF_PASS
+        failed = tracker.last_pass_shard_faults >= len(every)
+        if tracker.last_pass_good == 0 or failed:
+            raise NoUsableData(
+                f"{where}: {len(every)} shards drawn (with replacement) from {len(every)}: "
+                f"{'no usable sample' if tracker.last_pass_good == 0 else 'every shard failed to read'} (skips so "
+                f"far: {tracker.totals.as_dict()}; see the warnings above), e.g. {every[:3]}")
+
+
+def mix_sources(streams: Sequence[Iterable[Any]], weights: Sequence[float], names: Sequence[str],
+                rng: random.Random, mix: SkipCounter) -> Iterator[Any]:
+    """Samples drawn from the sources' streams, each draw picking a source with probability
+    proportional to its weight (a seeded RNG: the same draws in every run); a stream that ends
+    leaves the draw to the others. `mix` counts the samples taken from each source."""
+    iters = [iter(s) for s in streams]
+    live = list(range(len(iters)))
+    while live:
+        i = live[0] if len(live) == 1 else rng.choices(live, weights=[weights[j] for j in live])[0]
+        try:
+            sample = next(iters[i])
+        except StopIteration:
+            live.remove(i)
+            continue
+        mix.add(names[i])
+        yield sample
+
+
+def read_samples(items: Iterable[str], fields: frozenset[str], tracker: FaultTracker,
+                 opener: ShardOpener | None = None) -> Iterator[Any]:
+    opener = opener or ShardOpener()
     for url in items:
         if url == _END_OF_PASS:
             yield url
         else:
-            yield from _read_shard(url, fields, tracker)
+            yield from _read_shard(url, fields, tracker, opener)
 
 
-def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker) -> Iterator[dict]:
-    done, current = 0, None
+def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker, opener: ShardOpener) -> Iterator[dict]:
+    """The shard's samples; a remote shard that fails is reopened (bounded retries with backoff) and
+    the samples already handed on are passed over, so a retried shard yields what an intact one would."""
+    done, attempt, remote = 0, 0, is_remote(url)
+    while True:
+        try:
+            n = 0
+            for sample in _tar_samples(url, fields, opener):
+                n += 1
+                if n > done:
+                    done = n
+                    yield sample
+            return
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            # The sample being assembled when the fault hit may be incomplete: it goes with the shard rest.
+            detail = f"{type(exc).__name__}: {exc}"
+            if remote and attempt < opener.retries:
+                attempt += 1
+                wait = opener.backoff(attempt)
+                log.warning("%s: shard %s failed after %d sample(s) (%s); retry %d of %d in %.1f s",
+                            tracker.where, url, done, detail, attempt, opener.retries, wait)
+                time.sleep(wait)
+                continue
+            reason = "shard_fetch_error" if remote and isinstance(exc, OSError) else "shard_error"
+            if remote:
+                detail += f" (after {attempt} retries)"
+            tracker.shard_fault(url, detail, done, reason)
+            return
+
+
+def _tar_samples(url: str, fields: frozenset[str], opener: ShardOpener) -> Iterator[dict]:
+    """Tar members grouped into raw samples; only the schema's fields are read."""
+    current = None
+    raw = opener.open(url)
+    finished = False
     try:
-        # Random-access mode (not "r|"): at the end we can look back for the end-of-archive block.
-        with open(url, "rb") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+        seekable = not is_remote(url)
+        # Random-access mode (not "r|"): at the end we can look back for the end-of-archive block. A stream
+        # gets that through a seek window (rc3.data.shard_source.SeekWindow).
+        f = raw if seekable else stream_for_tar(raw)
+        with tarfile.open(fileobj=f, mode="r:*" if seekable else "r:") as tar:
             for info in tar:
                 tar.members = []  # iteration does not need the member list; a shard's can be long
                 m = _MEMBER.match(info.name) if info.isreg() else None
@@ -170,7 +256,6 @@ def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker) -> Iter
                 key, field = m.group(1), m.group(2).lower()
                 if current is None or key != current["__key__"]:
                     if current is not None:
-                        done += 1
                         yield current
                     current = {"__key__": key, "__url__": url}
                 if field not in fields:
@@ -180,11 +265,35 @@ def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker) -> Iter
                 else:
                     current[field] = tar.extractfile(info).read()
             _check_archive_end(tar)
-        if current is not None:
-            yield current
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-        # The sample being assembled when the fault hit may be incomplete: it goes with the shard rest.
-        tracker.shard_fault(url, f"{type(exc).__name__}: {exc}", done)
+        finished = True
+        raw.close()  # a pipe reports its command's exit status here (an OSError when it failed)
+    except (EOFError, tarfile.TarError, zlib.error) as exc:
+        # A shard cut short looks broken; when the command that fetched it failed, it is a transport fault.
+        failure = transport_failure(raw) if is_remote(url) else None
+        if failure is not None:
+            raise OSError(f"{failure} ({type(exc).__name__}: {exc})") from exc
+        raise
+    finally:
+        if not finished:
+            abort(raw)
+    if current is not None:
+        yield current
+
+
+def count_samples(url: str, opener: ShardOpener | None = None) -> int:
+    """Samples in one shard (local or remote; member data is not read, a remote shard is streamed)."""
+    opener = opener or ShardOpener()
+    last_error: Exception | None = None
+    for attempt in range(opener.retries + 1):
+        if attempt:
+            time.sleep(opener.backoff(attempt))
+        try:
+            return sum(1 for _ in _tar_samples(url, frozenset(), opener))
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+            last_error = exc
+            if not is_remote(url):
+                break
+    raise OSError(f"cannot count the samples of shard {url}: {type(last_error).__name__}: {last_error}")
 
 
 def _check_archive_end(tar: tarfile.TarFile) -> None:
@@ -213,27 +322,57 @@ def shuffle_in_pass(items: Iterable[Any], bufsize: int, rng: random.Random) -> I
     yield from buf
 
 
-def fast_forward(samples: Iterable[Any], count: int, tracker: FaultTracker) -> Iterator[Any]:
+class _Trackers:
+    """The fault trackers of a worker's sources, seen as one by the stages after the mix; also
+    holds the per-source counts of the samples drawn (the realised mix)."""
+
+    def __init__(self, trackers: Sequence[FaultTracker]) -> None:
+        self.trackers = list(trackers)
+        self.mix = SkipCounter()
+
+    @property
+    def pending(self) -> bool:
+        return any(t.pending for t in self.trackers)
+
+    def take(self) -> dict[str, int]:
+        out = SkipCounter()
+        for t in self.trackers:
+            out.update(t.take())
+        return out.as_dict()
+
+    def take_mix(self) -> dict[str, int]:
+        return self.mix.take()
+
+
+def fast_forward(samples: Iterable[Any], count: int, tracker: FaultTracker | _Trackers) -> Iterator[Any]:
     """Skip the usable samples of batches produced before a resume (decoded, not collated)."""
     it = iter(samples)
     for _ in itertools.islice(it, count):
         pass
     tracker.take()  # their skips were reported before the interruption (and live in the checkpoint)
+    if isinstance(tracker, _Trackers):
+        tracker.take_mix()  # ... and so was their share of the mix
     yield from it
 
 
 def batch_collate(samples: Iterable[Any], batch_size: int, collate_fn: Callable[..., dict], epoch: int,
-                  tracker: FaultTracker, keep_partial: bool) -> Iterator[dict]:
+                  tracker: FaultTracker | _Trackers, keep_partial: bool) -> Iterator[dict]:
+    def extra() -> dict:
+        out = {"skipped": tracker.take()}
+        if isinstance(tracker, _Trackers):
+            out["mix"] = tracker.take_mix()
+        return out
+
     buf: list[Any] = []
     for sample in samples:
         buf.append(sample)
         if len(buf) == batch_size:
-            yield {**collate_fn(buf, epoch=epoch), "skipped": tracker.take()}
+            yield {**collate_fn(buf, epoch=epoch), **extra()}
             buf = []
     if buf and keep_partial:
-        yield {**collate_fn(buf, epoch=epoch), "skipped": tracker.take()}
+        yield {**collate_fn(buf, epoch=epoch), **extra()}
     if tracker.pending:
-        yield {_SKIPS_ONLY: True, "skipped": tracker.take()}
+        yield {_SKIPS_ONLY: True, **extra()}
 
 
 class _WorkerStream(IterableDataset):
@@ -252,25 +391,55 @@ class _WorkerStream(IterableDataset):
 
     def pipeline(self, worker: int, nworkers: int, done_batches: int) -> wds.DataPipeline:
         c, epoch = self.cfg, self.epoch
-        order = epoch_shard_order(c.shards, c.seed, epoch, c.shuffle_shards)
-        own = order[c.rank:: c.world_size][worker::nworkers]
-        where = f"{c.corpus} rank {c.rank} worker {worker}/{nworkers}"
-        tracker = FaultTracker(where, c.skip_budget, c.skip_grace)
-        shuffle_rng = random.Random(stable_seed(c.seed, epoch, c.rank, worker, nworkers, "samples"))
         skip = done_batches * c.batch_size
         needs_image = bool(getattr(c.collate_fn, "needs_image", c.corpus == "dw"))
         fields = _FIELDS[c.corpus] | ({"jpg"} if needs_image else set())
+        check = functools.partial(check_samples, corpus=c.corpus, collate_fn=c.collate_fn, needs_image=needs_image,
+                                  draft_size=getattr(c.collate_fn, "image_size", None))
+        if len(c.sources) == 1 and not c.resampled:
+            order = epoch_shard_order(c.sources[0].shards, c.seed, epoch, c.shuffle_shards)
+            own = order[c.rank:: c.world_size][worker::nworkers]
+            where = f"{c.corpus} rank {c.rank} worker {worker}/{nworkers}"
+            tracker = FaultTracker(where, c.skip_budget, c.skip_grace)
+            shuffle_rng = random.Random(stable_seed(c.seed, epoch, c.rank, worker, nworkers, "samples"))
+            return wds.DataPipeline(
+                functools.partial(shard_passes, own, order, repeat=c.repeat, shuffle=c.shuffle_shards, seed=c.seed,
+                                  epoch=epoch, where=where, tracker=tracker),
+                functools.partial(read_samples, fields=fields, tracker=tracker, opener=c.opener),
+                (functools.partial(shuffle_in_pass, bufsize=c.shuffle_buffer, rng=shuffle_rng)
+                 if c.shuffle_buffer > 1 else None),
+                functools.partial(check, tracker=tracker),
+                functools.partial(fast_forward, count=skip, tracker=tracker) if skip else None,
+                functools.partial(batch_collate, batch_size=c.batch_size, collate_fn=c.collate_fn, epoch=epoch,
+                                  tracker=tracker, keep_partial=not c.repeat),
+            )
+        # Several sources (or resampling): one stream per source, each as above, then a weighted draw.
+        streams, trackers = [], []
+        for src in c.sources:
+            where = f"{c.corpus}/{src.name} rank {c.rank} worker {worker}/{nworkers}"
+            tracker = FaultTracker(where, c.skip_budget, c.skip_grace)
+            if c.resampled:
+                shards: Iterable[str] = resampled_shards(src.shards, seed=c.seed, epoch=epoch, where=where,
+                                                         tracker=tracker)
+            else:
+                order = epoch_shard_order(src.shards, stable_seed(c.seed, src.name), epoch, c.shuffle_shards)
+                own = order[c.rank:: c.world_size][worker::nworkers]
+                shards = shard_passes(own, order, repeat=c.repeat, shuffle=c.shuffle_shards, seed=c.seed,
+                                      epoch=epoch, where=where, tracker=tracker)
+            items: Iterable[Any] = read_samples(shards, fields=fields, tracker=tracker, opener=c.opener)
+            if c.shuffle_buffer > 1:
+                rng = random.Random(stable_seed(c.seed, epoch, c.rank, worker, nworkers, src.name, "samples"))
+                items = shuffle_in_pass(items, c.shuffle_buffer, rng)
+            streams.append(check(items, tracker=tracker))
+            trackers.append(tracker)
+        group = _Trackers(trackers)
+        mix_rng = random.Random(stable_seed(c.seed, epoch, c.rank, worker, nworkers, "mix"))
         return wds.DataPipeline(
-            functools.partial(shard_passes, own, order, repeat=c.repeat, shuffle=c.shuffle_shards, seed=c.seed,
-                              epoch=epoch, where=where, tracker=tracker),
-            functools.partial(read_samples, fields=fields, tracker=tracker),
-            (functools.partial(shuffle_in_pass, bufsize=c.shuffle_buffer, rng=shuffle_rng)
-             if c.shuffle_buffer > 1 else None),
-            functools.partial(check_samples, corpus=c.corpus, collate_fn=c.collate_fn, needs_image=needs_image,
-                              draft_size=getattr(c.collate_fn, "image_size", None), tracker=tracker),
-            functools.partial(fast_forward, count=skip, tracker=tracker) if skip else None,
+            lambda: mix_sources(streams, [src.weight for src in c.sources], [src.name for src in c.sources],
+                                mix_rng, group.mix),
+            functools.partial(fast_forward, count=skip, tracker=group) if skip else None,
             functools.partial(batch_collate, batch_size=c.batch_size, collate_fn=c.collate_fn, epoch=epoch,
-                              tracker=tracker, keep_partial=not c.repeat),
+                              tracker=group, keep_partial=not c.repeat),
         )
 
 
@@ -334,6 +503,7 @@ class ShardLoader:
         self.batches_per_epoch = batches_per_epoch
         self.pin_memory = pin_memory
         self.skips = SkipCounter()
+        self.mix = SkipCounter()  # samples drawn per source, over every epoch run (weighted sources)
 
     def __len__(self) -> int:
         if self.batches_per_epoch is None:
@@ -353,6 +523,14 @@ class ShardLoader:
             raise ValueError(f"a data position is {{'epoch': int >= 0, 'batches_done': int >= 0}}, got {state!r}")
         self.epoch, self.batches_done = epoch, done
 
+    def _log_mix(self, counts: SkipCounter) -> None:
+        total = counts.total
+        weights = {src.name: src.weight for src in self.cfg.sources}
+        norm = sum(weights.values())
+        log.info("%s rank %d epoch %d: realised mix over %d samples: %s", self.cfg.corpus, self.cfg.rank, self.epoch,
+                 total, ", ".join(f"{name} {counts[name] / total:.3f} (weight {w / norm:.3f})"
+                                  for name, w in weights.items()))
+
     def __iter__(self) -> Iterator[dict]:
         bpe = self.batches_per_epoch
         if bpe is not None and self.batches_done >= bpe:
@@ -369,6 +547,7 @@ class ShardLoader:
                             worker_init_fn=(functools.partial(_init_worker, owner_pid=os.getpid())
                                             if self.num_workers > 0 else None), generator=base_seed)
         it = iter(loader)
+        epoch_mix = SkipCounter()
         try:
             while bpe is None or self.batches_done < bpe:
                 try:
@@ -376,6 +555,7 @@ class ShardLoader:
                 except StopIteration:
                     break
                 self.skips.update(batch.pop("skipped", {}))
+                epoch_mix.update(batch.pop("mix", {}))
                 if batch.pop(_SKIPS_ONLY, False):
                     continue
                 self.batches_done += 1
@@ -388,17 +568,22 @@ class ShardLoader:
             if shutdown is not None:
                 shutdown()
             del it
+            self.mix.update(epoch_mix)
+            if len(self.cfg.sources) > 1 and epoch_mix:
+                self._log_mix(epoch_mix)
         if self.batches_done == 0:
             raise NoUsableData(f"{self.cfg.corpus} rank {self.cfg.rank}: epoch {self.epoch} produced no batch; its "
                                f"shards hold no usable sample (skips: {self.skips.as_dict()})")
         self.epoch, self.batches_done = self.epoch + 1, 0
 
 
-def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, collate_fn: Callable[..., dict], *,
+def make_pipeline(corpus: str, shards: str | Sequence[str] | Sequence[Source], batch_size: int,
+                  collate_fn: Callable[..., dict], *,
                   seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                   shuffle_buffer: int = 1000, batches_per_epoch: int | None = None, skip_budget: float = 0.01,
                   skip_grace: int = 16, shuffle_shards: bool = True, pin_memory: bool = False,
-                  start_method: str | None = None) -> ShardLoader:
+                  start_method: str | None = None, opener: ShardOpener | None = None,
+                  resampled: bool = False) -> ShardLoader:
     """A loader of `corpus` ("ds" | "dw" | "dt") batches for one rank (see the module docstring).
 
     `collate_fn(samples, epoch=...)` receives decoded schema samples (rc3.data.schemas); the
@@ -406,6 +591,16 @@ def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, col
     whether images must be decoded. `skip_budget`: largest fraction of a worker's samples that
     may be broken (plus `skip_grace` samples) before SkipBudgetExceeded. `start_method`: how
     worker processes start ("fork", "forkserver", "spawn"; None = the platform default).
+    `shards` may name local files, globs, brace ranges, `pipe:` commands and URLs; `opener`
+    (rc3.data.shard_source.ShardOpener) says how remote ones are opened and retried.
+
+    Weighted sources: `shards` may be a list of :class:`Source` (name, shards, weight); every
+    worker then reads each source as above and draws each sample from source i with probability
+    weight_i / sum(weights), with an RNG seeded by (seed, epoch, rank, worker), so the stream, and
+    resume, stay exact. `loader.mix` counts the samples drawn per source (logged each epoch).
+    `resampled=True` draws shards with replacement instead of passing over them (endless streams,
+    as webdataset's ResampledShards; needs `batches_per_epoch`); every rank and worker draws from
+    all shards of a source with its own seed.
     """
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {CORPORA}")
@@ -423,13 +618,35 @@ def make_pipeline(corpus: str, shards: str | Sequence[str], batch_size: int, col
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     if start_method is not None and start_method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS} or None, got {start_method!r}")
-    shard_list = expand_shards(shards)
+    if resampled and batches_per_epoch is None:
+        raise ValueError("resampled=True draws shards endlessly; set batches_per_epoch")
+    sources = _resolve_sources(corpus, shards)
     streams = world_size * max(num_workers, 1)
-    if len(shard_list) < streams:
-        raise ValueError(
-            f"{corpus}: {len(shard_list)} shard(s) for {world_size} rank(s) x {max(num_workers, 1)} worker(s) = "
-            f"{streams} streams; every worker needs at least one shard: write smaller shards or use fewer workers")
-    cfg = _Config(corpus=corpus, shards=shard_list, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
+    for src in sources:
+        if len(src.shards) < streams and not resampled:
+            what = corpus if len(sources) == 1 else f"{corpus} source {src.name!r}"
+            raise ValueError(
+                f"{what}: {len(src.shards)} shard(s) for {world_size} rank(s) x {max(num_workers, 1)} worker(s) = "
+                f"{streams} streams; every worker needs at least one shard: write smaller shards or use fewer "
+                f"workers (or resampled=True)")
+    cfg = _Config(corpus=corpus, sources=sources, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
                   rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, shuffle_shards=shuffle_shards,
-                  skip_budget=skip_budget, skip_grace=skip_grace, repeat=batches_per_epoch is not None)
+                  skip_budget=skip_budget, skip_grace=skip_grace, repeat=batches_per_epoch is not None,
+                  opener=opener or ShardOpener(), resampled=resampled)
     return ShardLoader(cfg, epoch, num_workers, batches_per_epoch, pin_memory, start_method)
+
+
+def _resolve_sources(corpus: str, shards: str | Sequence[str] | Sequence[Source]) -> list[_Source]:
+    if isinstance(shards, (str, os.PathLike)) or not any(isinstance(x, Source) for x in shards):
+        return [_Source(corpus, expand_shards(shards), 1.0)]  # type: ignore[arg-type]
+    if not all(isinstance(x, Source) for x in shards):
+        raise ValueError(f"{corpus}: give either shard specs or Source objects, not both")
+    out: list[_Source] = []
+    for src in shards:  # type: ignore[union-attr]
+        if not (isinstance(src.weight, (int, float)) and src.weight > 0 and src.weight < float("inf")):
+            raise ValueError(f"{corpus} source {src.name!r}: weight must be a positive number, got {src.weight!r}")
+        out.append(_Source(str(src.name), expand_shards(src.shards), float(src.weight)))
+    names = [src.name for src in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{corpus}: source names must be unique, got {names}")
+    return out

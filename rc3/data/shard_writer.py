@@ -1,24 +1,36 @@
-"""Crash-safe WebDataset shard writer: `<prefix>-%06d.tar`, each shard atomically renamed into place.
+"""Crash-safe, resumable WebDataset shard writer: `<prefix>-%06d.tar`, each shard atomically renamed into place.
 
 A shard is written to `<name>.tmp` and renamed to its final name only once it is complete and
 flushed to disk, so an interrupted build never leaves a half-written tar under a shard name (the
 partial `.tmp` is removed when the writer exits through an exception). A non-empty output
-directory is refused unless `overwrite=True`; with overwrite, the stale shards of the same prefix
-are removed first so a smaller rebuild cannot leave old shards behind.
+directory is refused unless `overwrite=True` or `resume=True`; with overwrite, the stale shards of
+the same prefix are removed first so a smaller rebuild cannot leave old shards behind.
+
+Resume: with `progress` (a callable returning a JSON-able dict, e.g. how many input items the
+builder has consumed and its counts so far), each finished shard gets a sidecar
+`<prefix>-%06d.progress.json` written atomically right after the shard. `resume=True` keeps the
+shards that have one, removes any later shard or temp file (a crash between the shard and its
+sidecar leaves a shard without one: it is written again, identically), continues the numbering,
+and hands the last sidecar back as `resumed` so the builder can skip the inputs already written.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import webdataset as wds
+import tarfile
 
 
 class ShardWriter:
     """Write samples (dicts of bytes, see rc3.data.schemas) into numbered tar shards."""
 
-    def __init__(self, out_dir: str | os.PathLike[str], prefix: str, max_samples: int = 1000, overwrite: bool = False) -> None:
+    def __init__(self, out_dir: str | os.PathLike[str], prefix: str, max_samples: int = 1000, overwrite: bool = False,
+                 resume: bool = False, progress: Callable[[], dict] | None = None) -> None:
         if max_samples < 1:
             raise ValueError(f"max_samples (shard size) must be >= 1, got {max_samples}")
         if not prefix or "/" in prefix:
@@ -31,10 +43,41 @@ class ShardWriter:
         self._index = 0
         self._count = 0
         self._file: BinaryIO | None = None
-        self._tar: wds.TarWriter | None = None
+        self._offset = 0  # bytes written to the current shard
         self._tmp: Path | None = None
         self._final: Path | None = None
-        self._prepare_dir(overwrite)
+        self.progress = progress
+        self.resumed: dict | None = None  # the last finished shard's progress record, on resume
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        if resume:
+            self._resume_dir()
+        else:
+            self._prepare_dir(overwrite)
+
+    def _progress_path(self, index: int) -> Path:
+        return self.out_dir / f"{self.prefix}-{index:06d}.progress.json"
+
+    def _resume_dir(self) -> None:
+        """Keep the leading run of shards that have a progress record; remove what follows."""
+        if not self.out_dir.is_dir():
+            raise FileNotFoundError(f"cannot resume: shard output directory {self.out_dir} does not exist")
+        name = re.compile(rf"^{re.escape(self.prefix)}-(\d{{6}})\.(tar|tar\.tmp|progress\.json)$")
+        done = 0
+        while (self.out_dir / f"{self.prefix}-{done:06d}.tar").is_file() and self._progress_path(done).is_file():
+            done += 1
+        for path in self.out_dir.iterdir():
+            m = name.match(path.name)
+            if m and (int(m.group(1)) >= done or m.group(2) == "tar.tmp"):
+                path.unlink()
+        self._index = done
+        self.shards = [self.out_dir / f"{self.prefix}-{i:06d}.tar" for i in range(done)]
+        if done:
+            try:
+                self.resumed = json.loads(self._progress_path(done - 1).read_text())
+            except ValueError as exc:
+                raise ValueError(f"cannot resume: {self._progress_path(done - 1)} is not valid JSON ({exc}); "
+                                 "rebuild with --overwrite") from None
 
     def _prepare_dir(self, overwrite: bool) -> None:
         if self.out_dir.exists() and not self.out_dir.is_dir():
@@ -47,47 +90,52 @@ class ShardWriter:
                 f"{existing[0].name}); choose an empty directory or pass overwrite=True (--overwrite)"
             )
         for path in existing:
-            if path.is_file() and path.name.startswith(f"{self.prefix}-") and path.name.endswith((".tar", ".tar.tmp")):
+            if path.is_file() and path.name.startswith(f"{self.prefix}-") and path.name.endswith(
+                    (".tar", ".tar.tmp", ".progress.json")):
                 path.unlink()
 
     def _open_next(self) -> None:
         self._final = self.out_dir / f"{self.prefix}-{self._index:06d}.tar"
         self._tmp = self._final.with_name(self._final.name + ".tmp")
         self._file = open(self._tmp, "wb")
-        # encoder=False: schemas.encode_* already produced bytes; no implicit pickling.
-        self._tar = wds.TarWriter(self._file, encoder=False, compress=False, mtime=0.0)
+        self._offset = 0
         self._count = 0
 
     def _finish_current(self) -> None:
-        if self._tar is None:
+        if self._file is None:
             return
-        assert self._file is not None and self._tmp is not None and self._final is not None
-        self._tar.close()
+        assert self._tmp is not None and self._final is not None
+        # the end of a tar as tarfile writes it: two zero blocks, then zeros up to a full record
+        end = self._offset + 2 * tarfile.BLOCKSIZE
+        self._file.write(bytes(2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self._final)
         self.shards.append(self._final)
-        self._tar = self._file = self._tmp = None
+        self._file = self._tmp = None
+        if self.progress is not None:
+            _write_json_atomic(self._progress_path(self._index), self.progress())
         self._index += 1
 
     def _abort_current(self) -> None:
-        try:
-            if self._tar is not None:
-                self._tar.close()  # release tarfile's buffers before the file goes away
-        finally:
-            if self._file is not None:
-                self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
-        self._tar = self._file = self._tmp = None
+        self._file = self._tmp = None
 
     def write(self, sample: dict[str, Any]) -> None:
         """Append one encoded sample, starting a new shard when the current one is full."""
-        if self._tar is None:
+        self.write_encoded(encode_tar_sample(sample))
+
+    def write_encoded(self, data: bytes) -> None:
+        """Append one sample already serialised by `encode_tar_sample` (e.g. in a worker process)."""
+        if self._file is None:
             self._open_next()
-        assert self._tar is not None
-        self._tar.write(sample)
+        assert self._file is not None
+        self._file.write(data)
+        self._offset += len(data)
         self._count += 1
         self.total += 1
         if self._count >= self.max_samples:
@@ -105,3 +153,40 @@ class ShardWriter:
             self.close()
         else:
             self._abort_current()
+
+
+# What webdataset's TarWriter(encoder=False, compress=False, mtime=0.0) writes for a sample: one member
+# per field in sorted order, PAX headers (tarfile's default format; the float mtime adds a PAX
+# record), mode 0o444, owner "bigdata". Done here so that worker processes can serialise samples
+# and the writer only appends bytes; tests/test_builders_scale.py checks the bytes against TarWriter.
+_TAR_USER = "bigdata"
+
+
+def encode_tar_sample(sample: dict[str, Any]) -> bytes:
+    """A sample (dict of bytes with "__key__") as the tar members webdataset's TarWriter writes."""
+    if "__key__" not in sample:
+        raise ValueError("a sample must contain a __key__")
+    key = sample["__key__"]
+    parts = []
+    for field in sorted(sample):
+        if field.startswith("_"):
+            continue
+        value = sample[field]
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ValueError(f"{field} of sample {key!r} is {type(value).__name__}, not bytes")
+        info = tarfile.TarInfo(f"{key}.{field}")
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(value), 0.0, 0o444, _TAR_USER, _TAR_USER
+        parts += [info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), bytes(value),
+                  bytes(-len(value) % tarfile.BLOCKSIZE)]
+    return b"".join(parts)
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -23,7 +23,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rc3.data.shard_writer import ShardWriter
 
 from PIL import Image
 
@@ -46,6 +49,21 @@ class BuildStats:
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] += n
+
+    def to_json(self) -> dict:
+        """The counts (not the shard list), for a resumable build's progress record."""
+        out: dict = {"written": self.written, "skipped": dict(self.skipped), "languages": dict(self.languages),
+                     "notes": dict(self.notes)}
+        if self.pair_table is not None:
+            out["pair_table"] = [[a, b, n] for (a, b), n in sorted(self.pair_table.items())]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BuildStats":
+        table = data.get("pair_table")
+        return cls(written=int(data["written"]), skipped=Counter(data["skipped"]), languages=Counter(data["languages"]),
+                   notes=Counter(data["notes"]),
+                   pair_table=None if table is None else {(a, b): int(n) for a, b, n in table})
 
     @property
     def total_skipped(self) -> int:
@@ -127,6 +145,19 @@ def iter_captions(path: Path, stats: BuildStats | None = None, lang: str = "") -
                     stats.skip(f"{tag}empty_caption")
                 continue
             yield image_id, caption
+
+
+def start_progress(writer: "ShardWriter", builder: str, shard_size: int, stats: BuildStats) -> tuple[int, BuildStats]:
+    """On a resumed build: (input items already consumed, the counts so far) from the writer's last
+    progress record, checked against this build; (0, stats) for a fresh one."""
+    rec = writer.resumed
+    if rec is None:
+        return 0, stats
+    if rec.get("builder") != builder or rec.get("shard_size") != shard_size:
+        raise ValueError(f"cannot resume in {writer.out_dir}: its shards were written by builder "
+                         f"{rec.get('builder')!r} with shard size {rec.get('shard_size')}, not {builder!r} with "
+                         f"{shard_size}; use the same settings, or --overwrite")
+    return int(rec["inputs"]), BuildStats.from_json(rec["stats"])
 
 
 class CaptionJoin:

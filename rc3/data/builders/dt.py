@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rc3.data.builders.common import BuildStats, CaptionJoin, clean_text, open_text, require_file
+from rc3.data.builders.common import BuildStats, CaptionJoin, clean_text, open_text, require_file, start_progress
 from rc3.data.schemas import encode_dt
 from rc3.data.shard_writer import ShardWriter
 
@@ -143,6 +143,18 @@ class CaptionPairsSource(DtSource):
                         stats.skip("caption_pair_missing_language")
 
 
+class _GatedStats:
+    """Skip counts of a source being replayed on resume: dropped until the replay reaches the
+    position of the last finished shard (its progress record holds the counts up to there)."""
+
+    def __init__(self, stats: BuildStats) -> None:
+        self.stats, self.open = stats, False
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        if self.open:
+            self.stats.skip(reason, n)
+
+
 def build_dt(
     sources: Sequence[DtSource],
     out_dir: Path,
@@ -150,8 +162,12 @@ def build_dt(
     prefix: str = "dt",
     overwrite: bool = False,
     show_progress: bool = True,
+    resume: bool = False,
 ) -> BuildStats:
-    """Write Dt shards `<out_dir>/<prefix>-%06d.tar`, one parallel pair per sample."""
+    """Write Dt shards `<out_dir>/<prefix>-%06d.tar`, one parallel pair per sample.
+
+    resume: continue an interrupted build, keeping its finished shards (the sources are read again
+    up to where the last finished shard ended)."""
     from tqdm import tqdm
 
     if not sources:
@@ -160,18 +176,35 @@ def build_dt(
         source.check()  # every input is validated before the first shard is written
     stats = BuildStats()
     pair_counts: dict[tuple[str, str], int] = {}
-    with ShardWriter(Path(out_dir), prefix, shard_size, overwrite=overwrite) as writer:
+    position = [0]  # input pairs read so far, over all sources in order
+    writer = ShardWriter(Path(out_dir), prefix, shard_size, overwrite=overwrite, resume=resume,
+                         progress=lambda: {"builder": "dt", "shard_size": shard_size, "inputs": position[0],
+                                           "stats": {**stats.to_json(), "pair_table": [
+                                               [a, b, n] for (a, b), n in sorted(pair_counts.items())]}})
+    start, restored = start_progress(writer, "dt", shard_size, stats)
+    if start:
+        stats.__dict__.update(restored.__dict__)
+        pair_counts.update(restored.pair_table or {})
+        stats.pair_table = None
+    with writer:
         for si, source in enumerate(sources):
+            gate = _GatedStats(stats)
+            gate.open = position[0] >= start
             for i, (a, b, src, tgt) in enumerate(
-                tqdm(source.pairs(stats), desc=source.describe()[:60], unit=" pairs", disable=not show_progress)
+                tqdm(source.pairs(gate), desc=source.describe()[:60], unit=" pairs", disable=not show_progress)
             ):
+                position[0] += 1
+                if position[0] <= start:  # written (or counted) before the interruption
+                    gate.open = position[0] == start
+                    continue
+                gate.open = True
                 if not src or not tgt:
                     stats.skip("empty_side")
                     continue
-                writer.write(encode_dt(f"{si:02d}_{i:010d}", a, b, src, tgt))
-                stats.written += 1
+                stats.written += 1  # counted before the write: a shard it completes records it
                 stats.languages.update((a, b))
                 pair_counts[(a, b)] = pair_counts.get((a, b), 0) + 1
+                writer.write(encode_dt(f"{si:02d}_{i:010d}", a, b, src, tgt))
     stats.pair_table = pair_counts
     stats.shards = list(writer.shards)
     return stats

@@ -44,9 +44,10 @@ from urllib.parse import unquote, urlsplit
 
 from webdataset.tariterators import base_plus_ext
 
-from rc3.data.builders.common import BuildStats, clean_text, open_text, require_file, to_jpeg_bytes
+from rc3.data.builders.common import BuildStats, clean_text, open_text, require_file, start_progress, to_jpeg_bytes
+from rc3.data.builders.parallel import ordered_map
 from rc3.data.schemas import encode_dw
-from rc3.data.shard_writer import ShardWriter
+from rc3.data.shard_writer import ShardWriter, encode_tar_sample
 
 DW_LANGS = ("de", "en", "fr", "id", "ja", "zh")
 TABLE5_ORDER = ("en", "de", "fr", "ja", "zh", "id")  # row/column order of the paper's Table 5
@@ -133,44 +134,64 @@ def _grouped(db: sqlite3.Connection, langs: Sequence[str]) -> Iterator[tuple[str
 
 
 class _TarImages:
-    """img2dataset shards: url -> (tar, offset, size), indexed once into SQLite."""
+    """img2dataset shards: url -> (tar, offset, size), indexed once into SQLite (one tar per task
+    when `workers` > 1: reading the tar headers is most of the indexing time)."""
 
-    def __init__(self, root: Path, db: sqlite3.Connection, show_progress: bool) -> None:
+    def __init__(self, root: Path, db: sqlite3.Connection, show_progress: bool, workers: int = 1) -> None:
         from tqdm import tqdm
 
         self.db = db
         db.execute("CREATE TABLE images (url TEXT PRIMARY KEY, tar TEXT, offset INTEGER, size INTEGER)")
-        for tar_path in tqdm(sorted(root.glob("*.tar")), desc="index image tars", unit=" tar", disable=not show_progress):
-            urls: dict[str, str] = {}
-            spans: dict[str, tuple[int, int]] = {}
-            with tarfile.open(tar_path, "r:") as tf:
-                for member in tf:
-                    key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
-                    if key is None:
-                        continue
-                    if ext == "json":
-                        try:
-                            meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
-                        except (json.JSONDecodeError, UnicodeDecodeError):
-                            continue
-                        if isinstance(meta, dict) and isinstance(meta.get("url"), str):
-                            urls[key] = meta["url"]
-                    elif ext == "jpg":
-                        spans[key] = (member.offset_data, member.size)
-            db.executemany(
-                "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
-                [(url, str(tar_path), *spans[key]) for key, url in urls.items() if key in spans],
-            )
+        tars = sorted(root.glob("*.tar"))
+        for rows in tqdm(ordered_map(_index_tar, tars, workers, chunk_size=1), total=len(tars), desc="index image tars",
+                         unit=" tar", disable=not show_progress):
+            db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)", rows)
         db.commit()
 
     def get(self, url: str) -> bytes | None:
-        hit = self.db.execute("SELECT tar, offset, size FROM images WHERE url = ?", (url,)).fetchone()
-        if hit is None:
-            return None
-        tar, offset, size = hit
-        with open(tar, "rb") as fh:
-            fh.seek(offset)
-            return fh.read(size)
+        return _tar_get(self.db, url)
+
+
+def _index_tar(tar_path: Path) -> list[tuple[str, str, int, int]]:
+    """(url, tar, offset, size) of every image of one img2dataset tar that has a url in its json."""
+    urls: dict[str, str] = {}
+    spans: dict[str, tuple[int, int]] = {}
+    with tarfile.open(tar_path, "r:") as tf:
+        for member in tf:
+            tf.members = []  # the member list is not needed and grows with the tar
+            key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+            if key is None:
+                continue
+            if ext == "json":
+                try:
+                    meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if isinstance(meta, dict) and isinstance(meta.get("url"), str):
+                    urls[key] = meta["url"]
+            elif ext == "jpg":
+                spans[key] = (member.offset_data, member.size)
+    return [(url, str(tar_path), *spans[key]) for key, url in urls.items() if key in spans]
+
+
+class _TarLookup:
+    """Reads images through the url index of _TarImages, from another process (own connection)."""
+
+    def __init__(self, db_path: str) -> None:
+        self.db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+
+    def get(self, url: str) -> bytes | None:
+        return _tar_get(self.db, url)
+
+
+def _tar_get(db: sqlite3.Connection, url: str) -> bytes | None:
+    hit = db.execute("SELECT tar, offset, size FROM images WHERE url = ?", (url,)).fetchone()
+    if hit is None:
+        return None
+    tar, offset, size = hit
+    with open(tar, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
 
 
 class _DirImages:
@@ -190,13 +211,14 @@ class _DirImages:
         return None
 
 
-def open_images(images: Path, db: sqlite3.Connection, show_progress: bool = True) -> _TarImages | _DirImages:
+def open_images(images: Path, db: sqlite3.Connection, show_progress: bool = True,
+                workers: int = 1) -> _TarImages | _DirImages:
     """img2dataset shard dir when it holds `*.tar` files, else a plain image directory."""
     root = Path(images)
     if not root.is_dir():
         raise FileNotFoundError(f"images {root} is not a directory (expected img2dataset output or an image folder)")
     if any(root.glob("*.tar")):
-        return _TarImages(root, db, show_progress)
+        return _TarImages(root, db, show_progress, workers)
     return _DirImages(root)
 
 
@@ -235,53 +257,96 @@ def build_dw(
     overwrite: bool = False,
     show_progress: bool = True,
     text_source: str = "reference",
+    workers: int = 1,
+    resume: bool = False,
 ) -> BuildStats:
     """Write Dw shards `<out_dir>/<prefix>-%06d.tar`; `stats.pair_table` holds the Table-5 counts.
-    `text_source`: which WIT text becomes the tuple's text (module docstring)."""
+
+    text_source: which WIT text becomes the tuple's text (module docstring); workers: processes that
+    read and check the images and encode samples (the shards are the same for any count); resume:
+    continue an interrupted build, keeping its finished shards."""
     from tqdm import tqdm
 
     if not wit_tsvs:
         raise ValueError("no WIT TSV files given")
     if text_source not in TEXT_SOURCES:
         raise ValueError(f"text_source {text_source!r} is not one of {', '.join(TEXT_SOURCES)}")
+    # the text source is part of what a resumed build must share with the interrupted one
+    builder = "dw" if text_source == "reference" else f"dw ({text_source} texts)"
     for path in wit_tsvs:
         require_file(Path(path), "WIT TSV")
     if not Path(images).is_dir():
         raise FileNotFoundError(f"images {images} is not a directory (expected img2dataset output or an image folder)")
     langs = tuple(langs)
-    stats = BuildStats(pair_table={})
     table: Counter[tuple[str, str]] = Counter()
-    writer = ShardWriter(Path(out_dir), prefix, shard_size, overwrite=overwrite)
+    stats = BuildStats(pair_table=table)
+    consumed = [0]
+    writer = ShardWriter(Path(out_dir), prefix, shard_size, overwrite=overwrite, resume=resume,
+                         progress=lambda: {"builder": builder, "shard_size": shard_size, "inputs": consumed[0],
+                                           "stats": stats.to_json()})
+    start, restored = start_progress(writer, builder, shard_size, stats)
     fd, db_name = tempfile.mkstemp(prefix="rc3-wit-", suffix=".sqlite")
     os.close(fd)
     db = sqlite3.connect(db_name)
     try:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
-        _index_rows(db, [Path(p) for p in wit_tsvs], langs, stats, show_progress, text_source)
-        source = open_images(Path(images), db, show_progress)
+        # a resumed build has the indexing counts in its restored stats already
+        _index_rows(db, [Path(p) for p in wit_tsvs], langs, stats if not start else BuildStats(), show_progress,
+                    text_source)
+        if start:
+            table.update(restored.pair_table or {})
+            restored.pair_table = table
+            stats.__dict__.update(restored.__dict__)
+        source = open_images(Path(images), db, show_progress, workers)
+        db.commit()
         n_images = db.execute("SELECT COUNT(DISTINCT url) FROM wit").fetchone()[0]
+        init = (str(images), db_name if isinstance(source, _TarImages) else None)
         with writer:
-            for url, texts in tqdm(_grouped(db, langs), total=n_images, desc="dw shards", unit=" img", disable=not show_progress):
-                if len(texts) < 2:
-                    stats.skip("single_language_image")
-                    continue
-                data = source.get(url)
-                if data is None:
-                    stats.skip("no_image")
-                    continue
-                try:
-                    jpg = to_jpeg_bytes(data, url)
-                except ValueError:
-                    stats.skip("bad_image")
-                    continue
-                writer.write(encode_dw(hashlib.sha1(url.encode("utf-8")).hexdigest(), jpg, texts))
-                stats.written += 1
-                stats.languages.update(texts.keys())
-                count_pairs(table, list(texts))
+            items = itertools.islice(_grouped(db, langs), start, None)
+            results = ordered_map(_dw_item, items, workers, initializer=_dw_init, initargs=init)
+            try:
+                for i, result in enumerate(tqdm(results, total=n_images - start, desc="dw shards", unit=" img",
+                                                disable=not show_progress), start=start):
+                    consumed[0] = i + 1
+                    if result[0] == "skip":
+                        stats.skip(result[1])
+                        continue
+                    _, sample, tuple_langs = result
+                    stats.written += 1  # counted before the write: a shard it completes records it
+                    stats.languages.update(tuple_langs)
+                    count_pairs(table, tuple_langs)
+                    writer.write_encoded(sample)
+            finally:
+                results.close()  # stops the worker processes now, also on an error
     finally:
+        _DW.clear()
         db.close()
         Path(db_name).unlink(missing_ok=True)
     stats.pair_table = dict(table)
     stats.shards = list(writer.shards)
     return stats
+
+
+# ---- per-item work (in worker processes; see rc3.data.builders.parallel) -----------------------
+_DW: dict = {}
+
+
+def _dw_init(images: str, tar_index: str | None) -> None:
+    _DW["source"] = _TarLookup(tar_index) if tar_index else _DirImages(Path(images))
+
+
+def _dw_item(item: tuple[str, dict[str, str]]) -> tuple:
+    """("skip", reason) or ("ok", the sample's tar bytes, languages) for one image and its texts."""
+    url, texts = item
+    if len(texts) < 2:
+        return ("skip", "single_language_image")
+    data = _DW["source"].get(url)
+    if data is None:
+        return ("skip", "no_image")
+    try:
+        jpg = to_jpeg_bytes(data, url)
+    except ValueError:
+        return ("skip", "bad_image")
+    # serialised here, in the worker, so the writing process only appends bytes
+    return ("ok", encode_tar_sample(encode_dw(hashlib.sha1(url.encode("utf-8")).hexdigest(), jpg, texts)), list(texts))
