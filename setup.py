@@ -32,6 +32,7 @@ setup(
         "pillow>=10.0",
         "protobuf>=4.0",
     ],
+    entry_points={"console_scripts": ["rc3=rc3.cli:main"]},  # rc3 embed|index|search|classify|translate
     extras_require={
         "cpu": ["faiss-cpu>=1.8"],
         "gpu": ["faiss-gpu>=1.7"],

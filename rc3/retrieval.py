@@ -17,7 +17,9 @@ head's score of each (query, candidate) pair), so everything here is testable wi
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Literal, Protocol, Sequence
 
 import numpy as np
@@ -87,6 +89,46 @@ class FaissIndex:
             raise RuntimeError("FaissIndex.search before add(): the index is empty")
         scores, ids = self._index.search(self._numpy(queries), min(int(k), self.ntotal))
         return torch.from_numpy(scores), torch.from_numpy(ids)
+
+    def vectors(self) -> Tensor:
+        """Every stored vector, float32 [ntotal, dim] on CPU (exact for a flat index)."""
+        if self.ntotal == 0:
+            return torch.zeros(0, self.dim)
+        index = self._index
+        if self.on_gpu:
+            import faiss
+            index = faiss.index_gpu_to_cpu(index)
+        return torch.from_numpy(index.reconstruct_n(0, self.ntotal))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index in faiss's own binary format (no pickle), atomically (temp file + rename)."""
+        import faiss
+
+        out = Path(path)
+        index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        try:
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, use_gpu: bool | None = None, normalize: bool = False) -> "FaissIndex":
+        """Read an index written by `save` (moved to the GPU as the constructor would)."""
+        import faiss
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no faiss index at {p}")
+        try:
+            cpu_index = faiss.read_index(str(p))
+        except RuntimeError as err:
+            raise ValueError(f"{p}: not a readable faiss index ({str(err).splitlines()[0]}); rebuild it") from None
+        out = cls(cpu_index.d, use_gpu=use_gpu, normalize=normalize)
+        out._index = faiss.index_cpu_to_gpu(out._res, 0, cpu_index) if out.on_gpu else cpu_index
+        return out
 
 
 class TorchTopK:

@@ -47,6 +47,12 @@ class ITRModel(TaskModel):
     def meta(self) -> dict[str, Any]:
         return {**super().meta(), "embed_dim": self.dual.image_proj.out_features}
 
+    @classmethod
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "ITRModel":
+        # The temperature comes back with the head's weights; a learned one is a parameter, a fixed one a buffer.
+        embed_dim = int(meta.get("embed_dim") or state["dual.image_proj.weight"].shape[0])
+        return cls(rc3, meta["visual_mode"], embed_dim)
+
     # ---- embeddings and scores (also used by evaluation) ------------------------------------
     def image_embeddings(self, visual: Mapping[str, Tensor]) -> Tensor:
         any_t = next(iter(visual.values()))

@@ -25,6 +25,7 @@ def items_of(examples: Sequence[PairExample]) -> list[TaskItem]:
 class MaRVLTask:
     name = "marvl"
     num_labels = 2
+    labels = ["false", "true"]  # by label id (reader: False -> 0, True -> 1), saved with the head
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg

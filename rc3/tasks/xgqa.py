@@ -30,6 +30,7 @@ class XGQATask:
         self.ans2label = load_answer_vocab(cfg.data_path(cfg.data.answer_vocab))
         self.label2ans = label_to_answer(self.ans2label)
         self.num_labels = len(self.ans2label)
+        self.labels = self.label2ans  # by label id, saved with the head
 
     def _read(self, path_value: Optional[str], lang: str, training: bool, limit_to: Optional[int]) -> list[TaskItem]:
         examples = read_xgqa(self.cfg.data_path(path_value), self.ans2label, lang, training=training)

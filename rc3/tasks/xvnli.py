@@ -23,6 +23,7 @@ def items_of(examples: Sequence[XVNLIExample]) -> list[TaskItem]:
 class XVNLITask:
     name = "xvnli"
     num_labels = len(LABELS)
+    labels = list(LABELS)  # by label id, saved with the head
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
