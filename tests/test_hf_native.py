@@ -3,6 +3,7 @@ tokenizer.json, and tools/export_hf.py loading in plain transformers (a process 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_auto_config_and_auto_model_load_every_model_directory(reduced_dir: Path
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 100, (2, 7), generator=g)
     visual = {"roi": torch.randn(2, 36, 2048, generator=g), "boxes": torch.rand(2, 36, 5, generator=g),
-              "pixels": torch.randn(2, 3, 224, 224, generator=g)}
+              "pixels": torch.randint(0, 256, (2, 3, 224, 224), generator=g, dtype=torch.uint8)}  # normalised inside
     with torch.no_grad():
         out = hf(ids, roi=visual["roi"], boxes=visual["boxes"], visual_mode="roi")
         want = ref.itm_logits(ref.vtr(ids, torch.ones_like(ids, dtype=torch.bool), visual, "roi"))
@@ -131,8 +132,9 @@ CODES = {"de": "de_DE", "en": "en_XX", "fr": "fr_XX", "zh": "zh_CN", "ja": "ja_X
 
 def test_export_hf_loads_in_plain_transformers_and_generates_rc3s_text(reduced_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")  # this checkout's rc3
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "export_hf.py"), str(reduced_dir), str(out)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     cases = [("Ein Hund läuft über die Wiese.", "de", "en"), ("a dog runs on the grass", "en", "fr"),
              ("一只狗在草地上跑", "zh", "ja")]
