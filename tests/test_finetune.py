@@ -196,7 +196,7 @@ def test_classification_recipes(task: str, langs: list[str], metric: str, world:
     md = (out / "results.md").read_text()
     assert md.count("\n| ") == len(langs) + 1  # header + one row per language
     assert (out / "model" / "task_head.json").is_file() and (out / "model" / "model.safetensors").is_file()
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     if task == "xvnli":
         assert results["en"]["n"] == 6  # the unlabeled "-" row is skipped

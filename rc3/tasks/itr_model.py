@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import distributed
 from ..losses import itm_loss
 from ..modeling import RC3Model
 from .common import visual_of
@@ -88,13 +89,21 @@ class ITRModel(TaskModel):
         b = ids.shape[0]
         img = self.image_embeddings(visual)
         txt = self.text_embeddings(ids, mask)
+        # Contrastive negatives come from every process's batch (the global batch, as on one process):
+        # the gathered embeddings carry gradients back to the process that made them (rc3.distributed).
+        img_all, txt_all = distributed.all_gather_with_grad(img), distributed.all_gather_with_grad(txt)
+        group_all = distributed.all_gather(group)
+        offset = sum(distributed.all_gather_sizes(b)[:distributed.get_rank()])
+        target = torch.arange(b, device=ids.device) + offset  # each row's own pair in the global batch
+        own = nn.functional.one_hot(target, img_all.shape[0]).bool()
+        other_same = (group[:, None] == group_all[None, :]) & ~own  # another caption of the same image
+        scale = self.dual.scale()
+        i2t = (img @ txt_all.T * scale).masked_fill(other_same, float("-inf"))
+        t2i = (txt @ img_all.T * scale).masked_fill(other_same, float("-inf"))
+        contrastive = 0.5 * (nn.functional.cross_entropy(i2t, target) + nn.functional.cross_entropy(t2i, target))
+        # ITM: hard negatives from this process's batch, whose inputs are here (as ALBEF draws them).
         same = group[:, None] == group[None, :]
-        eye = torch.eye(b, dtype=torch.bool, device=ids.device)
-        sim = img @ txt.T  # cosine similarities, image rows x caption columns
-        scaled = sim * self.dual.scale()  # the contrastive logits; hard ITM negatives are drawn from them too
-        logits = scaled.masked_fill(same & ~eye, float("-inf"))
-        target = torch.arange(b, device=ids.device)
-        contrastive = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
+        scaled = (img @ txt.T) * scale  # the local contrastive logits; hard ITM negatives are drawn from them
 
         # ITM: positives, a negative caption per image, a negative image per caption, in one encoder call.
         img_rows, neg_txt = self._negatives(scaled, same)

@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     cfg, args = parse_cli("mmt", argv)
     assert isinstance(cfg, MMTFinetuneConfig)
     c = cfg.mmt
-    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+    with FinetuneRun(cfg, save_model=not args.no_save, resume=args.resume) as run:
         rc3 = run.load_rc3()
         model = MMTModel(rc3, cfg.model.visual_mode, c.label_smoothing)
         visual = visual_source(cfg, rc3.cfg.image_size) if c.use_image else None

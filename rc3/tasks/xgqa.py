@@ -64,5 +64,5 @@ class XGQATask:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     cfg, args = parse_cli("xgqa", argv)
-    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+    with FinetuneRun(cfg, save_model=not args.no_save, resume=args.resume) as run:
         return run_classification(run, XGQATask(cfg))
