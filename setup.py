@@ -31,6 +31,7 @@ setup(
         "lmdb>=1.4",
         "pillow>=10.0",
         "protobuf>=4.0",
+        "matplotlib>=3.7",  # run curves (tools/plot_run.py) and per-language result charts
     ],
     entry_points={"console_scripts": ["rc3=rc3.cli:main"]},  # rc3 embed|index|search|classify|translate
     extras_require={

@@ -139,6 +139,11 @@ def write_search_html(path: str | os.PathLike, queries: Sequence[str], hits: Seq
                          f"{html.escape(h.name)}<br>{html.escape(score)} {h.score:.4f} · similarity {h.similarity:.4f}"
                          "</figcaption></figure>")
         parts.append("</div></section>")
+    # Counted by the browser once the page has loaded: results shown and thumbnails actually decoded.
+    parts.append("<script>window.addEventListener('load', () => { const b = document.body;"
+                 " b.dataset.results = document.querySelectorAll('figure.hit').length;"
+                 " b.dataset.loadedImages = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;"
+                 " });</script>")
     parts.append("</body></html>")
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")

@@ -353,3 +353,39 @@ def test_python_m_rc3_cli_and_console_script_entry() -> None:
     assert '"rc3=rc3.cli:main"' in setup
     proc = run_cli("search", "/nonexistent/model", "--query", "x")
     assert proc.returncode == 2 and "rc3_config.json" in proc.stderr
+
+
+def chromium() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium); the HTML page is checked in a browser")
+
+
+def test_search_html_page_renders_every_result_in_a_headless_browser(dirs: dict[str, Path], data: Path,
+                                                                      tmp_path: Path) -> None:
+    import re
+
+    from rc3.cli import main
+
+    browser = chromium()
+    page = tmp_path / "top.html"
+    main(["search", str(dirs["itr"]), "--image-dir", str(data / "img"), "--features", str(data / "features.h5"),
+          "--query", CAPTIONS[0], "--query", CAPTIONS[1], "--query", "ein Hund", "--lang", "en", "en", "de",
+          "--k", "3", "--html", str(page), "--quiet"])
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=10000"]
+    proc = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", proc.stdout)
+    assert body, proc.stdout[:500]
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert attrs == {"results": "9", "loaded-images": "9"}  # 3 queries x 3 results, every thumbnail decoded
+    assert len(re.findall(r"<section class=\"query\"", proc.stdout)) == 3
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1400, 1000) and pixels.std() > 5  # something was drawn, not a blank page

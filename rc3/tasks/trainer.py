@@ -335,6 +335,19 @@ class FinetuneRun:
         return state
 
     # ---- outputs ----------------------------------------------------------------------------
+    def _results_chart(self, results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> None:
+        """results.png: a bar per language of the task's main metric (the results files are already written)."""
+        from ..plots import results_bar_chart
+
+        metric = PRIMARY_METRIC.get(self.cfg.task, metrics[0] if metrics else "")
+        try:
+            path = results_bar_chart(results, metric, self.out_dir / "results.png", f"{self.cfg.task}: {metric}")
+        except (OSError, ValueError, RuntimeError) as err:  # a picture is not worth failing a finished run
+            self.print(f"[{self.cfg.task}] warning: could not draw results.png ({err})")
+            return
+        if path is not None:
+            self.print(f"[{self.cfg.task}] per-language chart: {path}")
+
     def finish(self, model: nn.Module, results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
                extra_meta: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """Write results.json/results.md and (unless --no-save) the finetuned model; print the table."""
@@ -345,6 +358,7 @@ class FinetuneRun:
             json_path, md_path = write_results(self.out_dir, self.cfg.task, results, metrics)
             if self.selection:
                 _atomic_write_json(self.out_dir / "selection.json", self.selection)
+            self._results_chart(results, metrics)
             self.print(results_markdown(results, metrics))
             self.print(f"[{self.cfg.task}] results: {json_path} {md_path}")
             if self.save_model:
@@ -382,6 +396,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
     _atomic_write_text(path, json.dumps(obj, indent=1))
+
+
+# The paper's number of each task, drawn per language next to results.md (default: the first metric).
+PRIMARY_METRIC = {"itr": "mean_R@1", "mmt": "BLEU"}
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
