@@ -2,11 +2,12 @@
 
 Training batch: captions with their images (`labels` = an image id, so two captions of one image
 in a batch are never each other's negatives). The loss is
-- InfoNCE over the batch between image embeddings (image-only VtR, `[CLS] image` with no text)
-  and text embeddings (text-only TR) with the head's temperature, both directions;
+- InfoNCE over the global batch (every process's captions gathered through rc3.distributed, with
+  gradients) between image embeddings (image-only VtR, `[CLS] image` with no text) and text
+  embeddings (text-only TR) with the head's temperature, both directions;
 - BCE of the ITM head (model.itm_logits on the VtR of `[CLS] image [BOS] text [LANG]`) on every
   positive pair, one negative caption per image and one negative image per caption, drawn from the
-  other images of the batch with probability softmax(similarity / temperature) (hard negatives, as in
+  other images of the process's batch (their inputs are at hand there) with probability softmax(similarity / temperature) (hard negatives, as in
   ALBEF) or uniformly (`itr.hard_negatives=false`), or from a mixture of the two
   (`itr.uniform_negative_share`). The temperature matters: a softmax over raw cosines (within
   [-1, 1]) is nearly uniform, which trains the ITM head on easy negatives only, while re-ranking asks
