@@ -147,8 +147,8 @@ def table(rows: list[dict]) -> str:
             b = r[what]
             n = b.get("n", b.get("queries"))
             extra = f" (index {b['index']}, k={b['k']}, same ranking {b['same_ranking']})" if what == "search" else ""
-            lines.append(f"| {r['size']} | {r['params_M']}M | {unit}{extra} | {n} | {b['batched_per_s']:.1f} | "
-                         f"{b['loop_per_s']:.1f} | {b['batched_per_s'] / b['loop_per_s']:.1f}x |")
+            lines.append(f"| {r['size']} | {r['params_M']}M | {unit}{extra} | {n} | {b['batched_per_s']:.3g} | "
+                         f"{b['loop_per_s']:.3g} | {b['batched_per_s'] / b['loop_per_s']:.1f}x |")
     return "\n".join(lines)
 
 
