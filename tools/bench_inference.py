@@ -139,6 +139,10 @@ def bench(size: str, tok_dir: Path, work: Path) -> dict:
     return row
 
 
+def fmt(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | params | what | n | rc3.inference /s | per-item loop /s | speed-up |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
@@ -147,15 +151,16 @@ def table(rows: list[dict]) -> str:
             b = r[what]
             n = b.get("n", b.get("queries"))
             extra = f" (index {b['index']}, k={b['k']}, same ranking {b['same_ranking']})" if what == "search" else ""
-            lines.append(f"| {r['size']} | {r['params_M']}M | {unit}{extra} | {n} | {b['batched_per_s']:.3g} | "
-                         f"{b['loop_per_s']:.3g} | {b['batched_per_s'] / b['loop_per_s']:.1f}x |")
+            lines.append(f"| {r['size']} | {r['params_M']}M | {unit}{extra} | {n} | {fmt(b['batched_per_s'])} | "
+                         f"{fmt(b['loop_per_s'])} | {b['batched_per_s'] / b['loop_per_s']:.1f}x |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["tiny", "paper"])
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1 on a shared machine: contended OpenMP threads spin-wait)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
