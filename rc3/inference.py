@@ -355,13 +355,18 @@ class RC3Inference:
     def embed_texts(self, texts: Sequence[str], lang: str | Sequence[str]) -> Tensor:
         """L2-normalised text embeddings [N, D] (TR, through the ITR projection when the model has one)."""
         ids = self.encode_texts(texts, lang)
+        # Batches of similar lengths (padding is wasted work), results put back in the input order.
+        order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
         out = []
         for idx in self._batches(len(ids), "embed texts"):
-            batch = self._text_batch([ids[j] for j in idx])
+            batch = self._text_batch([ids[order[j]] for j in idx])
             itr = self._itr()
             out.append(itr.text_embeddings(*batch) if itr is not None
                        else torch.nn.functional.normalize(self.rc3.tr(*batch).float(), dim=-1))
-        return torch.cat(out).float().cpu() if out else torch.zeros(0, self.embed_dim)
+        if not out:
+            return torch.zeros(0, self.embed_dim)
+        emb = torch.cat(out).float().cpu()
+        return emb[torch.argsort(torch.tensor(order))]
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[ImageInput]) -> Tensor:
