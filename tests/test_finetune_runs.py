@@ -230,3 +230,39 @@ def test_itr_on_two_processes_equals_one_process_evaluation(world: Path, model_d
     for lang, row in single.items():
         for key in ("i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@10", "mean_R@1", "dual_mean_R@1"):
             assert results[lang][key] == pytest.approx(row[key]), (lang, key)
+
+
+@pytest.mark.slow
+def test_two_process_classification_killed_and_resumed_equals_uninterrupted(world: Path, model_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """XVNLI under accelerate launch with 2 processes: one process is killed at the start of step 5, the
+    job resumes from the step-4 checkpoint (mid-epoch, every process's RNG state and data position) and
+    ends as the uninterrupted 2-process run does."""
+    extra = ["train.epochs=2", "train.max_steps=null", "train.save_every=2"]
+
+    def launch(out: Path, *more: str, kill: str | None = None, port: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(port), *recipe_cmd("xvnli", world, model_dir, out, *extra, *more)]
+        env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        if kill:
+            env["RC3_KILL_AT"] = kill
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO, env=env)
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    proc = launch(whole, port=29741)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = losses_by_step(whole)
+    assert sorted(log) == [1, 2, 3, 4, 5, 6]  # 9 examples over 2 processes x 2: 3 steps per epoch
+    proc = launch(cut, kill="5:1", port=29743)
+    assert proc.returncode != 0
+    assert (cut / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert {p.name for p in (cut / "checkpoints" / "step_00000004").iterdir()} >= {
+        "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"}
+    proc = launch(cut, "--resume", port=29745)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = losses_by_step(cut)
+    assert all(resumed[s] == log[s] for s in log)
+    assert read_results(cut) == read_results(whole)
+    a, b = load_file(str(whole / "model" / "model.safetensors")), load_file(str(cut / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
