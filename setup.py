@@ -33,7 +33,9 @@ setup(
         "fsspec>=2023.1",  # data.shard_commands "SCHEME=fsspec" (s3fs / gcsfs add the object stores)
         "pillow>=10.0",
         "protobuf>=4.0",
+        "matplotlib>=3.7",  # run curves (tools/plot_run.py) and per-language result charts
     ],
+    entry_points={"console_scripts": ["rc3=rc3.cli:main"]},  # rc3 embed|index|search|classify|translate
     extras_require={
         "cpu": ["faiss-cpu>=1.8"],
         "gpu": ["faiss-gpu>=1.7"],

@@ -104,6 +104,25 @@ def all_gather_sizes(n: int) -> list[int]:
     return [int(s.item()) for s in sizes]
 
 
+def all_gather(t: Tensor) -> Tensor:
+    """Rows of ``t`` [n_r, ...] from all ranks concatenated in rank order, without gradient (evaluation
+    embeddings, batch labels); ranks may hold different ``n_r``. Identity without a process group."""
+    if not is_initialized():
+        return t
+    sizes = all_gather_sizes(t.shape[0])
+    parts = _gather_padded(t.detach(), sizes)
+    parts[get_rank()] = t.detach()
+    return torch.cat(parts, dim=0)
+
+
+def shard_range(n: int) -> range:
+    """This rank's contiguous share of ``n`` items (the first ``n % world`` ranks take one more)."""
+    world, rank = get_world_size(), get_rank()
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
 # ---------------------------------------------------------------- autograd-aware gathers
 
 def _gather_padded(t: Tensor, sizes: list[int]) -> list[Tensor]:

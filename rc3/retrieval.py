@@ -17,7 +17,9 @@ head's score of each (query, candidate) pair), so everything here is testable wi
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Literal, Protocol, Sequence
 
 import numpy as np
@@ -87,6 +89,46 @@ class FaissIndex:
             raise RuntimeError("FaissIndex.search before add(): the index is empty")
         scores, ids = self._index.search(self._numpy(queries), min(int(k), self.ntotal))
         return torch.from_numpy(scores), torch.from_numpy(ids)
+
+    def vectors(self) -> Tensor:
+        """Every stored vector, float32 [ntotal, dim] on CPU (exact for a flat index)."""
+        if self.ntotal == 0:
+            return torch.zeros(0, self.dim)
+        index = self._index
+        if self.on_gpu:
+            import faiss
+            index = faiss.index_gpu_to_cpu(index)
+        return torch.from_numpy(index.reconstruct_n(0, self.ntotal))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index in faiss's own binary format (no pickle), atomically (temp file + rename)."""
+        import faiss
+
+        out = Path(path)
+        index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        try:
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, use_gpu: bool | None = None, normalize: bool = False) -> "FaissIndex":
+        """Read an index written by `save` (moved to the GPU as the constructor would)."""
+        import faiss
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no faiss index at {p}")
+        try:
+            cpu_index = faiss.read_index(str(p))
+        except RuntimeError as err:
+            raise ValueError(f"{p}: not a readable faiss index ({str(err).splitlines()[0]}); rebuild it") from None
+        out = cls(cpu_index.d, use_gpu=use_gpu, normalize=normalize)
+        out._index = faiss.index_cpu_to_gpu(out._res, 0, cpu_index) if out.on_gpu else cpu_index
+        return out
 
 
 class TorchTopK:
@@ -237,6 +279,14 @@ class RecallAccumulator:
         self.n_queries += len(ranked_ids)
         return first
 
+    def counts(self) -> dict[str, float]:
+        return {"n_queries": float(self.n_queries), **{f"hits@{k}": float(h) for k, h in zip(self.ks, self.hits)}}
+
+    def set_counts(self, counts: dict[str, float]) -> None:
+        """Replace the counts (e.g. by their sum over processes that each ranked a share of the queries)."""
+        self.n_queries = int(round(counts["n_queries"]))
+        self.hits = [int(round(counts[f"hits@{k}"])) for k in self.ks]
+
     def state_size(self) -> int:
         """How many numbers the accumulator holds (constant: it stores counts, not rankings)."""
         return 1 + len(self.ks) + len(self.hits)
@@ -247,28 +297,49 @@ class RecallAccumulator:
         return {f"R@{k}": 100.0 * h / self.n_queries for k, h in zip(self.ks, self.hits)}
 
 
+CountsReduce = Callable[[dict[str, float]], dict[str, float]]
+
+
 def rerank_recall(query_emb: Tensor, cand_emb: Tensor, gold: Tensor, k: K, rerank_fn: RerankFn,
                   ks: Sequence[int] = (1, 5, 10), chunk_size: int = 256,
                   index: SearchIndex | Literal["faiss", "torch"] = "faiss",
-                  max_pairs: int | None = None) -> dict[str, float]:
-    """Recall@K of retrieve-then-rerank, streaming; `gold` is [Q] or [Q, g] (-1 padded) candidate ids."""
+                  max_pairs: int | None = None, queries: range | None = None,
+                  reduce: CountsReduce | None = None) -> dict[str, float]:
+    """Recall@K of retrieve-then-rerank, streaming; `gold` is [Q] or [Q, g] (-1 padded) candidate ids.
+
+    Several processes can share the work: each ranks the `queries` range it is given (indices into
+    `query_emb`; `rerank_fn` still sees global query indices) and `reduce` sums the hit counts over
+    processes (rc3.distributed.all_reduce_sum_dict), so every process returns the recall of all queries."""
     if not _is_exhaustive(k, len(cand_emb)) and max(ks) > int(k):
         raise ValueError(f"R@{max(ks)} needs at least {max(ks)} re-ranked candidates; use k >= {max(ks)}")
     if len(gold) != len(query_emb):
         raise ValueError(f"rerank_recall: {len(gold)} gold rows for {len(query_emb)} queries")
+    queries = range(len(query_emb)) if queries is None else queries
+    lo = queries.start
+
+    def shifted(q_idx: Tensor, cands: Tensor) -> Tensor:
+        return rerank_fn(q_idx + lo, cands)
+
     acc = RecallAccumulator(ks)
-    for chunk in iter_reranked(query_emb, cand_emb, k, rerank_fn, chunk_size, index, max_pairs):
-        acc.update(chunk.cand_ids, gold[chunk.query_idx.to(gold.device)])
+    if len(queries):
+        for chunk in iter_reranked(query_emb[queries.start:queries.stop], cand_emb, k, shifted, chunk_size, index,
+                                   max_pairs):
+            acc.update(chunk.cand_ids, gold[chunk.query_idx.to(gold.device) + lo])
+    if reduce is not None:
+        acc.set_counts(reduce(acc.counts()))
     return acc.result()
 
 
 def itr_recall(image_emb: Tensor, text_emb: Tensor, caption_image: Sequence[int] | Tensor, pair_scores: PairScoreFn,
                k: K = 16, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 256,
-               index: Literal["faiss", "torch"] = "faiss", max_pairs: int | None = None) -> dict[str, float]:
+               index: Literal["faiss", "torch"] = "faiss", max_pairs: int | None = None,
+               shard: Callable[[int], range] | None = None, reduce: CountsReduce | None = None) -> dict[str, float]:
     """Image->text and text->image recall with re-ranking, plus the paper's mean_R@1.
 
     `caption_image[j]` is the image index of caption j (several captions may share an image);
     `pair_scores(image_idx [c,k], text_idx [c,k])` is the cross-encoder score of each pair.
+    With `shard(n)` (this process's range of n queries) and `reduce` (a sum over processes), every
+    process ranks its share of the queries of each direction and all get the full recall.
     """
     cap_img = torch.as_tensor(caption_image, dtype=torch.long)
     if len(cap_img) != len(text_emb):
@@ -283,6 +354,9 @@ def itr_recall(image_emb: Tensor, text_emb: Tensor, caption_image: Sequence[int]
     def t2i(q: Tensor, c: Tensor) -> Tensor:
         return pair_scores(c, q[:, None].expand_as(c))
 
-    i2t_r = rerank_recall(image_emb, text_emb, pad_gold(captions_of), k, i2t, ks, chunk_size, index, max_pairs)
-    t2i_r = rerank_recall(text_emb, image_emb, cap_img, k, t2i, ks, chunk_size, index, max_pairs)
+    part = shard or (lambda n: range(n))
+    i2t_r = rerank_recall(image_emb, text_emb, pad_gold(captions_of), k, i2t, ks, chunk_size, index, max_pairs,
+                          part(len(image_emb)), reduce)
+    t2i_r = rerank_recall(text_emb, image_emb, cap_img, k, t2i, ks, chunk_size, index, max_pairs,
+                          part(len(text_emb)), reduce)
     return itr_scores(i2t_r, t2i_r)

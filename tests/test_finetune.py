@@ -197,7 +197,7 @@ def test_classification_recipes(task: str, langs: list[str], metric: str, world:
     md = (out / "results.md").read_text()
     assert md.count("\n| ") == len(langs) + 1  # header + one row per language
     assert (out / "model" / "task_head.json").is_file() and (out / "model" / "model.safetensors").is_file()
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     if task == "xvnli":
         assert results["en"]["n"] == 6  # the unlabeled "-" row is skipped
@@ -367,7 +367,8 @@ def test_config_defaults_and_validation() -> None:
     bad = {"itr.k=5": "itr.k", "itr.k=many": "itr.k", "train.micro_batch_size=48": "train.batch_size",
            "data.test_langs=[xx]": r"data.test_langs\[0\]", "model.visual_mode=patch": "data.images",
            "model.visual_mode=grid": "model.visual_mode", "train.bogus=1": "train.bogus", "mmt.num_beams=2": "mmt",
-           "itr.uniform_negative_share=1.5": "itr.uniform_negative_share"}
+           "itr.uniform_negative_share=1.5": "itr.uniform_negative_share", "train.save_every=-1": "train.save_every",
+           "train.keep_checkpoints=0": "train.keep_checkpoints", "eval.select=worst": "eval.select"}
     for override, key in bad.items():
         with pytest.raises(ConfigError, match=key):
             finetune_config_from_dict({}, "itr", base + [override])

@@ -7,9 +7,15 @@ transformers (config.json, model.safetensors; no custom code), the tokenizer fil
 `rc3_visual.safetensors`: the visual front ends and the ITM head under their RC3 names, with the RC3
 model config in its metadata (key "rc3_config").
 
-With a reduced vocabulary the model's ids are not mBART-50's: tokenise with
-`rc3.tokenization.RC3Tokenizer.from_dir(OUT_DIR)`, which applies id_map.json; a bare MBart50Tokenizer
-would give the original 250k ids.
+The tokenizer files are the model directory's (rc3.hf): `AutoTokenizer.from_pretrained(OUT_DIR)`
+gives the model's own (reduced-vocabulary) ids. RC3's encoder input is `<s> pieces <lang code>`
+and generation starts from `</s>` with the target language code forced first:
+
+    tok = AutoTokenizer.from_pretrained(OUT_DIR); model = MBartForConditionalGeneration.from_pretrained(OUT_DIR)
+    ids = [tok.bos_token_id, *tok(text, add_special_tokens=False).input_ids, tok.convert_tokens_to_ids("de_DE")]
+    out = model.generate(input_ids=torch.tensor([ids]), decoder_start_token_id=tok.eos_token_id,
+                         forced_bos_token_id=tok.convert_tokens_to_ids("en_XX"), num_beams=4)
+    tok.decode(out[0], skip_special_tokens=True)     # the text RC3Model.generate gives (text-only input)
 """
 from __future__ import annotations
 
@@ -33,7 +39,8 @@ from rc3.tokenization import ID_MAP_FILE
 
 VISUAL_FILE = "rc3_visual.safetensors"
 # Files of an RC3 directory that are not tokenizer files (the HF export writes its own config and weights).
-NOT_TOKENIZER = {RC3_CONFIG_FILE, WEIGHTS_FILE, "config.json", "generation_config.json", "vocab_report.json"}
+NOT_TOKENIZER = {RC3_CONFIG_FILE, WEIGHTS_FILE, "config.json", "generation_config.json", "vocab_report.json",
+                 "task_head.json", "task_head.safetensors"}
 
 
 def visual_state(model: RC3Model) -> dict[str, torch.Tensor]:
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     vocab = json.loads((out / "config.json").read_text())["vocab_size"]
     print(f"wrote {out} (vocabulary {vocab} ids)")
     if (out / ID_MAP_FILE).is_file():
-        print(f"note: reduced vocabulary; tokenise with RC3Tokenizer.from_dir({str(out)!r}) (applies {ID_MAP_FILE})")
+        print(f"reduced vocabulary: AutoTokenizer.from_pretrained({str(out)!r}) gives the model's {vocab} ids")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ used on encoder states; ITM is an FC on VtR (a logit; the sigmoid lives in the l
 is the same tied head on decoder states.
 
 A model directory (`save_pretrained`) holds `rc3_config.json`, `model.safetensors` and the
-tokenizer files, and loads back with `RC3Model.from_pretrained` without DeepSpeed.
+tokenizer files, and loads back with `RC3Model.from_pretrained` without DeepSpeed; it also holds
+`config.json` and transformers' tokenizer files, so that the Auto classes load it (rc3.hf).
 """
 from __future__ import annotations
 
@@ -165,6 +166,9 @@ class RC3Model(nn.Module):
                 for f in Path(tokenizer_dir).iterdir():
                     if f.is_file() and f.name not in (RC3_CONFIG_FILE, WEIGHTS_FILE):
                         shutil.copy2(f, tmp / f.name)
+            from ..hf import write_hf_files  # config.json and transformers' tokenizer files (rc3.hf)
+
+            write_hf_files(tmp)
             replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,7 @@ from .trainer import FinetuneRun
 class ClassificationTask(Protocol):
     name: str
     num_labels: int
+    labels: list[str]  # label names by id
 
     def train_items(self) -> list[TaskItem]: ...
     def dev_items(self) -> Optional[list[TaskItem]]: ...
@@ -79,7 +80,8 @@ def predict(run: FinetuneRun, model: Any, items: Sequence[TaskItem], visual: Vis
 def run_classification(run: FinetuneRun, task: ClassificationTask) -> dict[str, dict[str, Any]]:
     cfg = run.cfg
     rc3 = run.load_rc3()
-    model = ClassificationModel(rc3, cfg.model.visual_mode, task.name, task.num_labels, cfg.model.head_hidden_mult)
+    model = ClassificationModel(rc3, cfg.model.visual_mode, task.name, task.num_labels, cfg.model.head_hidden_mult,
+                                getattr(task, "labels", None))
     run.maybe_load_head(model)
     visual = visual_source(cfg, rc3.cfg.image_size)
 

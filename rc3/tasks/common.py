@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -133,14 +134,7 @@ class VisualSource:
             if found is None:
                 raise KeyError(f"image id {key!r} not found in feature store(s) {self._stores_text()}")
             feats, boxes = self.stores[found[0]][found[1]]
-            n = min(len(feats), self.num_regions)
-            # Always num_regions slots: the encoder numbers positions by index, so a variable number of
-            # visual tokens would shift the text's position embeddings with the batch's padding.
-            out["roi"] = torch.zeros(self.num_regions, feats.shape[1])
-            out["boxes"] = torch.zeros(self.num_regions, 5)
-            out["roi"][:n] = torch.from_numpy(feats[:n].astype("float32", copy=False))
-            out["boxes"][:n] = torch.from_numpy(boxes[:n].astype("float32", copy=False))
-            out["roi_mask"] = torch.arange(self.num_regions) < n
+            out.update(pad_regions(feats, boxes, self.num_regions))
         if self.needs_pixels:
             path = self.locator.find(key)
             if path is None:
@@ -152,6 +146,23 @@ class VisualSource:
             # uint8: the model normalises with its own pixel mean / std (those of its ViT weights)
             out["pixels"] = resize_uint8(img, self.image_size).contiguous()
         return out
+
+
+def pad_regions(features: np.ndarray, boxes: np.ndarray, num_regions: int) -> dict[str, Tensor]:
+    """One image's regions as {"roi": [R,D], "boxes": [R,5], "roi_mask": [R]}, R = num_regions.
+
+    `boxes` are the normalised 5-d locations of rc3.data.features. Always num_regions slots (the
+    first num_regions regions, zero-padded and masked): the encoder numbers positions by index, so
+    a variable number of visual tokens would shift the text's position embeddings with the padding."""
+    features, boxes = np.asarray(features), np.asarray(boxes)
+    if features.ndim != 2 or boxes.shape != (len(features), 5):
+        raise ValueError(f"ROI features must be [n, D] with boxes [n, 5], got {features.shape} and {boxes.shape}")
+    n = min(len(features), num_regions)
+    out = {"roi": torch.zeros(num_regions, features.shape[1]), "boxes": torch.zeros(num_regions, 5)}
+    out["roi"][:n] = torch.from_numpy(features[:n].astype("float32", copy=False))
+    out["boxes"][:n] = torch.from_numpy(boxes[:n].astype("float32", copy=False))
+    out["roi_mask"] = torch.arange(num_regions) < n
+    return out
 
 
 def collate_visual(items: Sequence[Mapping[str, Tensor]], suffix: str = "") -> dict[str, Tensor]:

@@ -83,12 +83,15 @@ class FTTrainConfig:
     max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     log_every: int = 20
+    save_every: int = 0  # also checkpoint every N optimizer steps (0: at the end of each epoch only)
+    keep_checkpoints: int = 2  # newest checkpoints kept under OUTPUT_DIR/checkpoints (resume reads `latest`)
 
 
 @dataclass
 class FTEvalConfig:
     batch_size: int = 128  # examples (or ITM pairs) per forward pass, per process
     dev_every_epoch: bool = True
+    select: Literal["best", "last"] = "best"  # test the epoch with the best dev score, or the last one
 
 
 @dataclass
@@ -205,6 +208,10 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be positive, got {value}")
+    if t.save_every < 0:
+        raise ConfigError("train.save_every", f"must be >= 0 (0 = at epoch ends only), got {t.save_every}")
+    if t.keep_checkpoints < 1:
+        raise ConfigError("train.keep_checkpoints", f"must be >= 1 (resuming needs one), got {t.keep_checkpoints}")
     for key in ("max_steps",):
         value = getattr(t, key)
         if value is not None and value <= 0:

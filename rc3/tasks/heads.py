@@ -8,9 +8,12 @@
 
 A `TaskModel` holds the RC3Model as `rc3` and its head modules; `forward(batch)` returns a dict
 with "loss" (when the batch has targets) so that one DDP-wrapped call does all the work.
-`save_task_model` writes `<dir>` = `save_pretrained` of the RC3 model (config, weights,
-tokenizer) plus `task_head.safetensors` and `task_head.json`; RC3Model.from_pretrained reads that
-directory unchanged, and `load_head` restores the head when the task and shapes match.
+`save_task_model` (or `TaskModel.save_pretrained`) writes `<dir>` = `save_pretrained` of the RC3
+model (config, weights, tokenizer) plus `task_head.safetensors` and `task_head.json`;
+RC3Model.from_pretrained reads that directory unchanged, `load_head` restores the head when the
+task and shapes match, and `TaskModel.from_pretrained(dir)` rebuilds the whole task model (the
+class named by `task_head.json`: classification for xvnli/xgqa/marvl, ITR, MMT) with no config file.
+Nothing here imports training code, so inference can load finetuned models cheaply.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,17 +60,62 @@ class TaskModel(nn.Module):
     def head_state(self) -> dict[str, Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rc3.")}
 
+    @classmethod
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "TaskModel":
+        """The untrained task model that `meta` (task_head.json) and the saved head `state` describe."""
+        raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from task_head.json")
+
+    def save_pretrained(self, directory: str | Path, tokenizer: RC3Tokenizer,
+                        extra: Mapping[str, Any] | None = None) -> Path:
+        """Write the model directory (RC3 model + tokenizer + task head), atomically; see `save_task_model`."""
+        return save_task_model(self, directory, tokenizer, extra)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **rc3_overrides: Any) -> "TaskModel":
+        """Load a finetuned model directory: the task class named in task_head.json, its head and the RC3 model.
+
+        `rc3_overrides` go to RC3Model.from_pretrained (e.g. attn_implementation)."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta = read_head_meta(d)
+        task_cls = task_model_class(str(meta.get("task")))
+        if not issubclass(task_cls, cls):
+            raise ValueError(f"{d} holds a {meta.get('task')!r} model ({task_cls.__name__}), not a {cls.__name__}")
+        if not (d / HEAD_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{d}: {HEAD_META} but no {HEAD_WEIGHTS}; the directory is incomplete")
+        rc3 = RC3Model.from_pretrained(d, **rc3_overrides)
+        model = task_cls.from_meta(rc3, meta, load_file(str(d / HEAD_WEIGHTS)))
+        if not load_head(model, d):
+            raise ValueError(f"{d}: the {meta.get('task')} head could not be restored")
+        return model
+
 
 class ClassificationModel(TaskModel):
     """VtR -> MLP -> logits; cross-entropy against `labels` (-1 = unanswerable, ignored in the loss)."""
 
-    def __init__(self, rc3: RC3Model, mode: str, task: str, num_labels: int, hidden_mult: int = 2) -> None:
+    def __init__(self, rc3: RC3Model, mode: str, task: str, num_labels: int, hidden_mult: int = 2,
+                 labels: Optional[Sequence[str]] = None) -> None:
         super().__init__(rc3, mode)
-        self.task, self.num_labels = task, num_labels
+        self.task, self.num_labels, self.hidden_mult = task, num_labels, hidden_mult
+        if labels is not None and len(labels) != num_labels:
+            raise ValueError(f"{task}: {len(labels)} label names for {num_labels} labels")
+        # Label names travel with the saved head so that predictions can be read without the task's data.
+        self.labels = list(labels) if labels is not None else None
         self.head = ClassifierHead(rc3.d_model, num_labels, hidden_mult)
 
     def meta(self) -> dict[str, Any]:
-        return {**super().meta(), "num_labels": self.num_labels}
+        out = {**super().meta(), "num_labels": self.num_labels, "hidden_mult": self.hidden_mult}
+        if self.labels is not None:
+            out["labels"] = self.labels
+        return out
+
+    @classmethod
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "ClassificationModel":
+        hidden_mult = meta.get("hidden_mult")
+        if hidden_mult is None:  # heads saved before hidden_mult was recorded: read it off the weights
+            hidden_mult = state["head.net.1.weight"].shape[0] // rc3.d_model
+        return cls(rc3, meta["visual_mode"], meta["task"], int(meta["num_labels"]), int(hidden_mult), meta.get("labels"))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         from .common import visual_of
@@ -102,6 +150,37 @@ class DualEncoderHead(nn.Module):
     def scale(self) -> Tensor:
         # Clamped like CLIP's logit scale (at most 100) so the learned temperature cannot collapse.
         return self.log_inv_temperature.float().clamp(max=math.log(100.0)).exp()
+
+
+CLASSIFICATION_TASKS = ("xvnli", "xgqa", "marvl")
+
+
+def task_model_class(task: str) -> type[TaskModel]:
+    """The TaskModel subclass of a task name as task_head.json records it."""
+    if task in CLASSIFICATION_TASKS:
+        return ClassificationModel
+    if task == "itr":
+        from .itr_model import ITRModel
+        return ITRModel
+    if task == "mmt":
+        from .mmt_model import MMTModel
+        return MMTModel
+    raise ValueError(f"unknown task {task!r} in {HEAD_META}; known: {', '.join((*CLASSIFICATION_TASKS, 'itr', 'mmt'))}")
+
+
+def read_head_meta(directory: str | Path) -> dict[str, Any]:
+    """task_head.json of a finetuned model directory, with clear errors for a missing or broken file."""
+    path = Path(directory) / HEAD_META
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(directory)}: no {HEAD_META}; not a finetuned task model directory "
+                                "(a pretrained model loads with RC3Model.from_pretrained)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); re-save the finetuned model") from None
+    if not isinstance(meta, dict) or "task" not in meta or "visual_mode" not in meta:
+        raise ValueError(f"{path}: expected an object with 'task' and 'visual_mode'")
+    return meta
 
 
 def save_task_model(model: TaskModel, out_dir: str | Path, tokenizer: RC3Tokenizer, extra: Mapping[str, Any] | None = None) -> Path:

@@ -9,7 +9,8 @@ search and scores every pair, which is exactly the brute-force cross-encoder ran
 R@1/5/10 image->text and text->image, and mean R@1 (the paper's ITR number); the same with a `dual_`
 prefix for the dual encoder's ranking alone (the first stage, before re-ranking).
 
-Evaluation runs on the main process (the ranking needs every embedding); the others wait.
+Evaluation uses every process: each embeds a share of the images and captions (gathered, so all
+hold every embedding) and ranks a share of the queries; the recall counts are summed over processes.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data.collate import pad_batch
 from ..modeling import RC3Model
 from ..retrieval import itr_recall
@@ -68,13 +70,18 @@ class RetrievalEvaluator:
 
     @torch.no_grad()
     def embeddings(self) -> tuple[Tensor, Tensor]:
+        """Every image and caption embedding; each process computes its share, then all are gathered."""
         acc, out_i, out_t = self.run.accelerator, [], []
+        mine_i, mine_t = distributed.shard_range(len(self.images)), distributed.shard_range(len(self.text_ids))
+        dim = self.model.dual.image_proj.out_features
         with acc.autocast():
-            for a in range(0, len(self.images), self.batch):
-                out_i.append(self.model.image_embeddings(self._visual(range(a, min(a + self.batch, len(self.images))))).float())
-            for a in range(0, len(self.text_ids), self.batch):
-                out_t.append(self.model.text_embeddings(*self._text(range(a, min(a + self.batch, len(self.text_ids))))).float())
-        return torch.cat(out_i), torch.cat(out_t)
+            for a in range(mine_i.start, mine_i.stop, self.batch):
+                out_i.append(self.model.image_embeddings(self._visual(range(a, min(a + self.batch, mine_i.stop)))).float())
+            for a in range(mine_t.start, mine_t.stop, self.batch):
+                out_t.append(self.model.text_embeddings(*self._text(range(a, min(a + self.batch, mine_t.stop)))).float())
+        empty = torch.zeros(0, dim, device=self.device)
+        return (distributed.all_gather(torch.cat(out_i) if out_i else empty),
+                distributed.all_gather(torch.cat(out_t) if out_t else empty))
 
     @torch.no_grad()
     def pair_scores(self, image_idx: Tensor, text_idx: Tensor) -> Tensor:
@@ -95,13 +102,15 @@ class RetrievalEvaluator:
         (candidates ordered by embedding similarity: the first stage, which no ITM head touches)."""
         image_emb, text_emb = (e.cpu() for e in self.embeddings())
         scores = itr_recall(image_emb, text_emb, self.table.caption_image, self.pair_scores, k=k,
-                            chunk_size=max(1, self.batch // 4), index=index, max_pairs=4 * self.batch)
+                            chunk_size=max(1, self.batch // 4), index=index, max_pairs=4 * self.batch,
+                            shard=distributed.shard_range, reduce=distributed.all_reduce_sum_dict)
         if dual:
             def similarity(i: Tensor, t: Tensor) -> Tensor:
                 return (image_emb[i] * text_emb[t]).sum(-1)
 
             first = itr_recall(image_emb, text_emb, self.table.caption_image, similarity, k=DUAL_K,
-                               chunk_size=4096, index=index)
+                               chunk_size=4096, index=index, shard=distributed.shard_range,
+                               reduce=distributed.all_reduce_sum_dict)
             scores.update({f"dual_{name}": value for name, value in first.items()})
         return scores
 
@@ -119,7 +128,7 @@ def _compact(visual: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def evaluate(run: FinetuneRun, model: ITRModel, tables: dict[str, CaptionTable], visual: VisualSource,
              k: int | str, index: str, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Recall rows per language (main process only)."""
+    """Recall rows per language (every process takes part; all return the rows)."""
     model.eval()
     results = {}
     for lang, table in tables.items():
@@ -134,7 +143,7 @@ def evaluate(run: FinetuneRun, model: ITRModel, tables: dict[str, CaptionTable],
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     cfg, args = parse_cli("itr", argv)
     assert isinstance(cfg, ITRFinetuneConfig)
-    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+    with FinetuneRun(cfg, save_model=not args.no_save, resume=args.resume) as run:
         rc3 = run.load_rc3()
         c = cfg.itr
         model = build_itr_model(rc3, cfg)
@@ -158,17 +167,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
 
             def after_epoch(m: Any, epoch: int) -> dict[str, float]:
                 out: dict[str, float] = {}
-                if dev is not None and run.is_main:
+                if dev is not None:
+                    m.eval()
                     scores = RetrievalEvaluator(run.accelerator.unwrap_model(m), dev, cfg.data.train_lang, run, visual)
                     out = {"mean_R@1": scores.recall(c.rerank_k, c.index)["mean_R@1"]}
-                run.accelerator.wait_for_everyone()
                 m.train()
                 return out
 
             prepared = run.fit(model, dataset, TextCollator(run.tokenizer.pad_id), after_epoch)
         else:
             prepared = run.accelerator.prepare(model)
-        results: dict[str, dict[str, Any]] = {}
-        if run.is_main:
-            results = evaluate(run, run.accelerator.unwrap_model(prepared), tables, visual, c.rerank_k, c.index, run.print)
+        results = evaluate(run, run.accelerator.unwrap_model(prepared), tables, visual, c.rerank_k, c.index, run.print)
         return run.finish(prepared, results, METRICS, {"k": c.k})

@@ -2,11 +2,12 @@
 
 Training batch: captions with their images (`labels` = an image id, so two captions of one image
 in a batch are never each other's negatives). The loss is
-- InfoNCE over the batch between image embeddings (image-only VtR, `[CLS] image` with no text)
-  and text embeddings (text-only TR) with the head's temperature, both directions;
+- InfoNCE over the global batch (every process's captions gathered through rc3.distributed, with
+  gradients) between image embeddings (image-only VtR, `[CLS] image` with no text) and text
+  embeddings (text-only TR) with the head's temperature, both directions;
 - BCE of the ITM head (model.itm_logits on the VtR of `[CLS] image [BOS] text [LANG]`) on every
   positive pair, one negative caption per image and one negative image per caption, drawn from the
-  other images of the batch with probability softmax(similarity / temperature) (hard negatives, as in
+  other images of the process's batch (their inputs are at hand there) with probability softmax(similarity / temperature) (hard negatives, as in
   ALBEF) or uniformly (`itr.hard_negatives=false`), or from a mixture of the two
   (`itr.uniform_negative_share`). The temperature matters: a softmax over raw cosines (within
   [-1, 1]) is nearly uniform, which trains the ITM head on easy negatives only, while re-ranking asks
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import distributed
 from ..losses import itm_loss
 from ..modeling import RC3Model
 from .common import visual_of
@@ -46,6 +48,12 @@ class ITRModel(TaskModel):
 
     def meta(self) -> dict[str, Any]:
         return {**super().meta(), "embed_dim": self.dual.image_proj.out_features}
+
+    @classmethod
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "ITRModel":
+        # The temperature comes back with the head's weights; a learned one is a parameter, a fixed one a buffer.
+        embed_dim = int(meta.get("embed_dim") or state["dual.image_proj.weight"].shape[0])
+        return cls(rc3, meta["visual_mode"], embed_dim)
 
     # ---- embeddings and scores (also used by evaluation) ------------------------------------
     def image_embeddings(self, visual: Mapping[str, Tensor]) -> Tensor:
@@ -82,13 +90,21 @@ class ITRModel(TaskModel):
         b = ids.shape[0]
         img = self.image_embeddings(visual)
         txt = self.text_embeddings(ids, mask)
+        # Contrastive negatives come from every process's batch (the global batch, as on one process):
+        # the gathered embeddings carry gradients back to the process that made them (rc3.distributed).
+        img_all, txt_all = distributed.all_gather_with_grad(img), distributed.all_gather_with_grad(txt)
+        group_all = distributed.all_gather(group)
+        offset = sum(distributed.all_gather_sizes(b)[:distributed.get_rank()])
+        target = torch.arange(b, device=ids.device) + offset  # each row's own pair in the global batch
+        own = nn.functional.one_hot(target, img_all.shape[0]).bool()
+        other_same = (group[:, None] == group_all[None, :]) & ~own  # another caption of the same image
+        scale = self.dual.scale()
+        i2t = (img @ txt_all.T * scale).masked_fill(other_same, float("-inf"))
+        t2i = (txt @ img_all.T * scale).masked_fill(other_same, float("-inf"))
+        contrastive = 0.5 * (nn.functional.cross_entropy(i2t, target) + nn.functional.cross_entropy(t2i, target))
+        # ITM: hard negatives from this process's batch, whose inputs are here (as ALBEF draws them).
         same = group[:, None] == group[None, :]
-        eye = torch.eye(b, dtype=torch.bool, device=ids.device)
-        sim = img @ txt.T  # cosine similarities, image rows x caption columns
-        scaled = sim * self.dual.scale()  # the contrastive logits; hard ITM negatives are drawn from them too
-        logits = scaled.masked_fill(same & ~eye, float("-inf"))
-        target = torch.arange(b, device=ids.device)
-        contrastive = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
+        scaled = (img @ txt.T) * scale  # the local contrastive logits; hard ITM negatives are drawn from them
 
         # ITM: positives, a negative caption per image, a negative image per caption, in one encoder call.
         img_rows, neg_txt = self._negatives(scaled, same)

@@ -25,6 +25,7 @@ def items_of(examples: Sequence[PairExample]) -> list[TaskItem]:
 class MaRVLTask:
     name = "marvl"
     num_labels = 2
+    labels = ["false", "true"]  # by label id (reader: False -> 0, True -> 1), saved with the head
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
@@ -59,5 +60,5 @@ class MaRVLTask:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     cfg, args = parse_cli("marvl", argv)
-    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+    with FinetuneRun(cfg, save_model=not args.no_save, resume=args.resume) as run:
         return run_classification(run, MaRVLTask(cfg))

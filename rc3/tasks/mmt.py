@@ -20,33 +20,18 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..data.collate import IGNORE_INDEX, pad_batch
-from ..losses import decoder_lm_loss
 from ..modeling import RC3Model
 from ..tokenization import RC3Tokenizer
 from .classification import visual_source
 from .common import VisualSource, collate_visual, visual_of
 from .datasets import limit
 from .finetune_config import MMTFinetuneConfig
-from .heads import TaskModel
 from .metrics import bleu
+from .mmt_model import MMTModel
 from .readers.multi30k import Multi30kExample, multi30k_langs, read_multi30k, split_name
 from .trainer import FinetuneRun, parse_cli
 
 METRICS = ["BLEU", "BLEU_lc", "n", "signature"]
-
-
-class MMTModel(TaskModel):
-    task = "mmt"
-
-    def __init__(self, rc3: RC3Model, mode: str, label_smoothing: float) -> None:
-        super().__init__(rc3, mode)
-        self.label_smoothing = label_smoothing
-
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        visual = visual_of(batch) or None
-        enc = self.rc3.encode(batch["input_ids"], batch["attention_mask"], visual, self.mode)
-        logits = self.rc3.decode(batch["dec_input_ids"], batch["dec_mask"], enc)
-        return {"loss": decoder_lm_loss(logits, batch["dec_labels"], self.label_smoothing)}
 
 
 class TranslationDataset(Dataset):
@@ -133,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     cfg, args = parse_cli("mmt", argv)
     assert isinstance(cfg, MMTFinetuneConfig)
     c = cfg.mmt
-    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+    with FinetuneRun(cfg, save_model=not args.no_save, resume=args.resume) as run:
         rc3 = run.load_rc3()
         model = MMTModel(rc3, cfg.model.visual_mode, c.label_smoothing)
         visual = visual_source(cfg, rc3.cfg.image_size) if c.use_image else None

@@ -30,6 +30,7 @@ class XGQATask:
         self.ans2label = load_answer_vocab(cfg.data_path(cfg.data.answer_vocab))
         self.label2ans = label_to_answer(self.ans2label)
         self.num_labels = len(self.ans2label)
+        self.labels = self.label2ans  # by label id, saved with the head
 
     def _read(self, path_value: Optional[str], lang: str, training: bool, limit_to: Optional[int]) -> list[TaskItem]:
         examples = read_xgqa(self.cfg.data_path(path_value), self.ans2label, lang, training=training)
@@ -63,5 +64,5 @@ class XGQATask:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     cfg, args = parse_cli("xgqa", argv)
-    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+    with FinetuneRun(cfg, save_model=not args.no_save, resume=args.resume) as run:
         return run_classification(run, XGQATask(cfg))

@@ -23,6 +23,7 @@ def items_of(examples: Sequence[XVNLIExample]) -> list[TaskItem]:
 class XVNLITask:
     name = "xvnli"
     num_labels = len(LABELS)
+    labels = list(LABELS)  # by label id, saved with the head
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
@@ -48,5 +49,5 @@ class XVNLITask:
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
     cfg, args = parse_cli("xvnli", argv)
-    with FinetuneRun(cfg, save_model=not args.no_save) as run:
+    with FinetuneRun(cfg, save_model=not args.no_save, resume=args.resume) as run:
         return run_classification(run, XVNLITask(cfg))

@@ -1,0 +1,566 @@
+"""Use a trained RC3 model: embed, match, retrieve, classify and translate on one's own data.
+
+    from rc3.inference import load
+    m = load("runs/itr/model", device="cpu")              # any RC3 model directory, pretrained or finetuned
+    text_emb = m.embed_texts(["a dog on the grass"], lang="en")
+    image_emb = m.embed_images(["photos/1.jpg"])        # image files, PIL images or ROI features
+    scores = m.match(["photos/1.jpg"], ["a dog", "a cat"], lang="en")   # ITM logits [images, texts]
+    index = m.build_index(["photos/1.jpg", "photos/2.jpg"]); index.save("my.index")
+    hits = m.search(m.load_index("my.index"), ["ein Hund"], lang="de", k=10)   # FAISS + ITM re-rank
+    m.classify([("left.jpg", "right.jpg")], ["Ada dua anjing."], lang="id")  # a finetuned XVNLI/xGQA/MaRVL head
+    m.translate(["a dog runs"], images=["photos/1.jpg"], src="en", tgt="de", num_beams=4)
+
+What each function computes is what the finetuning recipes compute, so a finetuned model behaves
+here as in its evaluation:
+
+* `embed_texts`: the text-only TR (top encoder state at [BOS]); `embed_images`: the image-only VtR
+  (`[CLS] image`, no text). A model finetuned for retrieval (task_head.json says "itr") passes both
+  through its dual-encoder projections; any other model gives the raw states. Both are L2-normalised
+  (inner product = cosine), as the retrieval recipe uses them.
+* `match`: the ITM logit of `[CLS] image [BOS] text [LANG]` (the pretrained ITM head, or the one the
+  ITR recipe finetuned); a higher logit means a better match.
+* `search`: FAISS finds each query's top-k images by embedding similarity and the ITM head re-ranks
+  them (rc3.retrieval, the recipe's code path); k="all" scores every image, which is the recipe's
+  brute-force ranking (ties broken by image index). Indexes keep the images' visual inputs so that
+  re-ranking works after a reload, and remember which model built them.
+* `classify`: the finetuned classifier head over the VtR of `[CLS] image(s) [BOS] text [LANG]`;
+  label names come from task_head.json (MaRVL takes pairs of images).
+* `translate`: beam search with the target language tag forced first (the MMT recipe's decoding),
+  with or without the image.
+
+Visual inputs follow the model's visual mode: ROI features ({"roi"/"features": [n, 2048], "boxes":
+[n, 5] normalised, or [n, 4] in pixels with "img_w"/"img_h"}), keys of a feature store (`features=`)
+or image files / PIL images whose features are looked up by file stem in the store or extracted by
+a local Faster R-CNN (`detector_weights=`); patch mode reads pixels from files or PIL images.
+Long inputs show a progress bar. Nothing here imports the training code (DeepSpeed, the trainer).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .data.collate import pad_batch
+from .data.features import normalise_boxes
+from .data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_uint8
+from .modeling import RC3Model
+from .modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
+from .retrieval import FaissIndex, iter_reranked, rank_candidates
+from .tasks.common import ImageLocator, VisualSource, key_candidates, pad_regions
+from .tasks.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, TaskModel
+from .tasks.readers.xvnli import LABELS as XVNLI_LABELS
+from .tokenization import RC3Tokenizer, check_lang
+
+ImageInput = Union[str, os.PathLike, Image.Image, Mapping[str, Any]]
+K = Union[int, Literal["all"]]
+PROGRESS_MIN = 256  # inputs shorter than this get no progress bar
+INDEX_META, INDEX_FAISS, INDEX_VISUAL = "index.json", "index.faiss", "visual.safetensors"
+INDEX_FORMAT = 1
+# Label names of heads saved before the names were recorded in task_head.json.
+DEFAULT_LABELS = {"xvnli": list(XVNLI_LABELS), "marvl": ["false", "true"]}
+
+
+@dataclass
+class Hit:
+    """One search result: the image's position in the index, its name, the ranking score (the ITM
+    logit when re-ranked, else the embedding similarity) and the embedding similarity."""
+
+    rank: int
+    index: int
+    name: str
+    score: float
+    similarity: float
+
+
+@dataclass
+class Prediction:
+    label: str
+    label_id: int
+    probability: float
+    probabilities: dict[str, float] = field(repr=False)
+
+
+@dataclass
+class ImageIndex:
+    """Images ready for search: names, normalised embeddings in a FAISS index, and the per-image visual
+    inputs the ITM re-ranking needs (ROI features float32, pixels uint8 as resized)."""
+
+    names: list[str]
+    embeddings: Tensor
+    visual: list[dict[str, Tensor]]
+    mode: str
+    model_id: str
+    faiss: FaissIndex
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write `index.json`, `index.faiss` and `visual.safetensors` into a temp dir renamed into place."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+        try:
+            self.faiss.save(tmp / INDEX_FAISS)
+            stacked = {k: torch.stack([v[k] for v in self.visual]).contiguous() for k in self.visual[0]}
+            save_file(stacked, str(tmp / INDEX_VISUAL))
+            meta = {"format": INDEX_FORMAT, "names": self.names, "mode": self.mode, "model": self.model_id,
+                    "dim": int(self.embeddings.shape[1])}
+            (tmp / INDEX_META).write_text(json.dumps(meta, ensure_ascii=False))
+            replace_dir(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "ImageIndex":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        for name in (INDEX_META, INDEX_FAISS, INDEX_VISUAL):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d}: no {name}; not an index written by ImageIndex.save (rc3 index)")
+        try:
+            meta = json.loads((d / INDEX_META).read_text())
+            names, mode, model_id = list(meta["names"]), str(meta["mode"]), str(meta["model"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{d / INDEX_META}: unreadable index metadata ({err}); rebuild the index") from None
+        if meta.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{d}: index format {meta.get('format')!r}, this version reads {INDEX_FORMAT}; rebuild it")
+        index = FaissIndex.load(d / INDEX_FAISS)
+        stacked = load_file(str(d / INDEX_VISUAL))
+        if index.ntotal != len(names) or any(len(v) != len(names) for v in stacked.values()):
+            raise ValueError(f"{d}: {len(names)} names but {index.ntotal} vectors / "
+                             f"{[len(v) for v in stacked.values()]} visual rows; the index is damaged, rebuild it")
+        embeddings = index.vectors()
+        visual = [{k: v[i] for k, v in stacked.items()} for i in range(len(names))]
+        return cls(names, embeddings, visual, mode, model_id, index)
+
+
+def model_fingerprint(directory: str | os.PathLike) -> str:
+    """A cheap identity of a model directory's weights: its configs, head weights, and the size and
+    first / last MiB of model.safetensors (hashing gigabytes on every load would be slow)."""
+    d = Path(directory)
+    h = hashlib.sha256()
+    for name in (RC3_CONFIG_FILE, HEAD_META, HEAD_WEIGHTS):
+        if (d / name).is_file():
+            h.update(name.encode() + (d / name).read_bytes())
+    weights = d / WEIGHTS_FILE
+    if weights.is_file():
+        size = weights.stat().st_size
+        h.update(str(size).encode())
+        with weights.open("rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def normalise_pixels(u8: Tensor) -> Tensor:
+    """uint8 [..., 3, S, S] -> float32 ImageNet-normalised, the arithmetic of rc3.data.images.image_to_tensor
+    (so pixels give bit-identical inputs whether they come from here or from the finetuning loaders)."""
+    x = u8.numpy().astype(np.float32) * np.float32(1.0 / 255.0)
+    x -= np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    x /= np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def collate_images(items: Sequence[Mapping[str, Tensor]], suffix: str = "") -> dict[str, Tensor]:
+    """Stack per-image tensors (as `RC3Inference.load_image` gives them) into the model's visual dict."""
+    out: dict[str, Tensor] = {}
+    if "roi" in items[0]:
+        out[f"roi{suffix}"] = torch.stack([it["roi"].float() for it in items])
+        out[f"boxes{suffix}"] = torch.stack([it["boxes"].float() for it in items])
+        out[f"roi_mask{suffix}"] = torch.stack([it["roi_mask"].bool() for it in items])
+    if "pixels" in items[0]:
+        out[f"pixels{suffix}"] = normalise_pixels(torch.stack([it["pixels"] for it in items]))
+    return out
+
+
+class RC3Inference:
+    """A loaded model directory and what it can do; build with `load(...)` (see the module docstring)."""
+
+    def __init__(self, rc3: RC3Model, tokenizer: RC3Tokenizer, task_model: Optional[TaskModel] = None,
+                 device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None, batch_size: int = 32,
+                 max_text_len: int = 80, features: Sequence[str | os.PathLike] = (),
+                 images: Optional[str | os.PathLike] = None, detector_weights: Optional[str | os.PathLike] = None,
+                 num_regions: int = 36, progress: bool = True, model_id: str = "") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        module: torch.nn.Module = task_model if task_model is not None else rc3
+        module.to(device=self.device, dtype=dtype).eval()
+        self.rc3, self.task_model, self.tokenizer = rc3, task_model, tokenizer
+        self.mode = task_model.mode if task_model is not None else rc3.cfg.visual_mode
+        self.task = task_model.task if task_model is not None else None
+        self.batch_size, self.max_text_len, self.progress, self.num_regions = batch_size, max_text_len, progress, num_regions
+        self.model_id = model_id
+        self.needs_roi, self.needs_pixels = self.mode in ("roi", "combined"), self.mode in ("patch", "combined")
+        self.source = None
+        if features and self.needs_roi:
+            self.source = VisualSource("roi", list(features), None, num_regions, rc3.cfg.image_size)
+        self.locator = ImageLocator(images) if images is not None else None
+        self.detector_weights, self._detector = detector_weights, None
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def _bar(self, iterable: Iterable, total: int, desc: str, items: Optional[int] = None) -> Iterable:
+        """A progress bar over `iterable` (`total` steps) when the input (`items`, default total) is long."""
+        long_input = (total if items is None else items) >= PROGRESS_MIN
+        return tqdm(iterable, total=total, desc=desc, disable=not (self.progress and long_input),
+                    dynamic_ncols=True, leave=False)
+
+    def _batches(self, n: int, desc: str) -> Iterator[range]:
+        starts = range(0, n, self.batch_size)
+        for a in self._bar(starts, len(starts), desc, items=n):
+            yield range(a, min(a + self.batch_size, n))
+
+    def encode_texts(self, texts: Sequence[str], lang: str | Sequence[str]) -> list[list[int]]:
+        """Encoder ids `[BOS] pieces [LANG]` of each text (lang: one code, or one per text)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        langs = [lang] * len(texts) if isinstance(lang, str) else list(lang)
+        if len(langs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(langs)} languages")
+        for code in set(langs):
+            check_lang(code)
+        return self.tokenizer.encode_many(texts, langs, self.max_text_len)
+
+    def _text_batch(self, ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        batch, mask = pad_batch(list(ids), self.tokenizer.pad_id)
+        return batch.to(self.device), mask.to(self.device)
+
+    def _visual_batch(self, items: Sequence[Mapping[str, Tensor]], suffix: str = "") -> dict[str, Tensor]:
+        return {k: v.to(self.device) for k, v in collate_images(items, suffix).items()}
+
+    def _pixels_of(self, img: Image.Image) -> Tensor:
+        return resize_uint8(img, self.rc3.cfg.image_size).contiguous()
+
+    def _roi_of(self, key: Optional[str], img: Optional[Image.Image], what: str) -> dict[str, Tensor]:
+        if self.source is not None and key is not None:
+            for k in key_candidates(key):
+                if self.source._store_key(k) is not None:
+                    return self.source.load(k)
+        if self.detector_weights is not None:
+            if img is None:
+                raise KeyError(f"{what}: not found in the feature store(s) and no image to extract regions from")
+            return self._extract(img)
+        if self.source is not None:
+            raise KeyError(f"{what}: no ROI features under key {key!r} in {self.source._stores_text()}; "
+                           "add the image to the store (tools/extract_roi_features.py) or pass detector_weights")
+        raise ValueError(f"{what}: visual mode {self.mode!r} needs ROI features: give features=[store.h5] (looked up "
+                         "by file stem), detector_weights=<Faster R-CNN safetensors> to extract them, or "
+                         "{'roi': [n, 2048], 'boxes': [n, 5]} dicts")
+
+    def _extract(self, img: Image.Image) -> dict[str, Tensor]:
+        if self._detector is None:
+            from .vision.roi_extractor import RoIExtractor
+
+            self._detector = RoIExtractor.from_weights(self.detector_weights, num_boxes=self.num_regions,
+                                                       device=self.device)
+        from torchvision.transforms.functional import pil_to_tensor
+
+        r = self._detector.extract([pil_to_tensor(img).float() / 255.0])[0]
+        return pad_regions(r.features, normalise_boxes(r.boxes, r.img_w, r.img_h), self.num_regions)
+
+    def load_image(self, item: ImageInput) -> dict[str, Tensor]:
+        """One image's visual tensors for this model's mode: roi/boxes/roi_mask and/or pixels (uint8, resized)."""
+        if isinstance(item, Mapping):
+            return self._from_mapping(item)
+        if isinstance(item, Image.Image):
+            img = item if item.mode == "RGB" else item.convert("RGB")
+            name = Path(getattr(item, "filename", "") or "").stem or None
+            out = self._roi_of(name, img, f"PIL image {name or ''}".strip()) if self.needs_roi else {}
+            if self.needs_pixels:
+                out["pixels"] = self._pixels_of(img)
+            return out
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            if not path.is_file() and self.locator is not None:
+                path = self.locator.find(str(item)) or path
+            img = None
+            if path.is_file() and (self.needs_pixels or self.detector_weights is not None):
+                try:
+                    img = load_image(path.read_bytes())
+                except ValueError as err:
+                    raise ValueError(f"{path}: {err}") from None
+            elif not path.is_file() and (self.needs_pixels or self.source is None):
+                raise FileNotFoundError(f"image {str(item)!r}: no such file" + (
+                    f" (nor under {self.locator.root})" if self.locator is not None else "")
+                    + ("" if self.needs_pixels else " and no feature store (features=) to look it up in"))
+            key = path.name if path.is_file() else str(item)
+            out = self._roi_of(key, img, f"image {str(item)!r}") if self.needs_roi else {}
+            if self.needs_pixels:
+                out["pixels"] = self._pixels_of(img)
+            return out
+        raise TypeError(f"an image is a file path, a PIL image or a dict of ROI features, not {type(item).__name__}")
+
+    def _from_mapping(self, item: Mapping[str, Any]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        if self.needs_roi:
+            feats = item.get("roi", item.get("features"))
+            boxes = item.get("boxes")
+            if feats is None or boxes is None:
+                raise KeyError(f"ROI input needs 'roi' (or 'features') and 'boxes'; got keys {sorted(item)}")
+            feats = np.asarray(torch.as_tensor(feats).float())
+            boxes = np.asarray(torch.as_tensor(boxes).float())
+            if boxes.ndim == 2 and boxes.shape[1] == 4:
+                if "img_w" not in item or "img_h" not in item:
+                    raise KeyError("boxes [n, 4] are in pixels and need 'img_w' and 'img_h' (or give normalised [n, 5])")
+                boxes = normalise_boxes(boxes, float(item["img_w"]), float(item["img_h"]))
+            if feats.ndim != 2 or feats.shape[1] != self.rc3.cfg.roi_dim:
+                raise ValueError(f"ROI features must be [n, {self.rc3.cfg.roi_dim}], got {tuple(feats.shape)}")
+            out.update(pad_regions(feats, boxes, self.num_regions))
+        if self.needs_pixels:
+            image = item.get("image")
+            if image is None:
+                raise KeyError(f"visual mode {self.mode!r} needs pixels: add 'image' (a path or PIL image) to the dict")
+            img = image if isinstance(image, Image.Image) else load_image(Path(image).read_bytes())
+            out["pixels"] = self._pixels_of(img.convert("RGB"))
+        return out
+
+    def load_images(self, images: Sequence[ImageInput]) -> list[dict[str, Tensor]]:
+        images = list(images)
+        return [self.load_image(x) for x in self._bar(images, len(images), "load images")]
+
+    @staticmethod
+    def image_name(item: ImageInput, i: int) -> str:
+        if isinstance(item, (str, os.PathLike)):
+            return str(item)
+        if isinstance(item, Image.Image) and getattr(item, "filename", ""):
+            return str(item.filename)
+        if isinstance(item, Mapping) and item.get("name"):
+            return str(item["name"])
+        return f"image{i}"
+
+    # ---- embeddings --------------------------------------------------------------------------
+    def _itr(self) -> Any:
+        return self.task_model if self.task == "itr" else None
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], lang: str | Sequence[str]) -> Tensor:
+        """L2-normalised text embeddings [N, D] (TR, through the ITR projection when the model has one)."""
+        ids = self.encode_texts(texts, lang)
+        # Batches of similar lengths (padding is wasted work), results put back in the input order.
+        order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
+        out = []
+        for idx in self._batches(len(ids), "embed texts"):
+            batch = self._text_batch([ids[order[j]] for j in idx])
+            itr = self._itr()
+            out.append(itr.text_embeddings(*batch) if itr is not None
+                       else torch.nn.functional.normalize(self.rc3.tr(*batch).float(), dim=-1))
+        if not out:
+            return torch.zeros(0, self.embed_dim)
+        emb = torch.cat(out).float().cpu()
+        return emb[torch.argsort(torch.tensor(order))]
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[ImageInput]) -> Tensor:
+        """L2-normalised image embeddings [N, D] (image-only VtR, through the ITR projection when present)."""
+        return self._embed_loaded(self.load_images(images))
+
+    def _embed_loaded(self, visual: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        out = []
+        for idx in self._batches(len(visual), "embed images"):
+            batch = self._visual_batch([visual[i] for i in idx])
+            itr = self._itr()
+            if itr is not None:
+                out.append(itr.image_embeddings(batch))
+            else:
+                empty = torch.zeros(len(idx), 0, dtype=torch.long, device=self.device)
+                vtr = self.rc3.vtr(empty, empty.bool(), batch, self.mode)
+                out.append(torch.nn.functional.normalize(vtr.float(), dim=-1))
+        return torch.cat(out).float().cpu() if out else torch.zeros(0, self.embed_dim)
+
+    @property
+    def embed_dim(self) -> int:
+        itr = self._itr()
+        return itr.dual.image_proj.out_features if itr is not None else self.rc3.d_model
+
+    # ---- ITM ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _pair_scores(self, visual: Sequence[Mapping[str, Tensor]], text_ids: Sequence[Sequence[int]],
+                     image_idx: Tensor, text_idx: Tensor) -> Tensor:
+        """ITM logits of pairs (image_idx[...], text_idx[...]) -> same shape, `batch_size` pairs per forward;
+        each distinct image of a batch goes through the visual front end once (RC3Model.encode)."""
+        flat_i, flat_t = image_idx.reshape(-1), text_idx.reshape(-1).tolist()
+        out = []
+        for idx in self._batches(len(flat_t), "ITM scores"):
+            ids, mask = self._text_batch([text_ids[flat_t[j]] for j in idx])
+            images, where = torch.unique(flat_i[idx.start:idx.stop], return_inverse=True)
+            vis = self._visual_batch([visual[i] for i in images.tolist()])
+            vtr = self.rc3.vtr(ids, mask, vis, self.mode, visual_index=where.to(self.device))
+            out.append(self.rc3.itm_logits(vtr).float().cpu())
+        return (torch.cat(out) if out else torch.zeros(0)).reshape(image_idx.shape)
+
+    def match(self, images: Sequence[ImageInput], texts: Sequence[str], lang: str | Sequence[str],
+              pairs: bool = False) -> Tensor:
+        """ITM logits: [len(images), len(texts)] for every pair, or [N] for (images[i], texts[i]) with `pairs`."""
+        visual, ids = self.load_images(images), self.encode_texts(texts, lang)
+        if pairs:
+            if len(visual) != len(ids):
+                raise ValueError(f"match(pairs=True): {len(visual)} images but {len(ids)} texts")
+            n = torch.arange(len(ids))
+            return self._pair_scores(visual, ids, n, n)
+        i = torch.arange(len(visual))[:, None].expand(-1, len(ids))
+        t = torch.arange(len(ids))[None, :].expand(len(visual), -1)
+        return self._pair_scores(visual, ids, i, t)
+
+    # ---- retrieval ---------------------------------------------------------------------------
+    def build_index(self, images: Sequence[ImageInput], names: Optional[Sequence[str]] = None) -> ImageIndex:
+        """Embed `images` and put them into an exact inner-product FAISS index (saved with `.save(dir)`)."""
+        images = list(images)
+        if not images:
+            raise ValueError("build_index: no images")
+        names = [self.image_name(x, i) for i, x in enumerate(images)] if names is None else list(names)
+        if len(names) != len(images):
+            raise ValueError(f"build_index: {len(names)} names for {len(images)} images")
+        visual = self.load_images(images)
+        with torch.inference_mode():
+            emb = self._embed_loaded(visual)
+        index = FaissIndex(emb.shape[1])
+        index.add(emb)
+        return ImageIndex(names, emb, visual, self.mode, self.model_id, index)
+
+    def load_index(self, directory: str | os.PathLike, check_model: bool = True) -> ImageIndex:
+        """Read an index from disk; refuses one built by another model (its embeddings would not fit)."""
+        index = ImageIndex.load(directory)
+        if index.mode != self.mode:
+            raise ValueError(f"{directory}: built in visual mode {index.mode!r}, this model uses {self.mode!r}")
+        if index.embeddings.shape[1] != self.embed_dim:
+            raise ValueError(f"{directory}: {index.embeddings.shape[1]}-d embeddings, this model gives {self.embed_dim}-d")
+        if check_model and index.model_id != self.model_id:
+            raise ValueError(f"{directory} was built by another model ({index.model_id}, this one is {self.model_id}); "
+                             "rebuild it with this model, or pass check_model=False")
+        return index
+
+    def search(self, index: ImageIndex, queries: Sequence[str], lang: str | Sequence[str], k: K = 10,
+               rerank: bool = True) -> list[list[Hit]]:
+        """Each query's top-k images: FAISS candidates re-ranked by the ITM head (or by similarity alone
+        with rerank=False). k="all" (or k >= len(index)) scores every image: the brute-force ranking."""
+        if len(index) == 0:
+            raise ValueError("search: the index is empty")
+        if k != "all" and (not isinstance(k, int) or k < 1):
+            raise ValueError(f"k must be a positive int or 'all', got {k!r}")
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        q_emb = self.embed_texts(queries, lang)
+        exhaustive = k == "all" or k >= len(index)
+        if not rerank:
+            kk = len(index) if exhaustive else int(k)
+            sims, ids = index.faiss.search(q_emb, kk)
+            ids, sims = rank_candidates(ids, sims)
+            return [[Hit(r, int(i), index.names[int(i)], float(s), float(s)) for r, (i, s) in enumerate(zip(row_i, row_s))]
+                    for row_i, row_s in zip(ids, sims)]
+        text_ids = self.encode_texts(queries, lang)
+
+        def rerank_fn(q_idx: Tensor, cands: Tensor) -> Tensor:
+            return self._pair_scores(index.visual, text_ids, cands, q_idx[:, None].expand_as(cands))
+
+        out: list[list[Hit]] = []
+        chunk = max(1, self.batch_size // 4)
+        for part in iter_reranked(q_emb, index.embeddings, k, rerank_fn, chunk_size=chunk, index=index.faiss,
+                                  max_pairs=4 * self.batch_size):
+            for q, ids, scores in zip(part.query_idx.tolist(), part.cand_ids, part.scores):
+                sims = index.embeddings[ids] @ q_emb[q]
+                out.append([Hit(r, int(i), index.names[int(i)], float(s), float(m))
+                            for r, (i, s, m) in enumerate(zip(ids.tolist(), scores.tolist(), sims.tolist()))])
+        return out
+
+    # ---- classification ----------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        if not isinstance(self.task_model, ClassificationModel):
+            raise ValueError(f"this model has no classifier head (task: {self.task or 'none, pretrained'}); "
+                             "load the model directory an XVNLI / xGQA / MaRVL finetuning wrote")
+        m = self.task_model
+        names = m.labels or DEFAULT_LABELS.get(m.task)
+        return list(names) if names and len(names) == m.num_labels else [str(i) for i in range(m.num_labels)]
+
+    @torch.inference_mode()
+    def classify(self, images: Sequence[ImageInput | tuple[ImageInput, ImageInput]], texts: Sequence[str],
+                 lang: str | Sequence[str]) -> list[Prediction]:
+        """Label of each (image, text) example (a pair of images per example for MaRVL) by the finetuned head."""
+        labels = self.labels
+        images = list(images)
+        ids = self.encode_texts(texts, lang)
+        if len(images) != len(ids):
+            raise ValueError(f"classify: {len(images)} images but {len(ids)} texts")
+        two = [isinstance(x, (tuple, list)) for x in images]
+        if any(two) and not all(two):
+            raise ValueError("classify: give either one image per example or a pair per example, not both")
+        out: list[Prediction] = []
+        for idx in self._batches(len(ids), f"classify ({self.task})"):
+            batch: dict[str, Any] = {}
+            if two and two[0]:
+                if any(len(images[j]) != 2 for j in idx):
+                    raise ValueError("classify: a pair of images per example means exactly two")
+                batch.update(self._visual_batch([self.load_image(images[j][0]) for j in idx]))
+                batch.update(self._visual_batch([self.load_image(images[j][1]) for j in idx], suffix="2"))
+            else:
+                batch.update(self._visual_batch([self.load_image(images[j]) for j in idx]))
+            batch["input_ids"], batch["attention_mask"] = self._text_batch([ids[j] for j in idx])
+            probs = torch.softmax(self.task_model(batch)["logits"].float(), dim=-1).cpu()
+            for row in probs:
+                best = int(row.argmax())
+                out.append(Prediction(labels[best], best, float(row[best]),
+                                      {name: float(p) for name, p in zip(labels, row.tolist())}))
+        return out
+
+    # ---- translation -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def translate(self, texts: Sequence[str], images: Optional[Sequence[ImageInput]] = None, *, src: str, tgt: str,
+                  num_beams: int = 4, max_new_tokens: int = 64) -> list[str]:
+        """Beam-search translations of `texts` from `src` into `tgt`, reading each text's image when given."""
+        ids = self.encode_texts(texts, src)
+        tgt_id = self.tokenizer.lang_id(tgt)
+        if images is not None and len(images) != len(ids):
+            raise ValueError(f"translate: {len(ids)} texts but {len(images)} images")
+        out: list[str] = []
+        for idx in self._batches(len(ids), f"translate {src}->{tgt}"):
+            input_ids, mask = self._text_batch([ids[j] for j in idx])
+            visual = self._visual_batch([self.load_image(images[j]) for j in idx]) if images is not None else None
+            seqs = self.rc3.generate(input_ids, mask, tgt_id, visual, self.mode, num_beams=num_beams,
+                                     max_new_tokens=max_new_tokens)
+            out += [self.tokenizer.decode(s.tolist()) for s in seqs]
+        return out
+
+
+def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype: Optional[torch.dtype | str] = None,
+         batch_size: int = 32, max_text_len: int = 80, features: Sequence[str | os.PathLike] = (),
+         images: Optional[str | os.PathLike] = None, detector_weights: Optional[str | os.PathLike] = None,
+         num_regions: int = 36, progress: bool = True) -> RC3Inference:
+    """Load any RC3 model directory (pretrained, or finetuned: task_head.json) on `device` in `dtype`.
+
+    `features`: ROI feature stores to look images up in (by key or file stem); `images`: a folder image
+    keys are resolved in; `detector_weights`: a local Faster R-CNN to extract ROI features of new images."""
+    d = Path(model_dir)
+    if not (d / RC3_CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{d}: no {RC3_CONFIG_FILE}; give an RC3 model directory (pretrained or finetuned)")
+    if isinstance(dtype, str):
+        names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                 "fp16": torch.float16, "float16": torch.float16}
+        if dtype not in names:
+            raise ValueError(f"dtype {dtype!r}: one of {', '.join(names)}")
+        dtype = names[dtype]
+    tokenizer = RC3Tokenizer.from_dir(d)
+    task_model = TaskModel.from_pretrained(d) if (d / HEAD_META).is_file() else None
+    rc3 = task_model.rc3 if task_model is not None else RC3Model.from_pretrained(d)
+    if rc3.mbart.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{d}: the model has {rc3.mbart.config.vocab_size} token embeddings but the tokenizer "
+                         f"{tokenizer.vocab_size} ids; the directory mixes files of two models")
+    return RC3Inference(rc3, tokenizer, task_model, device, dtype, batch_size, max_text_len, features, images,
+                        detector_weights, num_regions, progress, model_fingerprint(d))

@@ -1,0 +1,391 @@
+"""rc3.inference and the `rc3` CLI on tiny models the tests make (random weights, real-text tokenizer).
+
+References are computed straight from the model's modules, one example at a time and unpadded
+(`model.rc3.tr`, `vtr`, `itm_logits`, the heads, `generate`), never through rc3.inference.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rc3.modeling import RC3Model
+from rc3.tasks.heads import ClassificationModel, TaskModel
+from rc3.tasks.itr_model import ITRModel
+from rc3.tasks.mmt_model import MMTModel
+from rc3.testing import tiny_model_config
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTIONS = ["a red dog runs on the grass", "two children play with a ball", "a man rides a bike in the city",
+            "a cat sleeps on a sofa", "people walk along the beach", "a woman reads a book in the park"]
+N_IMAGES = 9
+
+
+def rc3_model(tokenizer, seed: int = 0, **cfg) -> RC3Model:
+    torch.manual_seed(seed)
+    return RC3Model.from_config(tiny_model_config(**cfg), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,
+                                tokenizer.eos_id).eval()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nine images: a JPEG each and an IGLUE-layout H5 group each (absolute boxes, img_w, img_h)."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir()
+    with h5py.File(root / "features.h5", "w") as f:
+        for i in range(N_IMAGES):
+            key = f"im{i}"
+            n = 5 + i % 4
+            g = f.create_group(key)
+            g.create_dataset("features", data=rng.random((n, 2048), dtype=np.float32))
+            xy = rng.random((n, 2)) * 40
+            g.create_dataset("boxes", data=np.concatenate([xy, xy + 20], axis=1).astype(np.float32))
+            g.create_dataset("img_w", data=64)
+            g.create_dataset("img_h", data=48)
+            pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "img" / f"{key}.jpg", quality=95)
+    return root
+
+
+def roi_of(data: Path, key: str, regions: int = 36) -> dict[str, torch.Tensor]:
+    """The model's visual dict of one image, built from the raw H5 group (independent of rc3's readers)."""
+    with h5py.File(data / "features.h5", "r") as f:
+        feats = f[key]["features"][()]
+        b = f[key]["boxes"][()].astype(np.float64)
+        w, h = float(f[key]["img_w"][()]), float(f[key]["img_h"][()])
+    n = len(feats)
+    boxes = np.stack([b[:, 0] / w, b[:, 1] / h, b[:, 2] / w, b[:, 3] / h, (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (w * h)], 1)
+    roi = torch.zeros(1, regions, 2048)
+    roi[0, :n] = torch.from_numpy(feats)
+    box = torch.zeros(1, regions, 5)
+    box[0, :n] = torch.from_numpy(boxes.astype(np.float32))
+    return {"roi": roi, "boxes": box, "roi_mask": (torch.arange(regions) < n)[None]}
+
+
+def pixels_of(path: Path, size: int = 224) -> torch.Tensor:
+    """ImageNet-normalised pixels of a file via torchvision's antialiased bicubic resize (float reference)."""
+    from torchvision.transforms.functional import InterpolationMode, pil_to_tensor, resize
+
+    x = pil_to_tensor(Image.open(path).convert("RGB"))
+    x = resize(x, [size, size], InterpolationMode.BICUBIC, antialias=True).float() / 255.0
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return ((x - mean) / std)[None]
+
+
+def text_ids(tokenizer, text: str, lang: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = tokenizer.encode(text, lang, 80)
+    return torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> dict[str, Path]:
+    """Model directories: pretrained (roi), ITR (roi), ITR (patch), XVNLI, MaRVL and MMT heads."""
+    root = tmp_path_factory.mktemp("models")
+    out = {"pretrained": root / "pretrained"}
+    rc3_model(tokenizer).save_pretrained(out["pretrained"], tokenizer_dir=tokenizer_dir)
+    torch.manual_seed(1)
+    for name, model in {"itr": ITRModel(rc3_model(tokenizer, 1), "roi", embed_dim=16),
+                        "itr_patch": ITRModel(rc3_model(tokenizer, 2, visual_mode="patch"), "patch", embed_dim=16),
+                        "xvnli": ClassificationModel(rc3_model(tokenizer, 3), "roi", "xvnli", 3,
+                                                     labels=["entailment", "neutral", "contradiction"]),
+                        "marvl": ClassificationModel(rc3_model(tokenizer, 4), "roi", "marvl", 2, labels=["false", "true"]),
+                        "mmt": MMTModel(rc3_model(tokenizer, 5), "roi")}.items():
+        for p in model.parameters():  # heads start random, not at their init (so reloading is really checked)
+            p.data.add_(torch.randn_like(p) * 0.02)
+        out[name] = model.save_pretrained(root / name, tokenizer)
+    return out
+
+
+def test_importing_inference_pulls_no_training_code() -> None:
+    code = ("import sys, rc3.inference, rc3.cli; bad = [m for m in ('deepspeed', 'rc3.training', 'rc3.tasks.trainer', "
+            "'rc3.objectives', 'rc3.tasks.mmt') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_task_models_round_trip_through_from_pretrained(dirs: dict[str, Path]) -> None:
+    for name, cls in (("itr", ITRModel), ("xvnli", ClassificationModel), ("marvl", ClassificationModel), ("mmt", MMTModel)):
+        model = TaskModel.from_pretrained(dirs[name])
+        assert type(model) is cls and model.task == name.split("_")[0]
+        again = cls.from_pretrained(dirs[name])
+        a, b = model.state_dict(), again.state_dict()
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert TaskModel.from_pretrained(dirs["xvnli"]).labels == ["entailment", "neutral", "contradiction"]
+    with pytest.raises(ValueError, match="not a ITRModel"):
+        ITRModel.from_pretrained(dirs["xvnli"])
+    with pytest.raises(FileNotFoundError, match="task_head.json"):
+        TaskModel.from_pretrained(dirs["pretrained"])
+
+
+def test_embeddings_equal_the_model_one_text_and_image_at_a_time(dirs: dict[str, Path], data: Path, tokenizer) -> None:
+    from rc3.inference import load
+
+    m = load(dirs["itr"], batch_size=4, features=[data / "features.h5"])
+    ref = ITRModel.from_pretrained(dirs["itr"]).eval()
+    texts = CAPTIONS + ["ein roter Hund läuft"]
+    langs = ["en"] * len(CAPTIONS) + ["de"]
+    got = m.embed_texts(texts, langs)
+    with torch.no_grad():
+        want = torch.cat([ref.text_embeddings(*text_ids(tokenizer, t, lang)) for t, lang in zip(texts, langs)])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert got.shape == (len(texts), 16)
+    keys = [f"im{i}" for i in range(N_IMAGES)]
+    got_i = m.embed_images(keys)
+    with torch.no_grad():
+        want_i = torch.cat([ref.image_embeddings(roi_of(data, k)) for k in keys])
+    torch.testing.assert_close(got_i, want_i, rtol=1e-4, atol=1e-5)
+    # The same images as files (looked up by file stem), as ROI dicts with pixel boxes, as normalised boxes.
+    torch.testing.assert_close(m.embed_images([data / "img" / f"{k}.jpg" for k in keys]), got_i)
+    with h5py.File(data / "features.h5", "r") as f:
+        dicts = [{"features": f[k]["features"][()], "boxes": f[k]["boxes"][()], "img_w": 64, "img_h": 48} for k in keys]
+    torch.testing.assert_close(m.embed_images(dicts), got_i)
+    norm = [{"roi": roi_of(data, k)["roi"][0, :5 + i % 4], "boxes": roi_of(data, k)["boxes"][0, :5 + i % 4]}
+            for i, k in enumerate(keys)]
+    torch.testing.assert_close(m.embed_images(norm), got_i)
+    # A pretrained model (no ITR head): normalised TR / image-only VtR.
+    p = load(dirs["pretrained"], features=[data / "features.h5"])
+    rc3 = RC3Model.from_pretrained(dirs["pretrained"]).eval()
+    with torch.no_grad():
+        tr = torch.nn.functional.normalize(rc3.tr(*text_ids(tokenizer, texts[0], "en")), dim=-1)
+        empty = torch.zeros(1, 0, dtype=torch.long)
+        vtr = torch.nn.functional.normalize(rc3.vtr(empty, empty.bool(), roi_of(data, "im0"), "roi"), dim=-1)
+    torch.testing.assert_close(p.embed_texts(texts[:1], "en"), tr, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(p.embed_images(["im0"]), vtr, rtol=1e-4, atol=1e-5)
+
+
+def test_patch_mode_reads_files_and_pil_images(dirs: dict[str, Path], data: Path) -> None:
+    from rc3.inference import load
+
+    m = load(dirs["itr_patch"], batch_size=3)
+    ref = ITRModel.from_pretrained(dirs["itr_patch"]).eval()
+    files = [data / "img" / f"im{i}.jpg" for i in range(4)]
+    got = m.embed_images(files)
+    with torch.no_grad():
+        want = torch.cat([ref.image_embeddings({"pixels": pixels_of(f)}) for f in files])
+    # The loaders' bicubic kernel and torchvision's agree to one intensity level, not bit for bit.
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-2)
+    torch.testing.assert_close(m.embed_images([Image.open(f) for f in files]), got)
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        m.embed_images(["nope.jpg"])
+
+
+def test_match_is_the_itm_logit_of_each_pair(dirs: dict[str, Path], data: Path, tokenizer) -> None:
+    from rc3.inference import load
+
+    m = load(dirs["itr"], batch_size=5, features=[data / "features.h5"])
+    rc3 = RC3Model.from_pretrained(dirs["itr"]).eval()
+    keys = ["im0", "im3", "im5"]
+    got = m.match(keys, CAPTIONS[:4], "en")
+    with torch.no_grad():
+        want = torch.tensor([[float(rc3.itm_logits(rc3.vtr(*text_ids(tokenizer, t, "en"), roi_of(data, k), "roi")))
+                              for t in CAPTIONS[:4]] for k in keys])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.match(keys, CAPTIONS[:3], "en", pairs=True), torch.diagonal(want[:, :3]))
+
+
+def brute_force(dirs: dict[str, Path], data: Path, tokenizer, queries: list[str]) -> np.ndarray:
+    """ITM logit of every (query, image) pair, one unpadded pair per forward of the model's own modules."""
+    rc3 = RC3Model.from_pretrained(dirs["itr"]).eval()
+    with torch.no_grad():
+        return np.array([[float(rc3.itm_logits(rc3.vtr(*text_ids(tokenizer, q, "en"), roi_of(data, f"im{i}"), "roi")))
+                          for i in range(N_IMAGES)] for q in queries])
+
+
+def assert_same_ranking(hits, scores: np.ndarray, tol: float = 1e-4) -> None:
+    """`hits` rank every image in the order of the reference scores (only exact near-ties may swap)."""
+    ref_order = np.argsort(-scores, kind="stable")
+    got = [h.index for h in hits]
+    assert sorted(got) == list(range(len(scores)))
+    np.testing.assert_allclose([h.score for h in hits], scores[got], rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, ref_order):
+        assert a == b or abs(scores[a] - scores[b]) < tol
+
+
+def test_search_k_all_equals_brute_force_and_k_reranks_faiss_candidates(dirs: dict[str, Path], data: Path,
+                                                                       tokenizer, tmp_path: Path) -> None:
+    from rc3.inference import load
+
+    m = load(dirs["itr"], batch_size=4, features=[data / "features.h5"])
+    keys = [f"im{i}" for i in range(N_IMAGES)]
+    index = m.build_index(keys)
+    scores = brute_force(dirs, data, tokenizer, CAPTIONS)
+    all_hits = m.search(index, CAPTIONS, "en", k="all")
+    for q, hits in enumerate(all_hits):
+        assert [h.rank for h in hits] == list(range(N_IMAGES)) and hits[0].name == keys[hits[0].index]
+        assert_same_ranking(hits, scores[q])
+    # k = 3: the three most similar images (dual embeddings, numpy), ordered by their ITM logits.
+    ref = ITRModel.from_pretrained(dirs["itr"]).eval()
+    with torch.no_grad():
+        img = torch.cat([ref.image_embeddings(roi_of(data, k)) for k in keys]).numpy()
+        txt = torch.cat([ref.text_embeddings(*text_ids(tokenizer, q, "en")) for q in CAPTIONS]).numpy()
+    sim = txt @ img.T
+    for q, hits in enumerate(m.search(index, CAPTIONS, "en", k=3)):
+        cands = set(np.argsort(-sim[q], kind="stable")[:3].tolist())
+        assert {h.index for h in hits} == cands
+        assert [h.index for h in hits] == sorted(cands, key=lambda i: -scores[q, i])
+        np.testing.assert_allclose([h.similarity for h in hits], sim[q, [h.index for h in hits]], rtol=1e-4, atol=1e-5)
+    plain = m.search(index, CAPTIONS[:2], "en", k=4, rerank=False)
+    for q, hits in enumerate(plain):
+        assert [h.index for h in hits] == np.argsort(-sim[q], kind="stable")[:4].tolist()
+    # Saved and loaded: the same results; another model's index is refused; a damaged one named.
+    index.save(tmp_path / "idx")
+    again = m.load_index(tmp_path / "idx")
+    assert again.names == keys
+    reloaded = m.search(again, CAPTIONS, "en", k="all")
+    assert [[(h.index, h.score) for h in r] for r in reloaded] == [[(h.index, h.score) for h in r] for r in all_hits]
+    other = load(dirs["pretrained"], features=[data / "features.h5"])
+    with pytest.raises(ValueError, match="-d embeddings|another model"):
+        other.load_index(tmp_path / "idx")
+    with pytest.raises(FileExistsError):
+        index.save(tmp_path / "idx")
+    (tmp_path / "idx" / "index.faiss").unlink()
+    with pytest.raises(FileNotFoundError, match="index.faiss"):
+        m.load_index(tmp_path / "idx")
+
+
+def test_classify_gives_label_names_of_the_finetuned_head(dirs: dict[str, Path], data: Path, tokenizer) -> None:
+    from rc3.inference import load
+
+    m = load(dirs["xvnli"], batch_size=2, features=[data / "features.h5"])
+    ref = ClassificationModel.from_pretrained(dirs["xvnli"]).eval()
+    keys = ["im1", "im2", "im4"]
+    preds = m.classify(keys, CAPTIONS[:3], "en")
+    for k, t, p in zip(keys, CAPTIONS, preds):
+        with torch.no_grad():
+            logits = ref({**roi_of(data, k), **dict(zip(("input_ids", "attention_mask"), text_ids(tokenizer, t, "en")))})["logits"]
+        probs = torch.softmax(logits[0], -1)
+        assert p.label == ["entailment", "neutral", "contradiction"][int(probs.argmax())]
+        assert p.probability == pytest.approx(float(probs.max()), rel=1e-4)
+        assert list(p.probabilities) == ["entailment", "neutral", "contradiction"]
+    marvl = load(dirs["marvl"], features=[data / "features.h5"])
+    ref2 = ClassificationModel.from_pretrained(dirs["marvl"]).eval()
+    pair = marvl.classify([("im0", "im1")], ["Ada dua anjing."], "id")[0]
+    second = {f"{k}2": v for k, v in roi_of(data, "im1").items()}
+    with torch.no_grad():
+        logits = ref2({**roi_of(data, "im0"), **second,
+                       **dict(zip(("input_ids", "attention_mask"), text_ids(tokenizer, "Ada dua anjing.", "id")))})["logits"]
+    assert pair.label == ["false", "true"][int(logits.argmax())]
+    with pytest.raises(ValueError, match="no classifier head"):
+        load(dirs["itr"]).classify(["im0"], ["x"], "en")
+
+
+def test_translate_is_the_recipes_beam_search(dirs: dict[str, Path], data: Path, tokenizer) -> None:
+    from rc3.inference import load
+
+    m = load(dirs["mmt"], batch_size=2, features=[data / "features.h5"])
+    rc3 = RC3Model.from_pretrained(dirs["mmt"]).eval()
+    src = CAPTIONS[:3]
+    got = m.translate(src, ["im0", "im1", "im2"], src="en", tgt="de", num_beams=2, max_new_tokens=6)
+    for i, (s, g) in enumerate(zip(src, got)):
+        seq = rc3.generate(*text_ids(tokenizer, s, "en"), tokenizer.lang_id("de"), roi_of(data, f"im{i}"), "roi",
+                           num_beams=2, max_new_tokens=6)[0]
+        assert g == tokenizer.decode(seq.tolist())
+    text_only = m.translate(src[:1], src="en", tgt="fr", num_beams=1, max_new_tokens=5)
+    seq = rc3.generate(*text_ids(tokenizer, src[0], "en"), tokenizer.lang_id("fr"), None, num_beams=1, max_new_tokens=5)[0]
+    assert text_only == [tokenizer.decode(seq.tolist())]
+
+
+def test_bf16_and_progress_on_long_inputs(dirs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    from rc3.inference import PROGRESS_MIN, load
+
+    m = load(dirs["itr"], dtype="bf16", batch_size=64)
+    assert next(m.rc3.parameters()).dtype == torch.bfloat16
+    texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(PROGRESS_MIN)]
+    emb = m.embed_texts(texts, "en")
+    assert emb.dtype == torch.float32 and emb.shape == (PROGRESS_MIN, 16)
+    assert "embed texts" in capsys.readouterr().err  # tqdm writes the bar to stderr
+    full = load(dirs["itr"]).embed_texts(texts[:6], "en")
+    torch.testing.assert_close(emb[:6], full, rtol=0, atol=5e-2)  # bf16 stays near fp32
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rc3.cli", *argv], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_cli_prints_tables(dirs: dict[str, Path], data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rc3.cli import main
+
+    feats = ["--features", str(data / "features.h5"), "--quiet"]
+    main(["embed", str(dirs["itr"]), "--text", CAPTIONS[0], "--text", "ein Hund", "--lang", "en", "de", "--image", "im0",
+          "--out", str(tmp_path / "e.safetensors"), *feats])
+    out = capsys.readouterr().out
+    assert "| kind  | input" in out and out.count("| text ") == 2 and out.count("| image ") == 1
+    from safetensors.torch import load_file
+    assert load_file(str(tmp_path / "e.safetensors"))["texts"].shape == (2, 16)
+
+    main(["index", str(dirs["itr"]), "--image-dir", str(data / "img"), "--out", str(tmp_path / "idx"), *feats])
+    assert "9 images" in capsys.readouterr().out
+    main(["search", str(dirs["itr"]), "--index", str(tmp_path / "idx"), "--query", CAPTIONS[0], "--query", CAPTIONS[1],
+          "--k", "4", "--html", str(tmp_path / "top.html"), *feats])
+    out = capsys.readouterr().out
+    assert out.count("query: ") == 2 and out.count("img/im") == 8 and "ITM logit" in out
+    page = (tmp_path / "top.html").read_text()
+    assert page.count("class='hit'") == 8 and page.count("<img ") == 8
+
+    main(["classify", str(dirs["xvnli"]), "--image", "im0", "--text", CAPTIONS[0], "--image", "im1", "--text", CAPTIONS[1],
+          *feats])
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| im") and "| text" not in line]
+    assert "xvnli label" in out and len(rows) == 2
+    assert all(r[2] in ("entailment", "neutral", "contradiction") and 0 < float(r[3]) <= 1 for r in rows)
+
+    main(["translate", str(dirs["mmt"]), "--text", CAPTIONS[0], "--src", "en", "--tgt", "de", "--num-beams", "2",
+          "--max-new-tokens", "4", "--image", "im0", *feats])
+    assert "| en " in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["classify", str(dirs["itr"]), "--image", "im0", "--text", "x", *feats])
+    assert exit_.value.code == 2 and "no classifier head" in capsys.readouterr().err
+
+
+def test_python_m_rc3_cli_and_console_script_entry() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and all(c in proc.stdout for c in ("embed", "search", "classify", "translate"))
+    setup = (REPO / "setup.py").read_text()
+    assert '"rc3=rc3.cli:main"' in setup
+    proc = run_cli("search", "/nonexistent/model", "--query", "x")
+    assert proc.returncode == 2 and "rc3_config.json" in proc.stderr
+
+
+def chromium() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium); the HTML page is checked in a browser")
+
+
+def test_search_html_page_renders_every_result_in_a_headless_browser(dirs: dict[str, Path], data: Path,
+                                                                      tmp_path: Path) -> None:
+    import re
+
+    from rc3.cli import main
+
+    browser = chromium()
+    page = tmp_path / "top.html"
+    main(["search", str(dirs["itr"]), "--image-dir", str(data / "img"), "--features", str(data / "features.h5"),
+          "--query", CAPTIONS[0], "--query", CAPTIONS[1], "--query", "ein Hund", "--lang", "en", "en", "de",
+          "--k", "3", "--html", str(page), "--quiet"])
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=10000"]
+    proc = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", proc.stdout)
+    assert body, proc.stdout[:500]
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert attrs == {"results": "9", "loaded-images": "9"}  # 3 queries x 3 results, every thumbnail decoded
+    assert len(re.findall(r"<section class=\"query\"", proc.stdout)) == 3
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1400, 1000) and pixels.std() > 5  # something was drawn, not a blank page
