@@ -93,7 +93,10 @@ def test_killed_run_resumes_exactly(world: Path, model_dir: Path, tmp_path: Path
     assert sorted(log) == list(range(1, 7))  # 18 captions, 2 x 4 per step: 3 steps per epoch, 2 epochs
 
     cut = tmp_path / "cut"
-    env = dict(os.environ, RC3_KILL_AT="5", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    # the killed run must sum in the same thread count as this process's runs (earlier tests in the
+    # suite may have changed it in-process), or the comparison below cannot be bit-exact
+    env = dict(os.environ, RC3_KILL_AT="5", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run([sys.executable, *recipe_cmd("itr", world, model_dir, cut, *ITR_RUN)], capture_output=True,
                           text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
