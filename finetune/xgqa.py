@@ -10,11 +10,11 @@ try:
 except ImportError:  # running from a plain checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rc3.tasks.cli import build_parser  # noqa: E402
+from rc3.finetune.cli import build_parser  # noqa: E402
 
 if __name__ == "__main__":
     build_parser("xgqa").parse_args()  # --help and usage errors before the heavy imports
-    from rc3.tasks.xgqa import main
-    from rc3.tasks.trainer import run_main
+    from rc3.finetune.xgqa import main
+    from rc3.finetune.trainer import run_main
 
     run_main(main)

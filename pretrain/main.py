@@ -1,6 +1,6 @@
 """RC3 pretraining: `deepspeed pretrain/main.py --config configs/<name>.yaml [--set k=v ...] [--resume]`.
 
-Parses the command line, loads and validates the config, and hands over to `rc3.training.train`.
+Parses the command line, loads and validates the config, and hands over to `rc3.pretrain.loop.train`.
 """
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import argparse
 import logging
 import sys
 
-from rc3.checkpointing import CheckpointError
+from rc3.pretrain.checkpoints import CheckpointError
 from rc3.config import ConfigError, load_config
 from rc3.data.faults import DataPipelineError
-from rc3.training import NonFiniteError, train
+from rc3.pretrain.loop import NonFiniteError, train
 
 
 def main(argv: list[str] | None = None) -> int:

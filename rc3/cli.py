@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .tasks.common import IMAGE_SUFFIXES
+from rc3.finetune.common import IMAGE_SUFFIXES
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -59,7 +59,7 @@ def _langs(langs: Sequence[str], n: int) -> str | list[str]:
 
 
 def _load(args: argparse.Namespace):
-    from .inference import load
+    from rc3.inference import load
 
     return load(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size, features=args.features,
                 images=args.images_root, detector_weights=args.detector, progress=not args.quiet)

@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
-from .tokenization import LANG_CODES, PRETRAIN_LANGS
+from rc3.tokenization import LANG_CODES, PRETRAIN_LANGS
 
 
 class ConfigError(ValueError):
@@ -142,7 +142,7 @@ class DataConfig:
 
 def validate_data_sources(d: DataConfig) -> None:
     """Shard sources and the remote-shard settings of the data section."""
-    from .data.shard_source import parse_commands  # data modules import torch; keep config import light
+    from rc3.data.shard_source import parse_commands  # data modules import torch; keep config import light
 
     for corpus in ("ds", "dw", "dt"):
         sources: list[SourceConfig] = getattr(d, f"{corpus}_sources")

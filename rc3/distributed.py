@@ -175,7 +175,7 @@ def all_gather_with_grad(t: Tensor) -> Tensor:
 
 def gather_with_offset(t: Tensor) -> tuple[Tensor, int]:
     """(every rank's rows with gradients, `all_gather_with_grad`; the row where this rank's block
-    starts): XTCL's negatives over the global batch, `rc3.objectives.xtcl(gather=...)`."""
+    starts): XTCL's negatives over the global batch, `rc3.pretrain.objectives.xtcl(gather=...)`."""
     sizes = all_gather_sizes(t.shape[0])
     return all_gather_with_grad(t), sum(sizes[: get_rank()])
 

@@ -20,7 +20,7 @@ here as in its evaluation:
 * `match`: the ITM logit of `[CLS] image [BOS] text [LANG]` (the pretrained ITM head, or the one the
   ITR recipe finetuned); a higher logit means a better match.
 * `search`: FAISS finds each query's top-k images by embedding similarity and the ITM head re-ranks
-  them (rc3.retrieval, the recipe's code path); k="all" scores every image, which is the recipe's
+  them (rc3.finetune.retrieval, the recipe's code path); k="all" scores every image, which is the recipe's
   brute-force ranking (ties broken by image index). Indexes keep the images' visual inputs so that
   re-ranking works after a reload, and remember which model built them.
 * `classify`: the finetuned classifier head over the VtR of `[CLS] image(s) [BOS] text [LANG]`;
@@ -51,16 +51,16 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .data.collate import pad_batch
-from .data.features import normalise_boxes
-from .data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_uint8
-from .modeling import RC3Model
-from .modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
-from .retrieval import FaissIndex, iter_reranked, rank_candidates
-from .tasks.common import ImageLocator, VisualSource, key_candidates, pad_regions
-from .tasks.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, TaskModel
-from .tasks.readers.xvnli import LABELS as XVNLI_LABELS
-from .tokenization import RC3Tokenizer, check_lang
+from rc3.data.collate import pad_batch
+from rc3.data.features import normalise_boxes
+from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_uint8
+from rc3.modeling import RC3Model
+from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
+from rc3.finetune.retrieval import FaissIndex, iter_reranked, rank_candidates
+from rc3.finetune.common import ImageLocator, VisualSource, key_candidates, pad_regions
+from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, TaskModel
+from rc3.finetune.readers.xvnli import LABELS as XVNLI_LABELS
+from rc3.tokenization import RC3Tokenizer, check_lang
 
 ImageInput = Union[str, os.PathLike, Image.Image, Mapping[str, Any]]
 K = Union[int, Literal["all"]]
@@ -268,7 +268,7 @@ class RC3Inference:
 
     def _extract(self, img: Image.Image) -> dict[str, Tensor]:
         if self._detector is None:
-            from .vision.roi_extractor import RoIExtractor
+            from rc3.vision.roi_extractor import RoIExtractor
 
             self._detector = RoIExtractor.from_weights(self.detector_weights, num_boxes=self.num_regions,
                                                        device=self.device)

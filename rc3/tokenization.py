@@ -34,7 +34,7 @@ PRETRAIN_LANGS: tuple[str, ...] = ("en", "cs", "de", "fr", "id", "ja", "zh")
 UNSEGMENTED_LANGS = frozenset({"ja", "zh"})
 SPM_FILE = "sentencepiece.bpe.model"
 ID_MAP_FILE = "id_map.json"
-SEGMENTATION_FILE = "rc3_segmentation.json"  # mBART-50's full tokenizer.json in a model directory (rc3.hf)
+SEGMENTATION_FILE = "rc3_segmentation.json"  # mBART-50's full tokenizer.json in a model directory (rc3.modeling.hf)
 
 
 def check_lang(lang: str) -> str:
@@ -137,7 +137,7 @@ class RC3Tokenizer:
         kwargs = {}
         if (directory / SEGMENTATION_FILE).is_file():
             # A model directory's tokenizer.json is the transformers-facing one of the reduced vocabulary
-            # (rc3.hf); mBART-50's full segmentation, which id_map.json applies to, is kept beside it.
+            # (rc3.modeling.hf); mBART-50's full segmentation, which id_map.json applies to, is kept beside it.
             kwargs["tokenizer_file"] = str(directory / SEGMENTATION_FILE)
         hf = MBart50Tokenizer.from_pretrained(str(directory), src_lang="en_XX", **kwargs)
         id_map = IdMap.load(directory) if (directory / ID_MAP_FILE).is_file() else None

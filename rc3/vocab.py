@@ -25,7 +25,7 @@ from typing import Iterable, Iterator, Mapping, Optional
 import numpy as np
 import torch
 
-from .tokenization import LANG_CODES, RC3Tokenizer, check_lang
+from rc3.tokenization import LANG_CODES, RC3Tokenizer, check_lang
 
 # HF MBartForConditionalGeneration tensors with one row per vocabulary id (all tied to `model.shared`).
 EMBEDDING_KEYS = ("model.shared.weight", "model.encoder.embed_tokens.weight",

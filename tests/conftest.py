@@ -39,7 +39,7 @@ def real_texts(shared: Path, per_lang: int = 400) -> list[str]:
 @pytest.fixture(scope="session")
 def tokenizer_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sentencepiece model in mBART-50's layout, trained here on real text in 10 languages."""
-    from rc3.testing import train_tiny_spm
+    from rc3.synthetic.tiny import train_tiny_spm
 
     out = tmp_path_factory.mktemp("tokenizer")
     train_tiny_spm(out, real_texts(shared_data), vocab_size=2000)

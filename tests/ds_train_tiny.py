@@ -59,7 +59,7 @@ def main() -> None:
 
     from rc3 import distributed
     from rc3.modeling import RC3Model
-    from rc3.testing import tiny_model_config
+    from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
     distributed.init_from_launcher()

@@ -1,7 +1,7 @@
-"""Run `rc3.training.train` for the config given and record what every pretraining task encodes.
+"""Run `rc3.pretrain.loop.train` for the config given and record what every pretraining task encodes.
 
 `python tests/probe_task_inputs.py CONFIG OUT.json [KEY=VALUE ...]`: one real run (DeepSpeed
-engine, shard loaders, optimizer steps) with spies on the task functions of `rc3.objectives` and on
+engine, shard loaders, optimizer steps) with spies on the task functions of `rc3.pretrain.objectives` and on
 `RC3Model.encode`. OUT.json lists, per task, the batch keys the task received and, per encoder call,
 the number of sequences, how many of them hold <mask> among their real tokens, and whether the call
 had a visual input. tests/test_task_inputs.py reads it.
@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from rc3 import objectives
+from rc3.pretrain import objectives
 from rc3.config import load_config
 from rc3.modeling import RC3Model
 from rc3.tokenization import RC3Tokenizer
-from rc3.training import train
+from rc3.pretrain.loop import train
 
 
 def main(config: str, out: str, overrides: list[str]) -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from rc3 import distributed as rd
-from rc3.losses import PositiveProbabilityTracker, xtcl_loss
+from rc3.pretrain.losses import PositiveProbabilityTracker, xtcl_loss
 
 WORLD = 2
 
@@ -107,13 +107,13 @@ def _case_primitives(rank: int) -> None:
 
 
 def _case_xtcl_objective(rank: int) -> None:
-    """The training wiring: `rc3.objectives.xtcl` with `rd.gather_with_offset` on a model, each rank
+    """The training wiring: `rc3.pretrain.objectives.xtcl` with `rd.gather_with_offset` on a model, each rank
     holding half of the batch, equals one process over the whole batch (loss and model gradients,
     the engine's gradient average over ranks included); every anchor sees 2 x 8 - 2 negatives."""
     from rc3.config import ObjectivesConfig
     from rc3.modeling import RC3Model
-    from rc3.objectives import xtcl
-    from rc3.testing import random_task_batches, tiny_model_config
+    from rc3.pretrain.objectives import xtcl
+    from rc3.synthetic.tiny import random_task_batches, tiny_model_config
 
     torch.manual_seed(0)
     model = RC3Model.from_config(tiny_model_config(), 300).double().eval()

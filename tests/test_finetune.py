@@ -24,8 +24,8 @@ from PIL import Image
 
 from rc3.config import ConfigError
 from rc3.modeling import RC3Model
-from rc3.tasks.finetune_config import load_finetune_config
-from rc3.testing import tiny_model_config
+from rc3.finetune.config import load_finetune_config
+from rc3.synthetic.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("xvnli", "xgqa", "marvl", "itr", "mmt")
@@ -168,7 +168,7 @@ DATA = {
 def run_recipe(task: str, world: Path, model_dir: Path, out: Path, *extra: str) -> dict:
     import importlib
 
-    main = importlib.import_module(f"rc3.tasks.{task}").main
+    main = importlib.import_module(f"rc3.finetune.{task}").main
     sets = [*COMMON, f"data.root={world}", "data.features=[features.h5]", "data.images=images", *DATA[task], *extra]
     argv = ["--init", str(model_dir), "--output-dir", str(out)]
     for s in sets:
@@ -211,10 +211,10 @@ def test_saved_classifier_reloads_and_evaluates_identically(world: Path, model_d
 
 
 def test_marvl_feeds_two_images(world: Path, model_dir: Path) -> None:
-    from rc3.tasks.common import VisualSource
-    from rc3.tasks.datasets import TextCollator, VisualTextDataset
-    from rc3.tasks.marvl import MaRVLTask
-    from rc3.tasks.finetune_config import finetune_config_from_dict
+    from rc3.finetune.common import VisualSource
+    from rc3.finetune.datasets import TextCollator, VisualTextDataset
+    from rc3.finetune.marvl import MaRVLTask
+    from rc3.finetune.config import finetune_config_from_dict
     from rc3.tokenization import RC3Tokenizer
 
     cfg = finetune_config_from_dict({}, "marvl", [f"data.root={world}", *DATA["marvl"], "data.features=[features.h5]"])
@@ -231,11 +231,11 @@ def test_marvl_feeds_two_images(world: Path, model_dir: Path) -> None:
 
 
 def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
-    from rc3.tasks.itr import RetrievalEvaluator, read_table
-    from rc3.tasks.itr_model import ITRModel
-    from rc3.tasks.metrics import gold_ranks, recall_at_k
-    from rc3.tasks.readers.xflickrco import xflickrco_path
-    from rc3.tasks.common import VisualSource
+    from rc3.finetune.itr import RetrievalEvaluator, read_table
+    from rc3.finetune.itr_model import ITRModel
+    from rc3.finetune.metrics import gold_ranks, recall_at_k
+    from rc3.finetune.readers.xflickrco import xflickrco_path
+    from rc3.finetune.common import VisualSource
 
     out = tmp_path / "itr_all"
     run_recipe("itr", world, model_dir, out, "itr.k=all")
@@ -254,7 +254,7 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
         accelerator = Accelerator(cpu=True)
         from rc3.tokenization import RC3Tokenizer
         tokenizer = RC3Tokenizer.from_dir(out / "model")
-        from rc3.tasks.finetune_config import finetune_config_from_dict
+        from rc3.finetune.config import finetune_config_from_dict
         cfg = finetune_config_from_dict({}, "itr", [f"data.root={world}", *DATA["itr"], "data.features=[features.h5]",
                                                     "eval.batch_size=4"])
         is_main = True
@@ -352,7 +352,7 @@ def test_missing_image_names_id_and_store(world: Path, model_dir: Path, tmp_path
 
 
 def test_config_defaults_and_validation() -> None:
-    from rc3.tasks.finetune_config import TABLE6, finetune_config_from_dict, load_finetune_config
+    from rc3.finetune.config import TABLE6, finetune_config_from_dict, load_finetune_config
 
     for task in TASKS:
         cfg = load_finetune_config(REPO / "configs" / "finetune" / f"{task}.yaml", task)

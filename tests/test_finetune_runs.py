@@ -31,7 +31,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> Path:
     from rc3.modeling import RC3Model
-    from rc3.testing import tiny_model_config
+    from rc3.synthetic.tiny import tiny_model_config
 
     torch.manual_seed(0)
     model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,
@@ -40,8 +40,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir
 
 
 def test_batch_split_for_any_process_count() -> None:
-    from rc3.tasks.finetune_config import load_finetune_config
-    from rc3.tasks.trainer import split_batch
+    from rc3.finetune.config import load_finetune_config
+    from rc3.finetune.trainer import split_batch
 
     def brute(batch: int, micro: int, world: int) -> tuple[int, int]:
         # the largest micro-batch <= micro with micro x world x accumulation == batch
@@ -154,8 +154,8 @@ def test_best_dev_epoch_is_kept_and_tested(world: Path, model_dir: Path, tmp_pat
 def _itr_worker(rank: int, init_file: str, out_file: str) -> None:
     from rc3 import distributed as rd
     from rc3.modeling import RC3Model
-    from rc3.tasks.itr_model import ITRModel
-    from rc3.testing import tiny_model_config
+    from rc3.finetune.itr_model import ITRModel
+    from rc3.synthetic.tiny import tiny_model_config
 
     rd.init_process_group("gloo", f"file://{init_file}", rank, 2, timeout_s=60)
     try:
@@ -185,8 +185,8 @@ def test_itr_contrastive_negatives_are_gathered_across_processes(tmp_path: Path)
     """Two processes with 3 captions each: the loss and the averaged gradients are those of one process
     with all 6 (each caption's negatives are the other process's captions too)."""
     from rc3.modeling import RC3Model
-    from rc3.tasks.itr_model import ITRModel
-    from rc3.testing import tiny_model_config
+    from rc3.finetune.itr_model import ITRModel
+    from rc3.synthetic.tiny import tiny_model_config
 
     mp.spawn(_itr_worker, args=(str(tmp_path / "rdv"), str(tmp_path / "out.pt")), nprocs=2, join=True)
     got = torch.load(tmp_path / "out.pt", weights_only=True)

@@ -14,7 +14,7 @@ import torch
 
 from conftest import real_texts
 from rc3.modeling import RC3Model
-from rc3.testing import tiny_model_config
+from rc3.synthetic.tiny import tiny_model_config
 from rc3.tokenization import IdMap, RC3Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def reduced_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, texts: dict
 def test_auto_config_and_auto_model_load_every_model_directory(reduced_dir: Path) -> None:
     from transformers import AutoConfig, AutoModel
 
-    from rc3.hf import RC3Config, RC3HFModel
+    from rc3.modeling.hf import RC3Config, RC3HFModel
 
     config = json.loads((reduced_dir / "config.json").read_text())
     assert config["model_type"] == "rc3" and "auto_map" not in config  # nothing for trust_remote_code to run
@@ -79,7 +79,7 @@ def test_auto_config_and_auto_model_load_every_model_directory(reduced_dir: Path
 def test_finetuned_directories_are_hf_native_too(reduced_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModel
 
-    from rc3.tasks.heads import ClassificationModel
+    from rc3.finetune.heads import ClassificationModel
 
     tok = RC3Tokenizer.from_dir(reduced_dir)
     task = ClassificationModel(RC3Model.from_pretrained(reduced_dir), "roi", "xvnli", 3)
@@ -157,7 +157,7 @@ def test_export_hf_loads_in_plain_transformers_and_generates_rc3s_text(reduced_d
 
 
 def test_reduced_tokenizer_json_keeps_specials_and_rejects_a_broken_map(tokenizer) -> None:
-    from rc3.hf import reduced_tokenizer_json
+    from rc3.modeling.hf import reduced_tokenizer_json
 
     full = json.loads(tokenizer.hf.backend_tokenizer.to_str())
     kept = sorted({0, 1, 2, 3, 10, 11, *[t["id"] for t in full["added_tokens"]]})

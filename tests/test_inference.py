@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 from rc3.modeling import RC3Model
-from rc3.tasks.heads import ClassificationModel, TaskModel
-from rc3.tasks.itr_model import ITRModel
-from rc3.tasks.mmt_model import MMTModel
-from rc3.testing import tiny_model_config
+from rc3.finetune.heads import ClassificationModel, TaskModel
+from rc3.finetune.itr_model import ITRModel
+from rc3.finetune.mmt_model import MMTModel
+from rc3.synthetic.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = ["a red dog runs on the grass", "two children play with a ball", "a man rides a bike in the city",
@@ -105,8 +105,8 @@ def dirs(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Pat
 
 
 def test_importing_inference_pulls_no_training_code() -> None:
-    code = ("import sys, rc3.inference, rc3.cli; bad = [m for m in ('deepspeed', 'rc3.training', 'rc3.tasks.trainer', "
-            "'rc3.objectives', 'rc3.tasks.mmt') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = ("import sys, rc3.inference, rc3.cli; bad = [m for m in ('deepspeed', 'rc3.pretrain.loop', 'rc3.finetune.trainer', "
+            "'rc3.pretrain.objectives', 'rc3.finetune.mmt') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -1,11 +1,11 @@
-"""The ITR finetuning loss (rc3.tasks.itr_model): which negatives the ITM head is trained on."""
+"""The ITR finetuning loss (rc3.finetune.itr_model): which negatives the ITM head is trained on."""
 from __future__ import annotations
 
 import torch
 
 from rc3.modeling import RC3Model
-from rc3.tasks.itr_model import ITRModel
-from rc3.testing import tiny_model_config
+from rc3.finetune.itr_model import ITRModel
+from rc3.synthetic.tiny import tiny_model_config
 
 VOCAB = 64
 

@@ -1,4 +1,4 @@
-"""Losses of rc3.losses against hand-computed cases from the paper's equations (Sec. 2.3)."""
+"""Losses of rc3.pretrain.losses against hand-computed cases from the paper's equations (Sec. 2.3)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rc3.losses import (PositiveProbabilityTracker, decoder_lm_loss, interpolate_negatives,
+from rc3.pretrain.losses import (PositiveProbabilityTracker, decoder_lm_loss, interpolate_negatives,
                         interpolated_contrastive_loss, itm_loss, mlm_loss, relevance_kl, xtcl_loss)
 
 

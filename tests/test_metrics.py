@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rc3.tasks import metrics
-from rc3.tasks.metrics import MISS
+from rc3.finetune import metrics
+from rc3.finetune.metrics import MISS
 
 
 def test_accuracy_and_exact_match() -> None:

@@ -4,7 +4,7 @@ import torch
 from transformers import MBartConfig, MBartForConditionalGeneration
 
 from rc3.modeling import RC3Model, build_model
-from rc3.testing import tiny_model_config
+from rc3.synthetic.tiny import tiny_model_config
 
 B, R = 3, 36
 

@@ -7,8 +7,8 @@ import torch
 
 from rc3.config import ObjectivesConfig, TaskConfig
 from rc3.modeling import RC3Model
-from rc3.objectives import ObjectiveState, compute_losses, plan_triplets, rxvtcl
-from rc3.testing import random_task_batches, reference_rxvtcl, tiny_model_config
+from rc3.pretrain.objectives import ObjectiveState, compute_losses, plan_triplets, rxvtcl
+from rc3.synthetic.tiny import random_task_batches, reference_rxvtcl, tiny_model_config
 
 VOCAB = 300
 
@@ -102,7 +102,7 @@ def test_state_tracks_plain_losses_and_round_trips():
 
 
 def test_itm_negatives_are_other_captions(model, batches):
-    from rc3.objectives import itm
+    from rc3.pretrain.objectives import itm
     loss1, _ = itm(model, batches["itm"], torch.Generator().manual_seed(5))
     loss2, _ = itm(model, batches["itm"], torch.Generator().manual_seed(5))
     assert torch.equal(loss1, loss2)  # the negative choice is driven by the given generator only
@@ -112,7 +112,7 @@ def test_itm_negatives_are_other_captions(model, batches):
 
 @pytest.mark.parametrize("how", ["shift", "random"])
 def test_itm_negatives_are_never_the_own_caption(how):
-    from rc3.objectives import itm_negative_captions
+    from rc3.pretrain.objectives import itm_negative_captions
     seen = set()
     for seed in range(200):
         other = itm_negative_captions(6, how, torch.Generator().manual_seed(seed))
@@ -128,7 +128,7 @@ def test_itm_negatives_are_never_the_own_caption(how):
 
 
 def test_random_others_are_distinct_other_triplets():
-    from rc3.objectives import choose_others, plan_from_others
+    from rc3.pretrain.objectives import choose_others, plan_from_others
     counts = torch.zeros(5, 5)
     for seed in range(300):
         others = choose_others(5, 2, "random", torch.Generator().manual_seed(seed))
@@ -175,7 +175,7 @@ def test_literal_switches_train_together(batches):
 
 def test_plain_adam_when_asked():
     from rc3.config import load_config
-    from rc3.training import build_optimizer
+    from rc3.pretrain.loop import build_optimizer
     shards = ["data.ds_shards=a", "data.dw_shards=b", "data.dt_shards=c"]
     model = RC3Model.from_config(tiny_model_config(), VOCAB)
     adam, _ = build_optimizer(model, load_config(None, shards + ["optim.name=adam", "optim.weight_decay=0"]), False)

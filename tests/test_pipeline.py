@@ -20,7 +20,7 @@ from rc3.data import schemas
 from rc3.data.collate import DsCollator, DtCollator, DwCollator
 from rc3.data.faults import NoUsableData, SkipBudgetExceeded
 from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
-from rc3.data.multitask import MultiTaskLoader
+from rc3.pretrain.streams import MultiTaskLoader
 from rc3.data.pipeline import expand_shards, make_pipeline
 
 PER_SHARD = 6
@@ -149,7 +149,7 @@ def test_order_is_a_function_of_seed_and_epoch(tmp_path, captions, tokenizer):
 
 
 def test_forkserver_workers_give_the_batches_of_forked_ones(tmp_path, captions, tokenizer):
-    # training starts loader workers from a forkserver when the prefetch thread runs (rc3.training)
+    # training starts loader workers from a forkserver when the prefetch thread runs (rc3.pretrain.loop)
     write_corpus(tmp_path, "dt", captions, shards=4)
 
     def batches(method):

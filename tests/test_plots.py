@@ -68,7 +68,7 @@ def test_finetuning_writes_a_results_chart_and_its_log_plots(tmp_path: Path, tok
 
     from rc3.modeling import RC3Model
     from rc3.plots import plot_run
-    from rc3.testing import tiny_model_config
+    from rc3.synthetic.tiny import tiny_model_config
     from test_finetune import build_world, run_recipe
 
     world = tmp_path / "world"

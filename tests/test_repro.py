@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rc3.repro.report import fmt, lang_mean, mean_std, table
-from rc3.repro.sentence_retrieval import nn_accuracy
+from rc3.synthetic.repro.report import fmt, lang_mean, mean_std, table
+from rc3.synthetic.repro.sentence_retrieval import nn_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ The reference here never sees a collated batch: it takes the samples as a shard 
 features or an image, caption strings per language), tokenises each caption string itself, builds
 the eight sequences of every (triplet, other triplet) pair, encodes each one alone and unpadded, and
 writes the loss from the equations (interpolation, Eq. 9, P_tr / P_vtr, KL). The batched objective
-(`rc3.objectives.rxvtcl` on `DsCollator` / `DwCollator` output) must give the same loss and the same
+(`rc3.pretrain.objectives.rxvtcl` on `DsCollator` / `DwCollator` output) must give the same loss and the same
 gradients. A second test names every sequence the objective encodes: which image and which caption
 (by sample key and language) it holds.
 """
@@ -22,8 +22,8 @@ from rc3.config import ObjectivesConfig
 from rc3.data.collate import DsCollator, DwCollator
 from rc3.data.schemas import DsSample, DwSample
 from rc3.modeling import RC3Model
-from rc3.objectives import choose_others, rxvtcl
-from rc3.testing import tiny_model_config
+from rc3.pretrain.objectives import choose_others, rxvtcl
+from rc3.synthetic.tiny import tiny_model_config
 
 LANGS = ("en", "de", "fr")
 CAPTIONS = [

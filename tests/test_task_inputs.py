@@ -1,6 +1,6 @@
 """What each pretraining task encodes in a real run: only MCLM's encoder input carries <mask>.
 
-One optimizer step of `rc3.training.train` on a small synthetic world (tests/probe_task_inputs.py
+One optimizer step of `rc3.pretrain.loop.train` on a small synthetic world (tests/probe_task_inputs.py
 records every encoder call per task). MCLM's sequences must hold masks; ITM, XTCL and R-XVtCL
 (Ds and Dw) encode the captions as written, and the R-XVtCL Ds stream does not mask at all.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rc3.data.synthetic.build import SIZES, make_world
+from rc3.synthetic.build import SIZES, make_world
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from rc3.modeling import RC3Model
-from rc3.testing import tiny_model_config
+from rc3.synthetic.tiny import tiny_model_config
 from rc3.tokenization import RC3Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

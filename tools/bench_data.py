@@ -39,7 +39,7 @@ from rc3.data.images import load_image  # noqa: E402
 from rc3.data.pipeline import expand_shards, make_pipeline  # noqa: E402
 from rc3.data.shard_writer import ShardWriter  # noqa: E402
 from rc3.provenance import git_commit  # noqa: E402
-from rc3.testing import train_tiny_spm  # noqa: E402
+from rc3.synthetic.tiny import train_tiny_spm  # noqa: E402
 from rc3.tokenization import RC3Tokenizer  # noqa: E402
 
 WORDS = ("a man woman dog child red blue small large street beach field ball runs sits looks holds "

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from rc3.provenance import git_commit  # noqa: E402
 
-WATCHED = ["rc3/inference.py", "rc3/retrieval.py", "tools/bench_inference.py"]
+WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "tools/bench_inference.py"]
 SIZES = {  # model config overrides; texts, images, index images, queries, k
     "tiny": ({}, 512, 256, 256, 64, 16),
     "paper": ({"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "attention_heads": 16, "ffn_dim": 4096,
@@ -53,8 +53,8 @@ def texts_of(n: int) -> list[str]:
 
 def make_model(size: str, tok_dir: Path, out: Path) -> Path:
     from rc3.modeling import RC3Model
-    from rc3.tasks.itr_model import ITRModel
-    from rc3.testing import tiny_model_config
+    from rc3.finetune.itr_model import ITRModel
+    from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
     tok = RC3Tokenizer.from_dir(tok_dir)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     commit = git_commit(WATCHED)
     with tempfile.TemporaryDirectory() as tmp:
-        from rc3.testing import train_tiny_spm
+        from rc3.synthetic.tiny import train_tiny_spm
 
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import SHARED_DATA, real_texts

@@ -27,9 +27,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rc3 import retrieval  # noqa: E402
+from rc3.finetune import retrieval  # noqa: E402
 from rc3.provenance import git_commit  # noqa: E402
-from rc3.tasks import metrics  # noqa: E402
+from rc3.finetune import metrics  # noqa: E402
 
 
 class PairCrossEncoder(nn.Module):
@@ -115,7 +115,7 @@ def main() -> None:
         return s.view(image_idx.shape)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
-    print(f"# bench_retrieval  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  commit={git_commit(['rc3/retrieval.py', 'tools/bench_retrieval.py'])}")
+    print(f"# bench_retrieval  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  commit={git_commit(['rc3/finetune/retrieval.py', 'tools/bench_retrieval.py'])}")
     print(f"# device: {dev_name} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads), "
           f"faiss on {'GPU' if retrieval.faiss_gpu_available() else 'CPU'}, bf16 autocast={bf16}")
     n_img, n_txt = args.images, len(w["cap_img"])

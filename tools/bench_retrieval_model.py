@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Retrieve-then-rerank against brute-force ITM with a finetuned ITR model, on real annotation files.
 
-The recipe's own evaluation path (rc3.tasks.itr.RetrievalEvaluator: dual embeddings, FAISS top-k,
+The recipe's own evaluation path (rc3.finetune.itr.RetrievalEvaluator: dual embeddings, FAISS top-k,
 ITM re-ranking) on a Flickr30k-layout test set, side by side in one process:
 1. FAISS top-k + ITM re-ranking (`itr.k = k`), both directions: what finetune/itr.py runs;
 2. brute force: the ITM logit of every (image, caption) pair, computed once (one score matrix, each
    pair scored a single time, the cheapest exhaustive cross-encoder), then both rankings read off it
-   with rc3.retrieval's `k = "all"` path (the same sort and tie-breaking as the recipe).
+   with rc3.finetune.retrieval's `k = "all"` path (the same sort and tie-breaking as the recipe).
 The re-rank timing includes embedding every image and caption (brute force needs no embeddings). Reports pairs scored,
 seconds, R@1/5/10 in both directions and the paper's mean R@1, the time ratio, and the device,
 date and commit.
@@ -33,15 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from rc3.provenance import git_commit  # noqa: E402
-from rc3.retrieval import itr_recall  # noqa: E402
-from rc3.tasks.classification import visual_source  # noqa: E402
-from rc3.tasks.heads import HEAD_META, load_head  # noqa: E402
-from rc3.tasks.itr import RetrievalEvaluator, build_itr_model  # noqa: E402
-from rc3.tasks.readers.xflickrco import caption_table, read_retrieval  # noqa: E402
-from rc3.tasks.trainer import FinetuneRun, parse_cli  # noqa: E402
+from rc3.finetune.retrieval import itr_recall  # noqa: E402
+from rc3.finetune.classification import visual_source  # noqa: E402
+from rc3.finetune.heads import HEAD_META, load_head  # noqa: E402
+from rc3.finetune.itr import RetrievalEvaluator, build_itr_model  # noqa: E402
+from rc3.finetune.readers.xflickrco import caption_table, read_retrieval  # noqa: E402
+from rc3.finetune.trainer import FinetuneRun, parse_cli  # noqa: E402
 
 
-WATCHED = ["rc3/retrieval.py", "rc3/tasks/itr.py", "tools/bench_retrieval_model.py"]
+WATCHED = ["rc3/finetune/retrieval.py", "rc3/finetune/itr.py", "tools/bench_retrieval_model.py"]
 
 
 def score_matrix(ev: RetrievalEvaluator, n_images: int, n_captions: int, rows: int) -> torch.Tensor:

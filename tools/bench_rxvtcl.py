@@ -15,9 +15,9 @@ import torch
 
 from rc3.config import ObjectivesConfig
 from rc3.modeling import RC3Model
-from rc3.objectives import rxvtcl
+from rc3.pretrain.objectives import rxvtcl
 from rc3.provenance import git_commit
-from rc3.testing import random_task_batches, reference_rxvtcl, tiny_model_config
+from rc3.synthetic.tiny import random_task_batches, reference_rxvtcl, tiny_model_config
 
 
 def timed(fn, repeats: int) -> float:
@@ -57,7 +57,7 @@ def main() -> None:
         a = rxvtcl(model, batch, 0.5, obj, "roi", with_kl=False)[0]
         b = reference_rxvtcl(model, batch, 0.5, obj.zeta, "roi")
     model.train()
-    commit = git_commit(["rc3/objectives.py", "rc3/losses.py", "tools/bench_rxvtcl.py"])
+    commit = git_commit(["rc3/pretrain/objectives.py", "rc3/pretrain/losses.py", "tools/bench_rxvtcl.py"])
     print(f"device: CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"date {date.today()}, commit {commit}")
     print(f"model d={args.d_model} layers={args.layers}+{args.layers}, batch {args.batch} triplets, forward+backward")

@@ -5,7 +5,7 @@
 
 Reports samples/s, encoder + decoder tokens/s, the share of step time spent waiting for data,
 peak memory and, on GPU, MFU from the FLOPs of every encoder and decoder pass that ran (see
-rc3/flops.py and BENCHMARKS.md), plus the projected wall time of the paper's schedule
+rc3/modeling/flops.py and BENCHMARKS.md), plus the projected wall time of the paper's schedule
 (100k steps x 1024 samples per task) on 8 GPUs of the kind measured, assuming linear scaling.
 
 `--data random` feeds pre-built random batches of the configured shapes (no pipeline: pure model
@@ -22,13 +22,13 @@ from datetime import date
 import torch
 
 from rc3 import distributed as dist
-from rc3 import flops as flop_count
+from rc3.modeling import flops as flop_count
 from rc3.config import load_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
-from rc3.objectives import ObjectiveState, compute_losses
+from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.provenance import git_commit
-from rc3.testing import random_task_batches
-from rc3.training import TaskStreams, build_optimizer, optimizer_offloaded, resolve_ds_config, to_device
+from rc3.synthetic.tiny import random_task_batches
+from rc3.pretrain.loop import TaskStreams, build_optimizer, optimizer_offloaded, resolve_ds_config, to_device
 
 
 def main() -> None:

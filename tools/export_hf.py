@@ -7,7 +7,7 @@ transformers (config.json, model.safetensors; no custom code), the tokenizer fil
 `rc3_visual.safetensors`: the visual front ends and the ITM head under their RC3 names, with the RC3
 model config in its metadata (key "rc3_config").
 
-The tokenizer files are the model directory's (rc3.hf): `AutoTokenizer.from_pretrained(OUT_DIR)`
+The tokenizer files are the model directory's (rc3.modeling.hf): `AutoTokenizer.from_pretrained(OUT_DIR)`
 gives the model's own (reduced-vocabulary) ids. RC3's encoder input is `<s> pieces <lang code>`
 and generation starts from `</s>` with the target language code forced first:
 

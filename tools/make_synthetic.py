@@ -4,7 +4,7 @@
     python tools/make_synthetic.py --out work/synthetic [--seed 0] [--size tiny|small]
                                    [--n-images N] [--weak-overlap 0.5] [--force] [--no-shards]
 
-Everything is in the real corpus formats (see rc3/data/synthetic/build.py for the layout) and is
+Everything is in the real corpus formats (see rc3/synthetic/build.py for the layout) and is
 determined by --seed. `--n-images` overrides the number of Ds images of the chosen size.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rc3.data.synthetic.build import SIZES, make_world  # noqa: E402
+from rc3.synthetic.build import SIZES, make_world  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

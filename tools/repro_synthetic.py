@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rc3.repro.jobs import Job, run_jobs  # noqa: E402
-from rc3.repro.report import fmt, lang_mean, read_results, table  # noqa: E402
+from rc3.synthetic.repro.jobs import Job, run_jobs  # noqa: E402
+from rc3.synthetic.repro.report import fmt, lang_mean, read_results, table  # noqa: E402
 
 PY = sys.executable
 QUICK_STEPS = 300  # --quick: pretraining steps (the tiny world; about 1.5 minutes per 100 steps on one core)
@@ -133,7 +133,7 @@ def selected_variants(args: argparse.Namespace) -> list[str]:
 
 def ensure_world(world: Path, overlap: float, size: str) -> None:
     """Generate the synthetic world once per size and weak-overlap degree (reused when its world.json matches)."""
-    from rc3.data.synthetic.build import SIZES
+    from rc3.synthetic.build import SIZES
 
     meta = world / "world.json"
     if meta.is_file():
@@ -260,7 +260,7 @@ def text_alignment(world: Path, model_dir: Path, langs: list[str]) -> dict[str, 
     """Accuracy@1 (%) of en -> X sentence retrieval with the TR (no finetuning) on the captions of the
     synthetic xFlickr&CO test images: how well pretraining aligned the languages, chance 1/N."""
     from rc3.modeling import RC3Model
-    from rc3.repro.sentence_retrieval import embed_texts, nn_accuracy
+    from rc3.synthetic.repro.sentence_retrieval import embed_texts, nn_accuracy
     from rc3.tokenization import RC3Tokenizer
 
     def captions(lang: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rc3.repro.jobs import Job, run_jobs  # noqa: E402
+from rc3.synthetic.repro.jobs import Job, run_jobs  # noqa: E402
 
 PY = sys.executable
 M30K_PAIRS = ("de", "fr", "cs")
@@ -118,7 +118,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]], list[s
 def retrieval(model_dir: Path, tok_dir: Path, data: Path, xf: dict[str, dict[str, str]], held: list[str]) -> dict[str, Any]:
     """Accuracy@1 (%) of en -> X nearest-neighbour retrieval per test set and language, with N and chance."""
     from rc3.modeling import RC3Model
-    from rc3.repro.sentence_retrieval import embed_texts, nn_accuracy
+    from rc3.synthetic.repro.sentence_retrieval import embed_texts, nn_accuracy
     from rc3.tokenization import RC3Tokenizer
 
     model = RC3Model.from_pretrained(model_dir)

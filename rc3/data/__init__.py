@@ -1,1 +1,1 @@
-"""Data: shard schemas, feature stores, shard builders, WebDataset pipelines, collators and the synthetic world."""
+"""Data: shard schemas, feature stores, shard builders, WebDataset pipelines and collators."""

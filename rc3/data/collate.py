@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..tokenization import LANG_CODES, PRETRAIN_LANGS, RC3Tokenizer, check_lang
-from .images import images_to_uint8_batch
+from rc3.tokenization import LANG_CODES, PRETRAIN_LANGS, RC3Tokenizer, check_lang
+from rc3.data.images import images_to_uint8_batch
 
 IGNORE_INDEX = -100
 

@@ -29,8 +29,8 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from . import schemas
-from .images import ImageDecodeError, load_image
+from rc3.data import schemas
+from rc3.data.images import ImageDecodeError, load_image
 
 log = logging.getLogger("rc3.data")
 

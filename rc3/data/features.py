@@ -327,7 +327,7 @@ def open_feature_store(path: str | os.PathLike[str]) -> FeatureStore:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"feature store {p} does not exist; pass an IGLUE .h5 file or a volta LMDB directory")
-    from .features_imgdb import ImgDbFeatureStore, find_img_db
+    from rc3.data.features_imgdb import ImgDbFeatureStore, find_img_db
 
     if find_img_db(p) is not None:
         return ImgDbFeatureStore(p)

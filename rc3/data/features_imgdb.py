@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .features import FEATURE_DIM, FeatureStore, _acquire_lmdb, _release_lmdb
+from rc3.data.features import FEATURE_DIM, FeatureStore, _acquire_lmdb, _release_lmdb
 
 _DB_NAME = re.compile(r"^(feat_th(?P<th>[0-9.]+)_max(?P<max>\d+)_min(?P<min>\d+)|feat_numbb(?P<num>\d+)|all)"
                       r"(?P<compressed>_compressed)?$")

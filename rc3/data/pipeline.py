@@ -71,9 +71,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import schemas
-from .faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
-from .shard_source import ShardOpener, abort, expand_shards, is_remote, stream_for_tar, transport_failure
+from rc3.data import schemas
+from rc3.data.faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
+from rc3.data.shard_source import ShardOpener, abort, expand_shards, is_remote, stream_for_tar, transport_failure
 
 CORPORA = ("ds", "dw", "dt")
 _FIELDS = {"ds": frozenset(schemas.DS_FIELDS + ("nroi.txt",)), "dw": frozenset(schemas.DW_FIELDS),
@@ -538,7 +538,7 @@ class ShardLoader:
         # Its own generator: DataLoader draws the workers' base seed when an epoch starts, and from
         # the global torch RNG without one; the batches do not depend on it (every stage seeds its
         # own random.Random), and leaving the global RNG alone lets a background thread start epochs
-        # (rc3.data.multitask.StepPrefetcher) without moving the training process's dropout draws.
+        # (rc3.pretrain.streams.StepPrefetcher) without moving the training process's dropout draws.
         base_seed = torch.Generator().manual_seed(stable_seed(self.cfg.seed, self.epoch, self.cfg.rank, "workers"))
         loader = DataLoader(_WorkerStream(self.cfg, self.epoch, self.batches_done), batch_size=None,
                             num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,

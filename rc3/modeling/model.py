@@ -12,7 +12,7 @@ is the same tied head on decoder states.
 
 A model directory (`save_pretrained`) holds `rc3_config.json`, `model.safetensors` and the
 tokenizer files, and loads back with `RC3Model.from_pretrained` without DeepSpeed; it also holds
-`config.json` and transformers' tokenizer files, so that the Auto classes load it (rc3.hf).
+`config.json` and transformers' tokenizer files, so that the Auto classes load it (rc3.modeling.hf).
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from torch import nn
 from transformers import MBartConfig, MBartForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from .. import flops
-from ..config import ModelConfig, _from_dict
-from .visual import VisualFrontEnd
+from rc3.modeling import flops
+from rc3.config import ModelConfig, _from_dict
+from rc3.modeling.visual import VisualFrontEnd
 
 RC3_CONFIG_FILE = "rc3_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -166,7 +166,7 @@ class RC3Model(nn.Module):
                 for f in Path(tokenizer_dir).iterdir():
                     if f.is_file() and f.name not in (RC3_CONFIG_FILE, WEIGHTS_FILE):
                         shutil.copy2(f, tmp / f.name)
-            from ..hf import write_hf_files  # config.json and transformers' tokenizer files (rc3.hf)
+            from rc3.modeling.hf import write_hf_files  # config.json and transformers' tokenizer files (rc3.modeling.hf)
 
             write_hf_files(tmp)
             replace_dir(tmp, out)

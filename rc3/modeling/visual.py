@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from timm.layers import PatchEmbed
 
-from .. import flops
-
+from rc3.modeling import flops
 VISUAL_MODES = ("roi", "patch", "combined")
 CLS, SEP, SEP2 = 0, 1, 2
 

@@ -1,0 +1,300 @@
+"""Typed finetuning configs: YAML + dotted `--set` overrides, strictly validated before any work starts.
+
+One dataclass tree per task (ITR and MMT add their own section). The defaults are the paper's
+Table 6 (learning rate, global batch size, epochs, input length), applied under the YAML file:
+
+    cfg = load_finetune_config("configs/finetune/xvnli.yaml", "xvnli", overrides=["train.epochs=1"])
+
+Relative data paths are resolved against `data.root` when it is set (`cfg.data_path(cfg.data.train)`),
+so one `--set data.root=/mnt/iglue` moves a whole recipe to another machine.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import yaml
+
+from rc3.config import ConfigError, _from_dict, _set_dotted, merge_dicts, parse_override, read_config_yaml, to_dict
+from rc3.tokenization import LANG_CODES
+
+TASKS: tuple[str, ...] = ("xvnli", "xgqa", "marvl", "itr", "mmt")
+
+# Paper, Appendix B, Table 6: learning rate, batch size, epochs, input length (MMT: En-De and En-Fr alike).
+TABLE6: dict[str, dict[str, Any]] = {
+    "xvnli": {"lr": 4e-5, "batch_size": 128, "epochs": 10, "max_text_len": 80},
+    "xgqa": {"lr": 4e-5, "batch_size": 256, "epochs": 5, "max_text_len": 40},
+    "marvl": {"lr": 4e-5, "batch_size": 64, "epochs": 40, "max_text_len": 80},
+    "itr": {"lr": 1e-5, "batch_size": 64, "epochs": 10, "max_text_len": 80},
+    "mmt": {"lr": 5e-6, "batch_size": 256, "epochs": 5, "max_text_len": 50},
+}
+
+
+@dataclass
+class FTModelConfig:
+    visual_mode: Literal["roi", "patch", "combined"] = "roi"
+    tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model; default: the --init directory
+    gradient_checkpointing: bool = False
+    head_hidden_mult: int = 2  # classifier MLP hidden size = head_hidden_mult x d_model
+
+
+@dataclass
+class FTDataConfig:
+    """Where the released files are. Their meaning per task is documented in each configs/finetune/*.yaml."""
+
+    root: Optional[str] = None  # base directory for the relative paths below
+    train: Optional[str] = None  # English training annotations (file; MMT: the Multi30K task1 folder)
+    dev: Optional[str] = None  # English dev annotations (optional; evaluated after every epoch)
+    test: Optional[str] = None  # folder of the multilingual test annotations in the release's layout
+    english_test: Optional[str] = None  # MaRVL: NLVR2's English test file, which lives outside the MaRVL folder
+    answer_vocab: Optional[str] = None  # xGQA: GQA's trainval_ans2label.json
+    features: list[str] = field(default_factory=list)  # ROI feature stores (IGLUE H5 / volta LMDB), searched in order
+    images: Optional[str] = None  # image folder for patch / combined (searched recursively by file name)
+    train_lang: str = "en"
+    test_langs: list[str] = field(default_factory=list)  # empty: every language the test folder has
+    test_split: str = "test"
+    max_text_len: int = 80
+    num_regions: int = 36
+    max_train_examples: Optional[int] = None  # first N training examples (smoke runs)
+    max_eval_examples: Optional[int] = None  # first N examples per evaluation set (smoke runs)
+    num_workers: int = 2
+
+
+@dataclass
+class FTOptimConfig:
+    lr: float = 4e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = 1.0
+    head_lr_mult: float = 1.0  # freshly initialised heads may learn faster than the pretrained body
+
+
+@dataclass
+class FTTrainConfig:
+    batch_size: int = 128  # global: examples per optimizer step over all processes
+    micro_batch_size: int = 32  # per process per forward pass; the rest is gradient accumulation
+    epochs: int = 10  # 0 = evaluate only
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (smoke runs)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    log_every: int = 20
+    save_every: int = 0  # also checkpoint every N optimizer steps (0: at the end of each epoch only)
+    keep_checkpoints: int = 2  # newest checkpoints kept under OUTPUT_DIR/checkpoints (resume reads `latest`)
+
+
+@dataclass
+class FTEvalConfig:
+    batch_size: int = 128  # examples (or ITM pairs) per forward pass, per process
+    dev_every_epoch: bool = True
+    select: Literal["best", "last"] = "best"  # test the epoch with the best dev score, or the last one
+
+
+@dataclass
+class ITRConfig:
+    k: str = "16"  # candidates re-ranked by the ITM head per query; "all" = brute-force cross-encoder
+    index: Literal["faiss", "torch"] = "faiss"
+    embed_dim: int = 256  # dual-encoder projection size
+    temperature: float = 0.07  # InfoNCE temperature (initial value when learned)
+    learn_temperature: bool = True
+    contrastive_weight: float = 1.0
+    itm_weight: float = 1.0
+    hard_negatives: bool = True  # ITM negatives drawn by softmax(similarity / temperature) (else uniformly)
+    # Share of the hard-negative draw made uniformly instead: hard negatives alone teach the ITM head to
+    # order close candidates but leave its scores for unrelated pairs untrained (brute-force ranking).
+    uniform_negative_share: float = 0.0
+
+    @property
+    def rerank_k(self) -> int | Literal["all"]:
+        return "all" if self.k == "all" else int(self.k)
+
+
+@dataclass
+class MMTConfig:
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    use_image: bool = True  # False: text-only translation (the image-free baseline)
+    train_split: str = "train"
+    dev_split: Optional[str] = "val"
+    test_splits: list[str] = field(default_factory=lambda: ["test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"])
+    label_smoothing: float = 0.1
+    num_beams: int = 5
+    max_new_tokens: int = 60
+
+
+@dataclass
+class FinetuneConfig:
+    task: Literal["xvnli", "xgqa", "marvl", "itr", "mmt"] = "xvnli"
+    init: Optional[str] = None  # RC3 model directory (save_pretrained); --init sets it
+    output_dir: str = "runs/finetune"
+    seed: int = 42
+    model: FTModelConfig = field(default_factory=FTModelConfig)
+    data: FTDataConfig = field(default_factory=FTDataConfig)
+    optim: FTOptimConfig = field(default_factory=FTOptimConfig)
+    train: FTTrainConfig = field(default_factory=FTTrainConfig)
+    eval: FTEvalConfig = field(default_factory=FTEvalConfig)
+
+    def data_path(self, value: Optional[str]) -> Optional[Path]:
+        """`value` as a Path, under data.root when relative and a root is set."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or self.data.root is None else Path(self.data.root).expanduser() / p
+
+
+@dataclass
+class ITRFinetuneConfig(FinetuneConfig):
+    itr: ITRConfig = field(default_factory=ITRConfig)
+
+
+@dataclass
+class MMTFinetuneConfig(FinetuneConfig):
+    mmt: MMTConfig = field(default_factory=MMTConfig)
+
+
+CONFIG_CLASSES: dict[str, type] = {"itr": ITRFinetuneConfig, "mmt": MMTFinetuneConfig}
+
+
+def task_defaults(task: str) -> dict[str, Any]:
+    """The Table 6 values of `task` as a config mapping."""
+    t = TABLE6[task]
+    micro = min(32, t["batch_size"])
+    return {"task": task, "output_dir": f"runs/finetune/{task}", "optim": {"lr": t["lr"]},
+            "train": {"batch_size": t["batch_size"], "micro_batch_size": micro, "epochs": t["epochs"]},
+            "data": {"max_text_len": t["max_text_len"]}}
+
+
+def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """Table 6 defaults <- `data` <- overrides, typed and validated for `task`."""
+    if task not in TASKS:
+        raise ConfigError("task", f"{task!r} is not one of {', '.join(TASKS)}")
+    given = yaml.safe_load(yaml.safe_dump(data or {}))
+    if given.get("task", task) != task:
+        raise ConfigError("task", f"this config is for {given['task']!r} but the recipe is {task!r}")
+    merged = merge_dicts(task_defaults(task), given)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(merged, key, value)
+    itr = merged.get("itr")
+    if isinstance(itr, dict) and isinstance(itr.get("k"), int) and not isinstance(itr.get("k"), bool):
+        itr["k"] = str(itr["k"])  # k is an int or "all"; kept as text so both fit one typed field
+    cfg = _from_dict(CONFIG_CLASSES.get(task, FinetuneConfig), merged)
+    validate_finetune(cfg)
+    return cfg
+
+
+def load_finetune_config(path: str | os.PathLike | None, task: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """Load a finetuning YAML (or only the Table 6 defaults when path is None; `base:` as in
+    `rc3.config.read_config_yaml`), apply overrides, validate."""
+    return finetune_config_from_dict(read_config_yaml(path) if path is not None else {}, task, overrides)
+
+
+def _check_lang(key: str, lang: str) -> None:
+    if lang not in LANG_CODES:
+        raise ConfigError(key, f"unknown language {lang!r}; known: {', '.join(sorted(LANG_CODES))}")
+
+
+def validate_finetune(cfg: FinetuneConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    d, t, o = cfg.data, cfg.train, cfg.optim
+    positive = {"train.batch_size": t.batch_size, "train.micro_batch_size": t.micro_batch_size,
+                "train.log_every": t.log_every, "eval.batch_size": cfg.eval.batch_size,
+                "data.max_text_len": d.max_text_len, "data.num_regions": d.num_regions,
+                "model.head_hidden_mult": cfg.model.head_hidden_mult}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(key, f"must be positive, got {value}")
+    if t.save_every < 0:
+        raise ConfigError("train.save_every", f"must be >= 0 (0 = at epoch ends only), got {t.save_every}")
+    if t.keep_checkpoints < 1:
+        raise ConfigError("train.keep_checkpoints", f"must be >= 1 (resuming needs one), got {t.keep_checkpoints}")
+    for key in ("max_steps",):
+        value = getattr(t, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"train.{key}", f"must be positive (or null for no limit), got {value}")
+    for key in ("max_train_examples", "max_eval_examples"):
+        value = getattr(d, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"data.{key}", f"must be positive (or null for all), got {value}")
+    if t.epochs < 0:
+        raise ConfigError("train.epochs", f"must be >= 0 (0 = evaluate only), got {t.epochs}")
+    if t.batch_size % t.micro_batch_size:
+        raise ConfigError("train.batch_size", f"{t.batch_size} is not divisible by train.micro_batch_size {t.micro_batch_size}")
+    if d.max_text_len < 3:
+        raise ConfigError("data.max_text_len", "must leave room for [BOS], a piece and [LANG] (>= 3)")
+    if d.num_workers < 0:
+        raise ConfigError("data.num_workers", f"must be >= 0, got {d.num_workers}")
+    if o.lr <= 0:
+        raise ConfigError("optim.lr", f"must be positive, got {o.lr}")
+    if not 0.0 <= o.warmup_ratio < 1.0:
+        raise ConfigError("optim.warmup_ratio", f"must lie in [0, 1), got {o.warmup_ratio}")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
+    if o.grad_clip < 0 or o.weight_decay < 0 or o.head_lr_mult <= 0:
+        raise ConfigError("optim", "grad_clip and weight_decay must be >= 0 and head_lr_mult > 0")
+    _check_lang("data.train_lang", d.train_lang)
+    for i, lang in enumerate(d.test_langs):
+        _check_lang(f"data.test_langs[{i}]", lang)
+    if d.test is None and cfg.task != "mmt":
+        raise ConfigError("data.test", "required: the folder of the test annotations")
+    if d.train is None and t.epochs > 0:
+        raise ConfigError("data.train", "required to train (or set train.epochs=0 to evaluate only)")
+    if cfg.task == "xgqa" and d.answer_vocab is None:
+        raise ConfigError("data.answer_vocab", "xGQA classifies over GQA's answer vocabulary (trainval_ans2label.json)")
+    mode = cfg.model.visual_mode
+    uses_image = not (isinstance(cfg, MMTFinetuneConfig) and not cfg.mmt.use_image)
+    if uses_image and mode in ("roi", "combined") and not d.features:
+        raise ConfigError("data.features", f"visual mode {mode!r} needs at least one ROI feature store")
+    if uses_image and mode in ("patch", "combined") and d.images is None:
+        raise ConfigError("data.images", f"visual mode {mode!r} needs the image folder")
+    if isinstance(cfg, ITRFinetuneConfig):
+        _validate_itr(cfg.itr)
+    if isinstance(cfg, MMTFinetuneConfig):
+        _validate_mmt(cfg.mmt, cfg.data)
+
+
+def _validate_itr(c: ITRConfig) -> None:
+    if c.k != "all":
+        try:
+            k = int(c.k)
+        except ValueError:
+            raise ConfigError("itr.k", f"must be a positive integer or 'all', got {c.k!r}") from None
+        if k < 10:
+            raise ConfigError("itr.k", f"R@10 needs at least 10 re-ranked candidates; got {k} (or use 'all')")
+    if c.embed_dim <= 0 or c.temperature <= 0:
+        raise ConfigError("itr", "embed_dim and temperature must be positive")
+    if not 0.0 <= c.uniform_negative_share <= 1.0:
+        raise ConfigError("itr.uniform_negative_share", f"must be within [0, 1], got {c.uniform_negative_share}")
+    if c.contrastive_weight < 0 or c.itm_weight < 0 or c.contrastive_weight + c.itm_weight == 0:
+        raise ConfigError("itr", "contrastive_weight and itm_weight must be >= 0 and not both 0")
+
+
+def _validate_mmt(c: MMTConfig, d: FTDataConfig) -> None:
+    _check_lang("mmt.src_lang", c.src_lang)
+    _check_lang("mmt.tgt_lang", c.tgt_lang)
+    if c.src_lang == c.tgt_lang:
+        raise ConfigError("mmt.tgt_lang", f"source and target are both {c.src_lang!r}")
+    if d.train_lang != c.src_lang:
+        raise ConfigError("data.train_lang", f"MMT trains on mmt.src_lang {c.src_lang!r}; got {d.train_lang!r}")
+    if not 0.0 <= c.label_smoothing < 1.0:
+        raise ConfigError("mmt.label_smoothing", f"must lie in [0, 1), got {c.label_smoothing}")
+    if c.num_beams <= 0 or c.max_new_tokens <= 0:
+        raise ConfigError("mmt", "num_beams and max_new_tokens must be positive")
+    if not c.test_splits:
+        raise ConfigError("mmt.test_splits", "name at least one Multi30K test split")
+
+
+def save_finetune_config(cfg: FinetuneConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+

@@ -1,0 +1,437 @@
+"""The finetuning loop every recipe shares: CLI, HF Accelerate set-up, AdamW + warmup schedule, logs,
+checkpoints, resume and the choice of the epoch that is tested.
+
+`python finetune/<task>.py --config C --init MODEL_DIR [--set k=v ...] [--no-save] [--resume]`, or
+`accelerate launch finetune/<task>.py ...` for several processes. Accelerate places the model,
+wraps it in DDP (unused parameters allowed: a classifier never touches the decoder), shards the
+data loaders, runs bf16 autocast on GPU and fp32 on CPU, and accumulates gradients so that
+`train.batch_size` (global) = micro-batch x processes x accumulation steps. The micro-batch is
+`train.micro_batch_size` or, when that does not divide a process's share of the batch, the largest
+size below it that does (`split_batch`): the shipped configs run unchanged on 1, 2, 4 or 8 processes.
+
+`FinetuneRun` owns one run: it loads the model and tokenizer, seeds everything, writes the resolved
+config, `metrics.jsonl` (one line per log step and per dev evaluation) and TensorBoard events in
+`tb/`, checkpoints (`checkpoints/step_XXXXXXXX`: Accelerate's `save_state` - model, optimizer, every
+process's RNG states - plus `trainer_state.json` with the step, the data position, the schedule and
+the dev history; every `train.save_every` steps and at each epoch's end, published through
+`checkpoints/latest` once complete), and `--resume` continues from `latest` exactly where the run
+stopped (the epoch's shuffle comes from a seeded sampler, the batches already seen are skipped). After
+each epoch the dev score is computed; the weights of the best epoch are kept in `checkpoints/best/`
+and loaded back before the test evaluation (`eval.select=last` tests the last epoch instead).
+Results (rc3.finetune.metrics.write_results) and the finetuned model leave no half-written file behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from rc3.pretrain import fault_injection
+from rc3.config import ConfigError
+from rc3.modeling import RC3Model
+from rc3.tokenization import RC3Tokenizer
+from rc3.finetune.cli import build_parser
+from rc3.finetune.config import FinetuneConfig, load_finetune_config, save_finetune_config
+from rc3.finetune.heads import TaskModel, load_head, save_task_model
+from rc3.finetune.metrics import write_results
+
+
+def parse_cli(task: str, argv: Optional[Sequence[str]] = None) -> tuple[FinetuneConfig, argparse.Namespace]:
+    """Parse the recipe's command line into a validated config (see rc3.finetune.cli)."""
+    args = build_parser(task).parse_args(argv)
+    overrides = list(args.overrides)
+    if args.init is not None:
+        overrides.append(f"init={json.dumps(args.init)}")
+    if args.output_dir is not None:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    cfg = load_finetune_config(args.config, task, overrides)
+    if cfg.init is None:
+        raise ConfigError("--init", "give the RC3 model directory to finetune (--init DIR or `init:` in the config)")
+    return cfg, args
+
+
+def _precision(cfg: FinetuneConfig) -> str:
+    want = cfg.train.precision
+    if want == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return "no" if want == "fp32" else "bf16"
+
+
+class FinetuneRun:
+    """Context of one finetuning run (see module docstring); use as `with FinetuneRun(cfg, save) as run:`."""
+
+    def __init__(self, cfg: FinetuneConfig, save_model: bool = True, resume: bool = False) -> None:
+        from accelerate import Accelerator, PartialState
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        # Without CUDA, Accelerate only forms a (gloo) process group under a launcher when told cpu=True;
+        # otherwise every launched process would run alone and write the same outputs.
+        from accelerate.utils import DataLoaderConfiguration
+
+        self.cfg, self.save_model, self.resume = cfg, save_model, resume
+        cpu = not torch.cuda.is_available()
+        world = PartialState(cpu=cpu).num_processes
+        self.micro_batch_size, self.grad_accum = split_batch(cfg.train.batch_size, cfg.train.micro_batch_size, world)
+        self.accelerator = Accelerator(
+            cpu=cpu, mixed_precision=_precision(cfg), gradient_accumulation_steps=self.grad_accum,
+            # a seeded sampler: each epoch's order is a function of (seed, epoch), so a resumed run sees the same batches
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        set_seed(cfg.seed)
+        self.out_dir = Path(cfg.output_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.tokenizer = RC3Tokenizer.from_dir(cfg.model.tokenizer or cfg.init)
+        self.selection: dict[str, Any] = {}
+        self._tb = None
+        if resume and not (self.ckpt_dir / "latest").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir} (checkpoints/latest is missing); "
+                                    "start without --resume")
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_finetune_config(cfg, self.out_dir / "finetune_config.yaml")
+            if not resume:  # a resumed run appends to its log
+                (self.out_dir / METRICS_FILE).write_text("")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tb"))
+        note = "" if self.micro_batch_size == cfg.train.micro_batch_size else \
+            f" (micro-batch {self.micro_batch_size}: train.micro_batch_size {cfg.train.micro_batch_size} does not divide " \
+            f"{cfg.train.batch_size} / {world} processes)"
+        self.print(f"[{cfg.task}] {self.accelerator.num_processes} process(es) on {self.accelerator.device}, "
+                   f"precision {self.accelerator.mixed_precision}, {cfg.train.batch_size} examples per step = "
+                   f"{self.micro_batch_size} x {world} processes x {self.grad_accum} accumulation{note}")
+
+    # ---- context ----------------------------------------------------------------------------
+    def __enter__(self) -> "FinetuneRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.accelerator.wait_for_everyone()
+        if self._tb is not None:
+            self._tb.close()
+        if self.accelerator.num_processes == 1:
+            # Accelerate keeps its state in process-wide singletons; a single-process run clears them so
+            # that another run in the same process (tests, notebooks) can pick other settings.
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state()
+            GradientState._reset_state()
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def print(self, *args: Any) -> None:
+        self.accelerator.print(*args, flush=True)
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """One line of metrics.jsonl and a TensorBoard scalar per numeric field (main process)."""
+        if not self.is_main:
+            return
+        with (self.out_dir / METRICS_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(dict(record)) + "\n")
+        if self._tb is not None and "step" in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key.replace("dev_", "dev/"), value, int(record["step"]))
+            self._tb.flush()
+
+    # ---- model ------------------------------------------------------------------------------
+    def load_rc3(self) -> RC3Model:
+        init = Path(self.cfg.init)
+        model = RC3Model.from_pretrained(init, visual_mode=self.cfg.model.visual_mode,
+                                         gradient_checkpointing=self.cfg.model.gradient_checkpointing)
+        if model.mbart.config.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"{init}: the model has {model.mbart.config.vocab_size} token embeddings but the tokenizer "
+                             f"has {self.tokenizer.vocab_size} ids; use the tokenizer saved with the model")
+        return model
+
+    def maybe_load_head(self, model: TaskModel) -> None:
+        if load_head(model, self.cfg.init):
+            self.print(f"[{self.cfg.task}] task head restored from {self.cfg.init}")
+
+    def loader(self, dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool) -> DataLoader:
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        workers = self.cfg.data.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, num_workers=workers,
+                          generator=g if shuffle else None, persistent_workers=False,
+                          pin_memory=torch.cuda.is_available())
+
+    # ---- training ---------------------------------------------------------------------------
+    def fit(self, model: TaskModel, dataset: Dataset, collate: Callable,
+            after_epoch: Optional[Callable[[TaskModel, int], Mapping[str, float]]] = None) -> TaskModel:
+        """Train `model` on `dataset` for train.epochs (or train.max_steps); returns the prepared model,
+        holding the weights of the best dev epoch (eval.select=best and a dev set) or of the last step."""
+        cfg, acc = self.cfg, self.accelerator
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.head_lr_mult),
+                                      lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        loader = self.loader(dataset, collate, self.micro_batch_size, shuffle=True)
+        model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        steps_per_epoch = math.ceil(len(loader) / self.grad_accum)
+        total = steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        schedule = lr_lambda(cfg.optim.schedule, int(cfg.optim.warmup_ratio * total), total)
+        # Stepped per optimizer step by hand (not prepared: Accelerate would step it once per process), and
+        # checkpointed in trainer_state.json (a LambdaLR state is a few numbers).
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        state = {"step": 0, "epoch": 0, "batch": 0, "running": {}, "window": 0, "elapsed": 0.0, "dev": [],
+                 "best": None, "samples": 0, "wait": 0.0}
+        if self.resume:
+            state = self.load_checkpoint(scheduler)
+        self.print(f"[{cfg.task}] {len(dataset)} training examples, {steps_per_epoch} steps/epoch, {total} steps"
+                   + (f"; resumed at step {state['step']} (epoch {state['epoch'] + 1})" if self.resume else ""))
+        t0 = time.time() - state["elapsed"]
+        bar = tqdm(total=total, initial=state["step"], desc=f"{cfg.task} train", disable=not self.is_main,
+                   dynamic_ncols=True)
+        t_window = time.time()
+        while state["epoch"] < cfg.train.epochs and state["step"] < total:
+            epoch = state["epoch"]
+            loader.set_epoch(epoch)
+            batches = acc.skip_first_batches(loader, state["batch"]) if state["batch"] else loader
+            model.train()
+            t_fetch = time.time()
+            for batch in batches:
+                state["wait"] += time.time() - t_fetch
+                if state["batch"] % self.grad_accum == 0:  # an optimizer step begins (tests kill the run here)
+                    fault_injection.maybe_kill(state["step"] + 1, acc.process_index)
+                with acc.accumulate(model):
+                    out = model(batch)
+                    acc.backward(out["loss"])
+                    if acc.sync_gradients and cfg.optim.grad_clip > 0:
+                        acc.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state["batch"] += 1
+                state["samples"] += int(batch["input_ids"].shape[0]) * acc.num_processes
+                for k, v in out.items():
+                    if k == "loss" or k.startswith("loss_") or k.startswith("acc_"):
+                        state["running"][k] = state["running"].get(k, 0.0) + float(v.detach()) / self.grad_accum
+                if not acc.sync_gradients:
+                    t_fetch = time.time()
+                    continue
+                scheduler.step()
+                state["step"] += 1
+                state["window"] += 1
+                bar.update(1)
+                step = state["step"]
+                if step % cfg.train.log_every == 0 or step == total:
+                    now = time.time()
+                    means = {k: round(v / state["window"], 5) for k, v in state["running"].items()}  # this rank's
+                    span = max(now - t_window, 1e-9)
+                    self.log({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                              "elapsed_s": round(now - t0, 2), "samples_per_s": round(state["samples"] / span, 3),
+                              "data_wait_share": round(min(1.0, state["wait"] / span), 4), **means})
+                    bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
+                    state["running"], state["window"], state["samples"], state["wait"] = {}, 0, 0, 0.0
+                    t_window = now
+                if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
+                    state["elapsed"] = time.time() - t0
+                    self.save_checkpoint(model, optimizer, scheduler, state)
+                if step >= total:
+                    break
+                t_fetch = time.time()
+            state["epoch"], state["batch"] = epoch + 1, 0
+            if after_epoch is not None and cfg.eval.dev_every_epoch:
+                dev = dict(after_epoch(model, epoch))
+                if dev:
+                    self.print(f"[{cfg.task}] epoch {epoch + 1} dev: " + ", ".join(f"{k} {v:.2f}" for k, v in dev.items()))
+                    self.log({"step": state["step"], "epoch": epoch, **{f"dev_{k}": v for k, v in dev.items()}})
+                    self._track_best(model, state, epoch, dev)
+            state["elapsed"] = time.time() - t0
+            self.save_checkpoint(model, optimizer, scheduler, state)
+        bar.close()
+        self._select(model, state)
+        return model
+
+    # ---- best epoch -------------------------------------------------------------------------
+    def _track_best(self, model: nn.Module, state: dict[str, Any], epoch: int, dev: Mapping[str, float]) -> None:
+        """Keep the weights of the epoch with the highest dev score (the first metric the recipe reports:
+        accuracy, mean R@1, BLEU) in checkpoints/best/."""
+        metric = next(iter(dev))
+        score = float(dev[metric])
+        state["dev"].append({"epoch": epoch, metric: score})
+        best = state["best"]
+        if best is not None and score <= best["score"]:
+            return
+        state["best"] = {"epoch": epoch, "metric": metric, "score": score}
+        if self.cfg.eval.select != "best":
+            return
+        if self.is_main:
+            from safetensors.torch import save_model
+
+            best_dir = self.ckpt_dir / "best"
+            best_dir.mkdir(parents=True, exist_ok=True)
+            tmp = best_dir / f".model.safetensors.tmp{os.getpid()}"
+            save_model(self.accelerator.unwrap_model(model), str(tmp))
+            os.replace(tmp, best_dir / "model.safetensors")
+            _atomic_write_json(best_dir / "best.json", state["best"])
+        self.accelerator.wait_for_everyone()
+
+    def _select(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Load the best epoch's weights back (eval.select=best), on every process."""
+        best = state["best"]
+        if best is None:
+            self.selection = {"selected": "last", "epoch": state["epoch"] - 1, "reason": "no dev score"}
+        elif self.cfg.eval.select == "last":
+            self.selection = {"selected": "last", "epoch": state["epoch"] - 1, "best": best}
+        else:
+            from safetensors.torch import load_model
+
+            unwrapped = self.accelerator.unwrap_model(model)
+            load_model(unwrapped, str(self.ckpt_dir / "best" / "model.safetensors"), strict=False)
+            unwrapped.rc3.mbart.tie_weights()
+            self.selection = {"selected": "best", "epoch": best["epoch"], "metric": best["metric"], "score": best["score"]}
+        self.print(f"[{self.cfg.task}] testing the model of epoch {self.selection['epoch'] + 1} "
+                   f"({self.selection['selected']}" + (f", dev {best['metric']} {best['score']:.2f}" if best else "") + ")")
+        self.log({"step": state["step"], "event": "selected", **{k: v for k, v in self.selection.items() if k != "best"}})
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> Path:
+        """checkpoints/step_XXXXXXXX from every process, published through `latest` once complete."""
+        acc = self.accelerator
+        name = f"step_{state['step']:08d}"
+        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # model (safetensors), optimizer, each process's RNG states
+        acc.wait_for_everyone()
+        if self.is_main:
+            _atomic_write_json(tmp / TRAINER_STATE, {**state, "scheduler": scheduler.state_dict()})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _atomic_write_text(self.ckpt_dir / "latest", name)
+            old = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p.name != name)
+            for p in old[: max(0, len(old) - (self.cfg.train.keep_checkpoints - 1))]:
+                shutil.rmtree(p, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, scheduler: Any) -> dict[str, Any]:
+        """Restore `latest` into the prepared objects; returns the trainer state saved with it."""
+        name = (self.ckpt_dir / "latest").read_text().strip()
+        path = self.ckpt_dir / name
+        if not (path / TRAINER_STATE).is_file():
+            raise FileNotFoundError(f"--resume: {path} is incomplete (no {TRAINER_STATE}); delete it and "
+                                    "point checkpoints/latest at an earlier step_* directory")
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / TRAINER_STATE).read_text())
+        scheduler.load_state_dict(state.pop("scheduler"))
+        self.print(f"[{self.cfg.task}] resumed from {path}")
+        return state
+
+    # ---- outputs ----------------------------------------------------------------------------
+    def _results_chart(self, results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str]) -> None:
+        """results.png: a bar per language of the task's main metric (the results files are already written)."""
+        from rc3.plots import results_bar_chart
+
+        metric = PRIMARY_METRIC.get(self.cfg.task, metrics[0] if metrics else "")
+        try:
+            path = results_bar_chart(results, metric, self.out_dir / "results.png", f"{self.cfg.task}: {metric}")
+        except (OSError, ValueError, RuntimeError) as err:  # a picture is not worth failing a finished run
+            self.print(f"[{self.cfg.task}] warning: could not draw results.png ({err})")
+            return
+        if path is not None:
+            self.print(f"[{self.cfg.task}] per-language chart: {path}")
+
+    def finish(self, model: nn.Module, results: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
+               extra_meta: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Write results.json/results.md and (unless --no-save) the finetuned model; print the table."""
+        from rc3.finetune.metrics import results_markdown
+
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            json_path, md_path = write_results(self.out_dir, self.cfg.task, results, metrics)
+            if self.selection:
+                _atomic_write_json(self.out_dir / "selection.json", self.selection)
+            self._results_chart(results, metrics)
+            self.print(results_markdown(results, metrics))
+            self.print(f"[{self.cfg.task}] results: {json_path} {md_path}")
+            if self.save_model:
+                task_model = self.accelerator.unwrap_model(model)
+                path = save_task_model(task_model, self.out_dir / "model", self.tokenizer, extra_meta)
+                self.print(f"[{self.cfg.task}] finetuned model: {path}")
+        self.accelerator.wait_for_everyone()
+        return {k: dict(v) for k, v in results.items()}
+
+
+METRICS_FILE = "metrics.jsonl"
+TRAINER_STATE = "trainer_state.json"
+
+
+def split_batch(global_batch: int, micro_batch: int, world: int) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) with micro x world x accumulation = global_batch.
+
+    The micro-batch is `micro_batch` when it divides a process's share, else the largest size below it
+    that does; only a global batch that the processes cannot share evenly is an error."""
+    if global_batch % world:
+        raise ConfigError("train.batch_size", f"{global_batch} examples per step cannot be split evenly over {world} "
+                                              f"processes; use a multiple of {world}")
+    share = global_batch // world
+    micro = min(micro_batch, share)
+    while share % micro:
+        micro -= 1
+    return micro, share // micro
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write_text(path, json.dumps(obj, indent=1))
+
+
+# The paper's number of each task, drawn per language next to results.md (default: the first metric).
+PRIMARY_METRIC = {"itr": "mean_R@1", "mmt": "BLEU"}
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay for biases, norms and 1-d parameters; heads (outside `rc3.`) at lr x head_lr_mult."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and "norm" not in name.lower()
+        head = not name.startswith("rc3.")
+        groups.setdefault((decay, head), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (head_lr_mult if head else 1.0)}
+            for (decay, head), ps in groups.items()]
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup to the peak, then linear / cosine decay to 0, or constant."""
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], Any]) -> None:
+    """Script entry point: readable one-line errors for configuration and data problems."""
+    try:
+        main(None)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,146 @@
+"""Complete-or-nothing checkpoints of a DeepSpeed run, with per-rank RNG and data positions.
+
+Layout under `run_dir/checkpoints/`:
+
+    step_00000100/            DeepSpeed's files for this tag (every rank writes its ZeRO partition)
+        rng_rank00000.safetensors   each rank's RNG states (DeepSpeed does not save them)
+        data_rank00000.json         each rank's data-stream position and skip counts
+        COMPLETE                    written by rank 0 after a barrier: every rank has finished
+    latest                    names the newest complete tag; replaced atomically after COMPLETE
+
+DeepSpeed's own `latest` is turned off (it is written before every rank has finished). A kill
+at any point leaves `latest` naming a complete checkpoint (or absent), so `--resume` never loads
+half a checkpoint; a tag without COMPLETE is ignored and, when `latest` itself points at one (an
+older version's file), the newest complete tag is used instead. Only the last `keep_last` complete
+tags are kept, and the newest complete one is never deleted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from rc3 import distributed as comm
+from rc3 import rng
+from rc3.pretrain import fault_injection
+log = logging.getLogger("rc3.checkpoint")
+TAG_RE = re.compile(r"^step_(\d{8})$")
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class Resumed:
+    tag: str
+    step: int
+    client_state: dict[str, Any]
+    data_state: dict[str, Any]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointManager:
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int = 3) -> None:
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+
+    # ---- queries ---------------------------------------------------------------------------
+    def complete_tags(self) -> list[str]:
+        """Complete tags, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        tags = [p.name for p in self.dir.iterdir() if TAG_RE.match(p.name) and (p / COMPLETE).is_file()]
+        return sorted(tags)
+
+    def has_any(self) -> bool:
+        return self.dir.is_dir() and any(TAG_RE.match(p.name) for p in self.dir.iterdir())
+
+    def resume_tag(self) -> str:
+        """The tag `--resume` continues from, or a CheckpointError saying why there is none."""
+        complete = self.complete_tags()
+        latest = self.dir / LATEST
+        named = latest.read_text().strip() if latest.is_file() else None
+        if named and named in complete:
+            return named
+        if complete:
+            if named:
+                log.warning("%s names %s, which is not complete; resuming from %s instead", latest, named, complete[-1])
+            return complete[-1]
+        raise CheckpointError(
+            f"--resume: no complete checkpoint in {self.dir}"
+            + (f" ({len([p for p in self.dir.iterdir() if TAG_RE.match(p.name)])} incomplete tag(s) ignored)" if self.dir.is_dir() else "")
+            + "; run without --resume to start a new run (in a new run_dir)")
+
+    # ---- save ------------------------------------------------------------------------------
+    def save(self, engine: Any, step: int, client_state: dict[str, Any], data_state: dict[str, Any]) -> str:
+        """Every rank calls this. Returns the tag once it is complete and published."""
+        tag = tag_for(step)
+        rank, world = comm.get_rank(), comm.get_world_size()
+        path = self.dir / tag
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if (path / COMPLETE).exists():  # re-saving a step (e.g. SIGTERM right after a save): start clean
+                (path / COMPLETE).unlink()
+        comm.barrier()
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state={**client_state, "step": step, "world_size": world},
+                               save_latest=False)
+        fault_injection.maybe_crash_in_save(step, rank)
+        rng.save(path / f"rng_rank{rank:05d}.safetensors")
+        _write_atomic(path / f"data_rank{rank:05d}.json", json.dumps(data_state))
+        comm.barrier()  # every rank's part is on disk
+        if rank == 0:
+            _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": world, "time": time.time()}))
+            _write_atomic(self.dir / LATEST, tag + "\n")
+            self._prune(keep=tag)
+        comm.barrier()
+        return tag
+
+    def _prune(self, keep: str) -> None:
+        complete = self.complete_tags()
+        doomed = complete[: max(0, len(complete) - self.keep_last)]
+        # incomplete tags older than the newest complete one are leftovers of killed saves
+        doomed += [p.name for p in self.dir.iterdir()
+                   if TAG_RE.match(p.name) and p.name not in complete and p.name < complete[-1]]
+        for tag in doomed:
+            if tag != keep and tag != complete[-1]:
+                shutil.rmtree(self.dir / tag, ignore_errors=True)
+
+    # ---- load ------------------------------------------------------------------------------
+    def load(self, engine: Any, tag: Optional[str] = None, restore_rng: bool = True) -> Resumed:
+        tag = tag or self.resume_tag()
+        path = self.dir / tag
+        meta = json.loads((path / COMPLETE).read_text())
+        rank, world = comm.get_rank(), comm.get_world_size()
+        if meta["world_size"] != world:
+            raise CheckpointError(f"{path} was written by {meta['world_size']} ranks, this run has {world}; "
+                                  "resume with the same number of ranks (or convert it with "
+                                  "tools/zero_to_safetensors.py and start a new run from the model directory)")
+        loaded, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed could not load {path}")
+        if restore_rng:
+            rng.load(path / f"rng_rank{rank:05d}.safetensors")
+        data_state = json.loads((path / f"data_rank{rank:05d}.json").read_text())
+        return Resumed(tag, int(meta["step"]), client or {}, data_state)
