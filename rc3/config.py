@@ -19,7 +19,12 @@ from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, TaskConfig, load_builtin
 from rc3.tokenization import LANG_CODES, PRETRAIN_LANGS
+
+__all__ = ["ConfigError", "ModelConfig", "TaskConfig", "ObjectivesConfig", "SourceConfig", "DataConfig", "OptimConfig",
+           "TrainConfig", "RC3Config", "load_config", "config_from_dict", "save_config", "to_dict", "from_dict",
+           "parse_override", "apply_overrides", "read_config_yaml", "merge_dicts", "validate"]
 
 
 class ConfigError(ValueError):
@@ -62,28 +67,59 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
 
+
+class RegistrySection:
+    """A config section part of whose keys come from a registry: `objectives.<name>` for every registered
+    objective, `data.<corpus>_shards` / `data.<corpus>_sources` for every registered corpus.
+
+    The dataclass written below holds the keys of its own; `resolved()` is that class extended with the
+    registry's keys (rebuilt when the registry changes). Constructing the written class gives an instance
+    of the resolved one, so `ObjectivesConfig()` has every objective's section."""
+
+    @classmethod
+    def registry_fields(cls) -> list[tuple[str, Any, Any]]:
+        raise NotImplementedError
+
+    @classmethod
+    def registry_version(cls) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def resolved(cls) -> type:
+        if cls.__dict__.get("_registry_extension"):
+            return cls
+        version = cls.registry_version()  # first, so that the built-in records are registered
+        cache = cls.__dict__.get("_resolved_cache")
+        if cache is None:
+            cache = {}
+            setattr(cls, "_resolved_cache", cache)
+        if version not in cache:
+            ext = dataclasses.make_dataclass(cls.__name__, cls.registry_fields(), bases=(cls,),
+                                             namespace={"_registry_extension": True, "__doc__": cls.__doc__})
+            ext.__module__ = cls.__module__
+            cache[version] = ext
+        return cache[version]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        return object.__new__(cls.resolved())
+
+    def __reduce__(self) -> Any:  # the resolved class is not importable by name: rebuild from plain values
+        base = next(c for c in type(self).__mro__ if not c.__dict__.get("_registry_extension"))
+        return (_rebuild_section, (base, dataclasses.asdict(self)))
+
+
+def _rebuild_section(base: type, values: dict) -> Any:
+    return from_dict(base, values)
+
+
 @dataclass
-class TaskConfig:
-    """One pretraining task: on/off, loss weight, and samples per micro-batch per rank (None = train.micro_batch_size)."""
-
-    enabled: bool = True
-    weight: float = 1.0
-    batch_size: Optional[int] = None
-
-
-@dataclass
-class ObjectivesConfig:
+class ObjectivesConfig(RegistrySection):
     """The four objectives of Sec. 2.3; Table 4's ablations are switches here.
 
     The fields after `mlm_prob` are readings of the paper: where its text allows more than one
     implementation, the switch names each (FIDELITY.md lists what the paper says, our default and why).
     """
 
-    mclm: TaskConfig = field(default_factory=TaskConfig)
-    itm: TaskConfig = field(default_factory=TaskConfig)
-    xtcl: TaskConfig = field(default_factory=TaskConfig)
-    rxvtcl_ds: TaskConfig = field(default_factory=TaskConfig)
-    rxvtcl_dw: TaskConfig = field(default_factory=TaskConfig)
     kl: bool = True  # the KL(P_vtr || P_tr) regulariser on Dw (Eq. 12); False = "w/o KL"
     kl_weight: float = 1.0
     zeta: float = 0.9
@@ -103,6 +139,25 @@ class ObjectivesConfig:
     detach_lambda: bool = True  # lambda of Eq. 6 is a schedule without gradient
     detach_p_tr: bool = True  # P_tr of Eq. 10 is a target without gradient (and without dropout)
 
+    # objectives.<name>: one section per registered objective (rc3.pretrain.registry.OBJECTIVES)
+    @classmethod
+    def registry_fields(cls) -> list[tuple[str, Any, Any]]:
+        return [(o.name, o.config, field(default_factory=o.config)) for o in OBJECTIVES]
+
+    @classmethod
+    def registry_version(cls) -> int:
+        load_builtin()
+        return OBJECTIVES.version
+
+    def section(self, name: str) -> TaskConfig:
+        """The config section of objective `name` (KeyError naming the registered ones)."""
+        OBJECTIVES.get(name)
+        return getattr(self, name)
+
+    def enabled(self) -> list[str]:
+        """The enabled objectives, in registration order (the order their losses run in)."""
+        return [o.name for o in OBJECTIVES if self.section(o.name).enabled]
+
 
 @dataclass
 class SourceConfig:
@@ -114,15 +169,12 @@ class SourceConfig:
 
 
 @dataclass
-class DataConfig:
-    ds_shards: Optional[str] = None  # brace pattern or glob of Ds shards
-    dw_shards: Optional[str] = None
-    dt_shards: Optional[str] = None
-    # Instead of <corpus>_shards: several weighted sources, e.g. Dt = WikiMatrix 0.7 + Ds parallel captions 0.3
-    # (rc3.data.pipeline.Source); each sample is drawn from a source with probability weight / sum.
-    ds_sources: list[SourceConfig] = field(default_factory=list)
-    dw_sources: list[SourceConfig] = field(default_factory=list)
-    dt_sources: list[SourceConfig] = field(default_factory=list)
+class DataConfig(RegistrySection):
+    """The data section. Per registered corpus (rc3.data.corpora.CORPORA, e.g. ds, dw, dt) it also holds
+    `<corpus>_shards` (brace pattern, glob, pipe:, URL) and `<corpus>_sources`: instead of the shards,
+    several weighted sources, e.g. Dt = WikiMatrix 0.7 + Ds parallel captions 0.3 (rc3.data.pipeline.Source);
+    each sample is drawn from a source with probability weight / sum."""
+
     resampled: bool = False  # draw shards with replacement (endless streams) instead of passes over them
     langs: list[str] = field(default_factory=lambda: list(PRETRAIN_LANGS))
     max_text_len: int = 40
@@ -139,14 +191,41 @@ class DataConfig:
     shard_retries: int = 3
     shard_retry_backoff_s: float = 1.0  # doubled per retry, capped at 30 s
 
+    @classmethod
+    def registry_fields(cls) -> list[tuple[str, Any, Any]]:
+        from rc3.data.corpora import CORPORA
+
+        out: list[tuple[str, Any, Any]] = []
+        for corpus in CORPORA:
+            out.append((f"{corpus.name}_shards", Optional[str], None))
+            out.append((f"{corpus.name}_sources", list[SourceConfig], field(default_factory=list)))
+        return out
+
+    @classmethod
+    def registry_version(cls) -> int:
+        from rc3.data.corpora import CORPORA
+
+        return CORPORA.version
+
+    def shards(self, corpus: str) -> Optional[str]:
+        return getattr(self, f"{corpus}_shards")
+
+    def sources(self, corpus: str) -> list[SourceConfig]:
+        return getattr(self, f"{corpus}_sources")
+
+    def has_data(self, corpus: str) -> bool:
+        return self.shards(corpus) is not None or bool(self.sources(corpus))
+
 
 def validate_data_sources(d: DataConfig) -> None:
     """Shard sources and the remote-shard settings of the data section."""
     from rc3.data.shard_source import parse_commands  # data modules import torch; keep config import light
 
-    for corpus in ("ds", "dw", "dt"):
-        sources: list[SourceConfig] = getattr(d, f"{corpus}_sources")
-        if sources and getattr(d, f"{corpus}_shards") is not None:
+    from rc3.data.corpora import CORPORA
+
+    for corpus in CORPORA.names():
+        sources: list[SourceConfig] = d.sources(corpus)
+        if sources and d.shards(corpus) is not None:
             raise ConfigError(f"data.{corpus}_sources", f"give data.{corpus}_shards or data.{corpus}_sources, not both")
         names = [src.name or f"source{i}" for i, src in enumerate(sources)]
         for i, src in enumerate(sources):
@@ -201,8 +280,8 @@ class TrainConfig:
 @dataclass
 class RC3Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    objectives: ObjectivesConfig = field(default_factory=lambda: ObjectivesConfig())
+    data: DataConfig = field(default_factory=lambda: DataConfig())
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -218,7 +297,7 @@ class RC3Config:
         return t.global_batch_size // per_step
 
     def task_batch_size(self, task: str) -> int:
-        bs = getattr(self.objectives, task).batch_size
+        bs = self.objectives.section(task).batch_size
         return self.train.micro_batch_size if bs is None else bs
 
 
@@ -242,9 +321,11 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(key, f"{value!r} is not one of {', '.join(map(str, args))}")
         return value
     if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and issubclass(tp, RegistrySection):
+            tp = tp.resolved()
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
-        return _from_dict(tp, value, key)
+        return from_dict(tp, value, key)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(key, f"expected a list, got {value!r}")
@@ -263,7 +344,11 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(key, f"unsupported type {tp}")
 
 
-def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """A config dataclass from a plain mapping, every value type-checked; unknown keys are errors naming
+    the known ones. `prefix` is the dotted path of `data` in the whole config (for messages)."""
+    if isinstance(cls, type) and issubclass(cls, RegistrySection):
+        cls = cls.resolved()
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
@@ -278,7 +363,8 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """data[a][b][c] = value for dotted "a.b.c", creating sections on the way."""
     parts = dotted.split(".")
     node = data
     for p in parts[:-1]:
@@ -300,12 +386,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> RC3Config:
-    data = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy through plain types
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """A deep copy of `data` (through plain YAML types) with each `key.path=value` override set."""
+    data = yaml.safe_load(yaml.safe_dump(data or {}))
     for item in overrides:
         key, value = parse_override(item)
-        _set_dotted(data, key, value)
-    cfg = _from_dict(RC3Config, data)
+        set_dotted(data, key, value)
+    return data
+
+
+def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> RC3Config:
+    cfg = from_dict(RC3Config, apply_overrides(data, overrides))
     validate(cfg)
     return cfg
 
@@ -384,30 +475,28 @@ def validate(cfg: RC3Config) -> None:
     if not 0.0 <= d.skip_budget <= 1.0:
         raise ConfigError("data.skip_budget", f"must be a fraction in [0, 1], got {d.skip_budget}")
     validate_data_sources(d)
-    for name in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw"):
-        task: TaskConfig = getattr(o, name)
+    for objective in OBJECTIVES:
+        task: TaskConfig = o.section(objective.name)
         if task.batch_size is not None and task.batch_size <= 0:
-            raise ConfigError(f"objectives.{name}.batch_size", f"must be positive, got {task.batch_size}")
+            raise ConfigError(f"objectives.{objective.name}.batch_size", f"must be positive, got {task.batch_size}")
         if task.weight < 0:
-            raise ConfigError(f"objectives.{name}.weight", f"must be >= 0, got {task.weight}")
-    for name in ("rxvtcl_ds", "rxvtcl_dw"):
-        if getattr(o, name).enabled and cfg.task_batch_size(name) <= o.rxvtcl_other_triplets:
-            raise ConfigError("objectives.rxvtcl_other_triplets",
-                              f"K = {o.rxvtcl_other_triplets} other triplets need a micro-batch of at least "
-                              f"{o.rxvtcl_other_triplets + 1} triplets, but {name} gets {cfg.task_batch_size(name)} "
-                              f"(objectives.{name}.batch_size or train.micro_batch_size)")
+            raise ConfigError(f"objectives.{objective.name}.weight", f"must be >= 0, got {task.weight}")
+        if task.enabled and objective.validate is not None:
+            objective.validate(cfg)
     if cfg.optim.name == "adam" and cfg.optim.weight_decay != 0:
         raise ConfigError("optim.weight_decay", f"plain Adam (optim.name=adam) takes no weight decay; got "
                           f"{cfg.optim.weight_decay} (use optim.name=adamw for decoupled decay)")
     if cfg.optim.grad_clip < 0:
         raise ConfigError("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {cfg.optim.grad_clip}")
-    if not any(getattr(o, n).enabled for n in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw")):
-        raise ConfigError("objectives", "every task is switched off; enable at least one")
-    needs = {"ds_shards": ("mclm", "itm", "rxvtcl_ds"), "dw_shards": ("rxvtcl_dw",), "dt_shards": ("xtcl",)}
-    for key, tasks in needs.items():
-        on = [n for n in tasks if getattr(o, n).enabled]
-        if on and getattr(d, key) is None and not getattr(d, key.replace("_shards", "_sources")) and t.total_steps > 0:
-            raise ConfigError(f"data.{key}", f"required by the enabled task(s) {', '.join(on)}")
+    enabled = o.enabled()
+    if not enabled:
+        raise ConfigError("objectives", "every objective is switched off; enable at least one")
+    needs: dict[str, list[str]] = {}
+    for name in enabled:
+        needs.setdefault(STREAMS.get(OBJECTIVES.get(name).stream).corpus, []).append(name)
+    for corpus, on in needs.items():
+        if not d.has_data(corpus) and t.total_steps > 0:
+            raise ConfigError(f"data.{corpus}_shards", f"required by the enabled objective(s) {', '.join(on)}")
 
 
 def save_config(cfg: RC3Config, path: str | os.PathLike) -> Path:

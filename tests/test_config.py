@@ -66,7 +66,7 @@ def test_batch_identity_with_world_size():
 
 
 def test_missing_shards_for_enabled_task():
-    with pytest.raises(ConfigError, match="data.dt_shards: required by the enabled task"):
+    with pytest.raises(ConfigError, match="data.dt_shards: required by the enabled objective"):
         load_config(None, SHARDS[:2])
     cfg = load_config(None, SHARDS[:2] + ["objectives.xtcl.enabled=false"])
     assert not cfg.objectives.xtcl.enabled

@@ -404,7 +404,7 @@ def test_multitask_steps_share_ds_batches_roll_epochs_and_resume(tmp_path, capti
     resumed.load_state_dict(state)
     assert keys(itertools.islice(resumed, 3)) == keys(more)
     resumed.close()
-    with pytest.raises(ValueError, match="unknown task"):
+    with pytest.raises(ValueError, match="unknown objective"):
         MultiTaskLoader({"mlm": resumed.groups[0][0]})
     with pytest.raises(ValueError, match="needs a 'dt' loader"):
         MultiTaskLoader({"xtcl": resumed.groups[0][0]})

@@ -28,7 +28,8 @@ from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.provenance import git_commit
 from rc3.synthetic.tiny import random_task_batches
-from rc3.pretrain.loop import TaskStreams, build_optimizer, optimizer_offloaded, resolve_ds_config, to_device
+from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, resolve_ds_config, to_device
+from rc3.pretrain.streams import TaskStreams
 
 
 def main() -> None:

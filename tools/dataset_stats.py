@@ -25,7 +25,8 @@ except ImportError:
 from braceexpand import braceexpand
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from rc3.data.schemas import DsSample, DtSample, DwSample, SampleError, decode, decode_ds
+from rc3.data.corpora import detect
+from rc3.data.schemas import SampleError
 
 # Display order of the pair table: the pretraining languages first.
 _LANG_ORDER = ("en", "cs", "de", "fr", "id", "ja", "zh")
@@ -60,20 +61,14 @@ def collect(shards: list[Path], verify_images: bool = True) -> dict[str, Any]:
         try:
             for raw in _samples(path):
                 try:
-                    if not verify_images and "captions.json" in raw:
-                        sample = decode_ds(raw, with_image=False)
-                    else:
-                        sample = decode(raw)
+                    corpus = detect(raw)
+                    # without image checks, an optional image is left alone (a required one is still decoded)
+                    sample = corpus.inspect(raw) if verify_images else corpus.decode(raw, False, None)
                 except SampleError as exc:
                     broken_samples[f"{exc.field}: {exc.reason.split(' (')[0]}"] += 1
                     continue
-                if isinstance(sample, DtSample):
-                    samples["dt"] += 1
-                    present = [sample.src_lang, sample.tgt_lang]
-                else:
-                    samples["ds" if isinstance(sample, DsSample) else "dw"] += 1
-                    assert isinstance(sample, (DsSample, DwSample))
-                    present = list(sample.captions if isinstance(sample, DsSample) else sample.texts)
+                samples[corpus.name] += 1
+                present = corpus.languages(sample)
                 langs.update(present)
                 for a, b in itertools.combinations(sorted(set(present)), 2):
                     pairs[(a, b)] += 1

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rc3.data import schemas
-from rc3.data.images import ImageDecodeError, load_image
+from rc3.data.corpora import CORPORA
 
 log = logging.getLogger("rc3.data")
 
@@ -211,34 +211,10 @@ def skip_reason(field: str, problem: str, data: bytes | None) -> str:
 
 
 def decode_sample(corpus: str, raw: dict, needs_image: bool, draft_size: int | None) -> Any:
-    """Decode one raw sample with the corpus schema; raises schemas.SampleError."""
-    key = raw["__key__"]
+    """Decode one raw sample with the corpus's decoder (rc3.data.corpora); raises schemas.SampleError."""
     if "__duplicate__" in raw:
-        raise schemas.SampleError(raw["__duplicate__"], "duplicate", key)
-    if corpus == "dt":
-        return schemas.decode_dt(raw)
-    if corpus == "ds":
-        sample = schemas.decode_ds(raw, with_image=False)
-        if needs_image:
-            sample.image = _image(raw, draft_size)
-        return sample
-    texts = schemas.decode_texts(raw, "texts.json", 2)
-    return schemas.DwSample(key=key, image=_image(raw, draft_size), texts=texts)
-
-
-def _image(raw: dict, draft_size: int | None) -> Any:
-    if raw.get("jpg") is None:
-        raise schemas.SampleError("jpg", "missing", raw["__key__"])
-    try:
-        return load_image(raw["jpg"], draft_size)
-    except ImageDecodeError as exc:
-        raise schemas.SampleError("jpg", str(exc), raw["__key__"]) from exc
-
-
-def _texts(corpus: str, sample: Any) -> Iterable[str]:
-    if corpus == "dt":
-        return (sample.src, sample.tgt)
-    return (sample.captions if corpus == "ds" else sample.texts).values()
+        raise schemas.SampleError(raw["__duplicate__"], "duplicate", raw["__key__"])
+    return CORPORA.get(corpus).decode(raw, needs_image, draft_size)
 
 
 def check_samples(items: Iterable[Any], corpus: str, collate_fn: Any, needs_image: bool, draft_size: int | None,
@@ -259,7 +235,7 @@ def check_samples(items: Iterable[Any], corpus: str, collate_fn: Any, needs_imag
             tracker.skip(reason, raw["__url__"], raw["__key__"], str(err))
             continue
         try:
-            for text in _texts(corpus, sample):
+            for text in CORPORA.get(corpus).texts(sample):
                 text.encode("utf-8")  # JSON escapes can smuggle in lone surrogates
             reason = reject(sample) if reject is not None else None
         except UnicodeEncodeError:

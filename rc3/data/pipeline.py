@@ -72,12 +72,10 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rc3.data import schemas
+from rc3.data.corpora import CORPORA
 from rc3.data.faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
 from rc3.data.shard_source import ShardOpener, abort, expand_shards, is_remote, stream_for_tar, transport_failure
 
-CORPORA = ("ds", "dw", "dt")
-_FIELDS = {"ds": frozenset(schemas.DS_FIELDS + ("nroi.txt",)), "dw": frozenset(schemas.DW_FIELDS),
-           "dt": frozenset(schemas.DT_FIELDS)}
 _MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # webdataset's rule: key = name up to the first '.'
 _END_OF_PASS = "__end_of_pass__"  # marker flowing through stages 1-4
 _SKIPS_ONLY = "__skips_only__"  # a final item holding only skip counts (stream end)
@@ -392,8 +390,10 @@ class _WorkerStream(IterableDataset):
     def pipeline(self, worker: int, nworkers: int, done_batches: int) -> wds.DataPipeline:
         c, epoch = self.cfg, self.epoch
         skip = done_batches * c.batch_size
-        needs_image = bool(getattr(c.collate_fn, "needs_image", c.corpus == "dw"))
-        fields = _FIELDS[c.corpus] | ({"jpg"} if needs_image else set())
+        corpus = CORPORA.get(c.corpus)
+        needs_image = bool(getattr(c.collate_fn, "needs_image", corpus.needs_image))
+        # the image bytes are read only when collation decodes them
+        fields = (corpus.members - {"jpg"}) | set(corpus.fields) | ({"jpg"} if needs_image else set())
         check = functools.partial(check_samples, corpus=c.corpus, collate_fn=c.collate_fn, needs_image=needs_image,
                                   draft_size=getattr(c.collate_fn, "image_size", None))
         if len(c.sources) == 1 and not c.resampled:
@@ -603,7 +603,7 @@ def make_pipeline(corpus: str, shards: str | Sequence[str] | Sequence[Source], b
     all shards of a source with its own seed.
     """
     if corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {corpus!r}; expected one of {CORPORA}")
+        raise ValueError(f"unknown corpus {corpus!r}; expected one of {CORPORA.names()}")
     own = getattr(collate_fn, "corpus", corpus)
     if own != corpus:
         raise ValueError(f"{type(collate_fn).__name__} collates {own!r} samples, not {corpus!r}")

@@ -254,24 +254,17 @@ def decode_dt(sample: dict[str, Any]) -> DtSample:
 
 
 def detect_schema(sample: dict[str, Any]) -> str:
-    """'ds', 'dw' or 'dt' from the fields present; SampleError when none matches."""
-    if "pair.json" in sample:
-        return "dt"
-    if "texts.json" in sample:
-        return "dw"
-    if "captions.json" in sample or "roi.npy" in sample:
-        return "ds"
-    fields = sorted(k for k in sample if not k.startswith("__"))
-    raise SampleError("__key__", f"fields {fields} match no schema (ds/dw/dt)", sample.get("__key__"))
+    """The name of the corpus (rc3.data.corpora) whose marker member the sample holds; SampleError when none."""
+    from rc3.data.corpora import detect  # the corpus records import this module
+
+    return detect(sample).name
 
 
-def decode(sample: dict[str, Any], schema: str | None = None) -> DsSample | DwSample | DtSample:
-    """Decode a raw sample with the named schema ('ds', 'dw', 'dt'), or the detected one."""
+def decode(sample: dict[str, Any], schema: str | None = None) -> Any:
+    """Decode a raw sample with every member verified (images too), by the named corpus or the detected one."""
+    from rc3.data.corpora import CORPORA
+
     kind = schema or detect_schema(sample)
-    if kind == "ds":
-        return decode_ds(sample)
-    if kind == "dw":
-        return decode_dw(sample)
-    if kind == "dt":
-        return decode_dt(sample)
-    raise ValueError(f"unknown schema {schema!r}; expected 'ds', 'dw' or 'dt'")
+    if kind not in CORPORA:
+        raise ValueError(f"unknown schema {schema!r}; expected one of {', '.join(CORPORA.names())}")
+    return CORPORA.get(kind).inspect(sample)

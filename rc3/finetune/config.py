@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
-from rc3.config import ConfigError, _from_dict, _set_dotted, merge_dicts, parse_override, read_config_yaml, to_dict
+from rc3.config import ConfigError, apply_overrides, from_dict, merge_dicts, read_config_yaml, to_dict
 from rc3.tokenization import LANG_CODES
 
 TASKS: tuple[str, ...] = ("xvnli", "xgqa", "marvl", "itr", "mmt")
@@ -175,14 +175,11 @@ def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = 
     given = yaml.safe_load(yaml.safe_dump(data or {}))
     if given.get("task", task) != task:
         raise ConfigError("task", f"this config is for {given['task']!r} but the recipe is {task!r}")
-    merged = merge_dicts(task_defaults(task), given)
-    for item in overrides:
-        key, value = parse_override(item)
-        _set_dotted(merged, key, value)
+    merged = apply_overrides(merge_dicts(task_defaults(task), given), overrides)
     itr = merged.get("itr")
     if isinstance(itr, dict) and isinstance(itr.get("k"), int) and not isinstance(itr.get("k"), bool):
         itr["k"] = str(itr["k"])  # k is an int or "all"; kept as text so both fit one typed field
-    cfg = _from_dict(CONFIG_CLASSES.get(task, FinetuneConfig), merged)
+    cfg = from_dict(CONFIG_CLASSES.get(task, FinetuneConfig), merged)
     validate_finetune(cfg)
     return cfg
 

@@ -88,10 +88,10 @@ class RC3HFModel(PreTrainedModel):
         super().__init__(config)
         from transformers import MBartConfig, MBartForConditionalGeneration
 
-        from rc3.config import ModelConfig, _from_dict
+        from rc3.config import ModelConfig, from_dict
         from rc3.modeling.model import RC3Model
 
-        cfg = _from_dict(ModelConfig, config.rc3)
+        cfg = from_dict(ModelConfig, config.rc3)
         core = RC3Model(cfg, MBartForConditionalGeneration(MBartConfig(**config.mbart)))
         self.mbart, self.visual, self.itm_head = core.mbart, core.visual, core.itm_head
         # The RC3Model shares these modules; kept out of the module tree so that names stay RC3Model's.

@@ -32,7 +32,7 @@ from transformers import MBartConfig, MBartForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from rc3.modeling import flops
-from rc3.config import ModelConfig, _from_dict
+from rc3.config import ModelConfig, from_dict
 from rc3.modeling.visual import VisualFrontEnd
 
 RC3_CONFIG_FILE = "rc3_config.json"
@@ -120,7 +120,7 @@ class RC3Model(nn.Module):
                                         "tools/convert_mbart50.py to make an RC3 model directory")
             raise FileNotFoundError(f"{path}: no {RC3_CONFIG_FILE}; not an RC3 model directory")
         meta = json.loads(cfg_file.read_text())
-        cfg = _from_dict(ModelConfig, {**meta["model"], **overrides})
+        cfg = from_dict(ModelConfig, {**meta["model"], **overrides})
         mbart_cfg = MBartConfig(**meta["mbart"])
         mbart_cfg._attn_implementation = cfg.attn_implementation
         model = cls(cfg, MBartForConditionalGeneration(mbart_cfg))

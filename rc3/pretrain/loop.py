@@ -21,31 +21,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 import os
 import signal
-import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from rc3 import distributed as comm
-from rc3.pretrain import fault_injection
-from rc3.modeling import flops as flop_count
 from rc3 import rng
-from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
 from rc3.config import ConfigError, RC3Config, save_config
-from rc3.data.collate import DsCollator, DtCollator, DwCollator
-from rc3.pretrain.streams import MultiTaskLoader, StepPrefetcher
-from rc3.data.pipeline import Source, count_samples, make_pipeline, start_forkserver
-from rc3.data.shard_source import ShardOpener, expand_shards, parse_commands
 from rc3.modeling import RC3Model, build_model, load_tokenizer
-from rc3.pretrain.objectives import TASKS, ObjectiveState, compute_losses
+from rc3.modeling import flops as flop_count
+from rc3.pretrain import fault_injection
+from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
+from rc3.pretrain.objectives import ObjectiveState, compute_losses
+from rc3.pretrain.streams import TaskStreams, start_loader_forkserver
 from rc3.run_log import RunLogger, cuda_peak_memory_gib
-from rc3.tokenization import RC3Tokenizer
 
 log = logging.getLogger("rc3.train")
 
@@ -152,168 +146,6 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
         optimizer = kind(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     return optimizer, scheduler
-
-
-def estimate_batches_per_epoch(pattern: str | list[str] | list[Source], batch_size: int, world_size: int,
-                               opener: ShardOpener | None = None) -> int:
-    """Batches per rank per epoch from the shard count and the sample count of the first shard
-    (local or remote: a remote one is streamed once, its member data skipped)."""
-    if isinstance(pattern, list) and pattern and isinstance(pattern[0], Source):
-        # weighted sources: one epoch = as many samples as all sources hold together
-        samples = 0
-        for src in pattern:
-            shards = expand_shards(src.shards)
-            samples += count_samples(shards[0], opener) * len(shards)
-        return max(1, samples // (batch_size * world_size))
-    shards = expand_shards(pattern)
-    return max(1, (count_samples(shards[0], opener) * len(shards)) // (batch_size * world_size))
-
-
-def corpus_shards(cfg: RC3Config, corpus: str) -> str | list[Source] | None:
-    """data.<corpus>_shards, or data.<corpus>_sources as weighted pipeline Sources."""
-    d = cfg.data
-    sources = getattr(d, f"{corpus}_sources")
-    if sources:
-        return [Source(src.name or f"source{i}", src.shards, src.weight) for i, src in enumerate(sources)]
-    return getattr(d, f"{corpus}_shards")
-
-
-def shard_opener(cfg: RC3Config) -> ShardOpener:
-    """How remote shards are opened and retried (data.shard_commands, data.shard_retries, ...)."""
-    d = cfg.data
-    return ShardOpener(commands=parse_commands(d.shard_commands), retries=d.shard_retries,
-                       backoff_s=d.shard_retry_backoff_s)
-
-
-def start_loader_forkserver(cfg: RC3Config, tokenizer: RC3Tokenizer, prefetch_steps: int) -> str | None:
-    """The start method of the loader workers: "forkserver" when a prefetch thread starts them
-    (starting the server now, on the calling thread; later calls do nothing), else None (fork).
-
-    The server preloads the rc3 modules loaded here (pretrain/main.py runs again in each worker and
-    imports them) and the tokenizer's classes (the collators pickle it)."""
-    if prefetch_steps == 0 or cfg.data.num_workers == 0:
-        return None
-    start_forkserver([*sorted(m for m in sys.modules if m == "rc3" or m.startswith("rc3.")),
-                      type(tokenizer.hf).__module__])
-    return "forkserver"
-
-
-class TaskStreams:
-    """The shard loaders of the enabled tasks and, per step, a dict task -> batch.
-
-    MCLM and ITM share one Ds stream (the paper samples both from Ds; MultiTaskLoader hands them
-    the same batch); R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
-    positions and skip counts are saved per rank.
-
-    With `prefetch_steps` > 0 (default: `data.prefetch_steps`) the steps are fetched that many
-    ahead on a background thread (rc3.pretrain.streams.StepPrefetcher), which overlaps fetching,
-    collation and the start of each epoch's loader workers with the step. Those workers then start
-    from a forkserver (see __init__). `state_dict()` and `skipped()` describe the steps handed out by `next_batches()`, not the ones fetched ahead.
-    """
-
-    def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int,
-                 prefetch_steps: int | None = None) -> None:
-        if prefetch_steps is None:
-            prefetch_steps = cfg.data.prefetch_steps
-        if not isinstance(prefetch_steps, int) or prefetch_steps < 0:
-            raise ValueError(f"prefetch_steps must be an integer >= 0, got {prefetch_steps!r}")
-        d, o = cfg.data, cfg.objectives
-        combined = cfg.model.visual_mode == "combined"
-        seed = cfg.train.seed
-        # MCLM's mask exists only where MCLM reads it: the MCLM/ITM stream draws it (ITM encodes the
-        # caption itself, `src_ids`), the R-XVtCL stream does not mask at all.
-        specs = {
-            "ds_mlm": (("mclm", "itm"), "ds", corpus_shards(cfg, "ds"), lambda: DsCollator(
-                tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed, with_pixels=combined, langs=d.langs,
-                image_size=cfg.model.image_size, mclm=o.mclm.enabled, mlm_count=o.mlm_count,
-                mlm_replace=o.mlm_replace)),
-            "ds_rx": (("rxvtcl_ds",), "ds", corpus_shards(cfg, "ds"), lambda: DsCollator(
-                tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, seed + 1, with_pixels=combined,
-                langs=d.langs, image_size=cfg.model.image_size, mclm=False)),
-            "dw": (("rxvtcl_dw",), "dw", corpus_shards(cfg, "dw"), lambda: DwCollator(
-                tokenizer, d.max_text_len, cfg.model.image_size, seed, langs=d.langs)),
-            "dt": (("xtcl",), "dt", corpus_shards(cfg, "dt"), lambda: DtCollator(
-                tokenizer, d.max_text_len, d.langs, seed)),
-        }
-        # The prefetch thread starts each epoch's loader workers. Forking them from that helper thread
-        # while the training thread holds locks (logging, allocator, collectives) can leave a worker
-        # deadlocked (a run hung on it with short epochs), so with the thread they start from a
-        # forkserver, which is started here, on the main thread, before the thread exists.
-        self.prefetch_steps = prefetch_steps
-        start_method = start_loader_forkserver(cfg, tokenizer, prefetch_steps)
-        opener = shard_opener(cfg)
-        self.loaders: dict[str, Any] = {}
-        by_task: dict[str, Any] = {}
-        for stream, (tasks, corpus, shards, make_collate) in specs.items():
-            on = [t for t in tasks if getattr(o, t).enabled]
-            if not on:
-                continue
-            batch = max(cfg.task_batch_size(t) for t in on)
-            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener)
-            loader = make_pipeline(
-                corpus, shards, batch, make_collate(), seed=seed + zlib.crc32(stream.encode()), rank=rank,
-                world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
-                batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available(),
-                start_method=start_method, opener=opener, resampled=d.resampled)
-            self.loaders[stream] = loader
-            by_task.update({t: loader for t in on})
-        self.multi = MultiTaskLoader(by_task)
-        self._it: Iterator[dict[str, dict]] | None = None
-        self._prefetcher: StepPrefetcher | None = None
-
-    def next_batches(self) -> dict[str, dict]:
-        if self.prefetch_steps > 0:
-            if self._prefetcher is None:
-                # ShardLoaders start epochs with their own generator, so the thread leaves the global RNG alone
-                self._prefetcher = StepPrefetcher(self.multi, self._live_state, self._live_state(), self.prefetch_steps)
-            return self._prefetcher.get()
-        # Fetching is kept neutral to the global RNG (as ShardLoader's own generator already ensures;
-        # kept for loaders that draw from it).
-        with torch.random.fork_rng(devices=[]):
-            if self._it is None:
-                self._it = iter(self.multi)
-            return next(self._it)
-
-    def _stop_prefetch(self) -> None:
-        if self._prefetcher is not None:
-            stopped = self._prefetcher.close()
-            self._prefetcher = None
-            if not stopped:  # its loaders' epochs are still running on that thread: not ours to close
-                self.multi.abandon()
-
-    def close(self) -> None:
-        """Stop every loader's workers. They ignore SIGTERM (rc3.data.pipeline), so any worker that did
-        not leave through the loader's own shutdown is killed here; else interpreter exit would wait on it."""
-        self._stop_prefetch()
-        self.multi.close()
-        self._it = None
-        for child in multiprocessing.active_children():
-            child.kill()
-            child.join(timeout=5)
-
-    def samples_per_step(self) -> int:
-        return sum(loader.cfg.batch_size for loader in self.loaders.values())
-
-    def skipped(self) -> int:
-        return sum(n for counts in self.state_dict()["skips"].values() for n in counts.values())
-
-    def _live_state(self) -> dict[str, Any]:
-        return {"positions": self.multi.state_dict(),
-                "skips": {s: loader.skips.as_dict() for s, loader in self.loaders.items()}}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._prefetcher.state if self._prefetcher is not None else self._live_state()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._stop_prefetch()
-        try:
-            self.multi.load_state_dict(state["positions"])
-        except (KeyError, ValueError) as err:
-            raise CheckpointError(f"the checkpoint's data positions do not fit the enabled tasks: {err}") from None
-        for stream, counts in state.get("skips", {}).items():
-            if stream in self.loaders:
-                self.loaders[stream].skips.update(counts)
-        self._it = None
 
 
 def to_device(batches: Mapping[str, Mapping[str, Any]], device: torch.device) -> dict[str, dict[str, Any]]:
@@ -478,4 +310,4 @@ def tokenizer_dir(cfg: RC3Config) -> str:
     return cfg.model.tokenizer or cfg.model.init_from  # type: ignore[return-value]
 
 
-__all__ = ["train", "resolve_ds_config", "build_optimizer", "optimizer_offloaded", "lr_lambda", "TaskStreams", "TASKS", "RC3Model"]
+__all__ = ["train", "resolve_ds_config", "build_optimizer", "optimizer_offloaded", "lr_lambda", "TaskStreams", "RC3Model"]

@@ -18,6 +18,9 @@ positive and are reused. With K other triplets that is at most (2 + 4K) B sequen
 
 p_avg (Eq. 6) is kept per objective group by `ObjectiveState`; the training loop feeds it each step's
 loss averaged over ranks, so every rank interpolates identically.
+
+The four objectives register themselves at the end of this module (rc3.pretrain.registry): their
+config sections, streams, loss order and p_avg groups are read from those records.
 """
 from __future__ import annotations
 
@@ -29,10 +32,10 @@ import torch
 from torch import Tensor
 
 from rc3.pretrain import losses
-from rc3.config import ObjectivesConfig
+from rc3.config import ConfigError, ObjectivesConfig
 from rc3.modeling import RC3Model
+from rc3.pretrain.registry import OBJECTIVES, Objective, ObjectiveContext, ObjectiveResult
 
-TASKS = ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw")
 VISUAL_KEYS = ("roi", "boxes", "roi_mask", "pixels")
 
 
@@ -40,9 +43,9 @@ VISUAL_KEYS = ("roi", "boxes", "roi_mask", "pixels")
 class ObjectiveState:
     """Running p_avg (Eq. 6) of the contrastive objectives (checkpointed with the run).
 
-    Trackers by group: "xtcl", and for R-XVtCL one "rxvtcl" shared by Ds and Dw
-    (`objectives.p_avg_scope=shared`, fed the mean of their two losses) or "rxvtcl_ds" and
-    "rxvtcl_dw" (`per_corpus`)."""
+    One tracker per p_avg group of the registered contrastive objectives (`objectives.p_avg_scope=shared`:
+    "xtcl", and "rxvtcl" shared by Ds and Dw, fed the mean of their two losses) or one per contrastive
+    objective (`per_corpus`: "xtcl", "rxvtcl_ds", "rxvtcl_dw")."""
 
     trackers: dict[str, losses.PositiveProbabilityTracker]
 
@@ -50,12 +53,13 @@ class ObjectiveState:
     def create(cls, window: int = 100, p_avg_scope: str = "shared") -> "ObjectiveState":
         if p_avg_scope not in ("shared", "per_corpus"):
             raise ValueError(f"p_avg_scope must be 'shared' or 'per_corpus', got {p_avg_scope!r}")
-        names = ("xtcl", "rxvtcl") if p_avg_scope == "shared" else ("xtcl", "rxvtcl_ds", "rxvtcl_dw")
-        return cls({n: losses.PositiveProbabilityTracker(window) for n in names})
+        contrastive = [o for o in OBJECTIVES if o.p_avg_group is not None]
+        names = [o.p_avg_group if p_avg_scope == "shared" else o.name for o in contrastive]
+        return cls({n: losses.PositiveProbabilityTracker(window) for n in dict.fromkeys(names)})  # type: ignore[misc]
 
     def group(self, task: str) -> str:
-        """The tracker that task `task` reads and feeds."""
-        return task if task in self.trackers else "rxvtcl"
+        """The tracker that objective `task` reads and feeds."""
+        return task if task in self.trackers else str(OBJECTIVES.get(task).p_avg_group)
 
     def p_avg(self, task: str) -> float:
         return self.trackers[self.group(task)].value
@@ -285,54 +289,81 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
     return contrastive + cfg.kl_weight * kl, plain, kl.detach()
 
 
-# ---- all tasks -----------------------------------------------------------------------------
+# ---- the registered objectives ---------------------------------------------------------------
+
+def _mclm(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
+    loss, extra = mclm(ctx.model, batch)
+    return ObjectiveResult(loss, extras=extra)
+
+
+def _itm(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
+    loss, extra = itm(ctx.model, batch, ctx.generator, ctx.cfg.itm_negatives)
+    return ObjectiveResult(loss, extras=extra)
+
+
+def _xtcl(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
+    loss, plain, negatives = xtcl(ctx.model, batch, ctx.p_avg, ctx.cfg, ctx.gather if ctx.cfg.xtcl_gather else None)
+    return ObjectiveResult(loss, plain, {"xtcl_negatives": negatives})
+
+
+def _rxvtcl_ds(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
+    loss, plain, _ = rxvtcl(ctx.model, batch, ctx.p_avg, ctx.cfg, ds_visual_mode(ctx.model, batch), False, ctx.generator)
+    return ObjectiveResult(loss, plain)
+
+
+def _rxvtcl_dw(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
+    loss, plain, kl = rxvtcl(ctx.model, batch, ctx.p_avg, ctx.cfg, "patch", ctx.cfg.kl, ctx.generator)
+    return ObjectiveResult(loss, plain, {} if kl is None else {"kl": kl})
+
+
+def _other_triplets_fit(name: str) -> Callable[[Any], None]:
+    def check(cfg: Any) -> None:
+        k = cfg.objectives.rxvtcl_other_triplets
+        if cfg.task_batch_size(name) <= k:
+            raise ConfigError("objectives.rxvtcl_other_triplets",
+                              f"K = {k} other triplets need a micro-batch of at least {k + 1} triplets, but {name} "
+                              f"gets {cfg.task_batch_size(name)} (objectives.{name}.batch_size or train.micro_batch_size)")
+    return check
+
+
+# Registration order is the order the losses run in (and the order of their random draws).
+OBJECTIVES.register(Objective("mclm", stream="ds_mlm", loss=_mclm,
+                              description="masked cross-lingual LM + decoder translation on Ds (Eq. 1-2)"))
+OBJECTIVES.register(Objective("itm", stream="ds_mlm", loss=_itm, description="image-text matching on Ds (Eq. 3)"))
+OBJECTIVES.register(Objective("xtcl", stream="dt", loss=_xtcl, p_avg_group="xtcl",
+                              description="cross-lingual text contrastive learning on Dt (Eq. 7-8)"))
+OBJECTIVES.register(Objective("rxvtcl_ds", stream="ds_rx", loss=_rxvtcl_ds, p_avg_group="rxvtcl",
+                              validate=_other_triplets_fit("rxvtcl_ds"),
+                              description="R-XVtCL on Ds with ROI features (Eq. 9)"))
+OBJECTIVES.register(Objective("rxvtcl_dw", stream="dw", loss=_rxvtcl_dw, p_avg_group="rxvtcl",
+                              validate=_other_triplets_fit("rxvtcl_dw"),
+                              description="R-XVtCL on Dw with patches and the KL regulariser (Eq. 9-13)"))
+
+
+# ---- all objectives ----------------------------------------------------------------------------
 
 def compute_losses(model: RC3Model, batches: Mapping[str, Mapping[str, Any]], cfg: ObjectivesConfig,
                    state: ObjectiveState, generator: torch.Generator,
                    gather: Optional[Callable[[Tensor], tuple[Tensor, int]]] = None) -> ObjectiveOutput:
-    """Run every enabled task on its batch and sum the weighted losses.
+    """Run every enabled objective on its batch and sum the weighted losses.
 
-    `batches` maps task -> batch ("mclm" and "itm" may share one Ds batch). `generator` drives the
-    ITM negative choice and random R-XVtCL others (seeded per micro-step by the training loop so
-    resumes are exact).
+    `batches` maps objective -> batch (objectives on one stream, e.g. "mclm" and "itm", may share one).
+    `generator` drives the ITM negative choice and random R-XVtCL others (seeded per micro-step by the
+    training loop so resumes are exact).
     """
     total: Optional[Tensor] = None
     out = ObjectiveOutput(loss=torch.zeros(()))
-
-    def add(name: str, value: Tensor) -> None:
-        nonlocal total
-        weighted = getattr(cfg, name).weight * value
+    for name in cfg.enabled():
+        objective = OBJECTIVES.get(name)
+        p_avg = state.p_avg(name) if objective.p_avg_group is not None else 0.0
+        result = objective.loss(ObjectiveContext(model, cfg, p_avg, generator, gather), batches[name])
+        weighted = cfg.section(name).weight * result.loss
         total = weighted if total is None else total + weighted
-
-    if cfg.mclm.enabled:
-        loss, extra = mclm(model, batches["mclm"])
-        add("mclm", loss)
-        out.parts["mclm"] = loss.detach()
-        out.extras.update(extra)
-    if cfg.itm.enabled:
-        loss, extra = itm(model, batches["itm"], generator, cfg.itm_negatives)
-        add("itm", loss)
-        out.parts["itm"] = loss.detach()
-        out.extras.update(extra)
-    if cfg.xtcl.enabled:
-        loss, plain, negatives = xtcl(model, batches["xtcl"], state.p_avg("xtcl"), cfg,
-                                      gather if cfg.xtcl_gather else None)
-        add("xtcl", loss)
-        out.parts["xtcl"] = loss.detach()
-        out.plain["xtcl"] = plain
-        out.extras["xtcl_negatives"] = negatives
-    for name, with_kl in (("rxvtcl_ds", False), ("rxvtcl_dw", cfg.kl)):
-        if not getattr(cfg, name).enabled:
-            continue
-        batch = batches[name]
-        mode = ds_visual_mode(model, batch) if name == "rxvtcl_ds" else "patch"
-        loss, plain, kl = rxvtcl(model, batch, state.p_avg(name), cfg, mode, with_kl, generator)
-        add(name, loss)
-        out.parts[name] = loss.detach()
-        out.plain[name] = plain
-        if kl is not None:
-            out.extras["kl"] = kl
+        out.parts[name] = result.loss.detach()
+        if result.plain is not None:
+            out.plain[name] = result.plain
+        out.extras.update(result.extras)
     if total is None:
-        raise ValueError("no pretraining task is enabled")
+        raise ValueError("no pretraining objective is enabled")
     out.loss = total
     return out

@@ -1,6 +1,8 @@
-"""Multi-task batches: per training step one dict {task: batch} over the enabled pretraining tasks.
+"""Per training step one dict {objective: batch} over the enabled pretraining objectives.
 
-Tasks and their corpora: mclm, itm, rxvtcl_ds (Ds), xtcl (Dt), rxvtcl_dw (Dw). Tasks given the same
+The streams of pretraining are registered here (rc3.pretrain.registry.STREAMS): "ds_mlm" (Ds with
+the MCLM mask, read by MCLM and ITM), "ds_rx" (Ds as written, R-XVtCL), "dw" and "dt". `TaskStreams`
+builds one shard loader per stream an enabled objective reads. Objectives given the same
 loader object share its batch (MCLM and ITM both use the Ds triplets): that loader is advanced
 once per step and each task receives its own shallow copy of the batch dict (the tensors are
 shared; popping a key for one task does not remove it for the other).
@@ -21,9 +23,38 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from rc3.data.faults import NoUsableData, SkipCounter, log
+import multiprocessing
+import sys
+import zlib
 
-TASK_CORPUS = {"mclm": "ds", "itm": "ds", "rxvtcl_ds": "ds", "xtcl": "dt", "rxvtcl_dw": "dw"}
+import torch
+
+from rc3.config import RC3Config
+from rc3.data.collate import DsCollator
+from rc3.data.corpora import CORPORA
+from rc3.data.faults import NoUsableData, SkipCounter, log
+from rc3.data.pipeline import Source, count_samples, make_pipeline, start_forkserver
+from rc3.data.shard_source import ShardOpener, expand_shards, parse_commands
+from rc3.pretrain.checkpoints import CheckpointError
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, Stream, objective_corpus
+from rc3.tokenization import RC3Tokenizer
+
+
+def _ds_mlm_collator(cfg: RC3Config, tokenizer: RC3Tokenizer, on: list[str]) -> DsCollator:
+    # MCLM's mask exists only where MCLM reads it: this stream draws it when MCLM is on (ITM encodes the
+    # caption itself, `src_ids`); the R-XVtCL stream does not mask at all.
+    d, o = cfg.data, cfg.objectives
+    return DsCollator(tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, cfg.train.seed,
+                      with_pixels=cfg.model.visual_mode == "combined", langs=d.langs,
+                      image_size=cfg.model.image_size, mclm="mclm" in on, mlm_count=o.mlm_count,
+                      mlm_replace=o.mlm_replace)
+
+
+# Registration order is the order loaders are built and fetched in.
+STREAMS.register(Stream("ds_mlm", "ds", collator=_ds_mlm_collator))
+STREAMS.register(Stream("ds_rx", "ds", seed_offset=1))
+STREAMS.register(Stream("dw", "dw"))
+STREAMS.register(Stream("dt", "dt"))
 
 
 class MultiTaskLoader:
@@ -32,14 +63,15 @@ class MultiTaskLoader:
     def __init__(self, loaders: Mapping[str, Any]) -> None:
         if not loaders:
             raise ValueError("MultiTaskLoader needs at least one task")
-        unknown = sorted(set(loaders) - set(TASK_CORPUS))
+        unknown = sorted(set(loaders) - set(OBJECTIVES.names()))
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASK_CORPUS)}")
+            raise ValueError(f"unknown objective(s) {unknown}; registered: {OBJECTIVES.names()}")
         self.groups: list[tuple[Any, list[str]]] = []  # distinct loaders, each with the tasks it feeds
         for task, loader in loaders.items():
-            corpus = getattr(getattr(loader, "cfg", None), "corpus", TASK_CORPUS[task])
-            if corpus != TASK_CORPUS[task]:
-                raise ValueError(f"task {task!r} needs a {TASK_CORPUS[task]!r} loader, got one over {corpus!r}")
+            wanted = objective_corpus(task)
+            corpus = getattr(getattr(loader, "cfg", None), "corpus", wanted)
+            if corpus != wanted:
+                raise ValueError(f"objective {task!r} needs a {wanted!r} loader, got one over {corpus!r}")
             for other, tasks in self.groups:
                 if other is loader:
                     tasks.append(task)
@@ -183,3 +215,153 @@ class StepPrefetcher:
                 log.warning("the step prefetch thread did not stop; its loaders are left to exit with the process")
                 return False
         return True
+
+
+def estimate_batches_per_epoch(pattern: str | list[str] | list[Source], batch_size: int, world_size: int,
+                               opener: ShardOpener | None = None) -> int:
+    """Batches per rank per epoch from the shard count and the sample count of the first shard
+    (local or remote: a remote one is streamed once, its member data skipped)."""
+    if isinstance(pattern, list) and pattern and isinstance(pattern[0], Source):
+        # weighted sources: one epoch = as many samples as all sources hold together
+        samples = 0
+        for src in pattern:
+            shards = expand_shards(src.shards)
+            samples += count_samples(shards[0], opener) * len(shards)
+        return max(1, samples // (batch_size * world_size))
+    shards = expand_shards(pattern)
+    return max(1, (count_samples(shards[0], opener) * len(shards)) // (batch_size * world_size))
+
+
+def corpus_shards(cfg: RC3Config, corpus: str) -> str | list[Source] | None:
+    """data.<corpus>_shards, or data.<corpus>_sources as weighted pipeline Sources."""
+    sources = cfg.data.sources(corpus)
+    if sources:
+        return [Source(src.name or f"source{i}", src.shards, src.weight) for i, src in enumerate(sources)]
+    return cfg.data.shards(corpus)
+
+
+def shard_opener(cfg: RC3Config) -> ShardOpener:
+    """How remote shards are opened and retried (data.shard_commands, data.shard_retries, ...)."""
+    d = cfg.data
+    return ShardOpener(commands=parse_commands(d.shard_commands), retries=d.shard_retries,
+                       backoff_s=d.shard_retry_backoff_s)
+
+
+def start_loader_forkserver(cfg: RC3Config, tokenizer: RC3Tokenizer, prefetch_steps: int) -> str | None:
+    """The start method of the loader workers: "forkserver" when a prefetch thread starts them
+    (starting the server now, on the calling thread; later calls do nothing), else None (fork).
+
+    The server preloads the rc3 modules loaded here (pretrain/main.py runs again in each worker and
+    imports them) and the tokenizer's classes (the collators pickle it)."""
+    if prefetch_steps == 0 or cfg.data.num_workers == 0:
+        return None
+    start_forkserver([*sorted(m for m in sys.modules if m == "rc3" or m.startswith("rc3.")),
+                      type(tokenizer.hf).__module__])
+    return "forkserver"
+
+
+class TaskStreams:
+    """The shard loaders of the enabled tasks and, per step, a dict task -> batch.
+
+    One loader per registered stream (STREAMS) that an enabled objective reads: MCLM and ITM share
+    one Ds stream (the paper samples both from Ds; MultiTaskLoader hands them the same batch);
+    R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
+    positions and skip counts are saved per rank.
+
+    With `prefetch_steps` > 0 (default: `data.prefetch_steps`) the steps are fetched that many
+    ahead on a background thread (rc3.pretrain.streams.StepPrefetcher), which overlaps fetching,
+    collation and the start of each epoch's loader workers with the step. Those workers then start
+    from a forkserver (see __init__). `state_dict()` and `skipped()` describe the steps handed out by `next_batches()`, not the ones fetched ahead.
+    """
+
+    def __init__(self, cfg: RC3Config, tokenizer: RC3Tokenizer, rank: int, world_size: int,
+                 prefetch_steps: int | None = None) -> None:
+        if prefetch_steps is None:
+            prefetch_steps = cfg.data.prefetch_steps
+        if not isinstance(prefetch_steps, int) or prefetch_steps < 0:
+            raise ValueError(f"prefetch_steps must be an integer >= 0, got {prefetch_steps!r}")
+        d = cfg.data
+        seed = cfg.train.seed
+        # The prefetch thread starts each epoch's loader workers. Forking them from that helper thread
+        # while the training thread holds locks (logging, allocator, collectives) can leave a worker
+        # deadlocked (a run hung on it with short epochs), so with the thread they start from a
+        # forkserver, which is started here, on the main thread, before the thread exists.
+        self.prefetch_steps = prefetch_steps
+        start_method = start_loader_forkserver(cfg, tokenizer, prefetch_steps)
+        opener = shard_opener(cfg)
+        self.loaders: dict[str, Any] = {}
+        by_task: dict[str, Any] = {}
+        for stream in STREAMS:
+            on = [o.name for o in OBJECTIVES if o.stream == stream.name and cfg.objectives.section(o.name).enabled]
+            if not on:
+                continue
+            corpus = CORPORA.get(stream.corpus)
+            collate = (stream.collator(cfg, tokenizer, on) if stream.collator is not None
+                       else corpus.collator(cfg, tokenizer, seed + stream.seed_offset))
+            shards = corpus_shards(cfg, stream.corpus)
+            batch = max(cfg.task_batch_size(t) for t in on)
+            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener)
+            loader = make_pipeline(
+                stream.corpus, shards, batch, collate, seed=seed + zlib.crc32(stream.name.encode()), rank=rank,
+                world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
+                batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available(),
+                start_method=start_method, opener=opener, resampled=d.resampled)
+            self.loaders[stream.name] = loader
+            by_task.update({t: loader for t in on})
+        self.multi = MultiTaskLoader(by_task)
+        self._it: Iterator[dict[str, dict]] | None = None
+        self._prefetcher: StepPrefetcher | None = None
+
+    def next_batches(self) -> dict[str, dict]:
+        if self.prefetch_steps > 0:
+            if self._prefetcher is None:
+                # ShardLoaders start epochs with their own generator, so the thread leaves the global RNG alone
+                self._prefetcher = StepPrefetcher(self.multi, self._live_state, self._live_state(), self.prefetch_steps)
+            return self._prefetcher.get()
+        # Fetching is kept neutral to the global RNG (as ShardLoader's own generator already ensures;
+        # kept for loaders that draw from it).
+        with torch.random.fork_rng(devices=[]):
+            if self._it is None:
+                self._it = iter(self.multi)
+            return next(self._it)
+
+    def _stop_prefetch(self) -> None:
+        if self._prefetcher is not None:
+            stopped = self._prefetcher.close()
+            self._prefetcher = None
+            if not stopped:  # its loaders' epochs are still running on that thread: not ours to close
+                self.multi.abandon()
+
+    def close(self) -> None:
+        """Stop every loader's workers. They ignore SIGTERM (rc3.data.pipeline), so any worker that did
+        not leave through the loader's own shutdown is killed here; else interpreter exit would wait on it."""
+        self._stop_prefetch()
+        self.multi.close()
+        self._it = None
+        for child in multiprocessing.active_children():
+            child.kill()
+            child.join(timeout=5)
+
+    def samples_per_step(self) -> int:
+        return sum(loader.cfg.batch_size for loader in self.loaders.values())
+
+    def skipped(self) -> int:
+        return sum(n for counts in self.state_dict()["skips"].values() for n in counts.values())
+
+    def _live_state(self) -> dict[str, Any]:
+        return {"positions": self.multi.state_dict(),
+                "skips": {s: loader.skips.as_dict() for s, loader in self.loaders.items()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._prefetcher.state if self._prefetcher is not None else self._live_state()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._stop_prefetch()
+        try:
+            self.multi.load_state_dict(state["positions"])
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"the checkpoint's data positions do not fit the enabled tasks: {err}") from None
+        for stream, counts in state.get("skips", {}).items():
+            if stream in self.loaders:
+                self.loaders[stream].skips.update(counts)
+        self._it = None

@@ -29,7 +29,8 @@ def tiny_model_config(**overrides):
 def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8, seed: int = 0,
                         pad_id: int = 1, bos_id: int = 0, eos_id: int = 2, lang_id: int | None = None,
                         image_size: int = 224, regions: int = 36):
-    """One batch per pretraining task in the collated formats of `rc3.data.collate`, with random content.
+    """One batch per registered pretraining objective (rc3.pretrain.registry), in the collated format of
+    its stream's corpus (`rc3.data.collate`), with random content: objectives on one corpus share a batch.
 
     For unit tests and benchmarks of the objectives without shards; text lengths vary so padding is exercised.
     """
@@ -80,7 +81,11 @@ def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8,
     t_tgt, t_tgt_mask = texts()
     dt = {"src_ids": t_src, "src_mask": t_src_mask, "tgt_ids": t_tgt, "tgt_mask": t_tgt_mask,
           "src_lang": langs[0], "tgt_lang": langs[1], "keys": keys}
-    return {"mclm": ds, "itm": ds, "xtcl": dt, "rxvtcl_ds": ds, "rxvtcl_dw": dw}
+    from rc3.pretrain.registry import OBJECTIVES, load_builtin, objective_corpus
+
+    load_builtin()
+    by_corpus = {"ds": ds, "dw": dw, "dt": dt}
+    return {o.name: by_corpus[objective_corpus(o.name)] for o in OBJECTIVES if objective_corpus(o.name) in by_corpus}
 
 
 def reference_rxvtcl(model, batch, p_avg: float, zeta: float, mode: str):
