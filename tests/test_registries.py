@@ -1,0 +1,161 @@
+"""Registries: a new objective, stream and corpus are each one record, registered here from the test only.
+
+Each toy record is registered inside a `with ... .temporarily(...)` block, and every part of the
+framework that used to keep a list of its own must pick it up: config sections and validation, the
+loss loop and the p_avg trackers (objectives); the shard pipeline, its fault counting, the config's
+shard keys and dataset_stats' schema detection (corpora).
+"""
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from rc3.config import ConfigError, DataConfig, ObjectivesConfig, load_config
+from rc3.data.corpora import CORPORA, Corpus
+from rc3.data.pipeline import make_pipeline
+from rc3.data.schemas import SampleError, decode_json
+from rc3.modeling import RC3Model
+from rc3.pretrain.objectives import ObjectiveState, compute_losses
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, Objective, ObjectiveResult, Stream, TaskConfig
+from rc3.synthetic.tiny import random_task_batches, tiny_model_config
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 300
+PAPER_SHARDS = ["data.ds_shards=ds.tar", "data.dw_shards=dw.tar", "data.dt_shards=dt.tar"]
+
+
+# ---- a toy objective -------------------------------------------------------------------------
+
+@dataclass
+class NormConfig(TaskConfig):
+    target: float = 1.0  # a key of the toy objective's own section
+
+
+def norm_loss(ctx, batch):
+    """Pull the text representation's norm towards `target`: (||TR(x^i)|| - target)^2, averaged."""
+    tr = ctx.model.tr(batch["src_ids"], batch["src_mask"])
+    target = ctx.cfg.section("tr_norm").target
+    return ObjectiveResult((tr.norm(dim=-1) - target).pow(2).mean(), extras={"tr_norm_mean": tr.norm(dim=-1).mean().detach()})
+
+
+TOY = Objective("tr_norm", stream="dt", loss=norm_loss, config=NormConfig, description="toy: TR norm")
+
+
+def test_a_registered_objective_gets_a_config_section_and_a_loss():
+    with pytest.raises(ConfigError, match="objectives.tr_norm: unknown key"):
+        load_config(REPO / "configs/synthetic-tiny.yaml", ["objectives.tr_norm.weight=0.5"])
+    with OBJECTIVES.temporarily(TOY):
+        cfg = load_config(REPO / "configs/synthetic-tiny.yaml",
+                          ["objectives.tr_norm.weight=0.5", "objectives.tr_norm.target=2.0"])
+        assert cfg.objectives.enabled()[-1] == "tr_norm"
+        assert cfg.objectives.tr_norm == NormConfig(weight=0.5, target=2.0)
+        with pytest.raises(ConfigError, match="objectives.tr_norm.target: expected float"):
+            load_config(REPO / "configs/synthetic-tiny.yaml", ["objectives.tr_norm.target=[1]"])
+
+        torch.manual_seed(0)
+        model = RC3Model.from_config(tiny_model_config(), VOCAB).eval()
+        batches = random_task_batches(VOCAB, batch_size=4, seed=3)
+        assert batches["tr_norm"] is batches["xtcl"]  # the harness hands it its stream's corpus batch
+        out = compute_losses(model, batches, cfg.objectives, ObjectiveState.create(), torch.Generator().manual_seed(0))
+        # the reference, written from the formula on the raw batch tensors (not through the record)
+        with torch.no_grad():
+            tr = model.tr(batches["xtcl"]["src_ids"], batches["xtcl"]["src_mask"])
+            ref = ((tr.norm(dim=-1) - 2.0) ** 2).mean()
+        torch.testing.assert_close(out.parts["tr_norm"], ref)
+        assert "tr_norm_mean" in out.extras
+        weights = {n: cfg.objectives.section(n).weight for n in cfg.objectives.enabled()}
+        torch.testing.assert_close(out.loss.detach(), sum(weights[n] * out.parts[n] for n in weights))
+    assert "tr_norm" not in OBJECTIVES and "tr_norm" not in {f for f in vars(ObjectivesConfig())}
+
+
+def test_a_contrastive_objective_gets_its_p_avg_tracker():
+    contrastive = Objective("toy_contrastive", stream="dt", loss=norm_loss, p_avg_group="toy")
+    with OBJECTIVES.temporarily(contrastive):
+        assert set(ObjectiveState.create().trackers) == {"xtcl", "rxvtcl", "toy"}
+        assert set(ObjectiveState.create(p_avg_scope="per_corpus").trackers) == {
+            "xtcl", "rxvtcl_ds", "rxvtcl_dw", "toy_contrastive"}
+    assert set(ObjectiveState.create().trackers) == {"xtcl", "rxvtcl"}
+
+
+def test_an_objective_on_a_new_stream_requires_its_corpus_shards():
+    only_toy = [f"objectives.{n}.enabled=false" for n in ("mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw")]
+    with STREAMS.temporarily(Stream("dw_texts", "dw")), \
+            OBJECTIVES.temporarily(Objective("dw_norm", stream="dw_texts", loss=norm_loss)):
+        with pytest.raises(ConfigError, match=r"data.dw_shards: required by the enabled objective\(s\) dw_norm"):
+            load_config(None, only_toy)
+        cfg = load_config(None, [*only_toy, "data.dw_shards=x-{0..1}.tar"])
+        assert cfg.objectives.enabled() == ["dw_norm"]
+
+
+def test_registry_errors_name_what_is_registered():
+    with pytest.raises(KeyError, match="unknown pretraining objective 'nope'; registered: mclm, itm, xtcl"):
+        OBJECTIVES.get("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        OBJECTIVES.register(OBJECTIVES.get("itm"))
+    with pytest.raises(ValueError, match="must be a Python identifier"):
+        OBJECTIVES.register(Objective("r-xvtcl", stream="dt", loss=norm_loss))
+
+
+# ---- a toy corpus ----------------------------------------------------------------------------
+
+def _decode_qa(raw, needs_image, draft_size):
+    obj = decode_json(raw, "qa.json")
+    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) and obj[k].strip() for k in ("q", "a")):
+        raise SampleError("qa.json", "expected non-empty strings 'q' and 'a'", raw["__key__"])
+    return {"key": raw["__key__"], **obj}
+
+
+class QACollator:
+    corpus = "dq"
+    langs = ("en",)
+    needs_image = False
+    image_size = None
+
+    def reject(self, sample):
+        return None
+
+    def __call__(self, samples, epoch=0):
+        return {"keys": [s["key"] for s in samples], "q": [s["q"] for s in samples]}
+
+
+QA = Corpus(name="dq", description="toy question-answer pairs", fields=("qa.json",), optional=(),
+            markers=("qa.json",), decode=_decode_qa, inspect=lambda raw: _decode_qa(raw, False, None),
+            texts=lambda s: (s["q"], s["a"]), languages=lambda s: ["en"], needs_image=False,
+            collator=lambda cfg, tok, seed: QACollator())
+
+
+def _write_qa_shard(path: Path, n: int, broken: set[int]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for i in range(n):
+            body = b"{not json" if i in broken else json.dumps({"q": f"question {i}?", "a": f"answer {i}"}).encode()
+            info = tarfile.TarInfo(f"{i:06d}.qa.json")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def test_a_registered_corpus_streams_counts_faults_and_gets_config_keys(tmp_path):
+    shard = tmp_path / "dq-000000.tar"
+    _write_qa_shard(shard, 12, broken={5})
+    with pytest.raises(ValueError, match="unknown corpus 'dq'"):
+        make_pipeline("dq", str(shard), 4, QACollator())
+    with CORPORA.temporarily(QA):
+        cfg = load_config(None, [*PAPER_SHARDS, "data.dq_shards=" + str(shard)])
+        assert cfg.data.shards("dq") == str(shard) and DataConfig().dq_sources == []
+        loader = make_pipeline("dq", str(shard), 4, QACollator(), skip_budget=0.5, shuffle_buffer=0, batches_per_epoch=2)
+        keys = sorted(k for batch in loader for k in batch["keys"])
+        assert len(keys) == 8 and "000005" not in keys
+        assert loader.skips.as_dict() == {"bad_json": 1}
+
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("dataset_stats", REPO / "tools/dataset_stats.py")
+        stats = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(stats)
+        report = stats.collect([shard])
+        assert report["samples"] == {"dq": 11} and report["languages"] == {"en": 11}
+        assert report["broken_samples"] == {"qa.json: not valid UTF-8 JSON": 1}
+    with pytest.raises(ConfigError, match="data.dq_shards: unknown key"):
+        load_config(None, [*PAPER_SHARDS, "data.dq_shards=x.tar"])
