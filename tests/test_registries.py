@@ -159,3 +159,32 @@ def test_a_registered_corpus_streams_counts_faults_and_gets_config_keys(tmp_path
         assert report["broken_samples"] == {"qa.json: not valid UTF-8 JSON": 1}
     with pytest.raises(ConfigError, match="data.dq_shards: unknown key"):
         load_config(None, [*PAPER_SHARDS, "data.dq_shards=x.tar"])
+
+
+# ---- a toy downstream task -------------------------------------------------------------------
+
+def test_a_registered_downstream_task_gets_defaults_a_parser_and_a_model_class():
+    from rc3.finetune.cli import build_parser
+    from rc3.finetune.config import finetune_config_from_dict
+    from rc3.finetune.heads import ClassificationModel, task_model_class
+    from rc3.finetune.registry import DOWNSTREAM, DownstreamTask
+
+    def needs_two_langs(cfg):
+        if len(cfg.data.test_langs) < 2:
+            raise ConfigError("data.test_langs", "toy: at least two test languages")
+
+    toy = DownstreamTask("toy_vqa", "Finetune on a toy VQA set.", {"lr": 3e-5, "batch_size": 64, "epochs": 2,
+                         "max_text_len": 24}, "tests.toy:main", "rc3.finetune.heads:ClassificationModel",
+                         validate=needs_two_langs)
+    base = ["data.test=t", "data.train=x", "data.features=[f.h5]"]
+    with pytest.raises(ConfigError, match="'toy_vqa' is not one of xvnli, xgqa, marvl, itr, mmt"):
+        finetune_config_from_dict({}, "toy_vqa", base)
+    with DOWNSTREAM.temporarily(toy):
+        cfg = finetune_config_from_dict({}, "toy_vqa", [*base, "data.test_langs=[en,de]"])
+        assert (cfg.optim.lr, cfg.train.batch_size, cfg.train.epochs, cfg.data.max_text_len) == (3e-5, 64, 2, 24)
+        with pytest.raises(ConfigError, match="toy: at least two test languages"):
+            finetune_config_from_dict({}, "toy_vqa", base)
+        assert build_parser("toy_vqa").description == "Finetune on a toy VQA set."
+        assert task_model_class("toy_vqa") is ClassificationModel
+    with pytest.raises(ValueError, match="unknown task 'toy_vqa'"):
+        task_model_class("toy_vqa")

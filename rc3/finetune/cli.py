@@ -3,19 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-DESCRIPTIONS: dict[str, str] = {
-    "xvnli": "Finetune RC3 on XVNLI (English) and evaluate zero-shot on every test language.",
-    "xgqa": "Finetune RC3 on GQA (English) and evaluate zero-shot on every xGQA test language.",
-    "marvl": "Finetune RC3 on NLVR2 (English, two images per example) and evaluate zero-shot on MaRVL.",
-    "itr": ("Finetune RC3 for image-text retrieval on English captions; evaluate on every xFlickr&CO "
-            "language with FAISS candidates re-ranked by the ITM head."),
-    "mmt": "Finetune RC3 for multimodal machine translation on Multi30K; evaluate with beam search and sacreBLEU.",
-}
-
+from rc3.finetune.registry import DOWNSTREAM
 
 def build_parser(task: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"finetune/{task}.py", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=f"finetune/{task}.py", description=DOWNSTREAM.get(task).description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(f"Example: python finetune/{task}.py --config configs/finetune/{task}.yaml --init MODEL_DIR "
                 f"--set train.max_steps=10\nMulti-process (DDP, bf16 on GPU): accelerate launch finetune/{task}.py ...\n"
                 "Writes OUTPUT_DIR/results.json, results.md, metrics.jsonl, tb/ (TensorBoard), checkpoints/,\n"

@@ -19,20 +19,11 @@ from typing import Any, Literal, Optional, Sequence
 import yaml
 
 from rc3.config import ConfigError, apply_overrides, from_dict, merge_dicts, read_config_yaml, to_dict
+from rc3.finetune.registry import DOWNSTREAM, resolve
 from rc3.tokenization import LANG_CODES
 
-TASKS: tuple[str, ...] = ("xvnli", "xgqa", "marvl", "itr", "mmt")
-
-# Paper, Appendix B, Table 6: learning rate, batch size, epochs, input length (MMT: En-De and En-Fr alike).
-TABLE6: dict[str, dict[str, Any]] = {
-    "xvnli": {"lr": 4e-5, "batch_size": 128, "epochs": 10, "max_text_len": 80},
-    "xgqa": {"lr": 4e-5, "batch_size": 256, "epochs": 5, "max_text_len": 40},
-    "marvl": {"lr": 4e-5, "batch_size": 64, "epochs": 40, "max_text_len": 80},
-    "itr": {"lr": 1e-5, "batch_size": 64, "epochs": 10, "max_text_len": 80},
-    "mmt": {"lr": 5e-6, "batch_size": 256, "epochs": 5, "max_text_len": 50},
-}
-
-
+# The tasks, their Table 6 values (Appendix B: learning rate, batch size, epochs, input length) and config
+# classes come from the downstream task registry.
 @dataclass
 class FTModelConfig:
     visual_mode: Literal["roi", "patch", "combined"] = "roi"
@@ -128,7 +119,7 @@ class MMTConfig:
 
 @dataclass
 class FinetuneConfig:
-    task: Literal["xvnli", "xgqa", "marvl", "itr", "mmt"] = "xvnli"
+    task: str = "xvnli"  # a registered downstream task (rc3.finetune.registry); checked when the config is read
     init: Optional[str] = None  # RC3 model directory (save_pretrained); --init sets it
     output_dir: str = "runs/finetune"
     seed: int = 42
@@ -156,12 +147,9 @@ class MMTFinetuneConfig(FinetuneConfig):
     mmt: MMTConfig = field(default_factory=MMTConfig)
 
 
-CONFIG_CLASSES: dict[str, type] = {"itr": ITRFinetuneConfig, "mmt": MMTFinetuneConfig}
-
-
 def task_defaults(task: str) -> dict[str, Any]:
     """The Table 6 values of `task` as a config mapping."""
-    t = TABLE6[task]
+    t = DOWNSTREAM.get(task).table6
     micro = min(32, t["batch_size"])
     return {"task": task, "output_dir": f"runs/finetune/{task}", "optim": {"lr": t["lr"]},
             "train": {"batch_size": t["batch_size"], "micro_batch_size": micro, "epochs": t["epochs"]},
@@ -170,8 +158,8 @@ def task_defaults(task: str) -> dict[str, Any]:
 
 def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
     """Table 6 defaults <- `data` <- overrides, typed and validated for `task`."""
-    if task not in TASKS:
-        raise ConfigError("task", f"{task!r} is not one of {', '.join(TASKS)}")
+    if task not in DOWNSTREAM:
+        raise ConfigError("task", f"{task!r} is not one of {', '.join(DOWNSTREAM.names())}")
     given = yaml.safe_load(yaml.safe_dump(data or {}))
     if given.get("task", task) != task:
         raise ConfigError("task", f"this config is for {given['task']!r} but the recipe is {task!r}")
@@ -179,7 +167,7 @@ def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = 
     itr = merged.get("itr")
     if isinstance(itr, dict) and isinstance(itr.get("k"), int) and not isinstance(itr.get("k"), bool):
         itr["k"] = str(itr["k"])  # k is an int or "all"; kept as text so both fit one typed field
-    cfg = from_dict(CONFIG_CLASSES.get(task, FinetuneConfig), merged)
+    cfg = from_dict(resolve(DOWNSTREAM.get(task).config_class), merged)
     validate_finetune(cfg)
     return cfg
 
@@ -236,12 +224,13 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     _check_lang("data.train_lang", d.train_lang)
     for i, lang in enumerate(d.test_langs):
         _check_lang(f"data.test_langs[{i}]", lang)
-    if d.test is None and cfg.task != "mmt":
+    record = DOWNSTREAM.get(cfg.task)
+    if d.test is None and record.needs_test_data:
         raise ConfigError("data.test", "required: the folder of the test annotations")
     if d.train is None and t.epochs > 0:
         raise ConfigError("data.train", "required to train (or set train.epochs=0 to evaluate only)")
-    if cfg.task == "xgqa" and d.answer_vocab is None:
-        raise ConfigError("data.answer_vocab", "xGQA classifies over GQA's answer vocabulary (trainval_ans2label.json)")
+    if record.validate is not None:
+        record.validate(cfg)
     mode = cfg.model.visual_mode
     uses_image = not (isinstance(cfg, MMTFinetuneConfig) and not cfg.mmt.use_image)
     if uses_image and mode in ("roi", "combined") and not d.features:

@@ -152,20 +152,13 @@ class DualEncoderHead(nn.Module):
         return self.log_inv_temperature.float().clamp(max=math.log(100.0)).exp()
 
 
-CLASSIFICATION_TASKS = ("xvnli", "xgqa", "marvl")
-
-
 def task_model_class(task: str) -> type[TaskModel]:
-    """The TaskModel subclass of a task name as task_head.json records it."""
-    if task in CLASSIFICATION_TASKS:
-        return ClassificationModel
-    if task == "itr":
-        from rc3.finetune.itr_model import ITRModel
-        return ITRModel
-    if task == "mmt":
-        from rc3.finetune.mmt_model import MMTModel
-        return MMTModel
-    raise ValueError(f"unknown task {task!r} in {HEAD_META}; known: {', '.join((*CLASSIFICATION_TASKS, 'itr', 'mmt'))}")
+    """The TaskModel subclass of a task name as task_head.json records it (rc3.finetune.registry)."""
+    from rc3.finetune.registry import DOWNSTREAM, resolve
+
+    if task not in DOWNSTREAM:
+        raise ValueError(f"unknown task {task!r} in {HEAD_META}; known: {', '.join(DOWNSTREAM.names())}")
+    return resolve(DOWNSTREAM.get(task).model_class)
 
 
 def read_head_meta(directory: str | Path) -> dict[str, Any]:
