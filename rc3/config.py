@@ -35,39 +35,6 @@ class ConfigError(ValueError):
         super().__init__(f"config error: {key}: {message}")
 
 
-@dataclass
-class ModelConfig:
-    """The RC3 encoder-decoder (paper Sec. 2.2, 3.2). Defaults are the paper's sizes (mBART-50 large)."""
-
-    init_from: Optional[str] = None  # local mBART-50 or RC3 model directory; None = random init from the sizes below
-    tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model (+ id_map.json); default: init_from
-    vit_weights: Optional[str] = None  # local timm ViT-B/32 checkpoint whose patch embedding initialises the patch FC
-    # the timm name of those weights: their pixel mean / std come from its pretrained config (timm's own table)
-    vit_name: str = "vit_base_patch32_224.augreg_in21k_ft_in1k"
-    # pixel normalisation of the patch front end; None = ImageNet's, or vit_name's when vit_weights is set.
-    # Resolved when the model is built and saved with it, so a finetuned model normalises as it was trained.
-    pixel_mean: Optional[list[float]] = None
-    pixel_std: Optional[list[float]] = None
-    vocab_size: Optional[int] = None  # None: taken from the tokenizer
-    d_model: int = 1024
-    encoder_layers: int = 12
-    decoder_layers: int = 12
-    attention_heads: int = 16
-    ffn_dim: int = 4096
-    max_position_embeddings: int = 1024
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    visual_mode: Literal["roi", "patch", "combined"] = "roi"
-    roi_dim: int = 2048
-    num_regions: int = 36
-    image_size: int = 224
-    patch_size: int = 32
-    patch_dim: int = 768
-    gradient_checkpointing: bool = False
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-
-
-
 class RegistrySection:
     """A config section part of whose keys come from a registry: `objectives.<name>` for every registered
     objective, `data.<corpus>_shards` / `data.<corpus>_sources` for every registered corpus.
@@ -110,6 +77,53 @@ class RegistrySection:
 
 def _rebuild_section(base: type, values: dict) -> Any:
     return from_dict(base, values)
+
+
+
+@dataclass
+class ModelConfig(RegistrySection):
+    """The RC3 encoder-decoder (paper Sec. 2.2, 3.2). Defaults are the paper's sizes (mBART-50 large)."""
+
+    init_from: Optional[str] = None  # local mBART-50 or RC3 model directory; None = random init from the sizes below
+    tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model (+ id_map.json); default: init_from
+    vit_weights: Optional[str] = None  # local timm ViT-B/32 checkpoint whose patch embedding initialises the patch FC
+    # the timm name of those weights: their pixel mean / std come from its pretrained config (timm's own table)
+    vit_name: str = "vit_base_patch32_224.augreg_in21k_ft_in1k"
+    # pixel normalisation of the patch front end; None = ImageNet's, or vit_name's when vit_weights is set.
+    # Resolved when the model is built and saved with it, so a finetuned model normalises as it was trained.
+    pixel_mean: Optional[list[float]] = None
+    pixel_std: Optional[list[float]] = None
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer
+    d_model: int = 1024
+    encoder_layers: int = 12
+    decoder_layers: int = 12
+    attention_heads: int = 16
+    ffn_dim: int = 4096
+    max_position_embeddings: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    visual_mode: str = "roi"  # a registered visual mode (rc3.modeling.visual.VISUAL_MODES): roi, patch, combined
+    roi_dim: int = 2048
+    num_regions: int = 36
+    image_size: int = 224
+    patch_size: int = 32
+    patch_dim: int = 768
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    # model.<name>: the own keys of each registered visual front end that declares them (FrontEnd.config)
+    @classmethod
+    def registry_fields(cls) -> list[tuple[str, Any, Any]]:
+        from rc3.modeling.visual import FRONT_ENDS
+
+        return [(f.name, f.config, field(default_factory=f.config)) for f in FRONT_ENDS if f.config is not None]
+
+    @classmethod
+    def registry_version(cls) -> int:
+        from rc3.modeling.visual import FRONT_ENDS  # the model package imports torch: not at config import
+
+        return FRONT_ENDS.version
+
 
 
 @dataclass
@@ -454,6 +468,10 @@ def validate(cfg: RC3Config) -> None:
     for key, value in (("model.pixel_mean", m.pixel_mean), ("model.pixel_std", m.pixel_std)):
         if value is not None and (len(value) != 3 or (key.endswith("std") and min(value) <= 0)):
             raise ConfigError(key, f"expected 3 per-channel values (std > 0), got {value}")
+    from rc3.modeling.visual import VISUAL_MODES  # the model package imports torch: not at config import
+
+    if m.visual_mode not in VISUAL_MODES:
+        raise ConfigError("model.visual_mode", f"{m.visual_mode!r} is not one of {', '.join(VISUAL_MODES.names())}")
     if m.image_size % m.patch_size:
         raise ConfigError("model.patch_size", f"image_size {m.image_size} is not divisible by patch_size {m.patch_size}")
     for i, lang in enumerate(d.langs):

@@ -51,6 +51,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rc3.modeling.visual import visual_mode
 from rc3.data.collate import pad_batch
 from rc3.data.features import normalise_boxes
 from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_uint8
@@ -211,7 +212,8 @@ class RC3Inference:
         self.task = task_model.task if task_model is not None else None
         self.batch_size, self.max_text_len, self.progress, self.num_regions = batch_size, max_text_len, progress, num_regions
         self.model_id = model_id
-        self.needs_roi, self.needs_pixels = self.mode in ("roi", "combined"), self.mode in ("patch", "combined")
+        vm = visual_mode(self.mode)
+        self.needs_roi, self.needs_pixels = vm.needs("features"), vm.needs("pixels")
         self.source = None
         if features and self.needs_roi:
             self.source = VisualSource("roi", list(features), None, num_regions, rc3.cfg.image_size)

@@ -188,3 +188,50 @@ def test_a_registered_downstream_task_gets_defaults_a_parser_and_a_model_class()
         assert task_model_class("toy_vqa") is ClassificationModel
     with pytest.raises(ValueError, match="unknown task 'toy_vqa'"):
         task_model_class("toy_vqa")
+
+
+# ---- a toy visual front end --------------------------------------------------------------------
+
+@dataclass
+class GridConfig:
+    cells: int = 4  # the image is averaged over cells x cells blocks
+
+
+class GridTokens(torch.nn.Module):
+    """cells^2 tokens: the mean colour of each block of the image, projected to d_model."""
+
+    def __init__(self, cells: int, d_model: int) -> None:
+        super().__init__()
+        self.cells = cells
+        self.proj = torch.nn.Linear(3, d_model)
+
+    def tokens(self, visual, suffix, dtype):
+        pixels = visual["grid" + suffix].to(dtype)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, self.cells).flatten(2).transpose(1, 2)
+        out = self.proj(pooled)
+        return out, torch.ones(out.shape[:2], dtype=torch.bool)
+
+
+def test_a_registered_front_end_and_mode_build_encode_and_get_config_keys():
+    from rc3.finetune.common import VisualSource
+    from rc3.modeling.visual import FRONT_ENDS, VISUAL_MODES, FrontEnd, VisualMode
+
+    grid = FrontEnd("grid", ("grid",), "pixels", lambda c, d: GridTokens(c.grid.cells, d), config=GridConfig)
+    with pytest.raises(ConfigError, match="model.visual_mode: 'roi_grid' is not one of roi, patch, combined"):
+        load_config(None, [*PAPER_SHARDS, "model.visual_mode=roi_grid"])
+    with FRONT_ENDS.temporarily(grid), VISUAL_MODES.temporarily(VisualMode("roi_grid", ("roi", "grid"))):
+        cfg = load_config(None, [*PAPER_SHARDS, "model.visual_mode=roi_grid", "model.grid.cells=3"])
+        assert cfg.model.grid == GridConfig(cells=3)
+        torch.manual_seed(0)
+        model = RC3Model.from_config(tiny_model_config(visual_mode="roi_grid", grid=GridConfig(cells=3)), VOCAB)
+        g = torch.Generator().manual_seed(0)
+        visual = {"roi": torch.randn(2, 36, 2048, generator=g), "boxes": torch.rand(2, 36, 5, generator=g),
+                  "grid": torch.rand(2, 3, 24, 24, generator=g)}
+        ids = torch.randint(4, 200, (2, 6), generator=g)
+        enc = model.encode(ids, torch.ones(2, 6, dtype=torch.bool), visual)
+        assert enc.text_start == 1 + 36 + 1 + 9  # [CLS] ROIs [SEP] 3x3 grid cells, then the text
+        enc.hidden.sum().backward()
+        assert model.visual.grid.proj.weight.grad.abs().sum() > 0
+        with pytest.raises(ValueError, match="needs an image folder"):
+            VisualSource("roi_grid", features=["x.h5"])
+    assert "grid" not in FRONT_ENDS and not hasattr(tiny_model_config(), "grid")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rc3.modeling.visual import visual_mode
 from rc3.data.features import open_feature_store
 from rc3.data.images import load_image, resize_uint8
 
@@ -79,10 +80,9 @@ class VisualSource:
 
     def __init__(self, mode: str, features: Sequence[str | os.PathLike] = (), images: str | os.PathLike | None = None,
                  num_regions: int = 36, image_size: int = 224) -> None:
-        if mode not in ("roi", "patch", "combined"):
-            raise ValueError(f"visual mode {mode!r} is not one of roi, patch, combined")
+        vm = visual_mode(mode)
         self.mode, self.num_regions, self.image_size = mode, num_regions, image_size
-        self.needs_roi, self.needs_pixels = mode in ("roi", "combined"), mode in ("patch", "combined")
+        self.needs_roi, self.needs_pixels = vm.needs("features"), vm.needs("pixels")
         if self.needs_roi and not features:
             raise ValueError(f"visual mode {mode!r} needs a ROI feature store (data.features)")
         if self.needs_pixels and images is None:

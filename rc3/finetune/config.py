@@ -26,7 +26,7 @@ from rc3.tokenization import LANG_CODES
 # classes come from the downstream task registry.
 @dataclass
 class FTModelConfig:
-    visual_mode: Literal["roi", "patch", "combined"] = "roi"
+    visual_mode: str = "roi"  # a registered visual mode (rc3.modeling.visual.VISUAL_MODES): roi, patch, combined
     tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model; default: the --init directory
     gradient_checkpointing: bool = False
     head_hidden_mult: int = 2  # classifier MLP hidden size = head_hidden_mult x d_model
@@ -233,9 +233,13 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         record.validate(cfg)
     mode = cfg.model.visual_mode
     uses_image = not (isinstance(cfg, MMTFinetuneConfig) and not cfg.mmt.use_image)
-    if uses_image and mode in ("roi", "combined") and not d.features:
+    from rc3.modeling.visual import VISUAL_MODES
+
+    if mode not in VISUAL_MODES:
+        raise ConfigError("model.visual_mode", f"{mode!r} is not one of {', '.join(VISUAL_MODES.names())}")
+    if uses_image and VISUAL_MODES.get(mode).needs("features") and not d.features:
         raise ConfigError("data.features", f"visual mode {mode!r} needs at least one ROI feature store")
-    if uses_image and mode in ("patch", "combined") and d.images is None:
+    if uses_image and VISUAL_MODES.get(mode).needs("pixels") and d.images is None:
         raise ConfigError("data.images", f"visual mode {mode!r} needs the image folder")
     if isinstance(cfg, ITRFinetuneConfig):
         _validate_itr(cfg.itr)

@@ -77,8 +77,7 @@ class RC3Model(nn.Module):
         self.cfg = cfg
         self.mbart = mbart
         d = mbart.config.d_model
-        self.visual = VisualFrontEnd(d, cfg.roi_dim, cfg.image_size, cfg.patch_size, cfg.patch_dim, cfg.pixel_mean,
-                                     cfg.pixel_std)
+        self.visual = VisualFrontEnd(cfg, d)
         self.itm_head = nn.Linear(d, 1)
         if cfg.gradient_checkpointing:
             enable_activation_checkpointing(self.mbart)

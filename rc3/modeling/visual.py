@@ -9,18 +9,57 @@
 
 [CLS], [SEP] and [SEP'] are learned vectors here rather than vocabulary entries: they never appear
 in text, and keeping them out of the vocabulary leaves mBART-50's embedding matrix untouched.
+
+Front ends and visual modes are registered (`FRONT_ENDS`, `VISUAL_MODES`): a front end names the batch
+keys it reads, the data the loaders must supply ("features" or "pixels") and how its module is built
+from the model config; a visual mode is a sequence of front ends joined by [SEP]. A new front end is
+one file registering both (its own config keys go in a `model.<name>` section, see `FrontEnd.config`);
+tests/test_registries.py adds a toy one.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import torch
-from torch import nn
 from timm.layers import PatchEmbed
+from torch import nn
 
 from rc3.modeling import flops
-VISUAL_MODES = ("roi", "patch", "combined")
+from rc3.registry import Registry
+
 CLS, SEP, SEP2 = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    name: str  # the module's attribute on VisualFrontEnd (its parameters are visual.<name>.*)
+    keys: tuple[str, ...]  # batch keys it reads (a second image adds the suffix "2"); the first is required
+    data: Literal["features", "pixels"]  # what loaders must supply: ROI feature stores or images
+    # (ModelConfig, d_model) -> module with .tokens(visual, suffix, dtype) -> (tokens [B, n, d_model], mask [B, n])
+    build: Callable[[Any, int], nn.Module]
+    config: Optional[type] = None  # a dataclass of its own keys, read from model.<name>
+
+
+@dataclass(frozen=True)
+class VisualMode:
+    name: str  # model.visual_mode
+    parts: tuple[str, ...]  # front ends, in order, joined by [SEP]
+
+    def needs(self, data: str) -> bool:
+        """Whether this mode reads `data` ("features" or "pixels")."""
+        return any(FRONT_ENDS.get(p).data == data for p in self.parts)
+
+
+FRONT_ENDS: Registry[FrontEnd] = Registry("visual front end")
+VISUAL_MODES: Registry[VisualMode] = Registry("visual mode")
+
+
+def visual_mode(name: str) -> VisualMode:
+    """The registered visual mode `name`, or a ValueError naming the registered ones."""
+    if name not in VISUAL_MODES:
+        raise ValueError(f"visual mode {name!r} is not one of {', '.join(VISUAL_MODES.names())}")
+    return VISUAL_MODES.get(name)
 
 
 class ROIEmbedding(nn.Module):
@@ -65,41 +104,63 @@ class PatchEmbedding(nn.Module):
         return self.norm(self.proj(self.patch_embed(pixels)))
 
 
-class VisualFrontEnd(nn.Module):
-    """Turns the visual part of a batch into a token sequence and its mask, for any visual mode."""
+class _ROITokens(ROIEmbedding):
+    """The ROI front end on a batch: roi{suffix}, boxes{suffix} and the optional roi_mask{suffix}."""
 
-    def __init__(self, d_model: int, roi_dim: int = 2048, image_size: int = 224, patch_size: int = 32,
-                 patch_dim: int = 768, pixel_mean: Sequence[float] | None = None,
-                 pixel_std: Sequence[float] | None = None) -> None:
+    def tokens(self, visual: Mapping[str, torch.Tensor], suffix: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        roi, boxes = _need(visual, f"roi{suffix}", "roi"), _need(visual, f"boxes{suffix}", "roi")
+        tokens = self(roi.to(dtype), boxes.to(dtype))
+        mask = visual.get(f"roi_mask{suffix}")
+        return tokens, (mask.bool() if mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool,
+                                                                        device=tokens.device))
+
+
+class _PatchTokens(PatchEmbedding):
+    """The patch front end on a batch: pixels{suffix} (uint8, normalised here, or float)."""
+
+    def tokens(self, visual: Mapping[str, torch.Tensor], suffix: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = _need(visual, f"pixels{suffix}", "patch")
+        tokens = self(pixels if pixels.dtype == torch.uint8 else pixels.to(dtype))
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+FRONT_ENDS.register(FrontEnd("roi", ("roi", "boxes", "roi_mask"), "features",
+                             lambda c, d: _ROITokens(c.roi_dim, d)))
+FRONT_ENDS.register(FrontEnd("patch", ("pixels",), "pixels", lambda c, d: _PatchTokens(
+    c.image_size, c.patch_size, c.patch_dim, d, c.pixel_mean or IMAGENET_MEAN, c.pixel_std or IMAGENET_STD)))
+VISUAL_MODES.register(VisualMode("roi", ("roi",)))
+VISUAL_MODES.register(VisualMode("patch", ("patch",)))
+VISUAL_MODES.register(VisualMode("combined", ("roi", "patch")))
+
+
+class VisualFrontEnd(nn.Module):
+    """Turns the visual part of a batch into a token sequence and its mask, for any visual mode.
+
+    Holds one module per registered front end (built from the model config, in registration order)
+    and the learned [CLS], [SEP], [SEP'] vectors."""
+
+    def __init__(self, cfg: Any, d_model: int) -> None:
         super().__init__()
-        self.roi = ROIEmbedding(roi_dim, d_model)
-        self.patch = PatchEmbedding(image_size, patch_size, patch_dim, d_model, pixel_mean or IMAGENET_MEAN,
-                                    pixel_std or IMAGENET_STD)
+        for front in FRONT_ENDS:
+            self.add_module(front.name, front.build(cfg, d_model))
         self.special = nn.Parameter(torch.randn(3, d_model) * 0.02)  # [CLS], [SEP], [SEP']
 
     def special_token(self, which: int, batch: int) -> torch.Tensor:
         return self.special[which].expand(batch, 1, -1)
 
     def image_tokens(self, visual: Mapping[str, torch.Tensor], mode: str, suffix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens [B, n, d] and mask [B, n] of one image (suffix "2" for the second image of a pair)."""
-        if mode not in VISUAL_MODES:
-            raise ValueError(f"visual mode {mode!r} is not one of {', '.join(VISUAL_MODES)}")
-        parts, masks = [], []
-        if mode in ("roi", "combined"):
-            roi, boxes = _need(visual, f"roi{suffix}", mode), _need(visual, f"boxes{suffix}", mode)
-            tokens = self.roi(roi.to(self.special.dtype), boxes.to(self.special.dtype))
-            mask = visual.get(f"roi_mask{suffix}")
+        """Tokens [B, n, d] and mask [B, n] of one image (suffix "2" for the second image of a pair): the
+        mode's front ends in order, joined by [SEP]."""
+        parts: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        for i, name in enumerate(visual_mode(mode).parts):
+            if i:
+                b = parts[0].shape[0]
+                parts.append(self.special_token(SEP, b))
+                masks.append(torch.ones(b, 1, dtype=torch.bool, device=parts[0].device))
+            tokens, mask = getattr(self, name).tokens(visual, suffix, self.special.dtype)
             parts.append(tokens)
-            masks.append(mask.bool() if mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
-        if mode == "combined":
-            b = parts[0].shape[0]
-            parts.append(self.special_token(SEP, b))
-            masks.append(torch.ones(b, 1, dtype=torch.bool, device=parts[0].device))
-        if mode in ("patch", "combined"):
-            pixels = _need(visual, f"pixels{suffix}", mode)
-            tokens = self.patch(pixels if pixels.dtype == torch.uint8 else pixels.to(self.special.dtype))
-            parts.append(tokens)
-            masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+            masks.append(mask)
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
 
     def forward(self, visual: Mapping[str, torch.Tensor], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +177,7 @@ class VisualFrontEnd(nn.Module):
 
 
 def _has_second_image(visual: Mapping[str, torch.Tensor]) -> bool:
-    return any(k in visual and visual[k] is not None for k in ("roi2", "pixels2"))
+    return any(visual.get(f.keys[0] + "2") is not None for f in FRONT_ENDS)
 
 
 def _need(visual: Mapping[str, torch.Tensor], key: str, mode: str) -> torch.Tensor:
