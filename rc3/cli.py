@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from rc3 import atomic
 from rc3.finetune.common import IMAGE_SUFFIXES
 
 
@@ -145,10 +146,7 @@ def write_search_html(path: str | os.PathLike, queries: Sequence[str], hits: Seq
                  " b.dataset.loadedImages = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;"
                  " });</script>")
     parts.append("</body></html>")
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic.write_text(out, "\n".join(parts))
 
 
 def cmd_classify(args: argparse.Namespace) -> None:

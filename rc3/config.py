@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
+from rc3 import atomic
 from rc3.pretrain.registry import OBJECTIVES, STREAMS, TaskConfig, load_builtin
 from rc3.tokenization import LANG_CODES, PRETRAIN_LANGS
 
@@ -519,10 +519,4 @@ def validate(cfg: RC3Config) -> None:
 
 def save_config(cfg: RC3Config, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from rc3 import atomic
+
 # Fields of a metrics line that are not losses (whatever task names a run uses for its losses).
 NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "tokens_per_s", "skipped_samples", "step_time_s",
               "data_wait_share", "mfu", "peak_mem_gib", "elapsed_s", "nonfinite_grad"}
@@ -60,10 +62,8 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 
 def _save(fig: Any, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, out)
+    with atomic.produced_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return out
 
 

@@ -142,11 +142,13 @@ def fake_run(root: Path, tokenizer_dir: Path) -> Path:
 def test_run_directory_errors_name_the_problem(tmp_path: Path, tokenizer_dir: Path, capsys) -> None:
     tool = load_tool()
     run = fake_run(tmp_path / "run", tokenizer_dir)
-    with pytest.raises(tool.CheckpointError, match=r"latest is missing.*--tag.*step_000003"):
+    with pytest.raises(tool.CheckpointError, match=r"no complete checkpoint.*--tag \(found: step_000003\)"):
         tool.convert(run, tmp_path / "out")
-    (run / "checkpoints" / "latest").write_text("step_000009\n")
+    (run / "checkpoints" / "latest").write_text("step_000009\n")  # naming a tag that is not there changes nothing
+    with pytest.raises(tool.CheckpointError, match=r"no complete checkpoint.*\(found: step_000003\)"):
+        tool.convert(run, tmp_path / "out")
     with pytest.raises(tool.CheckpointError, match=r"step_000009 does not exist \(found: step_000003\)"):
-        tool.convert(run, tmp_path / "out")
+        tool.convert(run, tmp_path / "out", tag="step_000009")
     with pytest.raises(tool.CheckpointError, match="incomplete"):
         tool.convert(run, tmp_path / "out", tag=TAG)
     shutil.rmtree(run / "model_card")

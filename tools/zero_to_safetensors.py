@@ -2,7 +2,7 @@ r"""Consolidate a DeepSpeed ZeRO checkpoint of a pretraining run into a plain RC
 
     python tools/zero_to_safetensors.py runs/rc3 models/rc3-step100k [--tag step_100000] [--overwrite]
 
-Reads RUN_DIR/checkpoints/<tag> (default: the tag named in RUN_DIR/checkpoints/latest) written under any
+Reads RUN_DIR/checkpoints/<tag> (default: the newest complete one, as --resume picks it) written under any
 ZeRO stage, rebuilds the architecture from RUN_DIR/model_card (rc3_config.json + tokenizer files), fills
 it with DeepSpeed's consolidated fp32 weights, checks every tensor is there, and writes OUT_DIR
 (rc3_config.json, model.safetensors, tokenizer files), which RC3Model.from_pretrained loads without
@@ -28,6 +28,7 @@ import torch
 
 from rc3.modeling import RC3Model
 from rc3.modeling.model import RC3_CONFIG_FILE
+from rc3.pretrain.checkpoints import CheckpointManager
 
 
 class CheckpointError(ValueError):
@@ -40,13 +41,13 @@ def resolve_tag(run_dir: Path, tag: str | None) -> Path:
     if not ckpt_root.is_dir():
         raise CheckpointError(f"{run_dir}: no checkpoints/ directory; is this a pretraining run directory?")
     if tag is None:
-        latest = ckpt_root / "latest"
-        if not latest.is_file():
-            raise CheckpointError(f"{latest} is missing: no complete checkpoint was recorded; "
-                                  f"name one with --tag (found: {', '.join(available_tags(ckpt_root)) or 'none'})")
-        tag = latest.read_text().strip()
-        if not tag:
-            raise CheckpointError(f"{latest} is empty; name a checkpoint with --tag")
+        # the rule --resume follows: `latest` when it names a complete tag, else the newest complete one
+        manager = CheckpointManager(run_dir)
+        tag = manager.newest_complete()
+        if tag is None:
+            raise CheckpointError(f"{ckpt_root}: no complete checkpoint (no tag holds COMPLETE; incomplete: "
+                                  f"{', '.join(manager.incomplete_tags()) or 'none'}); name one with --tag "
+                                  f"(found: {', '.join(available_tags(ckpt_root)) or 'none'})")
     tag_dir = ckpt_root / tag
     if not tag_dir.is_dir():
         raise CheckpointError(f"checkpoint {tag_dir} does not exist (found: {', '.join(available_tags(ckpt_root)) or 'none'})")
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="pretraining run directory (model_card/ and checkpoints/)")
     ap.add_argument("out_dir", type=Path, help="RC3 model directory to write")
-    ap.add_argument("--tag", default=None, help="checkpoint tag (default: the one named in checkpoints/latest)")
+    ap.add_argument("--tag", default=None, help="checkpoint tag (default: the newest complete one, as --resume picks it)")
     ap.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     args = ap.parse_args(argv)
     if not args.run_dir.is_dir():

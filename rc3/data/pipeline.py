@@ -71,7 +71,6 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rc3.data import schemas
 from rc3.data.corpora import CORPORA
 from rc3.data.faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
 from rc3.data.shard_source import ShardOpener, abort, expand_shards, is_remote, stream_for_tar, transport_failure

@@ -11,13 +11,13 @@ so one `--set data.root=/mnt/iglue` moves a whole recipe to another machine.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
+from rc3 import atomic
 from rc3.config import ConfigError, apply_overrides, from_dict, merge_dicts, read_config_yaml, to_dict
 from rc3.finetune.registry import DOWNSTREAM, resolve
 from rc3.tokenization import LANG_CODES
@@ -280,11 +280,5 @@ def _validate_mmt(c: MMTConfig, d: FTDataConfig) -> None:
 
 def save_finetune_config(cfg: FinetuneConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from rc3 import atomic
 
 MISS = -1  # rank given to a query whose gold item is not among the ranked candidates
 
@@ -122,15 +122,7 @@ def results_markdown(results: Mapping[str, Mapping[str, float]], metrics: Sequen
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_atomic_write = atomic.write_text
 
 
 def write_results(out_dir: Path | str, task: str, results: Mapping[str, Mapping[str, Any]],

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rc3 import atomic
 from rc3.finetune.metrics import itr_scores
 
 RerankFn = Callable[[Tensor, Tensor], Tensor]
@@ -106,12 +107,8 @@ class FaissIndex:
 
         out = Path(path)
         index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        try:
+        with atomic.produced_path(out) as tmp:
             faiss.write_index(index, str(tmp))
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
         return out
 
     @classmethod

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from rc3 import atomic
 from rc3.pretrain import fault_injection
 from rc3.config import ConfigError
 from rc3.modeling import RC3Model
@@ -274,9 +275,8 @@ class FinetuneRun:
 
             best_dir = self.ckpt_dir / "best"
             best_dir.mkdir(parents=True, exist_ok=True)
-            tmp = best_dir / f".model.safetensors.tmp{os.getpid()}"
-            save_model(self.accelerator.unwrap_model(model), str(tmp))
-            os.replace(tmp, best_dir / "model.safetensors")
+            with atomic.produced_path(best_dir / "model.safetensors") as tmp:
+                save_model(self.accelerator.unwrap_model(model), str(tmp))
             _atomic_write_json(best_dir / "best.json", state["best"])
         self.accelerator.wait_for_everyone()
 
@@ -388,10 +388,7 @@ def split_batch(global_batch: int, micro_batch: int, world: int) -> tuple[int, i
     return micro, share // micro
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_atomic_write_text = atomic.write_text
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:

@@ -36,6 +36,7 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from rc3 import atomic
 from rc3.tokenization import SEGMENTATION_FILE
 
 MODEL_TYPE = "rc3"
@@ -141,10 +142,7 @@ def register() -> None:
 
 
 # ---- writing the files ---------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+_atomic_write = atomic.write_text
 
 
 def write_hf_config(rc3_config: dict, directory: str | os.PathLike) -> Path:

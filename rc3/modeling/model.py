@@ -31,6 +31,7 @@ from torch import nn
 from transformers import MBartConfig, MBartForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
+from rc3 import atomic
 from rc3.modeling import flops
 from rc3.config import ModelConfig, from_dict
 from rc3.modeling.visual import VisualFrontEnd
@@ -280,13 +281,7 @@ class RC3Model(nn.Module):
 
 def replace_dir(tmp: Path, out: Path) -> None:
     """Move a finished directory `tmp` to `out`, replacing an existing `out` only once `tmp` is complete."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    atomic.replace(tmp, out)
 
 
 def _tied_aliases(model: RC3Model) -> set[str]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from rc3 import atomic
 from rc3 import distributed as comm
 from rc3 import rng
 from rc3.pretrain import fault_injection
@@ -52,12 +53,7 @@ class Resumed:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, text, fsync=True)
 
 
 class CheckpointManager:
@@ -76,8 +72,10 @@ class CheckpointManager:
     def has_any(self) -> bool:
         return self.dir.is_dir() and any(TAG_RE.match(p.name) for p in self.dir.iterdir())
 
-    def resume_tag(self) -> str:
-        """The tag `--resume` continues from, or a CheckpointError saying why there is none."""
+    def newest_complete(self) -> str | None:
+        """The newest complete tag: the one `latest` names when it is complete, else the newest tag with
+        COMPLETE (a warning says so), else None. The one rule for finding a checkpoint: `--resume` and
+        the conversion tools (tools/zero_to_safetensors.py) both use it."""
         complete = self.complete_tags()
         latest = self.dir / LATEST
         named = latest.read_text().strip() if latest.is_file() else None
@@ -85,8 +83,19 @@ class CheckpointManager:
             return named
         if complete:
             if named:
-                log.warning("%s names %s, which is not complete; resuming from %s instead", latest, named, complete[-1])
+                log.warning("%s names %s, which is not complete; using %s instead", latest, named, complete[-1])
             return complete[-1]
+        return None
+
+    def incomplete_tags(self) -> list[str]:
+        return sorted(p.name for p in self.dir.iterdir() if TAG_RE.match(p.name) and not (p / COMPLETE).is_file()) \
+            if self.dir.is_dir() else []
+
+    def resume_tag(self) -> str:
+        """The tag `--resume` continues from, or a CheckpointError saying why there is none."""
+        tag = self.newest_complete()
+        if tag is not None:
+            return tag
         raise CheckpointError(
             f"--resume: no complete checkpoint in {self.dir}"
             + (f" ({len([p for p in self.dir.iterdir() if TAG_RE.match(p.name)])} incomplete tag(s) ignored)" if self.dir.is_dir() else "")

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from rc3 import atomic
 from rc3.pretrain.fault_injection import maybe_kill_after_images
 from rc3.vision.image_sources import Unit, decode_image, iter_unit
 from rc3.vision.roi_extractor import RegionFeatures, write_regions
@@ -207,9 +208,7 @@ def run_worker(
             _write_chunk(parts, rank, seq, rows, chunk_skipped)
     stats.seconds = time.perf_counter() - start
     marker = parts / f"done-r{rank:05d}-of-{world:05d}.json"
-    tmp = parts / f".{marker.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"fingerprint": run_id, "written": stats.written, "short": stats.short}))
-    os.replace(tmp, marker)
+    atomic.write_json(marker, {"fingerprint": run_id, "written": stats.written, "short": stats.short})
     return stats
 
 
@@ -300,9 +299,7 @@ def merge_parts(out: Path, *, fmt: str = "h5", attrs: dict[str, Any] | None = No
             tmp.unlink(missing_ok=True)
     listing = out.with_name(out.name + ".skipped.tsv")
     lines = [f"{key}\t{why}\n" for key, why in sorted(skipped.items())]
-    tmp_list = listing.with_name(f".{listing.name}.tmp-{os.getpid()}")
-    tmp_list.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp_list, listing)
+    atomic.write_text(listing, "".join(lines))
     if not keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
     return MergeStats(written=len(where), skipped=skipped, duplicates=duplicates)
@@ -331,14 +328,9 @@ def _write_lmdb(path: Path, where: dict[str, tuple[Path, str]]) -> None:
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished output into place; a directory (LMDB) replaces the old one after a rename."""
-    if tmp.is_dir() and out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    else:
-        if out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+    """Move the finished output into place (rc3.atomic.replace); a file replacing an old directory
+    store removes that directory first."""
+    if out.is_dir() and not tmp.is_dir():
+        shutil.rmtree(out)
+    atomic.replace(tmp, out)
 
