@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3 import atomic
 from rc3.pretrain import fault_injection
 from rc3.config import ConfigError
@@ -63,10 +64,7 @@ def parse_cli(task: str, argv: Optional[Sequence[str]] = None) -> tuple[Finetune
 
 
 def _precision(cfg: FinetuneConfig) -> str:
-    want = cfg.train.precision
-    if want == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return "no" if want == "fp32" else "bf16"
+    return "bf16" if use_bf16(cfg.train.precision) else "no"
 
 
 class FinetuneRun:
@@ -176,7 +174,10 @@ class FinetuneRun:
         """Train `model` on `dataset` for train.epochs (or train.max_steps); returns the prepared model,
         holding the weights of the best dev epoch (eval.select=best and a dev set) or of the last step."""
         cfg, acc = self.cfg, self.accelerator
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.head_lr_mult),
+        # heads (outside `rc3.`) train at lr x head_lr_mult
+        groups = param_groups(model.named_parameters(), cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.head_lr_mult,
+                              is_head=lambda name: not name.startswith("rc3."))
+        optimizer = torch.optim.AdamW(groups,
                                       lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         loader = self.loader(dataset, collate, self.micro_batch_size, shuffle=True)
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
@@ -184,7 +185,7 @@ class FinetuneRun:
         total = steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
-        schedule = lr_lambda(cfg.optim.schedule, int(cfg.optim.warmup_ratio * total), total)
+        schedule = lr_factor(cfg.optim.schedule, int(cfg.optim.warmup_ratio * total), total)
         # Stepped per optimizer step by hand (not prepared: Accelerate would step it once per process), and
         # checkpointed in trainer_state.json (a LambdaLR state is a few numbers).
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -397,31 +398,6 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 
 # The paper's number of each task, drawn per language next to results.md (default: the first metric).
 PRIMARY_METRIC = {"itr": "mean_R@1", "mmt": "BLEU"}
-
-
-def param_groups(model: nn.Module, weight_decay: float, lr: float, head_lr_mult: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay for biases, norms and 1-d parameters; heads (outside `rc3.`) at lr x head_lr_mult."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = p.ndim >= 2 and "norm" not in name.lower()
-        head = not name.startswith("rc3.")
-        groups.setdefault((decay, head), []).append(p)
-    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (head_lr_mult if head else 1.0)}
-            for (decay, head), ps in groups.items()]
-
-
-def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warmup to the peak, then linear / cosine decay to 0, or constant."""
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant" or total <= warmup:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-    return f
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Any]) -> None:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -34,6 +33,7 @@ from rc3 import distributed as comm
 from rc3 import rng
 from rc3.config import ConfigError, RC3Config, save_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
+from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.modeling import flops as flop_count
 from rc3.pretrain import fault_injection
 from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
@@ -72,11 +72,7 @@ def resolve_ds_config(cfg: RC3Config, world_size: int, on_gpu: bool) -> tuple[di
                               f"(global {t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accum} "
                               f"x world {world_size}); use \"auto\" in the preset")
         ds[key] = value
-    preset_bf16 = ds.get("bf16", {}).get("enabled", False)
-    if t.precision == "auto":
-        bf16 = bool(preset_bf16) and on_gpu
-    else:
-        bf16 = t.precision == "bf16"
+    bf16 = use_bf16(t.precision, preset_bf16=bool(ds.get("bf16", {}).get("enabled", False)) and on_gpu)
     if bf16 and not on_gpu:
         log.warning("bf16 requested on CPU; DeepSpeed's CPU path runs it, but fp32 is the tested CPU setting")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
@@ -107,19 +103,9 @@ def optimizer_offloaded(ds_config: Mapping[str, Any]) -> bool:
     return str(offload.get("device", "none")).lower() in ("cpu", "nvme")
 
 
-def lr_lambda(cfg: RC3Config):
+def lr_lambda(cfg: RC3Config) -> Callable[[int], float]:
     """Linear warmup to optim.lr, then linear or cosine decay to 0 at train.total_steps (or constant)."""
-    warmup, total, schedule = cfg.optim.warmup_steps, cfg.train.total_steps, cfg.optim.schedule
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return max(0.0, 1.0 - progress) if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+    return lr_factor(cfg.optim.schedule, cfg.optim.warmup_steps, cfg.train.total_steps)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
@@ -131,12 +117,8 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
     optimizer is DeepSpeed's CPU Adam (adamw_mode for AdamW): the step then runs on the CPU where the
     states live, and DeepSpeed refuses any other client optimizer there (zero_force_ds_cpu_optimizer).
     Its C++ kernel is built on first use (minutes, then cached by torch's extension cache)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     o = cfg.optim
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups(model.named_parameters(), o.weight_decay)
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
