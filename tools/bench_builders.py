@@ -1,18 +1,33 @@
-"""Shard builder benchmark: rows/s and peak memory of build_dw and build_ds at growing sizes.
+"""Shard builder benchmark: rows/s, CPU time and peak memory of build_dw and build_ds at growing sizes.
 
     python tools/bench_builders.py --dw-rows 100000,1000000 --ds-images 5000,20000 --workers 1,2
+    python tools/bench_builders.py --dw-rows '' --ds-images 100000,1000000 --workers 1,2 --inputs /data/bench-in
 
-Inputs are generated in a temp dir in the released layouts:
+Inputs are generated in a temp dir (Ds inputs in `--inputs` instead, kept and reused) in the released layouts:
   * Dw: a WIT TSV (the 17 released columns, gzipped) with R rows over R/3 image URLs in 1 to 4 of
     de/en/fr/ja each (so some images have one language and are skipped), and img2dataset output
     (tars of `<key>.jpg` + `<key>.json` with the url; 1 in 20 URLs has no image);
   * Ds: caption TSVs for N images x 6 languages (en, cs, de, fr, ja, zh) and an IGLUE-layout H5
-    store of 36 x 2048 float32 features per image (1 in 50 images has none).
+    store, one group per image id with `features` (36 x 2048 float32), `boxes`, `img_w`, `img_h`
+    (1 in 50 images has none). Only the first `--ds-pool` (1024) groups hold their own random
+    arrays; every other image id is an HDF5 hard link to one of them (make_ds). The builder
+    reads each id as in the release (open the group, read its four datasets), but the store is
+    ~300 MB instead of ~295 GB for 1M images. What this leaves out: those 300 MB stay in the
+    page cache, so the feature reads never wait for the disk; a real 295 GB store does not fit
+    in memory and is read from disk at ~300 KB an image (60 MB/s at 200 images/s).
 Each build runs in a fresh process (`--run`), timed from the call to the builder's return
-(input generation excluded); peak RSS is the builder process's (and what it held after its
-imports, mostly torch, which webdataset imports) and, separately, the largest of its worker
-processes' (ru_maxrss; forked workers count the pages they share with the builder process). rows/s counts input rows: WIT rows for Dw, caption rows
-(images x 6) for Ds. Results go to stdout as one JSON line per run and a Markdown table.
+(input generation excluded). Each shard is written, fsynced and renamed as in any build; then
+the benchmark (ShardTally, patched over the writer's shard-closing step in that process only)
+counts its bytes and its samples from the tar headers, checks the count against the writer's,
+and deletes it (`--keep-shards` keeps them until the run ends), so a 1M-image Ds build (~147 GB
+of shards) needs the disk of one shard; that counting time is included and also reported apart.
+Peak RSS is the builder process's (and what it held after its imports, mostly torch, which
+webdataset imports) and, separately, the largest of its worker processes' (ru_maxrss; forked
+workers count the pages they share with the builder process). CPU s is user + system time of
+the builder process and its workers: on a shared machine it says what the build cost, which
+wall time does not. rows/s counts input rows: WIT rows for Dw, caption rows (images x 6) for
+Ds. load is the 1-minute load average at the start and the end. Results go to stdout as one
+JSON line per run and a Markdown table.
 """
 from __future__ import annotations
 
