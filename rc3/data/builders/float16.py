@@ -7,7 +7,7 @@ torch's CPU cast uses the F16C / NEON conversion instructions. Both round to nea
 even (IEEE 754), so every finite result is the same number with the same bits, and a sample whose
 features are not finite in float16 (NaN, inf, or beyond the float16 range) is skipped before
 anything is written, so NaN payloads, the only bits the two could disagree on, never reach a
-shard. tests/test_builders_float16.py checks the cast against numpy on the rounding edge cases.
+shard. tests/test_builders_fastpath.py checks the cast against numpy on the rounding edge cases.
 
 The cast is done in pieces of CHUNK elements: below torch's grain size (32768) a cast runs in the
 calling thread and never enters OpenMP, which cannot be used safely in a process forked from one
