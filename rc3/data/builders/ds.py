@@ -24,6 +24,7 @@ import numpy as np
 
 from rc3.data.builders.common import (BuildStats, CaptionJoin, caption_format, require_file, safe_key, start_progress,
                                      to_jpeg_bytes)
+from rc3.data.builders.float16 import all_finite_float16, rois_float16
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.features import open_feature_store
 from rc3.data.schemas import BOX_DIM, FEATURE_DIM, NUM_ROIS, encode_ds
@@ -248,8 +249,13 @@ def _ds_item(item: tuple[str, dict[str, str]]) -> tuple:
             jpg = to_jpeg_bytes(data, where)
         except ValueError:
             return ("skip", "bad_image")
-    roi, locs, n = fit_rois(feats, boxes)
-    if not np.isfinite(roi.astype(np.float16)).all() or not np.isfinite(locs).all():
+    # fit_rois for the boxes; the features go straight to float16, cast once (encode_ds stores
+    # float16; rc3.data.builders.float16 says why not numpy's cast)
+    n = min(int(feats.shape[0]), NUM_ROIS)
+    locs = np.zeros((NUM_ROIS, BOX_DIM), dtype=np.float32)
+    locs[:n] = boxes[:n]
+    roi = rois_float16(feats, n)
+    if not all_finite_float16(roi) or not np.isfinite(locs).all():
         return ("skip", "non_finite_features")  # NaN, or beyond float16 range once stored
     note = None
     if feats.shape[0] != NUM_ROIS:  # written, but worth knowing about
