@@ -23,7 +23,7 @@ def full_release() -> Path | None:
     root = Path(value).expanduser()
     missing = [sub for sub in ("multi30k", "iglue") if not (root / sub).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{ENV}={value} has no {' or '.join(missing)}/ folder; point it at the full "
+        raise FileNotFoundError(f"{ENV}={value} has no {' or '.join(m + '/' for m in missing)} folder; point it at the full "
                                 f"release (multi30k/ and iglue/ as published) or unset it to use {EXCERPT}")
     return root
 
