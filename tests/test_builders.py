@@ -233,8 +233,8 @@ def test_build_dt_sources(tmp_path: Path, ds_inputs: dict) -> None:
     assert stats.written == 2 + 7 and len({p.key for p in pairs}) == len(pairs)
 
 
-def test_build_dt_multi30k(tmp_path: Path, shared_data: Path) -> None:
-    raw = shared_data / "multi30k" / "raw"
+def test_build_dt_multi30k(tmp_path: Path, release_data: Path) -> None:
+    raw = release_data / "multi30k" / "raw"
     stats = build_dt([LineAlignedSource(raw / "test_2016_flickr.en.gz", raw / "test_2016_flickr.de.gz", "en", "de")],
                      tmp_path / "dt", shard_size=400, show_progress=False)
     assert stats.written == 1000 and len(stats.shards) == 3
@@ -278,11 +278,11 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
 
 
-def test_cli_smoke(tmp_path: Path, shared_data: Path) -> None:
+def test_cli_smoke(tmp_path: Path, release_data: Path) -> None:
     for tool in ("tools/build_shards.py", "tools/dataset_stats.py"):
         assert run_tool(tool, "--help").returncode == 0
     assert "--wikimatrix" in run_tool("tools/build_shards.py", "dt", "--help").stdout
-    raw = shared_data / "multi30k" / "raw"
+    raw = release_data / "multi30k" / "raw"
     res = run_tool("tools/build_shards.py", "dt", "--parallel", "en", "fr", str(raw / "test_2016_flickr.en.gz"),
                    str(raw / "test_2016_flickr.fr.gz"), "--out", str(tmp_path / "dt"), "--shard-size", "300", "--no-progress")
     assert res.returncode == 0, res.stderr

@@ -62,10 +62,10 @@ def mbart_dir(tmp_path_factory, tokenizer_dir: Path, tokenizer: RC3Tokenizer) ->
 
 
 @pytest.fixture(scope="module")
-def corpora(shared_data: Path, tmp_path_factory) -> dict[str, tuple[str, list[str]]]:
+def corpora(release_data: Path, tmp_path_factory) -> dict[str, tuple[str, list[str]]]:
     """Multi30K lines per language, written in the three accepted namings: suffix, suffix + gz, FILE:lang."""
     out = tmp_path_factory.mktemp("corpora")
-    raw = shared_data / "multi30k" / "raw"
+    raw = release_data / "multi30k" / "raw"
     specs: dict[str, tuple[str, list[str]]] = {}
     for lang, name in (("en", "m30k.en"), ("de", "m30k.de.gz"), ("fr", "french_lines.txt")):
         with gzip.open(raw / f"train.{lang}.gz", "rt", encoding="utf-8") as f:

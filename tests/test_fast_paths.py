@@ -28,15 +28,15 @@ LANGS = ("en", "de", "fr", "cs", "ja", "zh", "id")
 
 
 @pytest.fixture(scope="module")
-def texts(shared_data: Path) -> dict[str, list[str]]:
+def texts(release_data: Path) -> dict[str, list[str]]:
     """Sentences the test tokenizer was not trained on: Multi30K val (en, de, fr, cs), xFlickr&CO
     test captions past the first 400 (ja, zh, id)."""
     out: dict[str, list[str]] = {}
     for lang in ("en", "de", "fr", "cs"):
-        with gzip.open(shared_data / "multi30k" / "raw" / f"val.{lang}.gz", "rt", encoding="utf-8") as f:
+        with gzip.open(release_data / "multi30k" / "raw" / f"val.{lang}.gz", "rt", encoding="utf-8") as f:
             out[lang] = [next(f).rstrip("\n") for _ in range(150)]
     for lang in ("ja", "zh", "id"):
-        with open(shared_data / "iglue" / "xFlickrCO" / "annotations" / lang / "test.jsonl", encoding="utf-8") as f:
+        with open(release_data / "iglue" / "xFlickrCO" / "annotations" / lang / "test.jsonl", encoding="utf-8") as f:
             lines = [json.loads(line)["sentences"][0] for _, line in zip(range(550), f)]
         out[lang] = lines[400:]
     return out

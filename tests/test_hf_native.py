@@ -23,8 +23,8 @@ PER_LANG = 120
 
 
 @pytest.fixture(scope="module")
-def texts(shared_data: Path) -> dict[str, list[str]]:
-    flat = real_texts(shared_data, per_lang=PER_LANG)
+def texts(release_data: Path) -> dict[str, list[str]]:
+    flat = real_texts(release_data, per_lang=PER_LANG)
     return {lang: flat[i * PER_LANG:(i + 1) * PER_LANG] for i, lang in enumerate(LANGS)}
 
 

@@ -28,11 +28,11 @@ PER_SHARD = 6
 
 # ---- shards written by the tests -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def captions(shared_data: Path) -> list[dict[str, str]]:
+def captions(release_data: Path) -> list[dict[str, str]]:
     """Real parallel captions (Multi30K test 2016, en/de/fr/cs), one dict per image."""
     lines = {}
     for lang in ("en", "de", "fr", "cs"):
-        with gzip.open(shared_data / "multi30k" / "raw" / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
+        with gzip.open(release_data / "multi30k" / "raw" / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
             lines[lang] = [next(f).strip() for _ in range(120)]
     return [{lang: lines[lang][i] for lang in lines} for i in range(120)]
 

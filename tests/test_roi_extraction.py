@@ -208,8 +208,6 @@ def test_missing_weights_is_a_clear_error(tmp_path: Path, images: Path, capsys: 
 
 
 def test_output_reads_through_feature_store(extracted: tuple[Path, str]) -> None:
-    if importlib.util.find_spec("rc3.data.features") is None:
-        pytest.skip("rc3.data.features (open_feature_store) is not in this checkout")
     from rc3.data.features import open_feature_store
 
     out, _ = extracted

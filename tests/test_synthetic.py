@@ -101,8 +101,8 @@ def _first(path: Path) -> dict:
         return json.loads(fh.readline())
 
 
-def test_annotation_field_sets_match_real_files(world: Path, shared_data: Path) -> None:
-    real, ours = shared_data / "iglue", world / "downstream"
+def test_annotation_field_sets_match_real_files(world: Path, release_data: Path) -> None:
+    real, ours = release_data / "iglue", world / "downstream"
     for lang in ("en", "ar", "es", "fr", "ru"):
         assert _first(ours / f"XVNLI/annotations/{lang}/test.jsonl").keys() == _first(real / f"XVNLI/annotations/{lang}/test.jsonl").keys()
         for split in ("train", "dev"):
@@ -110,9 +110,10 @@ def test_annotation_field_sets_match_real_files(world: Path, shared_data: Path) 
     for lang in ("de", "en", "es", "id", "ja", "ru", "tr", "zh"):
         recs, real_recs = _jsonl(ours / f"xFlickrCO/annotations/{lang}/test.jsonl"), _jsonl(real / f"xFlickrCO/annotations/{lang}/test.jsonl")
         assert recs[0].keys() == real_recs[0].keys() and all(len(r["sentences"]) == 1 for r in recs)
-        # The release gives Flickr ids as strings and COCO ids as integers; so do we.
-        for r in recs + real_recs[990:1010]:
+        # The release gives Flickr ids as strings and COCO ids as integers (the excerpt keeps both); so do we.
+        for r in recs + real_recs:
             assert isinstance(r["id"], int) == r["img_path"].startswith("COCO_"), r
+        assert {isinstance(r["id"], int) for r in real_recs} == {True, False}
     for name in ("train_ann", "valid_ann", "test_ann"):
         recs = _jsonl(ours / f"flickr30k/annotations/{name}.jsonl")
         assert recs[0].keys() == _first(real / "flickr30k/annotations/test_ann.jsonl").keys()
@@ -137,8 +138,8 @@ def test_annotation_field_sets_match_real_files(world: Path, shared_data: Path) 
     assert [l2a[i] for i in a2l.values()] == list(a2l)
 
 
-def test_multi30k_layout_matches_real(world: Path, shared_data: Path) -> None:
-    real, ours = shared_data / "multi30k", world / "downstream" / "multi30k"
+def test_multi30k_layout_matches_real(world: Path, release_data: Path) -> None:
+    real, ours = release_data / "multi30k", world / "downstream" / "multi30k"
     # The same split x language files as the release (no cs for the 2017 test sets).
     assert {p.name for p in (ours / "raw").iterdir()} == {p.name for p in (real / "raw").iterdir()}
     assert {p.name for p in (ours / "image_splits").iterdir()} == {p.name for p in (real / "image_splits").iterdir()}

@@ -1,5 +1,6 @@
-"""Downstream readers: every released annotation file under shared/data parses to its published size,
-and hand-written files cover the edge cases (unlabeled rows, vocabulary misses, malformed lines)."""
+"""Downstream readers: every released annotation file parses to its size (the published size with
+RC3_DATA set to the full release, the excerpt's size on tests/data), and hand-written files cover the
+edge cases (unlabeled rows, vocabulary misses, malformed lines)."""
 from __future__ import annotations
 
 import gzip
@@ -15,14 +16,33 @@ from rc3.finetune.readers import multi30k
 from rc3.finetune.readers import xflickrco
 from rc3.finetune.readers import xgqa
 from rc3.finetune.readers import xvnli
-XVNLI_LINES = {"test": 1164, "train_48": 168}
-XVNLI_UNLABELED = {"test": 14, "train_48": 5}
-MARVL_SIZES = {"id": 1128, "sw": 1108, "ta": 1242, "tr": 1180, "zh": 1012}
-MULTI30K_SIZES = {"train": 29000, "val": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000,
-                  "test_2017_mscoco": 461}
-# Files under iglue/ that belong to no task read here (WIT retrieval is not one of the paper's tasks).
-NOT_READ_HERE = {"IGLUE-README.md", "LICENSE", "wit/annotations/test_en.jsonl", "wit/annotations/test_id.jsonl",
-                 "wit/annotations/test_ja.jsonl"}
+# "full": the published release (IGLUE paper, Multi30K README), counted in the files themselves.
+# "excerpt": tests/data/release-excerpt.tar.gz (the lines tools/make_test_excerpt.py keeps), counted
+# with grep and json.loads on the unpacked files, not with these readers.
+EXPECTED = {
+    "full": dict(
+        xvnli_lines={"test": 1164, "train_48": 168}, xvnli_unlabeled={"test": 14, "train_48": 5},
+        xvnli_labels={"entailment": 394, "neutral": 381, "contradiction": 375}, xvnli_images=357,
+        xgqa_questions=1422, xgqa_images=50,
+        marvl_sizes={"id": 1128, "sw": 1108, "ta": 1242, "tr": 1180, "zh": 1012}, marvl_zh_labels={0: 508, 1: 504},
+        nlvr2_size=6967, nlvr2_labels={1: 3558, 0: 3409},  # NLVR2 Test-P
+        xflickrco_size=2000, xflickrco_coco=1000, flickr30k_images=1000,
+        multi30k_sizes={"train": 29000, "val": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000,
+                        "test_2017_mscoco": 461},
+        # Files under iglue/ that belong to no task read here (WIT retrieval is not one of the paper's tasks).
+        not_read_here={"IGLUE-README.md", "LICENSE", "wit/annotations/test_en.jsonl",
+                       "wit/annotations/test_id.jsonl", "wit/annotations/test_ja.jsonl"}),
+    "excerpt": dict(
+        xvnli_lines={"test": 200, "train_48": 100}, xvnli_unlabeled={"test": 2, "train_48": 4},
+        xvnli_labels={"entailment": 68, "neutral": 62, "contradiction": 68}, xvnli_images=63,
+        xgqa_questions=86, xgqa_images=3,
+        marvl_sizes={"id": 150, "sw": 150, "ta": 150, "tr": 150, "zh": 150}, marvl_zh_labels={0: 74, 1: 76},
+        nlvr2_size=200, nlvr2_labels={1: 104, 0: 96},
+        xflickrco_size=650, xflickrco_coco=100, flickr30k_images=100,
+        multi30k_sizes={"train": 1500, "val": 300, "test_2016_flickr": 1000, "test_2017_flickr": 200,
+                        "test_2017_mscoco": 200},
+        not_read_here={"LICENSE"}),
+}
 
 
 def _lines(path: Path) -> int:
@@ -31,33 +51,38 @@ def _lines(path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def iglue(shared_data: Path) -> Path:
-    return shared_data / "iglue"
+def iglue(release_data: Path) -> Path:
+    return release_data / "iglue"
 
 
-def test_every_iglue_file_is_covered(iglue: Path) -> None:
+@pytest.fixture(scope="module")
+def want(is_full_release: bool) -> dict:
+    return EXPECTED["full" if is_full_release else "excerpt"]
+
+
+def test_every_iglue_file_is_covered(iglue: Path, want: dict) -> None:
     covered = {p.relative_to(iglue).as_posix() for pattern in (
         "XVNLI/annotations/*/*.jsonl", "xGQA/annotations/*/*/*.json", "gqa/annotations/*.json",
         "marvl/zero_shot/annotations/marvl-*.jsonl", "nlvr2/annotations/*.jsonl",
         "xFlickrCO/annotations/*/*.jsonl", "flickr30k/annotations/*.jsonl") for p in iglue.glob(pattern)}
     every = {p.relative_to(iglue).as_posix() for p in iglue.rglob("*") if p.is_file()}
-    assert every - covered == NOT_READ_HERE
+    assert every - covered == want["not_read_here"]
 
 
-def test_xvnli_real_files(iglue: Path) -> None:
+def test_xvnli_real_files(iglue: Path, want: dict) -> None:
     root = iglue / "XVNLI"
     assert xvnli.xvnli_langs(root, "test") == ["ar", "en", "es", "fr", "ru"]
     for lang in xvnli.LANGS:
         for split in ("test", "train_48"):
             path = xvnli.xvnli_path(root, lang, split)
             ex = xvnli.read_xvnli(path, lang)
-            assert _lines(path) == XVNLI_LINES[split]
-            assert ex.skipped == Counter(unlabeled=XVNLI_UNLABELED[split])
-            assert len(ex) == XVNLI_LINES[split] - XVNLI_UNLABELED[split]
+            assert _lines(path) == want["xvnli_lines"][split]
+            assert ex.skipped == Counter(unlabeled=want["xvnli_unlabeled"][split])
+            assert len(ex) == want["xvnli_lines"][split] - want["xvnli_unlabeled"][split]
             assert all(e.image.isdigit() and e.lang == lang and e.text == e.hypothesis for e in ex)
         test = xvnli.read_xvnli(xvnli.xvnli_path(root, lang, "test"), lang)
-        assert Counter(xvnli.LABELS[e.label] for e in test) == {"entailment": 394, "neutral": 381, "contradiction": 375}
-        assert len({e.image for e in test}) == 357
+        assert Counter(xvnli.LABELS[e.label] for e in test) == want["xvnli_labels"]
+        assert len({e.image for e in test}) == want["xvnli_images"]
     # The translations are line-aligned with English: same pairs, same images, same labels.
     en = xvnli.read_xvnli(xvnli.xvnli_path(root, "en", "test"), "en")
     fr = xvnli.read_xvnli(xvnli.xvnli_path(root, "fr", "test"), "fr")
@@ -65,7 +90,7 @@ def test_xvnli_real_files(iglue: Path) -> None:
     assert en[0].image == "759822302"
 
 
-def test_xgqa_real_files(iglue: Path) -> None:
+def test_xgqa_real_files(iglue: Path, want: dict) -> None:
     vocab = xgqa.load_answer_vocab(iglue / "gqa/annotations/trainval_ans2label.json")
     assert len(vocab) == xgqa.N_ANSWERS == 1842
     assert xgqa.load_answer_vocab(iglue / "gqa/annotations/trainval_label2ans.json") == vocab
@@ -75,8 +100,8 @@ def test_xgqa_real_files(iglue: Path) -> None:
     by_lang = {}
     for lang in xgqa.LANGS:
         ex = xgqa.read_xgqa(xgqa.xgqa_path(root, lang, "dev"), vocab, lang)
-        assert len(ex) == 1422 and ex.n_skipped == 0 and not ex.flagged
-        assert len({e.image for e in ex}) == 50
+        assert len(ex) == want["xgqa_questions"] and ex.n_skipped == 0 and not ex.flagged
+        assert len({e.image for e in ex}) == want["xgqa_images"]
         assert all(0 <= e.label < 1842 and e.answer in vocab for e in ex)
         by_lang[lang] = ex
     # Questions are translated, answers and images are not.
@@ -86,50 +111,51 @@ def test_xgqa_real_files(iglue: Path) -> None:
     assert xgqa.xgqa_accuracy({e.question_id: e.answer for e in by_lang["en"]}, by_lang["en"]) == 100.0
 
 
-def test_marvl_and_nlvr2_real_files(iglue: Path) -> None:
+def test_marvl_and_nlvr2_real_files(iglue: Path, want: dict) -> None:
     root = iglue / "marvl/zero_shot/annotations"
     assert marvl.marvl_langs(root) == sorted(marvl.LANGS)
-    for lang, size in MARVL_SIZES.items():
+    for lang, size in want["marvl_sizes"].items():
         ex = marvl.read_marvl(marvl.marvl_path(root, lang))
         assert len(ex) == size == _lines(marvl.marvl_path(root, lang))
         assert all(e.lang == lang and e.label in (0, 1) for e in ex)
         assert all("." not in e.left_image and "." not in e.right_image for e in ex)
     zh = marvl.read_marvl(marvl.marvl_path(root, "zh"), "zh")
     assert (zh[0].left_image, zh[0].right_image, zh[0].label, zh[0].concept) == ("82-6", "82-1", 0, "82-铅笔")
-    assert Counter(e.label for e in zh) == {0: 508, 1: 504}
+    assert Counter(e.label for e in zh) == want["marvl_zh_labels"]
 
     nlvr2 = marvl.read_nlvr2(iglue / "nlvr2/annotations/test.jsonl")
-    assert len(nlvr2) == 6967  # NLVR2 Test-P
-    assert Counter(e.label for e in nlvr2) == {1: 3558, 0: 3409}
+    assert len(nlvr2) == want["nlvr2_size"]
+    assert Counter(e.label for e in nlvr2) == want["nlvr2_labels"]
     first = nlvr2[0]
     assert (first.id, first.left_image, first.right_image) == ("test1-0-1-0", "test1-0-1-img0", "test1-0-1-img1")
 
 
-def test_xflickrco_real_files(iglue: Path) -> None:
+def test_xflickrco_real_files(iglue: Path, want: dict) -> None:
     root = iglue / "xFlickrCO"
     assert xflickrco.xflickrco_langs(root) == sorted(xflickrco.LANGS)
     images = None
     for lang in xflickrco.LANGS:
         ex = xflickrco.read_retrieval(xflickrco.xflickrco_path(root, lang), lang)
         table = xflickrco.caption_table(ex)
-        assert len(ex) == len(table.images) == len(table.captions) == 2000
-        assert sum(i.startswith("COCO_val2014_") for i in table.images) == 1000
-        assert table.captions_of() == [[j] for j in range(2000)]
+        n = want["xflickrco_size"]
+        assert len(ex) == len(table.images) == len(table.captions) == n
+        assert sum(i.startswith("COCO_val2014_") for i in table.images) == want["xflickrco_coco"]
+        assert table.captions_of() == [[j] for j in range(n)]
         images = images or table.images
-        assert table.images == images  # the same 2,000 images in every language, same order
+        assert table.images == images  # the same images in every language, same order
     en = xflickrco.read_retrieval(xflickrco.xflickrco_path(root, "en"), "en")
     coco = next(e for e in en if e.image.startswith("COCO"))
     assert isinstance(coco.id, str) and coco.image == f"COCO_val2014_{int(coco.id):012d}.jpg"
     # Flickr30k English layout: 5 sentences per image, same reader.
     f30k = xflickrco.read_retrieval(iglue / "flickr30k/annotations/test_ann.jsonl", "en")
     table = xflickrco.caption_table(f30k)
-    assert len(f30k) == 1000 and len(table.captions) == 5000
+    assert len(f30k) == want["flickr30k_images"] and len(table.captions) == 5 * want["flickr30k_images"]
     assert all(len(c) == 5 for c in table.captions_of())
 
 
-def test_multi30k_real_files(shared_data: Path) -> None:
-    root = shared_data / "multi30k"
-    for split, size in MULTI30K_SIZES.items():
+def test_multi30k_real_files(release_data: Path, want: dict) -> None:
+    root = release_data / "multi30k"
+    for split, size in want["multi30k_sizes"].items():
         langs = multi30k.multi30k_langs(root, split)
         assert langs == (["en", "de", "fr", "cs"] if split in ("train", "val", "test_2016_flickr") else ["en", "de", "fr"])
         ex = multi30k.read_multi30k(root, split)

@@ -42,12 +42,13 @@ SIZES = {  # model config overrides; texts, images, index images, queries, k
 }
 
 
-def texts_of(n: int) -> list[str]:
+def texts_of(n: int, work: Path) -> list[str]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import SHARED_DATA, real_texts
+    from conftest import real_texts
+    from release_data import release_dir
 
     per_lang = max(8, n)
-    en = real_texts(SHARED_DATA, per_lang=per_lang)[:per_lang]  # English captions (Multi30K), the first language
+    en = real_texts(release_dir(work / "release"), per_lang=per_lang)[:per_lang]  # English captions (Multi30K), the first language
     return [en[i % len(en)] for i in range(n)]
 
 
@@ -90,7 +91,7 @@ def bench(size: str, tok_dir: Path, work: Path) -> dict:
     model_dir = make_model(size, tok_dir, work / size)
     m = load(model_dir, batch_size=32, progress=False)
     itr = m.task_model
-    texts, images = texts_of(n_text), rois(n_img, 1)
+    texts, images = texts_of(n_text, work), rois(n_img, 1)
     row: dict = {"size": size, "params_M": round(sum(p.numel() for p in itr.parameters()) / 1e6, 1)}
 
     # texts
@@ -117,7 +118,7 @@ def bench(size: str, tok_dir: Path, work: Path) -> dict:
 
     # search: index built outside the timing; queries timed
     index = m.build_index(rois(n_index, 2))
-    queries = texts_of(n_q + 7)[7:]
+    queries = texts_of(n_q + 7, work)[7:]
     t_search, hits = timed(lambda: m.search(index, queries, "en", k=k))
     q_ids = m.encode_texts(queries, "en")
     cand_emb = index.embeddings.numpy()
@@ -169,10 +170,11 @@ def main(argv: list[str] | None = None) -> dict:
         from rc3.synthetic.tiny import train_tiny_spm
 
         sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import SHARED_DATA, real_texts
+        from conftest import real_texts
+        from release_data import release_dir
 
         tok_dir = Path(tmp) / "tokenizer"
-        train_tiny_spm(tok_dir, real_texts(SHARED_DATA), vocab_size=2000)  # the tests' tokenizer
+        train_tiny_spm(tok_dir, real_texts(release_dir(Path(tmp) / "release")), vocab_size=2000)  # the tests' tokenizer
         rows = []
         for size in args.sizes:
             t0 = time.perf_counter()

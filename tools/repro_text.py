@@ -1,7 +1,11 @@
 #!/usr/bin/env python
 """XTCL alone on real parallel text: cross-lingual sentence retrieval and text-only MMT.
 
-    python tools/repro_text.py [--data ../shared/data] [--out runs/repro/text] [--steps 1500] [--mmt-epochs 2]
+    python tools/repro_text.py [--data DIR] [--out runs/repro/text] [--steps 1500] [--mmt-epochs 2]
+
+--data is a folder holding multi30k/ and iglue/ as released; by default $RC3_DATA, else the excerpt
+shipped in tests/data (tests/data/NOTICE: 1,500 Multi30K training lines, 650 xFlickr&CO images), which
+runs the whole protocol on less text: the figures in REPRODUCTION.md come from the full release.
 
 1. Text: Multi30K train (en-de, en-fr, en-cs; 29,000 lines each) and xFlickr&CO (the same 2,000
    images described in de en es id ja ru tr zh): its first 1,500 images (by id) give en-X training
@@ -40,8 +44,9 @@ RETRIEVAL = {"test_2016_flickr": ("de", "fr", "cs"), "test_2017_flickr": ("de", 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
-                    help="folder holding multi30k/ and iglue/ (default: ../shared/data next to the repository)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="folder holding multi30k/ and iglue/ as released (default: $RC3_DATA, else the excerpt "
+                         "in tests/data, unpacked into OUT/release-excerpt)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs/repro/text")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--vocab", type=int, default=8000)
@@ -52,7 +57,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--mmt-beams", type=int, default=1, help="beam size of the test decoding (1 = greedy)")
     ap.add_argument("--no-mmt", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.data is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from release_data import ENV, full_release, release_dir
+
+        try:
+            full = full_release()
+        except FileNotFoundError as e:
+            ap.error(str(e))
+        args.data = release_dir(args.out / "release-excerpt")
+        if full is None:
+            print(f"--data not given and {ENV} unset: using the excerpt in tests/data ({args.data}); "
+                  "REPRODUCTION.md's figures need the full release", flush=True)
+    return args
 
 
 def read_lines(path: Path) -> list[str]:
