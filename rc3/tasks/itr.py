@@ -25,6 +25,7 @@ from ..data.collate import pad_batch
 from ..modeling import RC3Model
 from ..retrieval import itr_recall
 from .classification import pick_langs, visual_source
+from .code_switch import switch_items
 from .common import VisualSource, collate_visual
 from .datasets import TaskItem, TextCollator, VisualTextDataset, image_keys, limit
 from .finetune_config import ITRFinetuneConfig
@@ -163,6 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
             table = read_table(cfg.data_path(cfg.data.train), cfg.data.train_lang, cfg.data.max_train_examples)
             items = train_items(table, cfg.data.train_lang)
             visual.check(image_keys(items), f"the training set {cfg.data_path(cfg.data.train)}")
+            items = switch_items(items, cfg)
             dataset = VisualTextDataset(items, run.tokenizer, visual, cfg.data.max_text_len)
 
             def after_epoch(m: Any, epoch: int) -> dict[str, float]:

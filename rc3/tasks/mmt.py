@@ -23,6 +23,7 @@ from ..data.collate import IGNORE_INDEX, pad_batch
 from ..modeling import RC3Model
 from ..tokenization import RC3Tokenizer
 from .classification import visual_source
+from .code_switch import switch_examples
 from .common import VisualSource, collate_visual, visual_of
 from .datasets import limit
 from .finetune_config import MMTFinetuneConfig
@@ -146,6 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
                 hyps = translate(run, run.accelerator.unwrap_model(m), dev)
                 return {"BLEU": bleu(hyps, [e.texts[c.tgt_lang] for e in dev.examples]).score}
 
+            train = switch_examples(train, c.src_lang, cfg)  # the source side only; targets stay as written
             dataset = TranslationDataset(train, c.src_lang, c.tgt_lang, run.tokenizer, visual, cfg.data.max_text_len)
             prepared = run.fit(model, dataset, TranslationCollator(run.tokenizer.pad_id), after_epoch)
         else:
