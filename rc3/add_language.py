@@ -219,21 +219,14 @@ def resize_embeddings(model: RC3Model, sources: Sequence[int | list[int]]) -> No
         idx = torch.as_tensor(src if isinstance(src, list) else [src], dtype=torch.long)
         rows.append(old_w.index_select(0, idx).mean(0))
         bias.append(old_bias[0].index_select(0, idx).mean(0))
-    weight = torch.stack(rows)
-    pad = model.mbart.config.pad_token_id
-    emb = nn.Embedding(len(sources), weight.shape[1], padding_idx=pad)
+    # transformers' own resize keeps mBART's embedding class (which scales by sqrt(d_model)) and the bias
+    # buffer; the rows are then overwritten in the new order.
+    mbart.resize_token_embeddings(len(sources), mean_resizing=False)
     with torch.no_grad():
-        emb.weight.copy_(weight)
-    mbart.model.shared = emb
-    mbart.model.encoder.embed_tokens = emb
-    mbart.model.decoder.embed_tokens = emb
-    mbart.lm_head = nn.Linear(weight.shape[1], len(sources), bias=False)
-    mbart.register_buffer("final_logits_bias", torch.stack(bias).unsqueeze(0))
-    mbart.config.vocab_size = len(sources)
+        mbart.model.shared.weight.copy_(torch.stack(rows))
+        mbart.final_logits_bias.copy_(torch.stack(bias).unsqueeze(0))
     model.cfg = dataclasses.replace(model.cfg, vocab_size=len(sources))
     mbart.tie_weights()
-    if mbart.lm_head.weight.data_ptr() != emb.weight.data_ptr():  # transformers versions differ in what ties
-        mbart.lm_head.weight = emb.weight
 
 
 # ---- distillation --------------------------------------------------------------------------------
