@@ -259,3 +259,27 @@ def test_kill_and_resume_gives_the_uninterrupted_result(base: dict[str, Path], t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     fresh = run(tmp_path / "other", "--resume")
     assert fresh.returncode != 0 and "no checkpoint" in fresh.stderr
+
+
+def test_world_parallel_text_is_translations_of_one_meaning() -> None:
+    from rc3.data.synthetic.grammar import language
+    from rc3.data.synthetic.world import COLOURS, SHAPES
+    from rc3.repro.add_language import world_parallel
+
+    pairs = world_parallel("ru", 200, seed=0)
+    assert len(pairs) == 200 and pairs == world_parallel("ru", 200, seed=0) and pairs != world_parallel("ru", 200, seed=1)
+    ru, es = language("ru"), language("es")
+    kinds = {"caption": 0, "claim": 0, "question": 0}
+    for en_text, ru_text in pairs:
+        low = en_text.lower()
+        # every shape and colour the English sentence names is named in the Russian one too
+        for shape in SHAPES:
+            if shape in low:
+                assert ru.noun(shape).lower() in ru_text.lower(), (en_text, ru_text)
+        for colour in COLOURS:
+            if f" {colour} " in f" {low} ".replace(".", " "):
+                assert any(f in ru_text.lower() for f in ru.COLOURS[colour]), (en_text, ru_text)
+        kinds["question" if en_text.endswith("?") else "claim" if en_text.startswith("The ") else "caption"] += 1
+    assert all(n > 20 for n in kinds.values())  # ru has caption, claim and question grammars
+    assert all(not e.endswith("?") for e, _ in world_parallel("tr", 50))  # tr: captions only
+    assert es.noun("circle") in " ".join(x for _, x in world_parallel("es", 100))
