@@ -56,6 +56,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--al-epochs", type=int, default=3, help="add_language epochs over the synthetic pairs")
     ap.add_argument("--tasks", default="itr,xvnli,xgqa")
     ap.add_argument("--cs-ratio", type=float, default=0.5, help="code_switch.ratio of the xGQA code-switching run")
+    ap.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=True,
+                    help="the synthetic-world part (--no-synthetic: the real-text part alone)")
     ap.add_argument("--text", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
                     help="folder holding multi30k/ and iglue/ (the real text)")
@@ -77,17 +79,20 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
     where: dict[str, Any] = {"finetune": {}, "models": {}, "text_models": {}}
     pre_models = out / "synthetic/models"
     exists = lambda p: (lambda: (p / "model.safetensors").is_file())  # noqa: E731
-    jobs.append(Job("pretrain synthetic", [PY, "tools/repro_synthetic.py", "--no-finetune", "--variants", "full",
+    if not args.synthetic:
+        tasks, args.seeds = [], 0
+    else:
+        jobs.append(Job("pretrain synthetic", [PY, "tools/repro_synthetic.py", "--no-finetune", "--variants", "full",
                                            "--seeds", str(args.seeds), "--no-text", "--world", str(w),
                                            "--out", str(out / "synthetic")],
                     out / "logs/pretrain-synthetic.log",
                     done=lambda: all((pre_models / f"full-s{s}/model.safetensors").is_file() for s in range(args.seeds))))
     dict_dir = w / "dictionaries"
-    if not dict_dir.is_dir() and (w / "world.json").is_file():  # worlds made before the dictionaries existed
+    if args.synthetic and not dict_dir.is_dir() and (w / "world.json").is_file():  # worlds older than the dictionaries
         write_muse_dictionaries(dict_dir)
     parallel = {lang: out / f"parallel/en-{lang}.tsv" for lang in langs}
     for lang, path in parallel.items():
-        if not path.is_file():
+        if args.synthetic and not path.is_file():
             write_tsv(path, world_parallel(lang, args.pairs, seed=0))
 
     def finetune(task: str, model: Path, name: str, seed: int, after: tuple[str, ...], extra: list[str] = ()) -> None:
@@ -157,8 +162,26 @@ def summarise(args: argparse.Namespace, where: dict[str, Any], times: dict[str, 
     tasks = [t for t in args.tasks.split(",") if t]
     md = [f"Synthetic world {args.world.name}; {args.seeds} seed(s); add_language: {args.pairs} pairs per language, "
           f"{args.al_epochs} epochs, trainable {args.trainable}, languages added in the order {', '.join(langs)}; "
-          "cells are mean ± std over seeds.\n"]
+          "cells are mean ± std over seeds.\n"] if args.synthetic else []
     summary: dict[str, Any] = {"wall_s": wall, "job_s": times, "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.synthetic:
+        summarise_synthetic(args, where, langs, tasks, md, summary)
+    text_part(args, where, langs, md, summary)
+    text = "".join(md)
+    name = "tables.md" if args.synthetic and args.text else ("tables-synthetic.md" if args.synthetic else "tables-text.md")
+    for fname, content in ((name, text), (name.replace("tables", "summary").replace(".md", ".json"),
+                                          json.dumps(summary, indent=1, default=str))):
+        tmp = args.out / f".{fname}.tmp"
+        tmp.write_text(content, encoding="utf-8")
+        tmp.replace(args.out / fname)
+    print(text)
+    return summary
+
+
+def summarise_synthetic(args: argparse.Namespace, where: dict[str, Any], langs: list[str], tasks: list[str],
+                        md: list[str], summary: dict[str, Any]) -> None:
+    from rc3.repro.add_language import text_alignment, world_captions
+
     world = json.loads((args.world / "world.json").read_text())
     cols = [*langs, *PRETRAINED]
     en, others = world_captions(args.world, cols)
@@ -189,6 +212,12 @@ def summarise(args: argparse.Namespace, where: dict[str, Any], times: dict[str, 
             md.append(f"\n### {task} ({metric}, %): finetuned on English, zero-shot elsewhere\n\n")
             md.append(table(runs, metric, LANGS[task], groups))
             md.append("| chance | " + " | ".join([f"{chance:.1f}"] * (len(LANGS[task]) + len(groups))) + " |\n")
+
+
+def text_part(args: argparse.Namespace, where: dict[str, Any], langs: list[str], md: list[str],
+              summary: dict[str, Any]) -> None:
+    from rc3.repro.add_language import text_alignment, xflickrco_parallel
+
     if args.text and "xtcl" in where:
         pairs, held_en, held = xflickrco_parallel(args.data, [*langs, *PRETRAINED])
         base = text_alignment(where["xtcl"], held_en, held)
@@ -204,13 +233,6 @@ def summarise(args: argparse.Namespace, where: dict[str, Any], times: dict[str, 
         md.append(mean_row("XTCL (pretrained: en, cs, de, fr, id, ja, zh)", [*cols_t, "chance"], [base]) + "\n")
         for lang, runs_t in rows.items():
             md.append(mean_row(f"+ add_language {lang} ({len(runs_t)} seed(s))", [*cols_t, "chance"], runs_t) + "\n")
-    text = "".join(md)
-    for name, content in (("tables.md", text), ("summary.json", json.dumps(summary, indent=1, default=str))):
-        tmp = args.out / f".{name}.tmp"
-        tmp.write_text(content, encoding="utf-8")
-        tmp.replace(args.out / name)
-    print(text)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
