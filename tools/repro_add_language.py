@@ -65,6 +65,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--text-steps", type=int, default=1200, help="XTCL pretraining steps of the real-text model")
     ap.add_argument("--text-al-epochs", type=int, default=10)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: tabulate what OUT already holds (rows of unfinished runs are left out)")
     return ap.parse_args(argv)
 
 
@@ -187,13 +189,15 @@ def summarise_synthetic(args: argparse.Namespace, where: dict[str, Any], langs: 
     en, others = world_captions(args.world, cols)
     before, after = [], []
     for seed, (base, added) in sorted(where["models"].items()):
-        before.append(text_alignment(base, en, others))
-        after.append(text_alignment(added, en, others))
+        if (base / "model.safetensors").is_file():
+            before.append(text_alignment(base, en, others))
+        if (added / "model.safetensors").is_file():
+            after.append(text_alignment(added, en, others))
     summary["alignment"] = {"before": before, "after": after}
     md.append(f"\n### Without finetuning: en -> X caption retrieval with the TR (accuracy@1, %, {len(en)} captions)\n\n")
     md.append("| model | " + " | ".join(cols) + " | chance |\n|---" + "|---:" * (len(cols) + 1) + "|\n")
     for name, runs in (("RC3 (pretrained)", before), (f"RC3 + add_language {'+'.join(langs)}", after)):
-        md.append(mean_row(name, [*cols, "chance"], runs) + "\n")
+        md.append(mean_row(f"{name} ({len(runs)} seed(s))", [*cols, "chance"], runs) + "\n")
     names = {"base": "RC3 (pretrained)", "added": f"RC3 + add_language {'+'.join(langs)}",
              "cs": f"RC3, xGQA finetuned with code-switching (ratio {args.cs_ratio})",
              "prior": "RC3, xGQA finetuned with the linguistic prior"}
@@ -203,6 +207,7 @@ def summarise_synthetic(args: argparse.Namespace, where: dict[str, Any], langs: 
         for (t, name, seed), path in sorted(where["finetune"].items(), key=lambda kv: (kv[0][1], kv[0][2])):
             if t == task and path.is_file():
                 runs.setdefault(names[name.rsplit("-s", 1)[0]], []).append(read_results(path))
+        runs = {f"{k} ({len(v)} seed(s))": v for k, v in runs.items()}
         summary["finetune"][task] = runs
         groups = {"added langs": [lang for lang in LANGS[task] if lang in langs],
                   "pretrained langs": [lang for lang in LANGS[task] if lang in PRETRAINED]}
@@ -240,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     jobs, where = plan(args)
-    times = run_jobs(jobs, parallel=args.parallel, cwd=ROOT, echo=lambda s: print(s, flush=True))
+    times = {} if args.report_only else run_jobs(jobs, parallel=args.parallel, cwd=ROOT,
+                                                 echo=lambda s: print(s, flush=True))
     return summarise(args, where, times, time.perf_counter() - t0)
 
 
