@@ -236,6 +236,9 @@ class AddLanguageOptions:
 
     lang: str
     trainable: str = "embeddings"
+    # "all": every embedding row may move; "new": only the rows of pieces the X side uses and the English
+    # side does not (and X's language tag), so text of every other language keeps its exact embeddings.
+    embedding_rows: str = "all"
     extend_vocab: bool = False
     new_vocab_size: int = 500  # pieces of the sentencepiece model trained on the X side
     max_new_pieces: int = 500
@@ -258,6 +261,10 @@ class AddLanguageOptions:
             raise ValueError("the new language cannot be English: English is the teacher's side of the pairs")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable {self.trainable!r} is not one of {', '.join(TRAINABLE)}")
+        if self.embedding_rows not in ("all", "new"):
+            raise ValueError(f"embedding_rows {self.embedding_rows!r} is not one of all, new")
+        if self.embedding_rows == "new" and self.weight_decay > 0:
+            raise ValueError("embedding_rows='new' needs weight_decay 0 (decay would move the frozen rows)")
         for name in ("new_vocab_size", "max_new_pieces", "epochs", "batch_size", "max_len", "lora_rank", "lora_alpha"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -319,6 +326,10 @@ def _merge_lora(model: RC3Model) -> None:
             setattr(parent, child, module.get_base_layer())
 
 
+def _ids(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) -> list[list[int]]:
+    return tok.encode_many(list(texts), [lang] * len(texts), max_len)
+
+
 def _encode(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) -> tuple[Tensor, Tensor]:
     return pad_batch(tok.encode_many(list(texts), [lang] * len(texts), max_len), tok.pad_id)
 
@@ -351,6 +362,17 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         params = _add_lora(student, opts.lora_rank, opts.lora_alpha, opts.seed)
     else:
         params = _set_trainable(student, opts.trainable)
+    if opts.embedding_rows == "new":
+        # Rows used by the English side (<s>, punctuation, shared pieces) get no gradient; with no weight decay
+        # AdamW then leaves them exactly as they were.
+        x_ids = {i for ids in _ids(new_tok, [q for _, q in pairs], opts.lang, opts.max_len) for i in ids}
+        en_ids = {i for ids in _ids(new_tok, [p for p, _ in pairs], "en", opts.max_len) for i in ids}
+        mask = torch.zeros(student.mbart.model.shared.weight.shape[0], 1)
+        mask[sorted(x_ids - en_ids - {new_tok.pad_id})] = 1.0
+        student.mbart.model.shared.weight.register_hook(lambda g: g * mask.to(g.dtype))
+        record_rows = int(mask.sum())
+    else:
+        record_rows = student.mbart.model.shared.weight.shape[0]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     per_epoch = math.ceil(len(pairs) / opts.batch_size)
     total = opts.steps if opts.steps is not None else per_epoch * opts.epochs
@@ -359,7 +381,7 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     ckpt = work_dir / "checkpoint" / "state.pt"
     trained = {n: p for n, p in student.named_parameters() if p.requires_grad}
-    step, record = 0, {"steps": total, "log": []}
+    step, record = 0, {"steps": total, "trainable_embedding_rows": record_rows, "log": []}
     if resume:
         if not ckpt.is_file():
             raise FileNotFoundError(f"resume: no checkpoint at {ckpt}; start without --resume")

@@ -283,3 +283,19 @@ def test_world_parallel_text_is_translations_of_one_meaning() -> None:
     assert all(n > 20 for n in kinds.values())  # ru has caption, claim and question grammars
     assert all(not e.endswith("?") for e, _ in world_parallel("tr", 50))  # tr: captions only
     assert es.noun("circle") in " ".join(x for _, x in world_parallel("es", 100))
+
+
+def test_new_rows_only_keeps_every_other_language_bit_identical(base: dict[str, Path], tmp_path: Path) -> None:
+    src = base["full"]
+    pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
+    opts = AddLanguageOptions(lang="ru", trainable="embeddings", embedding_rows="new", extend_vocab=True,
+                              new_vocab_size=60, steps=40, batch_size=16, lr=3e-3, save_every=0)
+    out = add_language(src, pairs, tmp_path / "out", opts, progress=False, log=lambda s: None)
+    assert tr_gap(out, src) < 0.5 * tr_gap(src, src)
+    old, new = RC3Model.from_pretrained(src).eval(), RC3Model.from_pretrained(out).eval()
+    to, tn = RC3Tokenizer.from_dir(src), RC3Tokenizer.from_dir(out)
+    with torch.no_grad():
+        for lang in ("en", "de", "fr"):
+            a = old.tr(*pad_batch([to.encode(t, lang) for t in TEXTS[lang]], to.pad_id))
+            b = new.tr(*pad_batch([tn.encode(t, lang) for t in TEXTS[lang]], tn.pad_id))
+            assert torch.equal(a, b), lang

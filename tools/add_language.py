@@ -36,6 +36,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                     help="EN_FILE X_FILE (line-aligned) or one TSV english<TAB>translation")
     ap.add_argument("--out", type=Path, required=True, help="new model directory")
     ap.add_argument("--trainable", choices=TRAINABLE, default=d.trainable)
+    ap.add_argument("--embedding-rows", choices=("all", "new"), default=d.embedding_rows,
+                    help="new: train only the rows of pieces the new language uses and English does not (and its "
+                         "language tag); every other language keeps its exact embeddings")
     ap.add_argument("--extend-vocab", action="store_true", help="append pieces for the new language's unknown characters")
     ap.add_argument("--new-vocab-size", type=int, default=d.new_vocab_size,
                     help="size of the sentencepiece model trained on the new language's side")
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse(argv)
     try:
         opts = AddLanguageOptions(lang=args.lang, trainable=args.trainable, extend_vocab=args.extend_vocab,
+                                  embedding_rows=args.embedding_rows,
                                   new_vocab_size=args.new_vocab_size, max_new_pieces=args.max_new_pieces,
                                   steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   max_len=args.max_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
