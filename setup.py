@@ -41,5 +41,6 @@ setup(
         "gpu": ["faiss-gpu>=1.7"],
         "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pyarrow>=14", "msgpack-numpy>=0.4.8"],  # msgpack-numpy writes img_db fixtures
         "extract": ["pyarrow>=14"],  # img2dataset parquet input of tools/extract_roi_features.py
+        "adapters": ["peft>=0.10"],  # LoRA adapters of tools/add_language.py --trainable lora
     },
 )

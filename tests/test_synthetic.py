@@ -455,3 +455,12 @@ def test_cli_refuses_bad_input(world: Path, tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit):
         cli_main(["--out", str(tmp_path / "x"), "--weak-overlap", "1.5"])
     assert not (tmp_path / "x").exists()
+
+
+def test_world_writes_muse_dictionaries(world: Path, info: dict) -> None:
+    from rc3.finetune.code_switch import read_muse
+
+    files = info["dictionaries"]["files"]
+    assert {"de", "es", "ru", "tr", "ko", "bn", "pt"} <= set(files)
+    ru = read_muse(world / info["dictionaries"]["dir"] / files["ru"])
+    assert ru["circle"] == ["круг"] and "красный" in ru["red"]

@@ -18,6 +18,7 @@ from rc3.finetune.config import FinetuneConfig
 from rc3.finetune.heads import ClassificationModel
 from rc3.finetune.metrics import accuracy
 from rc3.finetune.trainer import FinetuneRun
+from rc3.finetune.code_switch import switch_items
 
 
 class ClassificationTask(Protocol):
@@ -83,6 +84,9 @@ def run_classification(run: FinetuneRun, task: ClassificationTask) -> dict[str, 
     model = ClassificationModel(rc3, cfg.model.visual_mode, task.name, task.num_labels, cfg.model.head_hidden_mult,
                                 getattr(task, "labels", None))
     run.maybe_load_head(model)
+    configure = getattr(task, "configure_model", None)  # e.g. xGQA's linguistic prior
+    if configure is not None:
+        configure(model, rc3, run.tokenizer)
     visual = visual_source(cfg, rc3.cfg.image_size)
 
     tests = task.test_sets()
@@ -97,6 +101,7 @@ def run_classification(run: FinetuneRun, task: ClassificationTask) -> dict[str, 
         if not train:
             raise ValueError(f"no training examples in {cfg.data_path(cfg.data.train)}")
         visual.check(image_keys(train), f"the training set {cfg.data_path(cfg.data.train)}")
+        train = switch_items(train, cfg)
         dataset = VisualTextDataset(train, run.tokenizer, visual, cfg.data.max_text_len)
 
         def after_epoch(m: Any, epoch: int) -> Mapping[str, float]:

@@ -118,6 +118,23 @@ class MMTConfig:
 
 
 @dataclass
+class CodeSwitchConfig:
+    """Code-switching of the English training text (rc3.finetune.code_switch); off by default."""
+
+    dictionaries: list[str] = field(default_factory=list)  # MUSE files ("source target" a line), one per language pair
+    ratio: float = 0.0  # probability that a word a dictionary knows is switched
+
+
+@dataclass
+class PriorConfig:
+    """xGQA's linguistic-prior loss (rc3.finetune.linguistic_prior); off by default."""
+
+    enabled: bool = False
+    weight: float = 10.0  # lambda of L = CE + lambda * L_sim
+    top_k: int = 10  # predicted answers compared with the gold answer's similarities
+
+
+@dataclass
 class FinetuneConfig:
     task: str = "xvnli"  # a registered downstream task (rc3.finetune.registry); checked when the config is read
     init: Optional[str] = None  # RC3 model directory (save_pretrained); --init sets it
@@ -128,6 +145,8 @@ class FinetuneConfig:
     optim: FTOptimConfig = field(default_factory=FTOptimConfig)
     train: FTTrainConfig = field(default_factory=FTTrainConfig)
     eval: FTEvalConfig = field(default_factory=FTEvalConfig)
+    code_switch: CodeSwitchConfig = field(default_factory=CodeSwitchConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
     def data_path(self, value: Optional[str]) -> Optional[Path]:
         """`value` as a Path, under data.root when relative and a root is set."""
@@ -241,6 +260,15 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise ConfigError("data.features", f"visual mode {mode!r} needs at least one ROI feature store")
     if uses_image and VISUAL_MODES.get(mode).needs("pixels") and d.images is None:
         raise ConfigError("data.images", f"visual mode {mode!r} needs the image folder")
+    cs, pr = cfg.code_switch, cfg.prior
+    if not 0.0 <= cs.ratio <= 1.0:
+        raise ConfigError("code_switch.ratio", f"must lie in [0, 1], got {cs.ratio}")
+    if cs.ratio > 0 and not cs.dictionaries:
+        raise ConfigError("code_switch.dictionaries", "code_switch.ratio > 0 needs at least one MUSE dictionary file")
+    if pr.enabled and cfg.task != "xgqa":
+        raise ConfigError("prior.enabled", f"the linguistic prior is xGQA's answer-similarity loss; {cfg.task} has none")
+    if pr.weight < 0 or pr.top_k < 1:
+        raise ConfigError("prior", f"weight must be >= 0 and top_k >= 1, got {pr.weight} and {pr.top_k}")
     if isinstance(cfg, ITRFinetuneConfig):
         _validate_itr(cfg.itr)
     if isinstance(cfg, MMTFinetuneConfig):

@@ -125,6 +125,10 @@ class ClassificationModel(TaskModel):
         out = {"logits": logits}
         if "labels" in batch:
             out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"], ignore_index=-1)
+            prior = getattr(self, "prior", None)  # xGQA's linguistic prior (rc3.finetune.linguistic_prior), when set
+            if prior is not None:
+                out["loss_ce"], out["loss_prior"] = out["loss"], prior(logits, batch["labels"])
+                out["loss"] = out["loss_ce"] + out["loss_prior"]
         return out
 
 

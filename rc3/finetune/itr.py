@@ -31,6 +31,7 @@ from rc3.finetune.config import ITRFinetuneConfig
 from rc3.finetune.itr_model import ITRModel
 from rc3.finetune.readers.xflickrco import CaptionTable, caption_table, read_retrieval, xflickrco_langs, xflickrco_path
 from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.finetune.code_switch import switch_items
 
 METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R@1", "dual_mean_R@1",
            "images", "captions"]
@@ -163,6 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
             table = read_table(cfg.data_path(cfg.data.train), cfg.data.train_lang, cfg.data.max_train_examples)
             items = train_items(table, cfg.data.train_lang)
             visual.check(image_keys(items), f"the training set {cfg.data_path(cfg.data.train)}")
+            items = switch_items(items, cfg)
             dataset = VisualTextDataset(items, run.tokenizer, visual, cfg.data.max_text_len)
 
             def after_epoch(m: Any, epoch: int) -> dict[str, float]:

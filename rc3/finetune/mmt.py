@@ -30,6 +30,7 @@ from rc3.finetune.metrics import bleu
 from rc3.finetune.mmt_model import MMTModel
 from rc3.finetune.readers.multi30k import Multi30kExample, multi30k_langs, read_multi30k, split_name
 from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.finetune.code_switch import switch_examples
 
 METRICS = ["BLEU", "BLEU_lc", "n", "signature"]
 
@@ -146,6 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
                 hyps = translate(run, run.accelerator.unwrap_model(m), dev)
                 return {"BLEU": bleu(hyps, [e.texts[c.tgt_lang] for e in dev.examples]).score}
 
+            train = switch_examples(train, c.src_lang, cfg)  # the source side only; targets stay as written
             dataset = TranslationDataset(train, c.src_lang, c.tgt_lang, run.tokenizer, visual, cfg.data.max_text_len)
             prepared = run.fit(model, dataset, TranslationCollator(run.tokenizer.pad_id), after_epoch)
         else:

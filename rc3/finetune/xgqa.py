@@ -57,6 +57,15 @@ class XGQATask:
             out[lang] = limit(items_of(examples), self.cfg.data.max_eval_examples)
         return out
 
+    def configure_model(self, model: Any, rc3: Any, tokenizer: Any) -> None:
+        """Attach the linguistic-prior loss (`prior.enabled`) to the classifier."""
+        if not self.cfg.prior.enabled:
+            return
+        from rc3.finetune.linguistic_prior import LinguisticPrior, answer_embeddings, answer_similarity
+
+        similarity = answer_similarity(answer_embeddings(rc3, tokenizer, self.label2ans))
+        model.prior = LinguisticPrior(similarity, self.cfg.prior.top_k, self.cfg.prior.weight)
+
     def score(self, items: Sequence[TaskItem], predictions: Sequence[int]) -> dict[str, float]:
         answers = {it.uid: self.label2ans[p] for it, p in zip(items, predictions)}
         return {"accuracy": xgqa_accuracy(answers, [it.source for it in items])}

@@ -7,6 +7,7 @@ Layout (all paths relative to `out`, also listed in `world.json`):
   shards/      ds/, dw/, dt/ WebDataset shards made by rc3.data.builders
   downstream/  XVNLI, gqa + xGQA, nlvr2 + marvl, flickr30k + xFlickrCO, multi30k; features.h5; images/
   tokenizer/   sentencepiece.bpe.model trained on every sentence of the world
+  dictionaries/ en-<lang>.txt: MUSE-format bilingual dictionaries from the lexicons (code-switching)
   meta/        ground truth: scenes of every image, the objects each Dw text mentions
   world.json   sizes, languages, seed, weak overlap, build statistics, chance level of each task
 """
@@ -31,6 +32,7 @@ from rc3.synthetic.render import RoiEncoder
 from rc3.synthetic.texts import world_texts
 from rc3.synthetic.world import COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, stream
 from rc3.synthetic.writer import write_json
+from rc3.synthetic.dictionaries import write_muse_dictionaries
 
 TOKENIZER_VOCAB = 2000
 
@@ -149,6 +151,7 @@ def make_world(out: Path, seed: int = 0, sizes: Sizes | None = None, weak_overla
         timings["raw"] = time.perf_counter() - t
         t = time.perf_counter()
         downstream = _downstream(staging, seed, sizes, encoder)
+        dictionaries = write_muse_dictionaries(staging / "dictionaries")
         timings["downstream"] = time.perf_counter() - t
         t = time.perf_counter()
         built = _build_shards(staging, ds, dw, dt, sizes.shard_size) if shards else {}
@@ -172,6 +175,7 @@ def make_world(out: Path, seed: int = 0, sizes: Sizes | None = None, weak_overla
                        "marvl": downstream["marvl"]["chance"], "nlvr2": downstream["nlvr2"]["chance"],
                        "xflickrco_recall_at_1": downstream["xflickrco"]["chance"], "multi30k_bleu": None},
             "tokenizer": tokenizer,
+            "dictionaries": dictionaries,
         }
         write_json(staging / "world.json", world, indent=1)
         if out.exists():

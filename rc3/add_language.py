@@ -1,0 +1,521 @@
+"""Add a language to a trained RC3 model by sentence-embedding alignment on parallel text.
+
+Multilingual knowledge distillation (Reimers & Gurevych, EMNLP 2020, "Making Monolingual Sentence
+Embeddings Multilingual using Knowledge Distillation", Eq. 1): a frozen copy of the model is the
+teacher T, the model being trained the student S, and on parallel pairs (s_en, t_X)
+
+    L = MSE(S(s_en), T(s_en)) + MSE(S(t_X), T(s_en))
+
+where S(.) and T(.) are RC3's text representation (TR: the top encoder state at [BOS] of
+``[BOS] text [LANG]``). The first term keeps English where the teacher put it; the second pulls the
+new language onto English, so every head finetuned later on English TR/VtR reads the new language.
+
+Pieces of the vocabulary (optional, `extend_vocab`): a small sentencepiece model is trained on the
+X side; the pieces that hold a character the model's vocabulary does not know are appended (the
+others could change how text of the existing languages is segmented). Every text made of known
+characters therefore segments exactly as before, into the same pieces; such text still maps to the
+same embedding rows (the ids of language codes and ``<mask>``, which sit after the pieces, move up).
+A new piece's embedding starts as the mean of the embeddings of the old tokenisation of its string
+(mostly ``<unk>`` for an unknown script, the known characters otherwise).
+
+What trains is a switch (`trainable`): ``embeddings`` (the shared token embeddings only),
+``encoder`` (embeddings and every encoder layer) or ``lora`` (low-rank adapters on the encoder's
+attention and feed-forward projections via peft, merged into the weights before saving; the
+embeddings of new pieces train too). The result is a new model directory in the same layout
+(`RC3Model.save_pretrained`, written to a temporary directory and renamed into place), with
+`add_language.json` recording what was done.
+
+Checkpoints (`work_dir/checkpoint/`, every `save_every` steps, atomically replaced) hold the trained
+weights, the optimizer, the step and the RNG state; `resume=True` continues one and ends with the
+same weights as an uninterrupted run (the batch order is a function of (seed, epoch)).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rc3.pretrain import fault_injection
+from rc3.data.collate import pad_batch
+from rc3.modeling import RC3Model
+from rc3.tokenization import ID_MAP_FILE, SEGMENTATION_FILE, SPM_FILE, IdMap, RC3Tokenizer, check_lang
+
+INFO_FILE = "add_language.json"
+TRAINABLE = ("embeddings", "encoder", "lora")
+SPM_PIECE_OFFSET = 1  # mBART-50's ids: sentencepiece id + 1 (fairseq's <s> <pad> </s> <unk> come first)
+
+
+class ParallelTextError(ValueError):
+    """Parallel text that cannot be used as given (unaligned files, empty lines, bad TSV rows)."""
+
+
+# ---- parallel text -------------------------------------------------------------------------------
+def _read_text_lines(path: Path) -> list[str]:
+    import gzip
+
+    if not path.is_file():
+        raise FileNotFoundError(f"parallel text: no such file {path}")
+    with path.open("rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:  # type: ignore[operator]
+            return [line.rstrip("\r\n") for line in fh]
+    except UnicodeDecodeError as err:
+        raise ParallelTextError(f"{path} is not UTF-8 text ({err})") from None
+
+
+def read_parallel(en: str | os.PathLike, x: Optional[str | os.PathLike] = None) -> list[tuple[str, str]]:
+    """(English, X) pairs from two line-aligned files (`en`, `x`) or one TSV (`en` alone: `english<TAB>X`).
+
+    Every line must hold text on both sides: a count mismatch or an empty line is an error naming the
+    file and line, since one missing line would shift every later pair onto the wrong translation."""
+    if x is None:
+        path = Path(en)
+        pairs = []
+        for n, line in enumerate(_read_text_lines(path), 1):
+            cells = line.split("\t")
+            if len(cells) != 2:
+                raise ParallelTextError(f"{path}:{n}: expected 2 tab-separated columns (english<TAB>translation), "
+                                        f"found {len(cells)}")
+            pairs.append((cells[0].strip(), cells[1].strip()))
+        sources = (f"{path} (column 1)", f"{path} (column 2)")
+    else:
+        a, b = Path(en), Path(x)
+        left, right = _read_text_lines(a), _read_text_lines(b)
+        if len(left) != len(right):
+            raise ParallelTextError(f"the parallel files are not line-aligned: {a} has {len(left)} lines, "
+                                    f"{b} has {len(right)}; give one translation per line in both")
+        pairs = [(p.strip(), q.strip()) for p, q in zip(left, right)]
+        sources = (str(a), str(b))
+    if not pairs:
+        raise ParallelTextError(f"no parallel text in {', '.join(dict.fromkeys(sources))}")
+    for n, (p, q) in enumerate(pairs, 1):
+        for side, text in ((0, p), (1, q)):
+            if not text:
+                raise ParallelTextError(f"{sources[side]}: line {n} is empty; every line needs a sentence on both "
+                                        "sides (remove the pair from both files)")
+    return pairs
+
+
+# ---- vocabulary extension ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VocabExtension:
+    """New pieces appended to a tokenizer: their strings and scores, and where they were inserted."""
+
+    pieces: tuple[str, ...]
+    scores: tuple[float, ...]
+    insert_at: int  # first full (mBART-50) id of the new pieces; ids at or above it moved up by len(pieces)
+
+    def shift(self, old_full_id: int) -> int:
+        return old_full_id + len(self.pieces) if old_full_id >= self.insert_at else old_full_id
+
+    def is_new(self, full_id: int) -> bool:
+        return self.insert_at <= full_id < self.insert_at + len(self.pieces)
+
+
+def _spm_proto(path: Path):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    return proto
+
+
+def known_characters(spm_path: Path) -> set[str]:
+    """Characters that occur in some piece of a sentencepiece model (the word-boundary mark excluded)."""
+    chars: set[str] = set()
+    for p in _spm_proto(spm_path).pieces:
+        if p.type in (1, 4):  # NORMAL, USER_DEFINED
+            chars.update(p.piece.replace("\u2581", ""))
+    return chars
+
+
+def candidate_pieces(lines: Sequence[str], spm_path: Path, vocab_size: int, max_new: int) -> list[tuple[str, float]]:
+    """Pieces of a sentencepiece model trained on `lines` that hold a character the model at `spm_path`
+    does not know, most probable first, at most `max_new`."""
+    from rc3.tokenization import train_sentencepiece
+
+    known = known_characters(spm_path)
+    existing = {p.piece for p in _spm_proto(spm_path).pieces}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            train_sentencepiece(lines, tmp, vocab_size=vocab_size, character_coverage=1.0)
+        except RuntimeError as err:  # sentencepiece: too few distinct pieces for vocab_size
+            raise ValueError(f"cannot train a {vocab_size}-piece sentencepiece model on {len(lines)} lines "
+                             f"({err}); lower the vocabulary size") from None
+        proto = _spm_proto(Path(tmp) / SPM_FILE)
+    found = [(p.piece, float(p.score)) for p in proto.pieces
+             if p.type == 1 and p.piece not in existing and any(c not in known for c in p.piece.replace("\u2581", ""))]
+    found.sort(key=lambda ps: -ps[1])
+    return found[:max_new]
+
+
+def extend_tokenizer(old_dir: Path, pieces: Sequence[tuple[str, float]], out_dir: Path) -> VocabExtension:
+    """Write into `out_dir` the tokenizer of `old_dir` with `pieces` appended: the sentencepiece model,
+    the full segmentation (rc3_segmentation.json) and, when the old one had one, the id map."""
+    old = RC3Tokenizer.from_dir(old_dir)
+    spm_path = old_dir / SPM_FILE
+    proto = _spm_proto(spm_path)
+    insert_at = len(proto.pieces) + SPM_PIECE_OFFSET
+    full = json.loads(old.hf.backend_tokenizer.to_str())
+    vocab = full["model"]["vocab"]
+    if full["model"].get("type") != "Unigram" or vocab[insert_at - 1][0] != proto.pieces[-1].piece:
+        raise ValueError(f"{old_dir}: the tokenizer is not laid out like mBART-50's (sentencepiece pieces, then "
+                         "language codes); cannot append pieces")
+    ext = VocabExtension(tuple(p for p, _ in pieces), tuple(s for _, s in pieces), insert_at)
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    for piece, score in pieces:
+        proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=score, type=1))
+    full["model"]["vocab"] = vocab[:insert_at] + [[p, s] for p, s in pieces] + vocab[insert_at:]
+    for tok in full.get("added_tokens", []):
+        tok["id"] = ext.shift(tok["id"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SPM_FILE).write_bytes(proto.SerializeToString())
+    (out_dir / SEGMENTATION_FILE).write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
+    if old.id_map is not None:
+        kept = [ext.shift(int(i)) for i in old.id_map.kept] + list(range(insert_at, insert_at + len(pieces)))
+        IdMap(kept, old.id_map.old_vocab_size + len(pieces), old.id_map.unk_old_id).save(out_dir)
+    elif (out_dir / ID_MAP_FILE).exists():
+        (out_dir / ID_MAP_FILE).unlink()
+    return ext
+
+
+def row_sources(old: RC3Tokenizer, new: RC3Tokenizer, ext: VocabExtension) -> list[int | list[int]]:
+    """For every model id of `new`: the model id of `old` it continues, or, for a new piece, the old
+    model ids of the old tokenisation of its string (whose mean embedding initialises it)."""
+    full_new = new.id_map.kept.tolist() if new.id_map is not None else list(range(new.vocab_size))
+    out: list[int | list[int]] = []
+    for fid in full_new:
+        if ext.is_new(fid):
+            text = ext.pieces[fid - ext.insert_at].replace("\u2581", " ")
+            out.append(old.piece_ids(text) or [old.unk_id])
+        else:
+            old_full = fid - len(ext.pieces) if fid >= ext.insert_at else fid
+            out.append(old.id_map.to_new([old_full])[0] if old.id_map is not None else old_full)
+    return out
+
+
+def resize_embeddings(model: RC3Model, sources: Sequence[int | list[int]]) -> None:
+    """Give `model` one embedding row (and LM bias entry) per entry of `sources`, copied from the old
+    row it names or the mean of the old rows it lists; the LM head stays tied to the embeddings."""
+    mbart = model.mbart
+    old_w = mbart.model.shared.weight.detach().clone()
+    old_bias = mbart.final_logits_bias.detach().clone()
+    rows, bias = [], []
+    for src in sources:
+        idx = torch.as_tensor(src if isinstance(src, list) else [src], dtype=torch.long)
+        rows.append(old_w.index_select(0, idx).mean(0))
+        bias.append(old_bias[0].index_select(0, idx).mean(0))
+    # transformers' own resize keeps mBART's embedding class (which scales by sqrt(d_model)) and the bias
+    # buffer; the rows are then overwritten in the new order.
+    mbart.resize_token_embeddings(len(sources), mean_resizing=False)
+    with torch.no_grad():
+        mbart.model.shared.weight.copy_(torch.stack(rows))
+        mbart.final_logits_bias.copy_(torch.stack(bias).unsqueeze(0))
+    model.cfg = dataclasses.replace(model.cfg, vocab_size=len(sources))
+    mbart.tie_weights()
+
+
+# ---- distillation --------------------------------------------------------------------------------
+@dataclass
+class AddLanguageOptions:
+    """What `add_language` does; every field is a command-line option of tools/add_language.py."""
+
+    lang: str
+    trainable: str = "embeddings"
+    # "all": every embedding row may move; "new": only the rows of pieces the X side uses and the English
+    # side does not (and X's language tag), so text of every other language keeps its exact embeddings.
+    embedding_rows: str = "all"
+    extend_vocab: bool = False
+    new_vocab_size: int = 500  # pieces of the sentencepiece model trained on the X side
+    max_new_pieces: int = 500
+    steps: Optional[int] = None  # optimizer steps; default: `epochs` passes over the pairs
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    max_len: int = 64
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    seed: int = 0
+    save_every: int = 100  # checkpoint every N steps (0: only at the end)
+    log_every: int = 20
+
+    def check(self) -> None:
+        check_lang(self.lang)
+        if self.lang == "en":
+            raise ValueError("the new language cannot be English: English is the teacher's side of the pairs")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable {self.trainable!r} is not one of {', '.join(TRAINABLE)}")
+        if self.embedding_rows not in ("all", "new"):
+            raise ValueError(f"embedding_rows {self.embedding_rows!r} is not one of all, new")
+        if self.embedding_rows == "new" and self.weight_decay > 0:
+            raise ValueError("embedding_rows='new' needs weight_decay 0 (decay would move the frozen rows)")
+        for name in ("new_vocab_size", "max_new_pieces", "epochs", "batch_size", "max_len", "lora_rank", "lora_alpha"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.steps is not None and self.steps <= 0:
+            raise ValueError(f"steps must be positive, got {self.steps}")
+        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.save_every < 0:
+            raise ValueError("lr must be positive, warmup_ratio in [0, 1) and save_every >= 0")
+        if self.max_len < 3:
+            raise ValueError("max_len must leave room for [BOS], a piece and [LANG] (>= 3)")
+
+
+def distillation_loss(student_en: Tensor, student_x: Tensor, teacher_en: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Reimers & Gurevych (2020), Eq. 1: MSE(S(s), T(s)) + MSE(S(t), T(s)); returns (total, en term, X term).
+    MSE is the mean over the batch and the dimensions (the paper's 1/|B| sum of squared norms, scaled)."""
+    en = torch.mean((student_en - teacher_en) ** 2)
+    x = torch.mean((student_x - teacher_en) ** 2)
+    return en + x, en, x
+
+
+def _set_trainable(model: RC3Model, trainable: str) -> list[nn.Parameter]:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.mbart.model.shared.weight.requires_grad_(True)
+    if trainable == "encoder":
+        for p in model.mbart.model.encoder.parameters():
+            p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")
+
+
+def _add_lora(model: RC3Model, rank: int, alpha: int, seed: int) -> list[nn.Parameter]:
+    """peft LoRA adapters on every linear layer of the encoder (the TR comes from the encoder alone)."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ImportError("trainable='lora' needs peft: pip install -e .[adapters] (or pip install peft)") from None
+    n = model.mbart.config.encoder_layers
+    targets = [f"mbart.model.encoder.layers.{i}.{part}" for i in range(n)
+               for part in LORA_TARGETS]
+    torch.manual_seed(seed)  # LoRA's A matrices are drawn at injection
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0), model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    model.mbart.model.shared.weight.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _merge_lora(model: RC3Model) -> None:
+    """Fold every LoRA adapter into its base linear layer and put the plain layer back."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            setattr(parent, child, module.get_base_layer())
+
+
+def _ids(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) -> list[list[int]]:
+    return tok.encode_many(list(texts), [lang] * len(texts), max_len)
+
+
+def _encode(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) -> tuple[Tensor, Tensor]:
+    return pad_batch(tok.encode_many(list(texts), [lang] * len(texts), max_len), tok.pad_id)
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok: RC3Tokenizer,
+            pairs: Sequence[tuple[str, str]], opts: AddLanguageOptions, work_dir: Path, resume: bool = False,
+            progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train `student` (in place) so that its TR of both sides matches the teacher's TR of the English side.
+
+    Returns the training record (steps, first and last losses). Checkpoints under `work_dir`."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(opts.seed)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if opts.trainable == "lora":
+        params = _add_lora(student, opts.lora_rank, opts.lora_alpha, opts.seed)
+    else:
+        params = _set_trainable(student, opts.trainable)
+    if opts.embedding_rows == "new":
+        # Rows used by the English side (<s>, punctuation, shared pieces) get no gradient; with no weight decay
+        # AdamW then leaves them exactly as they were.
+        x_ids = {i for ids in _ids(new_tok, [q for _, q in pairs], opts.lang, opts.max_len) for i in ids}
+        en_ids = {i for ids in _ids(new_tok, [p for p, _ in pairs], "en", opts.max_len) for i in ids}
+        mask = torch.zeros(student.mbart.model.shared.weight.shape[0], 1)
+        mask[sorted(x_ids - en_ids - {new_tok.pad_id})] = 1.0
+        student.mbart.model.shared.weight.register_hook(lambda g: g * mask.to(g.dtype))
+        record_rows = int(mask.sum())
+    else:
+        record_rows = student.mbart.model.shared.weight.shape[0]
+    optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    per_epoch = math.ceil(len(pairs) / opts.batch_size)
+    total = opts.steps if opts.steps is not None else per_epoch * opts.epochs
+    warmup = int(opts.warmup_ratio * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    ckpt = work_dir / "checkpoint" / "state.pt"
+    trained = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    step, record = 0, {"steps": total, "trainable_embedding_rows": record_rows, "log": []}
+    if resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {ckpt}; start without --resume")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["options"] != dataclasses.asdict(opts) or state["pairs"] != len(pairs):
+            raise ValueError(f"resume: {ckpt} was written with other options or another parallel text "
+                             f"({state['pairs']} pairs, {state['options']}); start without --resume")
+        with torch.no_grad():
+            for n, t in state["params"].items():
+                trained[n].copy_(t)
+        optimizer.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        step, record = state["step"], state["record"]
+        log(f"[add_language] resumed at step {step} of {total}")
+
+    def save() -> None:
+        _atomic_torch_save({"params": {n: p.detach().clone() for n, p in trained.items()},
+                            "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
+                            "rng": torch.get_rng_state(), "step": step, "record": record,
+                            "options": dataclasses.asdict(opts), "pairs": len(pairs)}, ckpt)
+
+    student.train()
+    bar = tqdm(total=total, initial=step, desc=f"add {opts.lang}", disable=not progress, dynamic_ncols=True)
+    running, window, t0 = [0.0, 0.0, 0.0], 0, time.time()
+    while step < total:
+        epoch, within = divmod(step, per_epoch)
+        order = _order(len(pairs), opts.seed, epoch)
+        batch = [pairs[i] for i in order[within * opts.batch_size:(within + 1) * opts.batch_size]]
+        fault_injection.maybe_kill(step + 1, 0)  # tests kill the run here, between two steps
+        en_texts, x_texts = [p for p, _ in batch], [q for _, q in batch]
+        with torch.no_grad():
+            target = teacher.tr(*_encode(old_tok, en_texts, "en", opts.max_len))
+        s_en = student.tr(*_encode(new_tok, en_texts, "en", opts.max_len))
+        s_x = student.tr(*_encode(new_tok, x_texts, opts.lang, opts.max_len))
+        loss, l_en, l_x = distillation_loss(s_en, s_x, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        running = [r + float(v.detach()) for r, v in zip(running, (loss, l_en, l_x))]
+        window += 1
+        if step % opts.log_every == 0 or step == total or step == 1:
+            row = {"step": step, "loss": running[0] / window, "loss_en": running[1] / window,
+                   "loss_x": running[2] / window, "elapsed_s": round(time.time() - t0, 1)}
+            record["log"].append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", x=f"{row['loss_x']:.4f}")
+            running, window = [0.0, 0.0, 0.0], 0
+        if opts.save_every and step % opts.save_every == 0 and step < total:
+            save()
+    bar.close()
+    student.eval()
+    if opts.trainable == "lora":
+        _merge_lora(student)
+    return record
+
+
+def add_language(model_dir: str | os.PathLike, pairs: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
+                 opts: AddLanguageOptions, work_dir: Optional[str | os.PathLike] = None, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Write a new model directory `out_dir`: the model of `model_dir`, aligned on (English, X) `pairs`
+    for X = opts.lang (and its vocabulary extended when opts.extend_vocab). Returns `out_dir`."""
+    opts.check()
+    src, out = Path(model_dir), Path(out_dir)
+    if out.resolve() == src.resolve():
+        raise ValueError(f"the output {out} is the input model directory; write the new model elsewhere")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite (--overwrite) to replace it")
+    if not pairs:
+        raise ParallelTextError("no parallel pairs given")
+    work = Path(work_dir) if work_dir is not None else out.with_name(f".{out.name}.add_language")
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    old_tok = RC3Tokenizer.from_dir(src)
+    teacher = RC3Model.from_pretrained(src)
+    if teacher.mbart.config.vocab_size != old_tok.vocab_size:
+        raise ValueError(f"{src}: the model has {teacher.mbart.config.vocab_size} token embeddings but its tokenizer "
+                         f"{old_tok.vocab_size} ids")
+    student = copy.deepcopy(teacher)
+    tok_dir = work / "tokenizer"
+    new_pieces: list[tuple[str, float]] = []
+    if opts.extend_vocab:
+        # Deterministic given the text and sizes, so a resumed run rebuilds the same vocabulary.
+        new_pieces = candidate_pieces([q for _, q in pairs], src / SPM_FILE, opts.new_vocab_size, opts.max_new_pieces)
+        log(f"[add_language] {len(new_pieces)} new piece(s) for {opts.lang}"
+            + (f", e.g. {' '.join(p for p, _ in new_pieces[:8])}" if new_pieces else
+               " (every character of the text is already in the vocabulary)"))
+    if new_pieces:
+        if tok_dir.exists():
+            shutil.rmtree(tok_dir)
+        ext = extend_tokenizer(src, new_pieces, tok_dir)
+        new_tok = RC3Tokenizer.from_dir(tok_dir)
+        resize_embeddings(student, row_sources(old_tok, new_tok, ext))
+        tokenizer_files = tok_dir
+    else:
+        new_tok, tokenizer_files = old_tok, src
+    record = distill(student, teacher, new_tok, old_tok, pairs, opts, work, resume=resume, progress=progress, log=log)
+    staging = work / "tokenizer-files"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    for f in src.iterdir():  # task heads and other files of the input travel with the model
+        if f.is_file():
+            shutil.copy2(f, staging / f.name)
+    if tokenizer_files != src:
+        for f in tokenizer_files.iterdir():
+            shutil.copy2(f, staging / f.name)
+        if old_tok.id_map is None and (staging / ID_MAP_FILE).exists():
+            (staging / ID_MAP_FILE).unlink()
+    info = {"lang": opts.lang, "pairs": len(pairs), "new_pieces": [p for p, _ in new_pieces],
+            "options": dataclasses.asdict(opts), "source": str(src), "training": record}
+    previous = staging / INFO_FILE
+    history = json.loads(previous.read_text())["history"] if previous.is_file() else []
+    (staging / INFO_FILE).write_text(json.dumps({**info, "history": [*history, {"lang": opts.lang, "source": str(src)}]},
+                                                indent=1, ensure_ascii=False))
+    student.save_pretrained(out, tokenizer_dir=staging, overwrite=True)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"[add_language] wrote {out} ({opts.lang}: {len(pairs)} pairs, {record['steps']} steps, "
+        f"trainable {opts.trainable}, {len(new_pieces)} new pieces)")
+    return out
+
+
+def read_tsv_or_pair(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """`[TSV]` or `[EN_FILE, X_FILE]` as read_parallel takes them (the command line's --parallel)."""
+    if len(paths) == 1:
+        return read_parallel(paths[0])
+    if len(paths) == 2:
+        return read_parallel(paths[0], paths[1])
+    raise ParallelTextError(f"--parallel takes one TSV or two line-aligned files, got {len(paths)} paths")
+
+
+__all__ = ["AddLanguageOptions", "ParallelTextError", "VocabExtension", "add_language", "candidate_pieces",
+           "distill", "distillation_loss", "extend_tokenizer", "known_characters", "read_parallel",
+           "read_tsv_or_pair", "resize_embeddings", "row_sources"]
