@@ -5,7 +5,7 @@ way tools/convert_butd_weights.py saves; small images made here.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -34,10 +34,7 @@ FIELDS = ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf", "im
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("extract_roi_features", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("rc3.tools.extract_roi_features")  # what TOOL runs
 
 
 def _read(path: Path) -> dict[str, dict[str, np.ndarray]]:

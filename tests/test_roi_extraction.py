@@ -4,6 +4,7 @@ The detector gets random weights saved by the test (safetensors); images are sma
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import subprocess
 import sys
@@ -36,10 +37,7 @@ SIZES = {"a.jpg": (160, 120), "b.png": (120, 160), "sub/c.jpg": (96, 64)}
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("extract_roi_features", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("rc3.tools.extract_roi_features")  # what TOOL runs
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,13 @@
-"""Command line of the finetuning recipes, importable without torch so that `--help` answers at once."""
+"""Command line of the finetuning recipes, importable without torch so that `--help` answers at once.
+
+`rc3-finetune TASK ...` (main below) runs the TASK recipe, as `python finetune/TASK.py ...` does.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
+from collections.abc import Sequence
 
 DESCRIPTIONS: dict[str, str] = {
     "xvnli": "Finetune RC3 on XVNLI (English) and evaluate zero-shot on every test language.",
@@ -13,9 +19,9 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
-def build_parser(task: str) -> argparse.ArgumentParser:
+def build_parser(task: str, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"finetune/{task}.py", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog or f"finetune/{task}.py", description=DESCRIPTIONS[task], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(f"Example: python finetune/{task}.py --config configs/finetune/{task}.yaml --init MODEL_DIR "
                 f"--set train.max_steps=10\nMulti-process (DDP, bf16 on GPU): accelerate launch finetune/{task}.py ...\n"
                 "Writes OUTPUT_DIR/results.json, results.md, metrics.jsonl, tb/ (TensorBoard), checkpoints/,\n"
@@ -29,3 +35,28 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT_DIR/checkpoints/latest (model, optimizer, schedule, data position, RNG)")
     return p
+
+
+def run_task(task: str, argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Run the TASK recipe on ARGV (default sys.argv[1:]); usage errors exit before torch is imported."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    build_parser(task, prog).parse_args(args)  # --help and usage errors before the heavy imports
+    recipe = importlib.import_module(f"rc3.finetune.{task}")
+    from rc3.finetune.trainer import run_main
+
+    run_main(lambda _argv: recipe.main(args))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`rc3-finetune TASK [options]`, TASK one of xvnli, xgqa, marvl, itr, mmt."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    tasks = ", ".join(DESCRIPTIONS)
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: rc3-finetune TASK [options]   (TASK: {tasks}; `rc3-finetune TASK --help` lists the options)")
+        for task, text in DESCRIPTIONS.items():
+            print(f"  {task:6s} {text}")
+        sys.exit(0 if args else 2)
+    if args[0] not in DESCRIPTIONS:
+        print(f"error: unknown task {args[0]!r}; choose one of {tasks}", file=sys.stderr)
+        sys.exit(2)
+    run_task(args[0], args[1:], prog=f"rc3-finetune {args[0]}")
