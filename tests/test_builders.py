@@ -340,7 +340,7 @@ def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: di
     crc_url = "http://img.example/c/3000002.jpg"
     crc = str(zlib.crc32(crc_url.encode()) & 0xFFFFFFFF)
     with wds.TarWriter(str(shards / "00000.tar"), encoder=False) as tw:
-        for n, (image_id, (key, url)) in enumerate(by.items()):
+        for n, (_image_id, (key, url)) in enumerate(by.items()):
             meta = json.dumps({"key": key, "url": url, "status": "success", "caption": "x"}).encode()
             tw.write({"__key__": key, "jpg": jpeg((60 * n, 0, 0), "PNG" if n == 2 else "JPEG"), "json": meta,
                       "txt": b"x"})

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
+from test_builders import WIT_COLUMNS, write_wit
 
 from rc3.data.builders.ds import build_ds
 from rc3.data.builders.dt import WikiMatrixSource, build_dt
 from rc3.data.builders.dw import build_dw
 from rc3.data.shard_writer import ShardWriter
-from test_builders import WIT_COLUMNS, write_wit
 
 N = 48  # images (Ds) / image URLs (Dw); shards of 7 leave a short last one
 

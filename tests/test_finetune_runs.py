@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_finetune import COMMON, DATA, build_world, read_results, run_recipe  # noqa: F401  (fixtures below)
 
 from rc3.config import ConfigError
-from test_finetune import COMMON, DATA, build_world, read_results, run_recipe  # noqa: F401  (fixtures below)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,8 +153,8 @@ def test_best_dev_epoch_is_kept_and_tested(world: Path, model_dir: Path, tmp_pat
 # ---- two processes ---------------------------------------------------------------------------
 def _itr_worker(rank: int, init_file: str, out_file: str) -> None:
     from rc3 import distributed as rd
-    from rc3.modeling import RC3Model
     from rc3.finetune.itr_model import ITRModel
+    from rc3.modeling import RC3Model
     from rc3.synthetic.tiny import tiny_model_config
 
     rd.init_process_group("gloo", f"file://{init_file}", rank, 2, timeout_s=60)
@@ -184,8 +184,8 @@ def global_batch() -> dict[str, torch.Tensor]:
 def test_itr_contrastive_negatives_are_gathered_across_processes(tmp_path: Path) -> None:
     """Two processes with 3 captions each: the loss and the averaged gradients are those of one process
     with all 6 (each caption's negatives are the other process's captions too)."""
-    from rc3.modeling import RC3Model
     from rc3.finetune.itr_model import ITRModel
+    from rc3.modeling import RC3Model
     from rc3.synthetic.tiny import tiny_model_config
 
     mp.spawn(_itr_worker, args=(str(tmp_path / "rdv"), str(tmp_path / "out.pt")), nprocs=2, join=True)

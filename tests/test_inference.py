@@ -5,7 +5,6 @@ References are computed straight from the model's modules, one example at a time
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rc3.modeling import RC3Model
 from rc3.finetune.heads import ClassificationModel, TaskModel
 from rc3.finetune.itr_model import ITRModel
 from rc3.finetune.mmt_model import MMTModel
+from rc3.modeling import RC3Model
 from rc3.synthetic.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]

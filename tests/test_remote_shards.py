@@ -13,13 +13,13 @@ from pathlib import Path
 import fsspec
 import pytest
 import torch
+from test_pipeline import PER_SHARD, captions, collator, keys_of, write_corpus  # noqa: F401 (captions: fixture)
 
 from rc3.config import ConfigError, load_config
 from rc3.data.faults import NoUsableData
 from rc3.data.pipeline import count_samples, make_pipeline
 from rc3.data.shard_source import SeekWindow, ShardOpener, expand_shards, parse_commands
 from rc3.pretrain.loop import estimate_batches_per_epoch
-from test_pipeline import PER_SHARD, captions, collator, keys_of, write_corpus  # noqa: F401 (captions: fixture)
 
 SHARDS = 4
 
@@ -65,7 +65,7 @@ class ShardServer:
         self.timer = threading.Timer(lifetime, self.server.shutdown)
         self.timer.daemon = True
 
-    def __enter__(self) -> "ShardServer":
+    def __enter__(self) -> ShardServer:
         self.thread.start()
         self.timer.start()
         return self

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from rc3.finetune.readers import AnnotationError, Examples
-from rc3.finetune.readers import marvl  # Released sizes (IGLUE paper / Multi30K README), checked against the files themselves.
-from rc3.finetune.readers import multi30k
-from rc3.finetune.readers import xflickrco
-from rc3.finetune.readers import xgqa
-from rc3.finetune.readers import xvnli
+from rc3.finetune.readers import (
+    AnnotationError,
+    Examples,
+    marvl,  # Released sizes (IGLUE paper / Multi30K README), checked against the files themselves.
+    multi30k,
+    xflickrco,
+    xgqa,
+    xvnli,
+)
+
 XVNLI_LINES = {"test": 1164, "train_48": 168}
 XVNLI_UNLABELED = {"test": 14, "train_48": 5}
 MARVL_SIZES = {"id": 1128, "sw": 1108, "ta": 1242, "tr": 1180, "zh": 1012}

@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import tarfile
 
 
 class ShardWriter:

@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
-from torch import nn
 from timm.layers import PatchEmbed
+from torch import nn
 
 from rc3.modeling import flops
+
 VISUAL_MODES = ("roi", "patch", "combined")
 CLS, SEP, SEP2 = 0, 1, 2
 

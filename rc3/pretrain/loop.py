@@ -33,17 +33,17 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from rc3 import distributed as comm
-from rc3.pretrain import fault_injection
-from rc3.modeling import flops as flop_count
 from rc3 import rng
-from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
 from rc3.config import ConfigError, RC3Config, save_config
 from rc3.data.collate import DsCollator, DtCollator, DwCollator
-from rc3.pretrain.streams import MultiTaskLoader, StepPrefetcher
 from rc3.data.pipeline import Source, count_samples, make_pipeline, start_forkserver
 from rc3.data.shard_source import ShardOpener, expand_shards, parse_commands
 from rc3.modeling import RC3Model, build_model, load_tokenizer
+from rc3.modeling import flops as flop_count
+from rc3.pretrain import fault_injection
+from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
 from rc3.pretrain.objectives import TASKS, ObjectiveState, compute_losses
+from rc3.pretrain.streams import MultiTaskLoader, StepPrefetcher
 from rc3.run_log import RunLogger, cuda_peak_memory_gib
 from rc3.tokenization import RC3Tokenizer
 

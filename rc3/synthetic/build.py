@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rc3.tokenization import PRETRAIN_LANGS, RC3Tokenizer, train_sentencepiece
-
 from rc3.synthetic.corpora import DS_LANGS, WIKIMATRIX_MIN_SCORE, write_ds, write_dt, write_dw
 from rc3.synthetic.downstream import ImageBank, write_xgqa, write_xvnli
 from rc3.synthetic.downstream_captions import write_multi30k, write_retrieval
@@ -31,6 +29,7 @@ from rc3.synthetic.render import RoiEncoder
 from rc3.synthetic.texts import world_texts
 from rc3.synthetic.world import COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, stream
 from rc3.synthetic.writer import write_json
+from rc3.tokenization import PRETRAIN_LANGS, RC3Tokenizer, train_sentencepiece
 
 TOKENIZER_VOCAB = 2000
 
@@ -54,7 +53,7 @@ class Sizes:
     multi30k_images: tuple[int, int, int, int, int] = (400, 50, 100, 50, 30)
     shard_size: int = 100
 
-    def scaled(self, factor: float) -> "Sizes":
+    def scaled(self, factor: float) -> Sizes:
         """Every count times `factor` (at least 1; at least 2 images per MaRVL concept)."""
         def s(v: Any) -> Any:
             if isinstance(v, tuple):

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rc3.data.builders.common import (BuildStats, CaptionJoin, caption_format, require_file, safe_key, start_progress,
-                                     to_jpeg_bytes)
+from rc3.data.builders.common import BuildStats, CaptionJoin, caption_format, require_file, safe_key, start_progress, to_jpeg_bytes
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.features import open_feature_store
 from rc3.data.schemas import BOX_DIM, FEATURE_DIM, NUM_ROIS, encode_ds
