@@ -278,6 +278,7 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_cli_smoke(tmp_path: Path, shared_data: Path) -> None:
     for tool in ("tools/build_shards.py", "tools/dataset_stats.py"):
         assert run_tool(tool, "--help").returncode == 0
@@ -328,6 +329,7 @@ def test_build_dw_text_source(tmp_path: Path) -> None:
         build_dw([wit], tmp_path / "x", images, text_source="title", show_progress=False)
 
 
+@pytest.mark.slow  # builds shards with images through the tool
 def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: dict) -> None:
     # img2dataset over the CC3M TSV: tars of <key>.jpg + <key>.json ({"key", "url", ...}); the caption
     # files may name an image by its img2dataset key, its URL or the URL's file name

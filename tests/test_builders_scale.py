@@ -90,6 +90,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow  # worker processes and an interrupted build per corpus
 @pytest.mark.parametrize("corpus", ["ds", "dw", "dt"])
 def test_workers_and_resume_give_the_shards_of_one_uninterrupted_build(corpus, inputs, tmp_path, monkeypatch):
     import rc3.data.builders.parallel as parallel

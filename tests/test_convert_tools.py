@@ -254,6 +254,7 @@ def test_converted_model_computes_what_the_source_computes(converted, mbart_dir:
         assert torch.allclose(model.lm_logits(enc.hidden), ref_logits[..., IdMap.load(out).kept], atol=1e-5)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_convert_refuses_bad_input(converted, mbart_dir: Path, corpora, tmp_path: Path) -> None:
     convert = load_tool("convert_mbart50.py")
     out, _ = converted
@@ -280,6 +281,7 @@ def test_convert_refuses_bad_input(converted, mbart_dir: Path, corpora, tmp_path
     assert "--coverage" in run_tool("convert_mbart50.py", "--help").stdout
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_convert_overwrite_with_fewer_languages(converted, mbart_dir: Path, corpora, tmp_path: Path) -> None:
     out = tmp_path / "again"
     out.mkdir()
@@ -294,6 +296,7 @@ def test_convert_overwrite_with_fewer_languages(converted, mbart_dir: Path, corp
 
 # -------------------------------------------------------------------------------------- export_hf.py
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_export_hf_loads_with_plain_transformers(converted, tmp_path: Path) -> None:
     src, _ = converted
     out = tmp_path / "hf"

@@ -287,6 +287,7 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
     assert results["de"]["dual_mean_R@1"] == pytest.approx((d_i2t["R@1"] + d_t2i["R@1"]) / 2)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_bench_retrieval_model_compares_rerank_with_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
     """tools/bench_retrieval_model.py on a finetuned model: pair counts, and its brute force is the
     recipe's own k=all ranking."""
@@ -378,6 +379,7 @@ def test_config_defaults_and_validation() -> None:
         finetune_config_from_dict({}, "xgqa", base)
 
 
+@pytest.mark.slow  # a process per task importing rc3 (transformers)
 @pytest.mark.parametrize("task", TASKS)
 def test_script_help(task: str) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "finetune" / f"{task}.py"), "--help"], capture_output=True, text=True,

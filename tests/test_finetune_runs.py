@@ -84,6 +84,7 @@ def recipe_cmd(task: str, world: Path, model_dir: Path, out: Path, *extra: str) 
     return cmd
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_killed_run_resumes_exactly(world: Path, model_dir: Path, tmp_path: Path) -> None:
     """ITR (its negatives are random draws, so the RNG state matters): killed at the start of step 5, resumed from
     the step-4 checkpoint (mid-epoch), it logs the same losses and ends with the same weights as an uninterrupted run."""
@@ -181,6 +182,7 @@ def global_batch() -> dict[str, torch.Tensor]:
             "roi": torch.randn(6, 36, 2048, generator=g), "boxes": torch.rand(6, 36, 5, generator=g)}
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_itr_contrastive_negatives_are_gathered_across_processes(tmp_path: Path) -> None:
     """Two processes with 3 captions each: the loss and the averaged gradients are those of one process
     with all 6 (each caption's negatives are the other process's captions too)."""
