@@ -7,11 +7,14 @@ STAMP := $(VENV)/.rc3-installed
 # torch with a torchvision that matches it (timm needs torchvision); override for your CUDA build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install clean
+# Tests run in 2 worker processes (pytest-xdist); override with `make test XDIST="-n 4"` or XDIST= for one.
+XDIST ?= -n 2
+
+.PHONY: demo test test-fast lint install clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
@@ -21,8 +24,18 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	bash tools/demo.sh
 
+# Everything, the multi-process DeepSpeed / end-to-end runs included.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(XDIST) tests
+
+# The tests that take under a few seconds each (no `slow` marker): a couple of minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" tests
+
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) on everything, mypy on rc3/ (pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf work runs

@@ -59,7 +59,7 @@ class RegistrySection:
         cache = cls.__dict__.get("_resolved_cache")
         if cache is None:
             cache = {}
-            setattr(cls, "_resolved_cache", cache)
+            cls._resolved_cache = cache
         if version not in cache:
             ext = dataclasses.make_dataclass(cls.__name__, cls.registry_fields(), bases=(cls,),
                                              namespace={"_registry_extension": True, "__doc__": cls.__doc__})
@@ -233,9 +233,8 @@ class DataConfig(RegistrySection):
 
 def validate_data_sources(d: DataConfig) -> None:
     """Shard sources and the remote-shard settings of the data section."""
-    from rc3.data.shard_source import parse_commands  # data modules import torch; keep config import light
-
     from rc3.data.corpora import CORPORA
+    from rc3.data.shard_source import parse_commands  # data modules import torch; keep config import light
 
     for corpus in CORPORA.names():
         sources: list[SourceConfig] = d.sources(corpus)

@@ -196,12 +196,22 @@ def init_from_launcher(timeout_s: float = 1800.0) -> None:
     if is_initialized():
         return
     if "WORLD_SIZE" not in os.environ:
+        # A free port unless one is given: single-rank runs side by side (parallel tests) must not collide.
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": os.environ.get("MASTER_PORT", "29511")})
+                           "MASTER_PORT": os.environ.get("MASTER_PORT") or str(_free_port())})
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     if backend == "gloo":
         _unlink_shm_buffers()
+
+
+def _free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _unlink_shm_buffers() -> None:

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 log = logging.getLogger("rc3.train")
 
@@ -17,7 +17,7 @@ class RunLogger:
         self.enabled = enabled
         self.bar = None
         self.tb = None
-        self.file = None
+        self.file: TextIO | None = None  # set when enabled
         if not enabled:
             return
         from tqdm.auto import tqdm
@@ -38,6 +38,7 @@ class RunLogger:
         """One line of metrics.jsonl and one TensorBoard scalar per numeric field."""
         if not self.enabled:
             return
+        assert self.file is not None
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.file.write(json.dumps(clean) + "\n")
         step = int(record["step"])
@@ -53,6 +54,7 @@ class RunLogger:
         """A one-off event (skipped step, checkpoint, stop) in the log and in metrics.jsonl."""
         if not self.enabled:
             return
+        assert self.file is not None
         log.warning(message)
         if self.bar is not None:
             self.bar.write(message)
@@ -65,7 +67,8 @@ class RunLogger:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def cuda_peak_memory_gib() -> Optional[float]:

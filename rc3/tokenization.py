@@ -83,7 +83,7 @@ class IdMap:
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "IdMap":
+    def load(cls, directory: str | os.PathLike) -> IdMap:
         path = Path(directory) / ID_MAP_FILE
         try:
             payload = json.loads(path.read_text())
@@ -127,7 +127,7 @@ class RC3Tokenizer:
         self._word_start: dict[int, bool] = {}  # old id -> its piece opens a word (filled on use)
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike) -> "RC3Tokenizer":
+    def from_dir(cls, path: str | os.PathLike) -> RC3Tokenizer:
         """Load from a directory holding mBART-50's `sentencepiece.bpe.model` (and optionally `id_map.json`)."""
         from transformers import MBart50Tokenizer
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from release_data import full_release, release_dir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,9 +27,9 @@ def main() -> None:
     from rc3 import distributed
     from rc3.config import load_config
     from rc3.modeling import RC3Model
+    from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, resolve_ds_config
     from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
-    from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, resolve_ds_config
 
     distributed.init_from_launcher(120.0)
     tokenizer = RC3Tokenizer.from_dir(args.tokenizer_dir)

@@ -110,4 +110,4 @@ def step_losses(run_dir: Path) -> dict[int, dict[str, float]]:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"event"' in l]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"event"' in line]

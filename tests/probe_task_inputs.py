@@ -13,11 +13,11 @@ import sys
 
 import torch
 
-from rc3.pretrain import objectives
 from rc3.config import load_config
 from rc3.modeling import RC3Model
-from rc3.tokenization import RC3Tokenizer
+from rc3.pretrain import objectives
 from rc3.pretrain.loop import train
+from rc3.tokenization import RC3Tokenizer
 
 
 def main(config: str, out: str, overrides: list[str]) -> None:

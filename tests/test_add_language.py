@@ -20,8 +20,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from rc3.add_language import (AddLanguageOptions, ParallelTextError, add_language, candidate_pieces,
-                              distillation_loss, extend_tokenizer, read_parallel, row_sources, resize_embeddings)
+from rc3.add_language import (
+    AddLanguageOptions,
+    ParallelTextError,
+    add_language,
+    candidate_pieces,
+    distillation_loss,
+    extend_tokenizer,
+    read_parallel,
+    resize_embeddings,
+    row_sources,
+)
 from rc3.data.collate import pad_batch
 from rc3.modeling import RC3Model
 from rc3.tokenization import IdMap, RC3Tokenizer, train_sentencepiece
@@ -221,7 +230,7 @@ def test_trainable_switch_trains_what_it_names(base: dict[str, Path], trainable:
     emb = m.embed_texts([TEXTS["en"][0], TEXTS["ru"][0]], lang=["en", "ru"])
     assert emb.shape[0] == 2
     info = (out / "add_language.json").read_text()
-    assert '"lang": "ru"' in info and '"trainable": "%s"' % trainable in info
+    assert '"lang": "ru"' in info and f'"trainable": "{trainable}"' in info
 
 
 def test_existing_output_is_refused_and_same_input_rejected(base: dict[str, Path], tmp_path: Path) -> None:
@@ -263,8 +272,8 @@ def test_kill_and_resume_gives_the_uninterrupted_result(base: dict[str, Path], t
 
 def test_world_parallel_text_is_translations_of_one_meaning() -> None:
     from rc3.synthetic.grammar import language
-    from rc3.synthetic.world import COLOURS, SHAPES
     from rc3.synthetic.repro.add_language import world_parallel
+    from rc3.synthetic.world import COLOURS, SHAPES
 
     pairs = world_parallel("ru", 200, seed=0)
     assert len(pairs) == 200 and pairs == world_parallel("ru", 200, seed=0) and pairs != world_parallel("ru", 200, seed=1)

@@ -278,6 +278,7 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_cli_smoke(tmp_path: Path, release_data: Path) -> None:
     for tool in ("tools/build_shards.py", "tools/dataset_stats.py"):
         assert run_tool(tool, "--help").returncode == 0
@@ -328,6 +329,7 @@ def test_build_dw_text_source(tmp_path: Path) -> None:
         build_dw([wit], tmp_path / "x", images, text_source="title", show_progress=False)
 
 
+@pytest.mark.slow  # builds shards with images through the tool
 def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: dict) -> None:
     # img2dataset over the CC3M TSV: tars of <key>.jpg + <key>.json ({"key", "url", ...}); the caption
     # files may name an image by its img2dataset key, its URL or the URL's file name
@@ -340,7 +342,7 @@ def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: di
     crc_url = "http://img.example/c/3000002.jpg"
     crc = str(zlib.crc32(crc_url.encode()) & 0xFFFFFFFF)
     with wds.TarWriter(str(shards / "00000.tar"), encoder=False) as tw:
-        for n, (image_id, (key, url)) in enumerate(by.items()):
+        for n, (_image_id, (key, url)) in enumerate(by.items()):
             meta = json.dumps({"key": key, "url": url, "status": "success", "caption": "x"}).encode()
             tw.write({"__key__": key, "jpg": jpeg((60 * n, 0, 0), "PNG" if n == 2 else "JPEG"), "json": meta,
                       "txt": b"x"})

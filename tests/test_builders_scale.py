@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
+from test_builders import WIT_COLUMNS, write_wit
 
 from rc3.data.builders.ds import build_ds
 from rc3.data.builders.dt import WikiMatrixSource, build_dt
 from rc3.data.builders.dw import build_dw
 from rc3.data.shard_writer import ShardWriter
-from test_builders import WIT_COLUMNS, write_wit
 
 N = 48  # images (Ds) / image URLs (Dw); shards of 7 leave a short last one
 
@@ -90,6 +90,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow  # worker processes and an interrupted build per corpus
 @pytest.mark.parametrize("corpus", ["ds", "dw", "dt"])
 def test_workers_and_resume_give_the_shards_of_one_uninterrupted_build(corpus, inputs, tmp_path, monkeypatch):
     import rc3.data.builders.parallel as parallel

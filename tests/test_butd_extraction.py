@@ -5,7 +5,7 @@ way tools/convert_butd_weights.py saves; small images made here.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -34,10 +34,7 @@ FIELDS = ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf", "im
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("extract_roi_features", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("rc3.tools.extract_roi_features")  # what TOOL runs
 
 
 def _read(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -81,6 +78,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, weights: Path, images: P
     return out, proc.stderr
 
 
+@pytest.mark.slow  # runs the extraction tool on the detector (module fixture)
 def test_output_is_the_iglue_layout_and_reads_back(reference: tuple[Path, str]) -> None:
     out, _ = reference
     data = _read(out)
@@ -116,6 +114,7 @@ def test_broken_image_is_skipped_counted_and_listed(reference: tuple[Path, str])
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, listing.name])  # parts removed
 
 
+@pytest.mark.slow  # the detector forward in this process
 def test_regions_are_the_kept_proposals_pooled_features(weights: Path, images: Path) -> None:
     detector = load_detector(weights, min_size=96, max_size=160)
     rgb = Image.open(images / "a.jpg").convert("RGB")
@@ -132,6 +131,7 @@ def test_regions_are_the_kept_proposals_pooled_features(weights: Path, images: P
         assert any(probs[m].max().item() == pytest.approx(conf) and probs[m].argmax().item() == cls for m in match)
 
 
+@pytest.mark.slow  # two extraction processes
 def test_two_workers_write_what_one_worker_writes(tmp_path: Path, weights: Path, images: Path,
                                                    reference: tuple[Path, str],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,6 +147,7 @@ def test_two_workers_write_what_one_worker_writes(tmp_path: Path, weights: Path,
         _assert_same(two[key], one[key])
 
 
+@pytest.mark.slow  # extraction with loader processes
 def test_decoding_in_loader_processes_changes_nothing(tmp_path: Path, weights: Path, images: Path,
                                                       reference: tuple[Path, str],
                                                       capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,6 +161,7 @@ def test_decoding_in_loader_processes_changes_nothing(tmp_path: Path, weights: P
         _assert_same(loaded[key], one[key])
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_killed_run_resumes_and_skips_what_is_done(tmp_path: Path, weights: Path, images: Path,
                                                     reference: tuple[Path, str],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,6 +184,7 @@ def test_killed_run_resumes_and_skips_what_is_done(tmp_path: Path, weights: Path
     assert not parts.exists()
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_launcher_ranks_split_the_work_and_the_last_one_merges(tmp_path: Path, weights: Path, images: Path,
                                                                 reference: tuple[Path, str]) -> None:
     """What torchrun / accelerate launch start: one process per rank, RANK / WORLD_SIZE in the environment."""
@@ -213,6 +216,7 @@ def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_img2dataset_tars_and_parquet(tmp_path: Path, weights: Path, images: Path,
                                       reference: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     import pyarrow as pa  # in the dev extra: a missing pyarrow is an install error, not a skip
@@ -255,6 +259,7 @@ def test_img2dataset_tars_and_parquet(tmp_path: Path, weights: Path, images: Pat
     assert "skipped 5 unreadable" in err
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_lmdb_output_and_ds_builder_take_it(tmp_path: Path, weights: Path, images: Path,
                                             reference: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "features.lmdb"

@@ -7,7 +7,7 @@ attributes), independently of rc3's name map.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
 import os
 import pickle
@@ -120,10 +120,7 @@ def test_release_pickle_converts_and_loads_with_no_key_left(tmp_path: Path) -> N
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("convert_butd_weights", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("rc3.tools.convert_butd_weights")  # what TOOL runs
 
 
 def _convert(tmp_path: Path, model: dict[str, np.ndarray], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -117,8 +117,8 @@ def test_linguistic_prior_matches_its_equation_and_ignores_unanswerable() -> Non
 
 def test_prior_is_added_to_the_classifier_loss() -> None:
     from rc3.finetune.heads import ClassificationModel
-    from rc3.synthetic.tiny import tiny_model_config
     from rc3.modeling import RC3Model
+    from rc3.synthetic.tiny import tiny_model_config
 
     torch.manual_seed(0)
     rc3 = RC3Model.from_config(tiny_model_config(), 50)

@@ -6,7 +6,7 @@ lines. The reduced model must agree with the source model on every kept id.
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import importlib
 import json
 import shutil
 import subprocess
@@ -22,8 +22,16 @@ from transformers import MBartConfig, MBartForConditionalGeneration
 from rc3.config import ModelConfig
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.tokenization import IdMap, RC3Tokenizer
-from rc3.vocab import (always_kept_ids, count_pieces, coverage_of, iter_lines, parse_corpus_spec,
-                       select_vocabulary, slice_vocab_tensors, smallest_covering_set)
+from rc3.vocab import (
+    always_kept_ids,
+    count_pieces,
+    coverage_of,
+    iter_lines,
+    parse_corpus_spec,
+    select_vocabulary,
+    slice_vocab_tensors,
+    smallest_covering_set,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 COVERAGE = 0.999
@@ -37,10 +45,7 @@ def run_tool(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def load_tool(script: str):
     """A tools/ script as a module, to call its main(argv) in this process."""
-    spec = importlib.util.spec_from_file_location(f"tool_{Path(script).stem}", REPO / "tools" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"rc3.tools.{Path(script).stem}")  # what tools/<script> runs
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +254,7 @@ def test_converted_model_computes_what_the_source_computes(converted, mbart_dir:
         assert torch.allclose(model.lm_logits(enc.hidden), ref_logits[..., IdMap.load(out).kept], atol=1e-5)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_convert_refuses_bad_input(converted, mbart_dir: Path, corpora, tmp_path: Path) -> None:
     convert = load_tool("convert_mbart50.py")
     out, _ = converted
@@ -275,6 +281,7 @@ def test_convert_refuses_bad_input(converted, mbart_dir: Path, corpora, tmp_path
     assert "--coverage" in run_tool("convert_mbart50.py", "--help").stdout
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_convert_overwrite_with_fewer_languages(converted, mbart_dir: Path, corpora, tmp_path: Path) -> None:
     out = tmp_path / "again"
     out.mkdir()
@@ -289,6 +296,7 @@ def test_convert_overwrite_with_fewer_languages(converted, mbart_dir: Path, corp
 
 # -------------------------------------------------------------------------------------- export_hf.py
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_export_hf_loads_with_plain_transformers(converted, tmp_path: Path) -> None:
     src, _ = converted
     out = tmp_path / "hf"

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from engine_fixtures import REPO, free_port
+
 from rc3.config import load_config
 from rc3.pretrain.loop import optimizer_offloaded, resolve_ds_config
 
@@ -28,7 +28,7 @@ def test_every_preset_starts_an_engine_and_steps(tokenizer_dir):
                            str(tokenizer_dir), *map(str, PRESETS)], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = {r["preset"]: r for r in map(json.loads, (l for l in proc.stdout.splitlines() if l.startswith("{")))}
+    results = {r["preset"]: r for r in map(json.loads, (line for line in proc.stdout.splitlines() if line.startswith("{")))}
     assert sorted(results) == [p.name for p in PRESETS] and len(results) == 8
     for preset in PRESETS:
         r, raw = results[preset.name], json.loads(preset.read_text())

@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from engine_fixtures import (REPO, deepspeed_cmd, events, free_port, launch, step_losses, write_config,
-                             write_tiny_shards)
+from engine_fixtures import REPO, deepspeed_cmd, events, free_port, launch, step_losses, write_config, write_tiny_shards
 
 pytestmark = pytest.mark.slow
 TOTAL = 10

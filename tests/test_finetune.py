@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from rc3.config import ConfigError
-from rc3.modeling import RC3Model
 from rc3.finetune.config import load_finetune_config
+from rc3.modeling import RC3Model
 from rc3.synthetic.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,9 +212,9 @@ def test_saved_classifier_reloads_and_evaluates_identically(world: Path, model_d
 
 def test_marvl_feeds_two_images(world: Path, model_dir: Path) -> None:
     from rc3.finetune.common import VisualSource
+    from rc3.finetune.config import finetune_config_from_dict
     from rc3.finetune.datasets import TextCollator, VisualTextDataset
     from rc3.finetune.marvl import MaRVLTask
-    from rc3.finetune.config import finetune_config_from_dict
     from rc3.tokenization import RC3Tokenizer
 
     cfg = finetune_config_from_dict({}, "marvl", [f"data.root={world}", *DATA["marvl"], "data.features=[features.h5]"])
@@ -231,11 +231,11 @@ def test_marvl_feeds_two_images(world: Path, model_dir: Path) -> None:
 
 
 def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    from rc3.finetune.common import VisualSource
     from rc3.finetune.itr import RetrievalEvaluator, read_table
     from rc3.finetune.itr_model import ITRModel
     from rc3.finetune.metrics import gold_ranks, recall_at_k
     from rc3.finetune.readers.xflickrco import xflickrco_path
-    from rc3.finetune.common import VisualSource
 
     out = tmp_path / "itr_all"
     run_recipe("itr", world, model_dir, out, "itr.k=all")
@@ -287,6 +287,7 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
     assert results["de"]["dual_mean_R@1"] == pytest.approx((d_i2t["R@1"] + d_t2i["R@1"]) / 2)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_bench_retrieval_model_compares_rerank_with_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
     """tools/bench_retrieval_model.py on a finetuned model: pair counts, and its brute force is the
     recipe's own k=all ranking."""
@@ -379,6 +380,7 @@ def test_config_defaults_and_validation() -> None:
         finetune_config_from_dict({}, "xgqa", base)
 
 
+@pytest.mark.slow  # a process per task importing rc3 (transformers)
 @pytest.mark.parametrize("task", TASKS)
 def test_script_help(task: str) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "finetune" / f"{task}.py"), "--help"], capture_output=True, text=True,

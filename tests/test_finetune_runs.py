@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from test_finetune import COMMON, DATA, build_world, read_results, run_recipe  # noqa: F401  (fixtures below)
 
 from rc3.config import ConfigError
-from test_finetune import COMMON, DATA, build_world, read_results, run_recipe  # noqa: F401  (fixtures below)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +84,7 @@ def recipe_cmd(task: str, world: Path, model_dir: Path, out: Path, *extra: str) 
     return cmd
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_killed_run_resumes_exactly(world: Path, model_dir: Path, tmp_path: Path) -> None:
     """ITR (its negatives are random draws, so the RNG state matters): killed at the start of step 5, resumed from
     the step-4 checkpoint (mid-epoch), it logs the same losses and ends with the same weights as an uninterrupted run."""
@@ -153,8 +154,8 @@ def test_best_dev_epoch_is_kept_and_tested(world: Path, model_dir: Path, tmp_pat
 # ---- two processes ---------------------------------------------------------------------------
 def _itr_worker(rank: int, init_file: str, out_file: str) -> None:
     from rc3 import distributed as rd
-    from rc3.modeling import RC3Model
     from rc3.finetune.itr_model import ITRModel
+    from rc3.modeling import RC3Model
     from rc3.synthetic.tiny import tiny_model_config
 
     rd.init_process_group("gloo", f"file://{init_file}", rank, 2, timeout_s=60)
@@ -181,11 +182,12 @@ def global_batch() -> dict[str, torch.Tensor]:
             "roi": torch.randn(6, 36, 2048, generator=g), "boxes": torch.rand(6, 36, 5, generator=g)}
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_itr_contrastive_negatives_are_gathered_across_processes(tmp_path: Path) -> None:
     """Two processes with 3 captions each: the loss and the averaged gradients are those of one process
     with all 6 (each caption's negatives are the other process's captions too)."""
-    from rc3.modeling import RC3Model
     from rc3.finetune.itr_model import ITRModel
+    from rc3.modeling import RC3Model
     from rc3.synthetic.tiny import tiny_model_config
 
     mp.spawn(_itr_worker, args=(str(tmp_path / "rdv"), str(tmp_path / "out.pt")), nprocs=2, join=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import real_texts
+
 from rc3.modeling import RC3Model
 from rc3.synthetic.tiny import tiny_model_config
 from rc3.tokenization import IdMap, RC3Tokenizer
@@ -130,6 +130,7 @@ for text, src, tgt in cases:
 CODES = {"de": "de_DE", "en": "en_XX", "fr": "fr_XX", "zh": "zh_CN", "ja": "ja_XX"}
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_export_hf_loads_in_plain_transformers_and_generates_rc3s_text(reduced_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")  # this checkout's rc3

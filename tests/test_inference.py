@@ -5,7 +5,6 @@ References are computed straight from the model's modules, one example at a time
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rc3.modeling import RC3Model
 from rc3.finetune.heads import ClassificationModel, TaskModel
 from rc3.finetune.itr_model import ITRModel
 from rc3.finetune.mmt_model import MMTModel
+from rc3.modeling import RC3Model
 from rc3.synthetic.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +103,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Pat
     return out
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_importing_inference_pulls_no_training_code() -> None:
     code = ("import sys, rc3.inference, rc3.cli; bad = [m for m in ('deepspeed', 'rc3.pretrain.loop', 'rc3.finetune.trainer', "
             "'rc3.pretrain.objectives', 'rc3.finetune.mmt') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
@@ -310,6 +310,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rc3.cli", *argv], capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_cli_prints_tables(dirs: dict[str, Path], data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from rc3.cli import main
 
@@ -346,6 +347,7 @@ def test_cli_prints_tables(dirs: dict[str, Path], data: Path, tmp_path: Path, ca
     assert exit_.value.code == 2 and "no classifier head" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_python_m_rc3_cli_and_console_script_entry() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0 and all(c in proc.stdout for c in ("embed", "search", "classify", "translate"))
@@ -364,6 +366,7 @@ def chromium() -> str:
     pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium); the HTML page is checked in a browser")
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_search_html_page_renders_every_result_in_a_headless_browser(dirs: dict[str, Path], data: Path,
                                                                       tmp_path: Path) -> None:
     import re

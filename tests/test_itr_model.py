@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from rc3.modeling import RC3Model
 from rc3.finetune.itr_model import ITRModel
+from rc3.modeling import RC3Model
 from rc3.synthetic.tiny import tiny_model_config
 
 VOCAB = 64

@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rc3.pretrain.losses import (PositiveProbabilityTracker, decoder_lm_loss, interpolate_negatives,
-                        interpolated_contrastive_loss, itm_loss, mlm_loss, relevance_kl, xtcl_loss)
+from rc3.pretrain.losses import (
+    PositiveProbabilityTracker,
+    decoder_lm_loss,
+    interpolate_negatives,
+    interpolated_contrastive_loss,
+    itm_loss,
+    mlm_loss,
+    relevance_kl,
+    xtcl_loss,
+)
 
 
 def t64(*rows: object) -> torch.Tensor:

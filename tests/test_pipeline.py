@@ -20,8 +20,8 @@ from rc3.data import schemas
 from rc3.data.collate import DsCollator, DtCollator, DwCollator
 from rc3.data.faults import NoUsableData, SkipBudgetExceeded
 from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
-from rc3.pretrain.streams import MultiTaskLoader
 from rc3.data.pipeline import expand_shards, make_pipeline
+from rc3.pretrain.streams import MultiTaskLoader
 
 PER_SHARD = 6
 

@@ -20,6 +20,7 @@ def png_ok(path: Path) -> np.ndarray:
     return img
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_plot_run_draws_a_pretraining_log(tmp_path: Path) -> None:
     from rc3.plots import plot_run, read_metrics
     from rc3.run_log import RunLogger
@@ -63,13 +64,14 @@ def test_loss_fields_are_told_from_the_other_fields() -> None:
                                         "samples_per_s", "data_wait_share", "epoch"))
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_finetuning_writes_a_results_chart_and_its_log_plots(tmp_path: Path, tokenizer, tokenizer_dir: Path) -> None:
     import torch
+    from test_finetune import build_world, run_recipe
 
     from rc3.modeling import RC3Model
     from rc3.plots import plot_run
     from rc3.synthetic.tiny import tiny_model_config
-    from test_finetune import build_world, run_recipe
 
     world = tmp_path / "world"
     build_world(world)

@@ -12,9 +12,9 @@ import torch
 from rc3.data import schemas
 from rc3.data.collate import DtCollator
 from rc3.data.faults import NoUsableData
-from rc3.pretrain.streams import MultiTaskLoader, StepPrefetcher
 from rc3.data.pipeline import make_pipeline
 from rc3.data.shard_writer import ShardWriter
+from rc3.pretrain.streams import MultiTaskLoader, StepPrefetcher
 
 
 class CountingLoader:

@@ -150,11 +150,9 @@ def test_a_registered_corpus_streams_counts_faults_and_gets_config_keys(tmp_path
         assert len(keys) == 8 and "000005" not in keys
         assert loader.skips.as_dict() == {"bad_json": 1}
 
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("dataset_stats", REPO / "tools/dataset_stats.py")
-        stats = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(stats)
-        report = stats.collect([shard])
+        from rc3.tools import dataset_stats
+
+        report = dataset_stats.collect([shard])
         assert report["samples"] == {"dq": 11} and report["languages"] == {"en": 11}
         assert report["broken_samples"] == {"qa.json: not valid UTF-8 JSON": 1}
     with pytest.raises(ConfigError, match="data.dq_shards: unknown key"):

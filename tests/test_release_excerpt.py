@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from release_data import EXCERPT, full_release
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))

@@ -13,13 +13,13 @@ from pathlib import Path
 import fsspec
 import pytest
 import torch
+from test_pipeline import PER_SHARD, captions, collator, keys_of, write_corpus  # noqa: F401 (captions: fixture)  # noqa: F401 (captions: fixture)
 
 from rc3.config import ConfigError, load_config
 from rc3.data.faults import NoUsableData
 from rc3.data.pipeline import count_samples, make_pipeline
 from rc3.data.shard_source import SeekWindow, ShardOpener, expand_shards, parse_commands
 from rc3.pretrain.streams import estimate_batches_per_epoch
-from test_pipeline import PER_SHARD, captions, collator, keys_of, write_corpus  # noqa: F401 (captions: fixture)
 
 SHARDS = 4
 
@@ -65,7 +65,7 @@ class ShardServer:
         self.timer = threading.Timer(lifetime, self.server.shutdown)
         self.timer.daemon = True
 
-    def __enter__(self) -> "ShardServer":
+    def __enter__(self) -> ShardServer:
         self.thread.start()
         self.timer.start()
         return self
@@ -103,6 +103,7 @@ def ds_dir(tmp_path, captions) -> Path:
 FAST = ShardOpener(retries=2, backoff_s=0.01)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_http_and_pipe_shards_give_the_batches_of_local_ones(ds_dir, tokenizer):
     local = batches(str(ds_dir / shard_names()), tokenizer)
     assert len(local) == 6
@@ -113,6 +114,7 @@ def test_http_and_pipe_shards_give_the_batches_of_local_ones(ds_dir, tokenizer):
     assert same(over_http, local) and same(over_pipe, local)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_gzipped_and_configured_scheme_shards(ds_dir, tokenizer, tmp_path):
     local = batches(str(ds_dir / shard_names()), tokenizer)
     gz = tmp_path / "gz"
@@ -132,6 +134,7 @@ def test_gzipped_and_configured_scheme_shards(ds_dir, tokenizer, tmp_path):
     assert same(via_fsspec, local)
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_dropped_connections_are_retried_and_change_nothing(ds_dir, tokenizer, caplog):
     local = batches(str(ds_dir / shard_names()), tokenizer)
     with ShardServer(ds_dir, drop="first") as server:
@@ -144,6 +147,7 @@ def test_dropped_connections_are_retried_and_change_nothing(ds_dir, tokenizer, c
     assert same(got, local) and not loader.skips
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_a_server_that_drops_every_shard_ends_with_a_clear_error(ds_dir, tokenizer):
     with ShardServer(ds_dir, drop="always") as server:
         t0 = time.time()
@@ -231,6 +235,7 @@ def test_seek_window_serves_forward_reads_and_short_back_seeks():
     assert win.read() == data[300_000:] and win.read(3) == b""
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_stray_pickles_in_remote_shards_are_never_read(tmp_path, captions, tokenizer):
     # the member filter runs on streamed shards too (test_pipeline has the local case in full)
     import pickle
@@ -275,6 +280,7 @@ for batch in loader:
 """
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_a_reader_killed_mid_epoch_over_http_resumes_exactly(ds_dir, tokenizer, tokenizer_dir):
     import json
     import os

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rc3.finetune import retrieval
+from rc3.finetune import metrics, retrieval
 from rc3.finetune.retrieval import FaissIndex, RecallAccumulator, TorchTopK
-from rc3.finetune import metrics
+
+
 def _table_rerank(table: torch.Tensor, calls: list | None = None):
     """A cross-encoder stand-in: score(q, c) = table[q, c], whatever the batch composition."""
     def fn(q_idx: torch.Tensor, cand_idx: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ The detector gets random weights saved by the test (safetensors); images are sma
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import subprocess
 import sys
@@ -36,10 +37,7 @@ SIZES = {"a.jpg": (160, 120), "b.png": (120, 160), "sub/c.jpg": (96, 64)}
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("extract_roi_features", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("rc3.tools.extract_roi_features")  # what TOOL runs
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +107,7 @@ def test_corrupt_image_is_skipped_and_counted(extracted: tuple[Path, str]) -> No
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, listing.name])  # no temp/parts left
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_existing_output_is_refused_unless_overwrite(
     tmp_path: Path, weights: Path, images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -191,6 +190,7 @@ def test_frozen_bn_checkpoint_loads(state_dict: dict[str, torch.Tensor]) -> None
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_help_lists_options() -> None:
     proc = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
@@ -200,6 +200,7 @@ def test_help_lists_options() -> None:
     assert "NOT IGLUE-compatible" in proc.stdout
 
 
+@pytest.mark.slow  # starts Python processes that import torch
 def test_missing_weights_is_a_clear_error(tmp_path: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--images", str(images), "--out", str(tmp_path / "f.h5"), "--weights", str(tmp_path / "w.safetensors")]
     assert _tool().main([*argv, *FAST]) == 2

@@ -119,14 +119,16 @@ def test_annotation_field_sets_match_real_files(world: Path, release_data: Path)
         assert recs[0].keys() == _first(real / "flickr30k/annotations/test_ann.jsonl").keys()
         assert all(len(r["sentences"]) == 5 and len(set(r["sentences"])) == 5 for r in recs)
     for lang in ("id", "sw", "ta", "tr", "zh"):
-        ours_m, real_m = _first(ours / f"marvl/zero_shot/annotations/marvl-{lang}.jsonl"), _first(real / f"marvl/zero_shot/annotations/marvl-{lang}.jsonl")
+        ours_m = _first(ours / f"marvl/zero_shot/annotations/marvl-{lang}.jsonl")
+        real_m = _first(real / f"marvl/zero_shot/annotations/marvl-{lang}.jsonl")
         assert ours_m.keys() == real_m.keys() and ours_m["annotator_info"].keys() == real_m["annotator_info"].keys()
         assert isinstance(ours_m["label"], bool) and ours_m["language"] == lang
     for split in ("train", "dev", "test"):
         rec = _first(ours / f"nlvr2/annotations/{split}.jsonl")
         assert rec.keys() == _first(real / "nlvr2/annotations/test.jsonl").keys() and rec["label"] in ("True", "False")
     real_q = next(iter(json.loads((real / "xGQA/annotations/few_shot/en/dev.json").read_text()).values()))
-    for path in [ours / "gqa/annotations/train_balanced_questions.json", ours / "gqa/annotations/testdev_balanced_questions.json", *sorted((ours / "xGQA").rglob("*.json"))]:
+    for path in [ours / "gqa/annotations/train_balanced_questions.json", ours / "gqa/annotations/testdev_balanced_questions.json",
+                 *sorted((ours / "xGQA").rglob("*.json"))]:
         q = next(iter(json.loads(path.read_text()).values()))
         assert q.keys() == real_q.keys() and q["types"].keys() == real_q["types"].keys(), path
         assert q["semantic"][0].keys() == real_q["semantic"][0].keys()
@@ -159,7 +161,7 @@ def test_raw_corpora_formats(world: Path, info: dict) -> None:
         header = fh.readline().rstrip("\n").split("\t")
         rows = [line.rstrip("\n").split("\t") for line in fh]
     assert tuple(header) == WIT_COLUMNS and all(len(r) == len(header) for r in rows)
-    for lang, rel in info["raw"]["ds"]["captions"].items():
+    for rel in info["raw"]["ds"]["captions"].values():
         lines = (world / rel).read_text(encoding="utf-8").splitlines()
         assert len(lines) == info["sizes"]["ds_images"] and all(len(line.split("\t")) == 2 for line in lines)
     with tarfile.open(world / info["raw"]["dw"]["images"] / "00000.tar") as tf:
@@ -440,12 +442,9 @@ def test_tokenizer_covers_every_language(world: Path) -> None:
 
 
 def _cli_main():
-    import importlib.util
+    from rc3.tools.make_synthetic import main  # what tools/make_synthetic.py runs
 
-    spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "tools" / "make_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.main
+    return main
 
 
 def test_cli_refuses_bad_input(world: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from rc3.finetune.readers import AnnotationError, Examples
-from rc3.finetune.readers import marvl  # Released sizes (IGLUE paper / Multi30K README), checked against the files themselves.
-from rc3.finetune.readers import multi30k
-from rc3.finetune.readers import xflickrco
-from rc3.finetune.readers import xgqa
-from rc3.finetune.readers import xvnli
+from rc3.finetune.readers import (
+    AnnotationError,
+    Examples,
+    marvl,  # Released sizes (IGLUE paper / Multi30K README), checked against the files themselves.
+    multi30k,
+    xflickrco,
+    xgqa,
+    xvnli,
+)
+
 # "full": the published release (IGLUE paper, Multi30K README), counted in the files themselves.
 # "excerpt": tests/data/release-excerpt.tar.gz (the lines tools/make_test_excerpt.py keeps), counted
 # with grep and json.loads on the unpacked files, not with these readers.

@@ -7,10 +7,10 @@ from collections import Counter
 
 import pytest
 import torch
+from test_pipeline import captions, collator, keys_of, write_tar  # noqa: F401 (captions: fixture)
 
 from rc3.data import schemas
 from rc3.data.pipeline import Source, make_pipeline
-from test_pipeline import captions, collator, keys_of, write_tar  # noqa: F401 (captions: fixture)
 
 PAIRS = [("en", "de"), ("fr", "cs"), ("de", "fr")]
 

@@ -47,8 +47,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 WIT_COLUMNS = [
     "language", "page_url", "image_url", "page_title", "section_title", "hierarchical_section_title",
     "caption_reference_description", "caption_attribution_description", "caption_alt_text_description",

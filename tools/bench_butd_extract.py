@@ -15,18 +15,14 @@ import argparse
 import datetime as dt
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from rc3.provenance import git_commit  # noqa: E402
-from rc3.vision.butd import ButdConfig, ButdDetector, ButdExtractor, preprocess  # noqa: E402
+from rc3.provenance import git_commit
+from rc3.vision.butd import ButdConfig, ButdDetector, ButdExtractor, preprocess
 
 
 def _sync(device: torch.device) -> None:

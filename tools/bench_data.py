@@ -20,7 +20,6 @@ import io
 import json
 import os
 import platform
-import sys
 import tarfile
 import tempfile
 import time
@@ -31,16 +30,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rc3.data import schemas  # noqa: E402
-from rc3.data.collate import DsCollator, DwCollator  # noqa: E402
-from rc3.data.images import load_image  # noqa: E402
-from rc3.data.pipeline import expand_shards, make_pipeline  # noqa: E402
-from rc3.data.shard_writer import ShardWriter  # noqa: E402
-from rc3.provenance import git_commit  # noqa: E402
-from rc3.synthetic.tiny import train_tiny_spm  # noqa: E402
-from rc3.tokenization import RC3Tokenizer  # noqa: E402
+from rc3.data import schemas
+from rc3.data.collate import DsCollator, DwCollator
+from rc3.data.images import load_image
+from rc3.data.pipeline import expand_shards, make_pipeline
+from rc3.data.shard_writer import ShardWriter
+from rc3.provenance import git_commit
+from rc3.synthetic.tiny import train_tiny_spm
+from rc3.tokenization import RC3Tokenizer
 
 WORDS = ("a man woman dog child red blue small large street beach field ball runs sits looks holds "
          "near under with two three playing walking standing green water tree building car bike").split()

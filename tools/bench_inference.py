@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from rc3.provenance import git_commit
 
-from rc3.provenance import git_commit  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "tools/bench_inference.py"]
 SIZES = {  # model config overrides; texts, images, index images, queries, k
@@ -53,8 +52,8 @@ def texts_of(n: int, work: Path) -> list[str]:
 
 
 def make_model(size: str, tok_dir: Path, out: Path) -> Path:
-    from rc3.modeling import RC3Model
     from rc3.finetune.itr_model import ITRModel
+    from rc3.modeling import RC3Model
     from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 

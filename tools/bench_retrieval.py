@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from rc3.finetune import retrieval  # noqa: E402
-from rc3.provenance import git_commit  # noqa: E402
-from rc3.finetune import metrics  # noqa: E402
+from rc3.finetune import (
+    metrics,
+    retrieval,
+)
+from rc3.provenance import git_commit
 
 
 class PairCrossEncoder(nn.Module):
@@ -115,7 +113,8 @@ def main() -> None:
         return s.view(image_idx.shape)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
-    print(f"# bench_retrieval  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  commit={git_commit(['rc3/finetune/retrieval.py', 'tools/bench_retrieval.py'])}")
+    commit = git_commit(["rc3/finetune/retrieval.py", "tools/bench_retrieval.py"])
+    print(f"# bench_retrieval  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  commit={commit}")
     print(f"# device: {dev_name} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads), "
           f"faiss on {'GPU' if retrieval.faiss_gpu_available() else 'CPU'}, bf16 autocast={bf16}")
     n_img, n_txt = args.images, len(w["cap_img"])

@@ -22,24 +22,21 @@ import argparse
 import datetime as dt
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from rc3.finetune.classification import visual_source
+from rc3.finetune.heads import HEAD_META, load_head
+from rc3.finetune.itr import RetrievalEvaluator, build_itr_model
+from rc3.finetune.readers.xflickrco import caption_table, read_retrieval
+from rc3.finetune.retrieval import itr_recall
+from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.provenance import git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-from rc3.provenance import git_commit  # noqa: E402
-from rc3.finetune.retrieval import itr_recall  # noqa: E402
-from rc3.finetune.classification import visual_source  # noqa: E402
-from rc3.finetune.heads import HEAD_META, load_head  # noqa: E402
-from rc3.finetune.itr import RetrievalEvaluator, build_itr_model  # noqa: E402
-from rc3.finetune.readers.xflickrco import caption_table, read_retrieval  # noqa: E402
-from rc3.finetune.trainer import FinetuneRun, parse_cli  # noqa: E402
-
 
 WATCHED = ["rc3/finetune/retrieval.py", "rc3/finetune/itr.py", "tools/bench_retrieval_model.py"]
 

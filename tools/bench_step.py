@@ -22,14 +22,14 @@ from datetime import date
 import torch
 
 from rc3 import distributed as dist
-from rc3.modeling import flops as flop_count
 from rc3.config import load_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
+from rc3.modeling import flops as flop_count
+from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, resolve_ds_config, to_device
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
+from rc3.pretrain.streams import TaskStreams
 from rc3.provenance import git_commit
 from rc3.synthetic.tiny import random_task_batches
-from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, resolve_ds_config, to_device
-from rc3.pretrain.streams import TaskStreams
 
 
 def main() -> None:

@@ -1,54 +1,10 @@
-#!/usr/bin/env python
 """Generate the synthetic world: pretraining corpora and shards, downstream sets, tokenizer.
 
-    python tools/make_synthetic.py --out work/synthetic [--seed 0] [--size tiny|small]
-                                   [--n-images N] [--weak-overlap 0.5] [--force] [--no-shards]
-
-Everything is in the real corpus formats (see rc3/synthetic/build.py for the layout) and is
-determined by --seed. `--n-images` overrides the number of Ds images of the chosen size.
+The `rc3-make-synthetic` command from a checkout: rc3.tools.make_synthetic.
 """
-from __future__ import annotations
-
-import argparse
-import dataclasses
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rc3.synthetic.build import SIZES, make_world  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, type=Path, help="output directory (must be empty unless --force)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    ap.add_argument("--n-images", type=int, default=None, help="number of Ds images (default: from --size)")
-    ap.add_argument("--weak-overlap", type=float, default=0.5,
-                    help="fraction of a Dw image's objects that all its texts mention (0..1; 1 = strictly aligned)")
-    ap.add_argument("--force", action="store_true", help="replace an existing output directory")
-    ap.add_argument("--no-shards", action="store_true", help="write raw corpora and downstream sets only")
-    args = ap.parse_args(argv)
-    sizes = SIZES[args.size]
-    if args.n_images is not None:
-        if args.n_images < 1:
-            ap.error("--n-images must be >= 1")
-        sizes = dataclasses.replace(sizes, ds_images=args.n_images)
-    if not 0.0 <= args.weak_overlap <= 1.0:
-        ap.error("--weak-overlap must lie in [0, 1]")
-    try:
-        world = make_world(args.out, seed=args.seed, sizes=sizes, weak_overlap=args.weak_overlap, force=args.force,
-                           shards=not args.no_shards)
-    except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for name, info in world["shards"].items():
-        print(f"shards/{name}: {info['samples']} samples in {info['shards']} shard(s); skipped {info['skipped']}")
-    print(f"downstream: {world['downstream']['n_feature_keys']} feature keys; tokenizer vocab "
-          f"{world['tokenizer']['vocab_size']}")
-    return 0
-
+from rc3.tools.make_synthetic import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -158,7 +158,6 @@ def mean_row(name: str, cols: list[str], runs: list[dict[str, float]]) -> str:
 
 
 def summarise(args: argparse.Namespace, where: dict[str, Any], times: dict[str, float], wall: float) -> dict[str, Any]:
-    from rc3.synthetic.repro.add_language import text_alignment, world_captions, xflickrco_parallel
 
     langs = [lang for lang in args.langs.split(",") if lang]
     tasks = [t for t in args.tasks.split(",") if t]
@@ -188,7 +187,7 @@ def summarise_synthetic(args: argparse.Namespace, where: dict[str, Any], langs: 
     cols = [*langs, *PRETRAINED]
     en, others = world_captions(args.world, cols)
     before, after = [], []
-    for seed, (base, added) in sorted(where["models"].items()):
+    for _seed, (base, added) in sorted(where["models"].items()):
         if (base / "model.safetensors").is_file():
             before.append(text_alignment(base, en, others))
         if (added / "model.safetensors").is_file():
@@ -204,7 +203,7 @@ def summarise_synthetic(args: argparse.Namespace, where: dict[str, Any], langs: 
     summary["finetune"] = {}
     for task in tasks:
         runs: dict[str, list[dict]] = {}
-        for (t, name, seed), path in sorted(where["finetune"].items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        for (t, name, _seed), path in sorted(where["finetune"].items(), key=lambda kv: (kv[0][1], kv[0][2])):
             if t == task and path.is_file():
                 runs.setdefault(names[name.rsplit("-s", 1)[0]], []).append(read_results(path))
         runs = {f"{k} ({len(v)} seed(s))": v for k, v in runs.items()}
@@ -227,7 +226,7 @@ def text_part(args: argparse.Namespace, where: dict[str, Any], langs: list[str],
         pairs, held_en, held = xflickrco_parallel(args.data, [*langs, *PRETRAINED])
         base = text_alignment(where["xtcl"], held_en, held)
         rows: dict[str, list[dict[str, float]]] = {}
-        for (lang, seed), model in sorted(where["text_models"].items()):
+        for (lang, _seed), model in sorted(where["text_models"].items()):
             if (model / "model.safetensors").is_file():
                 rows.setdefault(lang, []).append(text_alignment(model, held_en, held))
         summary["text"] = {"before": base, "after": rows}

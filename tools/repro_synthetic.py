@@ -30,11 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from rc3.synthetic.repro.jobs import Job, run_jobs
+from rc3.synthetic.repro.report import fmt, lang_mean, read_results, table
 
-from rc3.synthetic.repro.jobs import Job, run_jobs  # noqa: E402
-from rc3.synthetic.repro.report import fmt, lang_mean, read_results, table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 QUICK_STEPS = 300  # --quick: pretraining steps (the tiny world; about 1.5 minutes per 100 steps on one core)

@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from rc3.synthetic.repro.jobs import Job, run_jobs
 
-from rc3.synthetic.repro.jobs import Job, run_jobs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 M30K_PAIRS = ("de", "fr", "cs")

@@ -23,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from rc3.tokenization import LANG_CODES, PRETRAIN_LANGS, RC3Tokenizer, check_lang
 from rc3.data.images import images_to_uint8_batch
+from rc3.tokenization import LANG_CODES, PRETRAIN_LANGS, RC3Tokenizer, check_lang
 
 IGNORE_INDEX = -100
 
 
 def sample_seed(seed: int, epoch: int, key: str) -> int:
     """Stable 32-bit seed of one sample in one epoch (CRC32: no process-dependent hashing)."""
-    return zlib.crc32(f"{seed}\x1f{epoch}\x1f{key}".encode("utf-8"))
+    return zlib.crc32(f"{seed}\x1f{epoch}\x1f{key}".encode())
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,7 +66,7 @@ class SkipCounter:
     def add(self, reason: str, n: int = 1) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + int(n)
 
-    def update(self, other: "Mapping[str, int] | SkipCounter") -> None:
+    def update(self, other: Mapping[str, int] | SkipCounter) -> None:
         items = other.as_dict() if isinstance(other, SkipCounter) else other
         for reason, n in items.items():
             self.add(reason, n)
@@ -94,7 +94,7 @@ class SkipCounter:
     def __bool__(self) -> bool:
         return any(self._counts.values())
 
-    def __add__(self, other: "SkipCounter") -> "SkipCounter":
+    def __add__(self, other: SkipCounter) -> SkipCounter:
         out = SkipCounter(self._counts)
         out.update(other)
         return out
@@ -154,7 +154,7 @@ class FaultTracker:
         self._count(reason)
         n = self.totals[reason]
         if n <= LOG_FIRST or n % LOG_EVERY == 0:
-            more = " (further skips of this kind are logged every %d)" % LOG_EVERY if n == LOG_FIRST else ""
+            more = f" (further skips of this kind are logged every {LOG_EVERY})" if n == LOG_FIRST else ""
             log.warning("%s: skipped sample %r of shard %s [%s, %d so far]: %s%s",
                         self.where, key, shard, reason, n, detail, more)
         allowed = self.skip_budget * self.checked + self.skip_grace

@@ -25,7 +25,8 @@ Equal batch counts: with `batches_per_epoch` set, every worker's stream is endle
 shards run dry it reads them again (a new pass, reshuffled from (seed, epoch, rank, worker,
 pass)), and ShardLoader stops after exactly `batches_per_epoch` batches. No rank waits for
 another, whatever each one skipped; the price is that a rank with little data repeats some of it
-within an epoch (and a worker with fewer usable samples than a batch repeats them in one). A pass that yields no usable sample is barren: after a barren pass over its own
+within an epoch (and a worker with fewer usable samples than a batch repeats them in one). A pass
+that yields no usable sample is barren: after a barren pass over its own
 shards a worker falls back to every shard of the epoch (duplicating other workers' data, logged);
 a barren pass over every shard raises NoUsableData. The skip budget (FaultTracker) bounds the
 fraction of broken samples. So the stream either makes progress or fails within two passes.

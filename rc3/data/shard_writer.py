@@ -19,11 +19,10 @@ import functools
 import json
 import os
 import re
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import tarfile
 
 from rc3 import atomic
 

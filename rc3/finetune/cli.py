@@ -1,13 +1,19 @@
-"""Command line of the finetuning recipes, importable without torch so that `--help` answers at once."""
+"""Command line of the finetuning recipes, importable without torch so that `--help` answers at once.
+
+`rc3-finetune TASK ...` (main below) runs the TASK recipe, as `python finetune/TASK.py ...` does.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 from rc3.finetune.registry import DOWNSTREAM
 
-def build_parser(task: str) -> argparse.ArgumentParser:
+
+def build_parser(task: str, prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"finetune/{task}.py", description=DOWNSTREAM.get(task).description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog or f"finetune/{task}.py", description=DOWNSTREAM.get(task).description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(f"Example: python finetune/{task}.py --config configs/finetune/{task}.yaml --init MODEL_DIR "
                 f"--set train.max_steps=10\nMulti-process (DDP, bf16 on GPU): accelerate launch finetune/{task}.py ...\n"
                 "Writes OUTPUT_DIR/results.json, results.md, metrics.jsonl, tb/ (TensorBoard), checkpoints/,\n"
@@ -21,3 +27,29 @@ def build_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT_DIR/checkpoints/latest (model, optimizer, schedule, data position, RNG)")
     return p
+
+
+def run_task(task: str, argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Run the TASK recipe on ARGV (default sys.argv[1:]); usage errors exit before torch is imported."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    build_parser(task, prog).parse_args(args)  # --help and usage errors before the heavy imports
+    from rc3.finetune.registry import resolve
+    from rc3.finetune.trainer import run_main
+
+    recipe = resolve(DOWNSTREAM.get(task).recipe)
+    run_main(lambda _argv: recipe(args))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`rc3-finetune TASK [options]`, TASK one of xvnli, xgqa, marvl, itr, mmt."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    tasks = ", ".join(DOWNSTREAM.names())
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: rc3-finetune TASK [options]   (TASK: {tasks}; `rc3-finetune TASK --help` lists the options)")
+        for record in DOWNSTREAM:
+            print(f"  {record.name:6s} {record.description}")
+        sys.exit(0 if args else 2)
+    if args[0] not in DOWNSTREAM:
+        print(f"error: unknown task {args[0]!r}; choose one of {tasks}", file=sys.stderr)
+        sys.exit(2)
+    run_task(args[0], args[1:], prog=f"rc3-finetune {args[0]}")

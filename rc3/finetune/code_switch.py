@@ -55,7 +55,7 @@ def read_muse(path: str | Path) -> dict[str, list[str]]:
 
 
 def _rng(seed: int, key: str) -> random.Random:
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
 
 
@@ -74,7 +74,7 @@ class CodeSwitcher:
                     self.entries.setdefault(word, []).append(list(translations))
 
     @classmethod
-    def from_files(cls, paths: Sequence[str | Path], ratio: float, seed: int) -> "CodeSwitcher":
+    def from_files(cls, paths: Sequence[str | Path], ratio: float, seed: int) -> CodeSwitcher:
         return cls([read_muse(p) for p in paths], ratio, seed)
 
     def switch(self, text: str, key: str) -> str:

@@ -22,6 +22,7 @@ from rc3.config import ConfigError, apply_overrides, from_dict, merge_dicts, rea
 from rc3.finetune.registry import DOWNSTREAM, resolve
 from rc3.tokenization import LANG_CODES
 
+
 # The tasks, their Table 6 values (Appendix B: learning rate, batch size, epochs, input length) and config
 # classes come from the downstream task registry.
 @dataclass

@@ -61,7 +61,7 @@ class TaskModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rc3.")}
 
     @classmethod
-    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "TaskModel":
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> TaskModel:
         """The untrained task model that `meta` (task_head.json) and the saved head `state` describe."""
         raise NotImplementedError(f"{cls.__name__} cannot be rebuilt from task_head.json")
 
@@ -71,7 +71,7 @@ class TaskModel(nn.Module):
         return save_task_model(self, directory, tokenizer, extra)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **rc3_overrides: Any) -> "TaskModel":
+    def from_pretrained(cls, directory: str | Path, **rc3_overrides: Any) -> TaskModel:
         """Load a finetuned model directory: the task class named in task_head.json, its head and the RC3 model.
 
         `rc3_overrides` go to RC3Model.from_pretrained (e.g. attn_implementation)."""
@@ -111,7 +111,7 @@ class ClassificationModel(TaskModel):
         return out
 
     @classmethod
-    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "ClassificationModel":
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> ClassificationModel:
         hidden_mult = meta.get("hidden_mult")
         if hidden_mult is None:  # heads saved before hidden_mult was recorded: read it off the weights
             hidden_mult = state["head.net.1.weight"].shape[0] // rc3.d_model

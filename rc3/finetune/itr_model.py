@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from rc3 import distributed
-from rc3.pretrain.losses import itm_loss
-from rc3.modeling import RC3Model
 from rc3.finetune.common import visual_of
 from rc3.finetune.heads import DualEncoderHead, TaskModel
+from rc3.modeling import RC3Model
+from rc3.pretrain.losses import itm_loss
 
 
 def empty_text(like: Tensor, batch: int) -> tuple[Tensor, Tensor]:
@@ -50,7 +50,7 @@ class ITRModel(TaskModel):
         return {**super().meta(), "embed_dim": self.dual.image_proj.out_features}
 
     @classmethod
-    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "ITRModel":
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> ITRModel:
         # The temperature comes back with the head's weights; a learned one is a parameter, a fixed one a buffer.
         embed_dim = int(meta.get("embed_dim") or state["dual.image_proj.weight"].shape[0])
         return cls(rc3, meta["visual_mode"], embed_dim)

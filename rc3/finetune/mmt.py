@@ -12,25 +12,23 @@ Generation is split over processes and the hypotheses gathered.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from rc3.data.collate import IGNORE_INDEX, pad_batch
-from rc3.modeling import RC3Model
-from rc3.tokenization import RC3Tokenizer
 from rc3.finetune.classification import visual_source
+from rc3.finetune.code_switch import switch_examples
 from rc3.finetune.common import VisualSource, collate_visual, visual_of
-from rc3.finetune.datasets import limit
 from rc3.finetune.config import MMTFinetuneConfig
+from rc3.finetune.datasets import limit
 from rc3.finetune.metrics import bleu
 from rc3.finetune.mmt_model import MMTModel
 from rc3.finetune.readers.multi30k import Multi30kExample, multi30k_langs, read_multi30k, split_name
 from rc3.finetune.trainer import FinetuneRun, parse_cli
-from rc3.finetune.code_switch import switch_examples
+from rc3.tokenization import RC3Tokenizer
 
 METRICS = ["BLEU", "BLEU_lc", "n", "signature"]
 

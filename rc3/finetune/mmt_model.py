@@ -9,10 +9,10 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
-from rc3.pretrain.losses import decoder_lm_loss
-from rc3.modeling import RC3Model
 from rc3.finetune.common import visual_of
 from rc3.finetune.heads import TaskModel
+from rc3.modeling import RC3Model
+from rc3.pretrain.losses import decoder_lm_loss
 
 
 class MMTModel(TaskModel):
@@ -23,7 +23,7 @@ class MMTModel(TaskModel):
         self.label_smoothing = label_smoothing
 
     @classmethod
-    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> "MMTModel":
+    def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> MMTModel:
         return cls(rc3, meta["visual_mode"])  # no head weights: the decoder is the RC3 model's own
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -112,7 +112,7 @@ class FaissIndex:
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, use_gpu: bool | None = None, normalize: bool = False) -> "FaissIndex":
+    def load(cls, path: str | os.PathLike, use_gpu: bool | None = None, normalize: bool = False) -> FaissIndex:
         """Read an index written by `save` (moved to the GPU as the constructor would)."""
         import faiss
 

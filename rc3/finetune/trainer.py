@@ -37,16 +37,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3 import atomic
-from rc3.pretrain import fault_injection
 from rc3.config import ConfigError
-from rc3.modeling import RC3Model
-from rc3.tokenization import RC3Tokenizer
 from rc3.finetune.cli import build_parser
 from rc3.finetune.config import FinetuneConfig, load_finetune_config, save_finetune_config
 from rc3.finetune.heads import TaskModel, load_head, save_task_model
 from rc3.finetune.metrics import write_results
+from rc3.modeling import RC3Model
+from rc3.optim import lr_factor, param_groups, use_bf16
+from rc3.pretrain import fault_injection
+from rc3.tokenization import RC3Tokenizer
 
 
 def parse_cli(task: str, argv: Optional[Sequence[str]] = None) -> tuple[FinetuneConfig, argparse.Namespace]:
@@ -72,11 +72,10 @@ class FinetuneRun:
 
     def __init__(self, cfg: FinetuneConfig, save_model: bool = True, resume: bool = False) -> None:
         from accelerate import Accelerator, PartialState
-        from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         # Without CUDA, Accelerate only forms a (gloo) process group under a launcher when told cpu=True;
         # otherwise every launched process would run alone and write the same outputs.
-        from accelerate.utils import DataLoaderConfiguration
+        from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 
         self.cfg, self.save_model, self.resume = cfg, save_model, resume
         cpu = not torch.cuda.is_available()
@@ -112,7 +111,7 @@ class FinetuneRun:
                    f"{self.micro_batch_size} x {world} processes x {self.grad_accum} accumulation{note}")
 
     # ---- context ----------------------------------------------------------------------------
-    def __enter__(self) -> "FinetuneRun":
+    def __enter__(self) -> FinetuneRun:
         return self
 
     def __exit__(self, *exc: object) -> None:

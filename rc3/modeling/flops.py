@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-_ACTIVE: contextvars.ContextVar[Optional["FlopCounter"]] = contextvars.ContextVar("rc3_flop_counter", default=None)
+_ACTIVE: contextvars.ContextVar[Optional[FlopCounter]] = contextvars.ContextVar("rc3_flop_counter", default=None)
 
 # Dense bf16 peak of common accelerators (FLOP/s), for MFU; override with train.peak_tflops.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
@@ -32,14 +32,15 @@ class FlopCounter:
         self.flops = 0.0
         self.encoder_tokens = 0
         self.decoder_tokens = 0
-        self._token = None
+        self._token: contextvars.Token[FlopCounter | None] | None = None
 
-    def __enter__(self) -> "FlopCounter":
+    def __enter__(self) -> FlopCounter:
         self._token = _ACTIVE.set(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _ACTIVE.reset(self._token)
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
 
     def add(self, forward_flops: float) -> None:
         self.flops += forward_flops * (3.0 if torch.is_grad_enabled() else 1.0)

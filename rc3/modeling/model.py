@@ -32,8 +32,8 @@ from transformers import MBartConfig, MBartForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from rc3 import atomic
-from rc3.modeling import flops
 from rc3.config import ModelConfig, from_dict
+from rc3.modeling import flops
 from rc3.modeling.visual import VisualFrontEnd
 
 RC3_CONFIG_FILE = "rc3_config.json"
@@ -85,12 +85,12 @@ class RC3Model(nn.Module):
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: ModelConfig, vocab_size: int, pad_id: int = 1, bos_id: int = 0, eos_id: int = 2) -> "RC3Model":
+    def from_config(cls, cfg: ModelConfig, vocab_size: int, pad_id: int = 1, bos_id: int = 0, eos_id: int = 2) -> RC3Model:
         """Random initialisation with the sizes in `cfg`."""
         return cls(cfg, MBartForConditionalGeneration(mbart_config_from(cfg, vocab_size, pad_id, bos_id, eos_id)))
 
     @classmethod
-    def from_mbart(cls, mbart_dir: str | os.PathLike, cfg: ModelConfig) -> "RC3Model":
+    def from_mbart(cls, mbart_dir: str | os.PathLike, cfg: ModelConfig) -> RC3Model:
         """Backbone from a local HF mBART(-50) directory; visual modules and heads freshly initialised."""
         path = Path(mbart_dir)
         if not (path / "config.json").is_file():
@@ -105,7 +105,7 @@ class RC3Model(nn.Module):
         return cls(cfg, mbart)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, load_weights: bool = True, **overrides: Any) -> "RC3Model":
+    def from_pretrained(cls, directory: str | os.PathLike, load_weights: bool = True, **overrides: Any) -> RC3Model:
         """Load an RC3 model directory written by `save_pretrained` (safetensors only).
 
         `load_weights=False` only rebuilds the architecture from `rc3_config.json` (randomly initialised),

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rc3 import atomic
+from rc3 import atomic, rng
 from rc3 import distributed as comm
-from rc3 import rng
 from rc3.pretrain import fault_injection
+
 log = logging.getLogger("rc3.checkpoint")
 TAG_RE = re.compile(r"^step_(\d{8})$")
 COMPLETE = "COMPLETE"

@@ -33,8 +33,8 @@ from rc3 import distributed as comm
 from rc3 import rng
 from rc3.config import ConfigError, RC3Config, save_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
-from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.modeling import flops as flop_count
+from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.pretrain import fault_injection
 from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
 from rc3.pretrain.objectives import ObjectiveState, compute_losses

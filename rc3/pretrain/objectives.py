@@ -31,9 +31,9 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor
 
-from rc3.pretrain import losses
 from rc3.config import ConfigError, ObjectivesConfig
 from rc3.modeling import RC3Model
+from rc3.pretrain import losses
 from rc3.pretrain.registry import OBJECTIVES, Objective, ObjectiveContext, ObjectiveResult
 
 VISUAL_KEYS = ("roi", "boxes", "roi_mask", "pixels")
@@ -50,7 +50,7 @@ class ObjectiveState:
     trackers: dict[str, losses.PositiveProbabilityTracker]
 
     @classmethod
-    def create(cls, window: int = 100, p_avg_scope: str = "shared") -> "ObjectiveState":
+    def create(cls, window: int = 100, p_avg_scope: str = "shared") -> ObjectiveState:
         if p_avg_scope not in ("shared", "per_corpus"):
             raise ValueError(f"p_avg_scope must be 'shared' or 'per_corpus', got {p_avg_scope!r}")
         contrastive = [o for o in OBJECTIVES if o.p_avg_group is not None]
@@ -195,7 +195,7 @@ class TripletPlan:
     negatives: Tensor  # [B, 6K] sequence indices of the six negatives per other triplet
     others: Tensor  # [B, K] the other triplets o of each triplet
 
-    def to(self, device: torch.device) -> "TripletPlan":
+    def to(self, device: torch.device) -> TripletPlan:
         return TripletPlan(*(t.to(device) for t in (self.image, self.text, self.anchor, self.positive,
                                                     self.negatives, self.others)))
 

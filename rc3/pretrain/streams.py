@@ -18,14 +18,13 @@ forkserver).
 """
 from __future__ import annotations
 
+import multiprocessing
 import queue
+import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-
-import multiprocessing
-import sys
-import zlib
 
 import torch
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rc3.tokenization import PRETRAIN_LANGS, RC3Tokenizer, train_sentencepiece
-
 from rc3.synthetic.corpora import DS_LANGS, WIKIMATRIX_MIN_SCORE, write_ds, write_dt, write_dw
+from rc3.synthetic.dictionaries import write_muse_dictionaries
 from rc3.synthetic.downstream import ImageBank, write_xgqa, write_xvnli
 from rc3.synthetic.downstream_captions import write_multi30k, write_retrieval
 from rc3.synthetic.downstream_pairs import write_marvl, write_nlvr2
@@ -32,7 +31,7 @@ from rc3.synthetic.render import RoiEncoder
 from rc3.synthetic.texts import world_texts
 from rc3.synthetic.world import COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, stream
 from rc3.synthetic.writer import write_json
-from rc3.synthetic.dictionaries import write_muse_dictionaries
+from rc3.tokenization import PRETRAIN_LANGS, RC3Tokenizer, train_sentencepiece
 
 TOKENIZER_VOCAB = 2000
 
@@ -56,7 +55,7 @@ class Sizes:
     multi30k_images: tuple[int, int, int, int, int] = (400, 50, 100, 50, 30)
     shard_size: int = 100
 
-    def scaled(self, factor: float) -> "Sizes":
+    def scaled(self, factor: float) -> Sizes:
         """Every count times `factor` (at least 1; at least 2 images per MaRVL concept)."""
         def s(v: Any) -> Any:
             if isinstance(v, tuple):

@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from rc3.tokenization import PRETRAIN_LANGS
-
 from rc3.synthetic.grammar import captioner
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
 from rc3.synthetic.world import IMAGE_SIZE, Obj, Scene, distractor, sample_scene, shuffled, stream
 from rc3.synthetic.writer import H5FeatureWriter, TarWriter, tsv_text, write_json, write_jsonl, write_maybe_gz, write_text
+from rc3.tokenization import PRETRAIN_LANGS
 
 DS_LANGS = ("en", "cs", "de", "fr", "ja", "zh")
 DW_LANGS = ("de", "en", "fr", "id", "ja", "zh")

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from rc3.synthetic.world import Obj
 
 
-class Language(ABC):
+class Language(ABC):  # noqa: B024  (the root of the mixins below; they declare the abstract methods)
     """A language of the world; `code` is the short code of rc3.tokenization.LANG_CODES."""
 
     code: str = ""
@@ -116,8 +116,10 @@ def register(cls: type[Language]) -> type[Language]:
 
 def _load() -> dict[str, Language]:
     # Importing the modules runs their @register decorators.
-    from rc3.synthetic import langs_latin  # noqa: F401
-    from rc3.synthetic import langs_nonlatin
+    from rc3.synthetic import (
+        langs_latin,  # noqa: F401
+        langs_nonlatin,  # noqa: F401
+    )
 
     return _REGISTRY
 

@@ -104,7 +104,7 @@ class H5FeatureWriter:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "H5FeatureWriter":
+    def __enter__(self) -> H5FeatureWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -130,7 +130,7 @@ class TarWriter:
     def close(self) -> None:
         self._tar.close()
 
-    def __enter__(self) -> "TarWriter":
+    def __enter__(self) -> TarWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

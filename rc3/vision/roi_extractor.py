@@ -221,7 +221,7 @@ class RoIExtractor:
     @classmethod
     def from_weights(
         cls, weights: str | Path, *, min_size: int = 800, max_size: int = 1333, bn_eps: float = 0.0, **kwargs: object
-    ) -> "RoIExtractor":
+    ) -> RoIExtractor:
         """Build from a local weights file (see ``load_state_dict_file``)."""
         detector = build_detector(load_state_dict_file(weights), min_size=min_size, max_size=max_size, bn_eps=bn_eps)
         return cls(detector, **kwargs)  # type: ignore[arg-type]

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import h5py
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm

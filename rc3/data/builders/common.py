@@ -59,7 +59,7 @@ class BuildStats:
         return out
 
     @classmethod
-    def from_json(cls, data: dict) -> "BuildStats":
+    def from_json(cls, data: dict) -> BuildStats:
         table = data.get("pair_table")
         return cls(written=int(data["written"]), skipped=Counter(data["skipped"]), languages=Counter(data["languages"]),
                    notes=Counter(data["notes"]),
@@ -147,7 +147,7 @@ def iter_captions(path: Path, stats: BuildStats | None = None, lang: str = "") -
             yield image_id, caption
 
 
-def start_progress(writer: "ShardWriter", builder: str, shard_size: int, stats: BuildStats) -> tuple[int, BuildStats]:
+def start_progress(writer: ShardWriter, builder: str, shard_size: int, stats: BuildStats) -> tuple[int, BuildStats]:
     """On a resumed build: (input items already consumed, the counts so far) from the writer's last
     progress record, checked against this build; (0, stats) for a fresh one."""
     rec = writer.resumed

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rc3.data.builders.common import (BuildStats, CaptionJoin, caption_format, require_file, safe_key, start_progress,
-                                     to_jpeg_bytes)
+from rc3.data.builders.common import BuildStats, CaptionJoin, caption_format, require_file, safe_key, start_progress, to_jpeg_bytes
 from rc3.data.builders.float16 import all_finite_float16, rois_float16
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.features import open_feature_store

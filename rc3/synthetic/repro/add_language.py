@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rc3.synthetic.grammar import Asker, Claimer, language
-from rc3.synthetic.world import COLOURS, POSITIONS, shuffled, sample_scene, stream
+from rc3.synthetic.world import COLOURS, POSITIONS, sample_scene, shuffled, stream
 
 
 def world_parallel(lang: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -64,8 +64,8 @@ def write_tsv(path: Path, pairs: Sequence[tuple[str, str]]) -> Path:
 def text_alignment(model_dir: Path, en: Sequence[str], others: dict[str, Sequence[str]]) -> dict[str, float]:
     """Accuracy@1 (%) of en -> X retrieval with the TR among row-aligned captions, per language, and chance."""
     from rc3.modeling import RC3Model
-    from rc3.tokenization import RC3Tokenizer
     from rc3.synthetic.repro.sentence_retrieval import embed_texts, nn_accuracy
+    from rc3.tokenization import RC3Tokenizer
 
     model, tok = RC3Model.from_pretrained(model_dir), RC3Tokenizer.from_dir(model_dir)
     q = embed_texts(model, tok, list(en), "en")

@@ -91,7 +91,7 @@ class ButdConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ButdConfig":
+    def from_json(cls, text: str) -> ButdConfig:
         """Inverse of `to_json`; unknown fields are an error (a file from another tool)."""
         raw = json.loads(text)
         known = {f.name for f in fields(cls)}
@@ -100,7 +100,7 @@ class ButdConfig:
             raise ValueError(f"unknown ButdConfig fields {unknown}; the weights file was written by another version")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
-    def with_overrides(self, **changes: object) -> "ButdConfig":
+    def with_overrides(self, **changes: object) -> ButdConfig:
         """A copy with some extraction settings changed (None values are ignored)."""
         values = asdict(self)
         values.update({k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,148 @@
+r"""Consolidate a DeepSpeed ZeRO checkpoint of a pretraining run into a plain RC3 model directory (fp32).
+
+    python tools/zero_to_safetensors.py runs/rc3 models/rc3-step100k [--tag step_100000] [--overwrite]
+
+Reads RUN_DIR/checkpoints/<tag> (default: the newest complete one, as --resume picks it) written under any
+ZeRO stage, rebuilds the architecture from RUN_DIR/model_card (rc3_config.json + tokenizer files), fills
+it with DeepSpeed's consolidated fp32 weights, checks every tensor is there, and writes OUT_DIR
+(rc3_config.json, model.safetensors, tokenizer files), which RC3Model.from_pretrained loads without
+DeepSpeed. The checkpoint files are read with torch.load(weights_only=True); only the few DeepSpeed
+bookkeeping classes a ZeRO checkpoint stores are allowed through.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pickle
+from pathlib import Path
+from typing import Iterator
+from unittest import mock
+
+import torch
+
+from rc3.modeling import RC3Model
+from rc3.modeling.model import RC3_CONFIG_FILE
+from rc3.pretrain.checkpoints import CheckpointManager
+
+
+class CheckpointError(ValueError):
+    """A run directory or checkpoint that cannot be consolidated, with what to do about it."""
+
+
+def resolve_tag(run_dir: Path, tag: str | None) -> Path:
+    """The checkpoint directory to read: RUN_DIR/checkpoints/<tag>, checked to look complete."""
+    ckpt_root = run_dir / "checkpoints"
+    if not ckpt_root.is_dir():
+        raise CheckpointError(f"{run_dir}: no checkpoints/ directory; is this a pretraining run directory?")
+    if tag is None:
+        # the rule --resume follows: `latest` when it names a complete tag, else the newest complete one
+        manager = CheckpointManager(run_dir)
+        tag = manager.newest_complete()
+        if tag is None:
+            raise CheckpointError(f"{ckpt_root}: no complete checkpoint (no tag holds COMPLETE; incomplete: "
+                                  f"{', '.join(manager.incomplete_tags()) or 'none'}); name one with --tag "
+                                  f"(found: {', '.join(available_tags(ckpt_root)) or 'none'})")
+    tag_dir = ckpt_root / tag
+    if not tag_dir.is_dir():
+        raise CheckpointError(f"checkpoint {tag_dir} does not exist (found: {', '.join(available_tags(ckpt_root)) or 'none'})")
+    model_states = sorted(tag_dir.glob("*model_states.pt"))
+    optim_states = sorted(tag_dir.glob("*optim_states.pt"))
+    if not model_states or not optim_states:
+        raise CheckpointError(f"checkpoint {tag_dir} is incomplete: it needs *model_states.pt and *optim_states.pt "
+                              "files of a ZeRO run; pick another --tag")
+    return tag_dir
+
+
+def available_tags(ckpt_root: Path) -> list[str]:
+    return sorted(p.name for p in ckpt_root.iterdir() if p.is_dir())
+
+
+def _deepspeed_checkpoint_classes() -> list:
+    """The non-tensor classes DeepSpeed pickles into ZeRO checkpoints (enum, loss-scaler state, fragment ids)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Make DeepSpeed's loaders use torch.load(weights_only=True) with only its own classes allowed."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    with torch.serialization.safe_globals(_deepspeed_checkpoint_classes()), mock.patch.object(torch, "load", load):
+        yield
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """DeepSpeed's fp32 consolidation of a ZeRO 1/2/3 checkpoint, errors naming the checkpoint."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with weights_only_loading():
+            return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"checkpoint {tag_dir} holds pickled objects beyond tensors and plain values, "
+                              f"which are not loaded: {str(err).splitlines()[-1]}") from None
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {tag_dir} cannot be consolidated ({type(err).__name__}: {err}); "
+                              "it may be incomplete (a rank did not finish writing): pick another --tag") from None
+
+
+def load_into(model: RC3Model, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy `state` into `model`, requiring every parameter and buffer and nothing else."""
+    expected = model.state_dict()
+    if state and not any(k in expected for k in state) and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # engines that wrap the model once more
+    tied = {"mbart.lm_head.weight", "mbart.model.encoder.embed_tokens.weight", "mbart.model.decoder.embed_tokens.weight"}
+    missing = [k for k in expected if k not in state and k not in tied]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {source} does not match the model card: missing {missing[:5]} "
+                              f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {source} has tensors of other shapes than the model card: "
+                              + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5]))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=False)
+    model.mbart.tie_weights()
+
+
+def convert(run_dir: Path, out_dir: Path, tag: str | None = None, overwrite: bool = False) -> Path:
+    """RUN_DIR's checkpoint -> an RC3 model directory at OUT_DIR (written to a temp dir, renamed into place)."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    card = run_dir / "model_card"
+    if not (card / RC3_CONFIG_FILE).is_file():
+        raise CheckpointError(f"{card}/{RC3_CONFIG_FILE} is missing: the run directory needs its model card "
+                              "(written by the training engine at start-up)")
+    tag_dir = resolve_tag(run_dir, tag)
+    model = RC3Model.from_pretrained(card, load_weights=False)
+    load_into(model, consolidated_state_dict(tag_dir), tag_dir)
+    return model.save_pretrained(out_dir, tokenizer_dir=card, overwrite=overwrite)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path, help="pretraining run directory (model_card/ and checkpoints/)")
+    ap.add_argument("out_dir", type=Path, help="RC3 model directory to write")
+    ap.add_argument("--tag", default=None, help="checkpoint tag (default: the newest complete one, as --resume picks it)")
+    ap.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    args = ap.parse_args(argv)
+    if not args.run_dir.is_dir():
+        ap.error(f"RUN_DIR {args.run_dir} is not a directory")
+    try:
+        out = convert(args.run_dir, args.out_dir, args.tag, args.overwrite)
+    except (CheckpointError, FileExistsError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
