@@ -41,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -128,7 +128,7 @@ class VocabExtension:
 def _spm_proto(path: Path):
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
+    proto = pb.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module, no stubs
     proto.ParseFromString(path.read_bytes())
     return proto
 
@@ -178,7 +178,7 @@ def extend_tokenizer(old_dir: Path, pieces: Sequence[tuple[str, float]], out_dir
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     for piece, score in pieces:
-        proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=score, type=1))
+        proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=score, type=1))  # type: ignore[attr-defined]
     full["model"]["vocab"] = vocab[:insert_at] + [[p, s] for p, s in pieces] + vocab[insert_at:]
     for tok in full.get("added_tokens", []):
         tok["id"] = ext.shift(tok["id"])
@@ -381,7 +381,8 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     ckpt = work_dir / "checkpoint" / "state.pt"
     trained = {n: p for n, p in student.named_parameters() if p.requires_grad}
-    step, record = 0, {"steps": total, "trainable_embedding_rows": record_rows, "log": []}
+    record: dict[str, Any] = {"steps": total, "trainable_embedding_rows": record_rows, "log": []}
+    step = 0
     if resume:
         if not ckpt.is_file():
             raise FileNotFoundError(f"resume: no checkpoint at {ckpt}; start without --resume")

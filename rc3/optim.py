@@ -25,7 +25,8 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
     Without `is_head`: [decayed, exempt] (pretraining). With it (finetuning): one group per
     (decays, is head) in order of first appearance, heads at lr x head_lr_mult."""
     if is_head is None:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in named:
             if p.requires_grad:
                 (decay if decays(name, p) else no_decay).append(p)

@@ -17,7 +17,7 @@ answer string, read from the initial model, and S is their cosine similarity: co
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,8 @@ class LinguisticPrior(nn.Module):
         self.k, self.weight = int(k), float(weight)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return self.weight * linguistic_prior_loss(logits, labels, self.similarity, self.k)
+        similarity = cast(Tensor, self.similarity)  # a registered buffer
+        return self.weight * linguistic_prior_loss(logits, labels, similarity, self.k)
 
 
 @torch.no_grad()

@@ -227,7 +227,7 @@ def estimate_batches_per_epoch(pattern: str | list[str] | list[Source], batch_si
             shards = expand_shards(src.shards)
             samples += count_samples(shards[0], opener) * len(shards)
         return max(1, samples // (batch_size * world_size))
-    shards = expand_shards(pattern)
+    shards = expand_shards(pattern)  # type: ignore[arg-type]  # the list-of-Source case returned above
     return max(1, (count_samples(shards[0], opener) * len(shards)) // (batch_size * world_size))
 
 
@@ -298,6 +298,7 @@ class TaskStreams:
             collate = (stream.collator(cfg, tokenizer, on) if stream.collator is not None
                        else corpus.collator(cfg, tokenizer, seed + stream.seed_offset))
             shards = corpus_shards(cfg, stream.corpus)
+            assert shards is not None  # rc3.config.validate requires them for an enabled objective
             batch = max(cfg.task_batch_size(t) for t in on)
             bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener)
             loader = make_pipeline(
