@@ -367,7 +367,8 @@ class _ChunkedLMCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         # weight / bias gradients summed over chunks in float32 (float64 stays float64)
         grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
-        grad_bias = torch.zeros(weight.shape[0], dtype=lse.dtype, device=weight.device) if bias is not None else None
+        grad_bias = (torch.zeros(weight.shape[0], dtype=lse.dtype, device=weight.device)
+                     if bias is not None and ctx.needs_input_grad[2] else None)  # mBART's bias is a buffer
         for start in range(0, n, chunk):
             rows = slice(start, min(n, start + chunk))
             logits = _chunk_logits(hidden[rows], weight, bias, lse.dtype)
@@ -380,7 +381,7 @@ class _ChunkedLMCrossEntropy(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += g_low.sum(0).to(lse.dtype)
         return (grad_hidden, grad_weight.to(weight.dtype),
-                grad_bias.to(bias.dtype) if grad_bias is not None else None, None, None)
+                grad_bias.to(bias.dtype) if grad_bias is not None else None, None, None)  # type: ignore[union-attr]
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
