@@ -59,7 +59,7 @@ import rc3.training, rc3.perf  # noqa: F401,E401
 import deepspeed, torch
 print(f"[bench_gpu_levers] deepspeed {deepspeed.__version__}, rc3 from {rc3.training.__file__}")
 EOF
-[ -f configs/paper.yaml ] && [ -f ds_configs/zero0_bf16.json ] || die "run from an RC3 checkout (configs/, ds_configs/)"
+[ -f configs/paper.yaml ] && [ -f ds_configs/zero1_fusedadam_bf16.json ] || die "run from an RC3 checkout (configs/, ds_configs/)"
 
 # 5. The matrix
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
