@@ -21,6 +21,7 @@ that a micro-step has none; on a GPU `torch.cuda.set_sync_debug_mode` checks the
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping
 
 import torch
@@ -81,10 +82,13 @@ def pin(batches: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def compile_model(model: torch.nn.Module, scope: str, mode: str = "default", dynamic: bool | None = None,
-                  backend: str = "inductor") -> None:
+                  backend: str | None = None) -> None:
     """torch.compile the model's encoder and decoder in place: `scope` "layers" (each layer) or
     "passes" (the whole encoder, the whole decoder and the visual front end). `dynamic=False` when the
-    shapes are fixed (one graph per shape), None to let torch decide."""
+    shapes are fixed (one graph per shape), None to let torch decide. `backend` defaults to the
+    environment's RC3_COMPILE_BACKEND or "inductor" ("aot_eager" traces forward and backward without
+    generating kernels: the CPU smoke run of tools/bench_levers.py uses it to check the code paths)."""
+    backend = backend or os.environ.get("RC3_COMPILE_BACKEND", "inductor")
     if scope == "off":
         return
     mbart = model.mbart.model  # type: ignore[attr-defined]
@@ -98,7 +102,7 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str = "default", dyn
     # limit of 8 graphs per code object leaves little room for the decoder's and the visual front end's.
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
-    options = {} if mode == "default" else {"mode": mode}
+    options = {} if mode == "default" or backend != "inductor" else {"mode": mode}
     for module in modules:
         module.compile(dynamic=dynamic, backend=backend, **options)
 

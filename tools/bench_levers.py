@@ -187,6 +187,9 @@ def main() -> int:
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU, 1 step per row: checks the script")
     args = ap.parse_args()
     if args.cpu_smoke:
+        # compiled rows trace forward and backward with aot_eager: the code paths without minutes of
+        # C++ code generation per graph on the CPU
+        os.environ.setdefault("RC3_COMPILE_BACKEND", "aot_eager")
         args.micro, args.steps, args.warmup, args.equality_steps = 4, 1, 1, 3
         args.budget_s = max(args.budget_s, 7200)
         args.loss_rtol = 1e-3  # fp32 on the CPU
