@@ -4,8 +4,8 @@ levers on logs the losses of the plain loop.
 `perf.sync_free` keeps the per-task metrics on the device and reads them once per optimizer step: the
 logged numbers are the same float64 sums in the same order. With it the model passes 4D masks, and
 `perf.fixed_shapes` / `perf.lm_loss_chunk` change the summation order of attention and of the
-LM-head logits, so the comparison is within 1e-4 relative per logged loss (float32, 3 steps at
-lr 1e-3). Dropout is off: padded tensors are larger, so the same seed draws other dropout masks.
+LM-head logits, so the comparison is within 1e-4 relative per logged loss, plus 1e-6 absolute for
+the KL term, which sits near 0 (8e-6 at step 2) (float32, 3 steps at lr 1e-3). Dropout is off: padded tensors are larger, so the same seed draws other dropout masks.
 """
 from __future__ import annotations
 
@@ -36,4 +36,4 @@ def test_training_loop_with_levers_logs_the_plain_losses(tmp_path, tokenizer_dir
     for step in plain:
         assert plain[step].keys() == levers[step].keys() and {"loss", "mclm", "kl"} <= plain[step].keys()
         for key, value in plain[step].items():
-            assert abs(levers[step][key] - value) <= 1e-4 * abs(value), (step, key, value, levers[step][key])
+            assert abs(levers[step][key] - value) <= 1e-4 * abs(value) + 1e-6, (step, key, value, levers[step][key])

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -100,8 +101,12 @@ def run_row(spec: dict, micro: int, args: argparse.Namespace, out: Path, cap: fl
         cmd.append("--losses")
     if spec["name"] in ("eager", "all"):
         cmd.append("--check-syncs")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
+    # Each row is its own one-rank process group: a free port, so a row never joins another job's
+    # (or a stuck earlier row's) rendezvous on the default port.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MASTER_PORT": str(free_port()), "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
     if path.exists():
         path.unlink()
     t0 = time.perf_counter()
@@ -123,6 +128,12 @@ def run_row(spec: dict, micro: int, args: argparse.Namespace, out: Path, cap: fl
         row["log_tail"] = log[-4000:]
     write_json(path, row)
     return row
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_json(path: Path, data: dict) -> None:
