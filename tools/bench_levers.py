@@ -248,7 +248,7 @@ def main() -> int:
     write_json(out / "summary.json", summary)
     print(table(order, rows.get("eager")))
     if eq["checked"]:
-        print(f"\n20-step equality, eager vs all levers: max relative loss difference {eq['max_rel_diff']:.2e} "
+        print(f"\n{eq['steps']}-step equality, eager vs all levers: max relative loss difference {eq['max_rel_diff']:.2e} "
               f"over {eq['steps']} steps (tolerance {eq['rtol']:g}): {'EQUAL' if eq['equal'] else 'NOT EQUAL'}")
     else:
         print(f"\nequality not checked: {eq['why']}")
