@@ -291,12 +291,35 @@ class TrainConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Throughput switches (rc3/perf.py, BENCHMARKS.md "Throughput levers"). Each is off by default:
+    the default path's numerics stay those of the eager model; each lever's equality with it is
+    tested (tests/test_perf_levers.py)."""
+
+    # pad every text to data.max_text_len and every decoder sequence to data.max_tgt_len, so each
+    # encoder / decoder call of a step has the same shape every step (nothing recompiles)
+    fixed_shapes: bool = False
+    # torch.compile: "layers" = each encoder / decoder layer, "passes" = the whole encoder, decoder
+    # and visual front end (parameter names unchanged)
+    compile: Literal["off", "layers", "passes"] = "off"
+    # torch.compile mode; "reduce-overhead" adds CUDA graphs on GPU (needs fixed_shapes)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    # no host sync inside a micro-step: per-task metrics stay device tensors, summed on the device and
+    # read once per optimizer step (p_avg) and per log line
+    sync_free: bool = False
+    # LM-head cross-entropy (MLM and decoder) over chunks of this many positions, recomputing each
+    # chunk's logits in the backward: never holds the full [positions, vocab] logits; 0 = off
+    lm_loss_chunk: int = 0
+
+
+@dataclass
 class RC3Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectivesConfig = field(default_factory=lambda: ObjectivesConfig())
     data: DataConfig = field(default_factory=lambda: DataConfig())
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def grad_accum_steps(self, world_size: int) -> int:
         """Accumulation steps from the identity global = micro x accumulation x world, or a readable error."""
@@ -505,6 +528,13 @@ def validate(cfg: RC3Config) -> None:
                           f"{cfg.optim.weight_decay} (use optim.name=adamw for decoupled decay)")
     if cfg.optim.grad_clip < 0:
         raise ConfigError("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {cfg.optim.grad_clip}")
+    if cfg.perf.lm_loss_chunk < 0:
+        raise ConfigError("perf.lm_loss_chunk", f"must be >= 0 (0 = full logits), got {cfg.perf.lm_loss_chunk}")
+    if cfg.perf.compile_mode == "reduce-overhead" and not cfg.perf.fixed_shapes:
+        raise ConfigError("perf.compile_mode", "reduce-overhead (CUDA graphs) records one graph per shape; "
+                          "set perf.fixed_shapes=true so every step has the same shapes")
+    if cfg.perf.compile_mode != "default" and cfg.perf.compile == "off":
+        raise ConfigError("perf.compile_mode", f"{cfg.perf.compile_mode!r} needs perf.compile=layers or passes")
     enabled = o.enabled()
     if not enabled:
         raise ConfigError("objectives", "every objective is switched off; enable at least one")

@@ -27,7 +27,7 @@ def main() -> None:
     from rc3 import distributed
     from rc3.config import load_config
     from rc3.modeling import RC3Model
-    from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, resolve_ds_config
+    from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
     from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
@@ -42,7 +42,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, pad_id=tokenizer.pad_id,
                                      bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-        optimizer, scheduler = build_optimizer(model, cfg, on_gpu=False, offload=optimizer_offloaded(ds_config))
+        optimizer, scheduler = build_optimizer(model, cfg, on_gpu=False, offload=optimizer_offloaded(ds_config),
+                                               fused_adam=preset_fused_adam(cfg))
         engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                lr_scheduler=scheduler, config=ds_config)
         ids = torch.tensor([tokenizer.encode("A dog runs on the beach.", "en")] * 2)
@@ -60,7 +61,8 @@ def main() -> None:
             losses.append(float(loss))
         print(json.dumps({"preset": preset.name, "stage": engine.zero_optimization_stage(),
                           "optimizer": type(engine.basic_optimizer).__name__, "bf16": bf16,
-                          "offload": optimizer_offloaded(ds_config), "losses": losses}), flush=True)
+                          "offload": optimizer_offloaded(ds_config), "fused_adam": preset_fused_adam(cfg),
+                          "optimizer_block_left": "optimizer" in ds_config, "losses": losses}), flush=True)
         if hasattr(engine, "destroy"):  # release the engine's hooks before the next preset's
             engine.destroy()
     distributed.destroy_process_group()

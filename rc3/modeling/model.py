@@ -80,6 +80,9 @@ class RC3Model(nn.Module):
         d = mbart.config.d_model
         self.visual = VisualFrontEnd(cfg, d)
         self.itm_head = nn.Linear(d, 1)
+        # Throughput switches set by rc3.perf.apply (perf.* of the run config); off = the plain path.
+        self.lm_loss_chunk = 0  # > 0: LM-head losses in chunks of this many positions (rc3.pretrain.losses.chunked_lm_cross_entropy)
+        self.prebuilt_masks = False  # True: pass 4D boolean masks, so transformers does not test them on the host
         if cfg.gradient_checkpointing:
             enable_activation_checkpointing(self.mbart)
 
@@ -226,7 +229,7 @@ class RC3Model(nn.Module):
             embeds = torch.cat([vis.to(text.dtype), text], dim=1)
             mask = torch.cat([vis_mask, text_mask], dim=1)
             start = vis.shape[1]
-        out = self.mbart.model.encoder(inputs_embeds=embeds, attention_mask=mask.long())
+        out = self.mbart.model.encoder(inputs_embeds=embeds, attention_mask=self._key_mask(mask))
         c = self.mbart.config
         flops.encoder_pass(embeds.shape[0], embeds.shape[1], c.d_model, c.encoder_ffn_dim, c.encoder_layers)
         return EncoderOutput(out.last_hidden_state, mask, start)
@@ -255,14 +258,31 @@ class RC3Model(nn.Module):
 
     def decode(self, decoder_input_ids: torch.Tensor, decoder_mask: Optional[torch.Tensor], enc: EncoderOutput) -> torch.Tensor:
         """Decoder LM logits [B, T, V] given the encoder output."""
+        return self.lm_logits(self.decode_hidden(decoder_input_ids, decoder_mask, enc))
+
+    def decode_hidden(self, decoder_input_ids: torch.Tensor, decoder_mask: Optional[torch.Tensor],
+                      enc: EncoderOutput) -> torch.Tensor:
+        """Top decoder states [B, T, d] given the encoder output (`decode` applies the LM head to them)."""
+        if self.prebuilt_masks:
+            t = decoder_input_ids.shape[1]
+            causal = torch.ones(t, t, dtype=torch.bool, device=decoder_input_ids.device).tril()
+            self_mask = causal if decoder_mask is None else causal & decoder_mask.bool()[:, None, None, :]
+            self_mask = self_mask.expand(decoder_input_ids.shape[0], 1, t, t)
+        else:
+            self_mask = decoder_mask.long() if decoder_mask is not None else None
         out = self.mbart.model.decoder(
-            input_ids=decoder_input_ids,
-            attention_mask=decoder_mask.long() if decoder_mask is not None else None,
-            encoder_hidden_states=enc.hidden, encoder_attention_mask=enc.mask.long())
+            input_ids=decoder_input_ids, attention_mask=self_mask,
+            encoder_hidden_states=enc.hidden, encoder_attention_mask=self._key_mask(enc.mask))
         c = self.mbart.config
         flops.decoder_pass(decoder_input_ids.shape[0], decoder_input_ids.shape[1], enc.hidden.shape[1], c.d_model,
                            c.decoder_ffn_dim, c.decoder_layers)
-        return self.lm_logits(out.last_hidden_state)
+        return out.last_hidden_state
+
+    def _key_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The key-padding mask as transformers takes it: [B, L] integers (transformers builds the 4D mask
+        and, outside torch.compile, asks the host whether any key is padded: a device sync), or with
+        `prebuilt_masks` a [B, 1, 1, L] boolean mask that it uses as given."""
+        return mask.bool()[:, None, None, :] if self.prebuilt_masks else mask.long()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tgt_lang_id: int,

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from rc3 import distributed as comm
-from rc3 import rng
+from rc3 import perf, rng
 from rc3.config import ConfigError, RC3Config, save_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
@@ -72,6 +72,8 @@ def resolve_ds_config(cfg: RC3Config, world_size: int, on_gpu: bool) -> tuple[di
                               f"(global {t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accum} "
                               f"x world {world_size}); use \"auto\" in the preset")
         ds[key] = value
+    if _is_fused_adam_marker(ds.get("optimizer")):
+        ds.pop("optimizer")  # read by preset_fused_adam: the client optimizer is DeepSpeed's FusedAdam
     bf16 = use_bf16(t.precision, preset_bf16=bool(ds.get("bf16", {}).get("enabled", False)) and on_gpu)
     if bf16 and not on_gpu:
         log.warning("bf16 requested on CPU; DeepSpeed's CPU path runs it, but fp32 is the tested CPU setting")
@@ -97,6 +99,20 @@ def _disabled(block: Any) -> bool:
     return isinstance(block, dict) and block.get("enabled", True) is False and len(block) == 1
 
 
+def _is_fused_adam_marker(block: Any) -> bool:
+    """`"optimizer": {"type": "FusedAdam"}` in a preset (nothing else in the block) asks for DeepSpeed's
+    fused Adam kernel with the run config's optim.* settings, instead of torch's AdamW."""
+    return isinstance(block, dict) and set(block) == {"type"} and str(block["type"]).lower() == "fusedadam"
+
+
+def preset_fused_adam(cfg: RC3Config) -> bool:
+    """Whether train.deepspeed_config asks for DeepSpeed's FusedAdam (see _is_fused_adam_marker)."""
+    try:
+        return _is_fused_adam_marker(json.loads(Path(cfg.train.deepspeed_config).read_text()).get("optimizer"))
+    except (OSError, ValueError, AttributeError):
+        return False  # resolve_ds_config reports an unreadable preset
+
+
 def optimizer_offloaded(ds_config: Mapping[str, Any]) -> bool:
     """Whether the DeepSpeed config keeps optimizer states on the CPU (or NVMe) and steps them there."""
     offload = (ds_config.get("zero_optimization") or {}).get("offload_optimizer") or {}
@@ -109,21 +125,32 @@ def lr_lambda(cfg: RC3Config) -> Callable[[int], float]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
-                    offload: bool = False) -> tuple[torch.optim.Optimizer, Any]:
+                    offload: bool = False, fused_adam: bool = False) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW without decay on biases and norms (default), or the paper's plain Adam (`optim.name=adam`,
     no decay); fused kernels on GPU.
 
     With `offload` (the DeepSpeed config offloads the optimizer, see optimizer_offloaded) the same
     optimizer is DeepSpeed's CPU Adam (adamw_mode for AdamW): the step then runs on the CPU where the
     states live, and DeepSpeed refuses any other client optimizer there (zero_force_ds_cpu_optimizer).
-    Its C++ kernel is built on first use (minutes, then cached by torch's extension cache)."""
+    Its C++ kernel is built on first use (minutes, then cached by torch's extension cache).
+
+    With `fused_adam` (a preset with `"optimizer": {"type": "FusedAdam"}`, see preset_fused_adam) the
+    same Adam(W) is DeepSpeed's FusedAdam on GPU (its CUDA kernel is also built on first use); on the
+    CPU, where that kernel does not exist, torch's optimizer is used and a warning says so."""
     o = cfg.optim
     groups = param_groups(model.named_parameters(), o.weight_decay)
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         optimizer = DeepSpeedCPUAdam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, adamw_mode=o.name == "adamw")
+    elif fused_adam and on_gpu:
+        from deepspeed.ops.adam import FusedAdam
+
+        optimizer = FusedAdam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, adam_w_mode=o.name == "adamw")
     else:
+        if fused_adam:
+            log.warning("the DeepSpeed preset asks for FusedAdam, a CUDA kernel; on the CPU torch's %s is used",
+                        "Adam" if o.name == "adam" else "AdamW")
         kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
         optimizer = kind(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=on_gpu)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -166,10 +193,12 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     tokenizer = load_tokenizer(cfg.model)
     start_loader_forkserver(cfg, tokenizer, cfg.data.prefetch_steps)  # its imports overlap building the model
     model = build_model(cfg.model, tokenizer)
+    perf.apply(model, cfg.perf)  # perf.*: chunked LM loss, prebuilt masks, torch.compile (all off by default)
     if rank == 0:
         card = run_dir / "model_card"
         model.save_pretrained(card, tokenizer_dir=tokenizer_dir(cfg), overwrite=True, weights=False)
-    optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config))
+    optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
+                                           fused_adam=preset_fused_adam(cfg))
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     streams = TaskStreams(cfg, tokenizer, rank, world)
@@ -199,6 +228,7 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
     window: dict[str, float] = {}
     window_steps, window_time, window_flops, window_tokens, window_samples = 0, 0.0, 0.0, 0, 0
     window_wait = 0.0
+    device_sums = perf.MetricSums()
     try:
         while step < cfg.train.total_steps:
             t0 = time.perf_counter()
@@ -209,8 +239,14 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
             fault_injection.maybe_kill(step + 1, rank)
             while good < accum:
                 t_fetch = time.perf_counter()
-                batches = to_device(streams.next_batches(), device)
+                fetched = streams.next_batches()
+                if cfg.perf.fixed_shapes:
+                    fetched = perf.fix_batch_shapes(fetched, cfg.data.max_text_len, cfg.data.max_tgt_len,
+                                                    tokenizer.pad_id)
+                    fetched = perf.pin(fetched) if on_gpu else fetched
+                batches = to_device(fetched, device)
                 data_wait += time.perf_counter() - t_fetch
+                perf.mark_step_begin(cfg.perf)
                 gen = torch.Generator().manual_seed(zlib.crc32(f"{cfg.train.seed}:{step}:{good}:{rank}".encode()))
                 with counter:
                     out = engine(compute_losses, batches, cfg.objectives, state, gen, gather)
@@ -231,11 +267,20 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
                 skipped_before = engine.skipped_steps
                 engine.step()
                 good += 1
+                if cfg.perf.sync_free:  # summed on the device, read once after the last micro-step
+                    device_sums.add({**{f"plain.{k}": v for k, v in out.plain.items()}, **out.parts, **out.extras,
+                                     "loss": loss})
+                    continue
                 for k, v in out.plain.items():
                     plain_sum[k] = plain_sum.get(k, 0.0) + float(v)
                 for k, v in {**out.parts, **out.extras}.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
                 parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
+            for k, v in device_sums.read().items():  # empty unless perf.sync_free
+                if k.startswith("plain."):
+                    plain_sum[k[len("plain."):]] = v
+                else:
+                    parts_sum[k] = v
             if engine.skipped_steps > skipped_before:
                 nonfinite_in_row += 1
                 logger.event(f"non-finite gradients at step {step + 1}: DeepSpeed skipped the update", step=step + 1,
@@ -292,4 +337,4 @@ def tokenizer_dir(cfg: RC3Config) -> str:
     return cfg.model.tokenizer or cfg.model.init_from  # type: ignore[return-value]
 
 
-__all__ = ["train", "resolve_ds_config", "build_optimizer", "optimizer_offloaded", "lr_lambda", "TaskStreams", "RC3Model"]
+__all__ = ["train", "resolve_ds_config", "build_optimizer", "optimizer_offloaded", "preset_fused_adam", "lr_lambda", "TaskStreams", "RC3Model"]

@@ -328,3 +328,87 @@ def itm_loss(scores_logits: Tensor, targets: Tensor, reduction: str = "mean") ->
                          f"{tuple(scores_logits.shape)} and {tuple(targets.shape)}")
     dtype = _compute_dtype(scores_logits)
     return F.binary_cross_entropy_with_logits(scores_logits.to(dtype), targets.to(dtype), reduction=reduction)
+
+
+class _ChunkedLMCrossEntropy(torch.autograd.Function):
+    """Sum over positions of -log softmax(h W^T + b)[label], computed `chunk` positions at a time.
+
+    The forward keeps only each position's log-sum-exp; the backward recomputes each chunk's logits
+    to form softmax - onehot. Peak extra memory is one [chunk, V] block instead of [N, V] logits
+    (and their float32 copy and gradient). Logits are formed in the dtype of `hidden` and then taken
+    to float32, as `_token_cross_entropy` does with the full logits."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
+                chunk: int) -> Tensor:
+        n = hidden.shape[0]
+        valid = labels != -100
+        safe = labels.clamp_min(0)
+        lse = torch.empty(n, dtype=torch.float32 if hidden.dtype != torch.float64 else torch.float64,
+                          device=hidden.device)
+        total = torch.zeros((), dtype=lse.dtype, device=hidden.device)
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            logits = _chunk_logits(hidden[rows], weight, bias, lse.dtype)
+            lse[rows] = torch.logsumexp(logits, dim=-1)
+            target = logits.gather(1, safe[rows].unsqueeze(1)).squeeze(1)
+            total = total + torch.where(valid[rows], lse[rows] - target, torch.zeros_like(target)).sum()
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), labels, lse)
+        ctx.has_bias, ctx.chunk = bias is not None, chunk
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        n, chunk = hidden.shape[0], ctx.chunk
+        valid = labels != -100
+        safe = labels.clamp_min(0)
+        grad_hidden = torch.empty_like(hidden)
+        # weight / bias gradients summed over chunks in float32 (float64 stays float64)
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
+        grad_bias = (torch.zeros(weight.shape[0], dtype=lse.dtype, device=weight.device)
+                     if bias is not None and ctx.needs_input_grad[2] else None)  # mBART's bias is a buffer
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            logits = _chunk_logits(hidden[rows], weight, bias, lse.dtype)
+            g = torch.exp(logits - lse[rows].unsqueeze(1))
+            g.scatter_add_(1, safe[rows].unsqueeze(1), -torch.ones_like(lse[rows]).unsqueeze(1))
+            g = g * (valid[rows].to(g.dtype) * grad_total).unsqueeze(1)
+            g_low = g.to(hidden.dtype)  # the full path's gradient enters the LM head in the logits' dtype too
+            grad_hidden[rows] = g_low @ weight
+            grad_weight += (g_low.t() @ hidden[rows]).to(lse.dtype)
+            if grad_bias is not None:
+                grad_bias += g_low.sum(0).to(lse.dtype)
+        return (grad_hidden, grad_weight.to(weight.dtype),
+                grad_bias.to(bias.dtype) if grad_bias is not None else None, None, None)  # type: ignore[union-attr]
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    logits = hidden @ weight.t()
+    if bias is not None:
+        logits = logits + bias.to(hidden.dtype)
+    return logits.to(dtype)
+
+
+def chunked_lm_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
+                             chunk: int = 4096, reduction: str = "mean") -> Tensor:
+    """Token cross-entropy of the LM head `hidden @ weight.T + bias` against `labels` (-100 = ignored),
+    without ever holding the [positions, V] logits: equal to ``mlm_loss(lm_logits(hidden), labels)``
+    and ``decoder_lm_loss`` (no label smoothing) in value and gradients, up to summation order.
+
+    hidden [..., d], weight [V, d], bias [V] or None, labels [...]. reduction "mean" (over non-ignored
+    tokens; 0 when there are none) or "sum". No host synchronisation: the chunk count depends on the
+    shape only."""
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"chunked_lm_cross_entropy: hidden [..., d] and labels [...] must share leading dims; "
+                         f"got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"chunked_lm_cross_entropy: reduction must be mean or sum, got {reduction!r}")
+    if int(chunk) < 1:
+        raise ValueError(f"chunked_lm_cross_entropy: chunk must be >= 1 position, got {chunk}")
+    flat_h, flat_l = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    total = _ChunkedLMCrossEntropy.apply(flat_h, weight, bias, flat_l, int(chunk))
+    if reduction == "sum":
+        return total
+    return total / (flat_l != -100).sum().clamp_min(1)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from rc3.config import ConfigError, ObjectivesConfig
-from rc3.modeling import RC3Model
+from rc3.modeling import RC3Model, flops
 from rc3.pretrain import losses
 from rc3.pretrain.registry import OBJECTIVES, Objective, ObjectiveContext, ObjectiveResult
 
@@ -122,9 +122,22 @@ def pad_cat(a: Tensor, b: Tensor, pad: int | bool) -> Tensor:
 
 def mclm(model: RC3Model, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
     enc = model.encode(batch["mlm_ids"], batch["src_mask"], _visual(batch), ds_visual_mode(model, batch))
-    mlm = losses.mlm_loss(model.mlm_logits(enc), batch["mlm_labels"])
-    dec = losses.decoder_lm_loss(model.decode(batch["dec_input_ids"], batch["dec_mask"], enc), batch["dec_labels"])
+    if model.lm_loss_chunk:  # perf.lm_loss_chunk: the same two losses without the full [positions, V] logits
+        mlm = lm_head_loss(model, enc.hidden[:, enc.text_start:], batch["mlm_labels"])
+        dec = lm_head_loss(model, model.decode_hidden(batch["dec_input_ids"], batch["dec_mask"], enc),
+                           batch["dec_labels"])
+    else:
+        mlm = losses.mlm_loss(model.mlm_logits(enc), batch["mlm_labels"])
+        dec = losses.decoder_lm_loss(model.decode(batch["dec_input_ids"], batch["dec_mask"], enc), batch["dec_labels"])
     return mlm + dec, {"mlm": mlm.detach(), "mclm_dec": dec.detach()}
+
+
+def lm_head_loss(model: RC3Model, hidden: Tensor, labels: Tensor) -> Tensor:
+    """Mean token cross-entropy of the tied LM head on `hidden` [B, L, d], chunked (model.lm_loss_chunk)."""
+    positions = hidden.shape[:-1].numel()
+    flops.linear(positions, hidden.shape[-1], model.mbart.config.vocab_size)  # as lm_logits counts it
+    return losses.chunked_lm_cross_entropy(hidden, model.mbart.lm_head.weight, model.mbart.final_logits_bias[0],
+                                           labels, model.lm_loss_chunk)
 
 
 def itm_negative_captions(b: int, how: str, generator: torch.Generator) -> Tensor:
@@ -147,15 +160,37 @@ def itm(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator,
         negatives: str = "shift") -> tuple[Tensor, dict[str, Tensor]]:
     ids, mask = batch["src_ids"], batch["src_mask"]
     b = ids.shape[0]
-    other = itm_negative_captions(b, negatives, generator)
-    index = torch.cat([torch.arange(b), torch.arange(b)]).to(ids.device)
-    text_index = torch.cat([torch.arange(b), other]).to(ids.device)
+    if b < 2:
+        itm_negative_captions(b, negatives, generator)  # raises the readable error
+    index, targets = _itm_tables(b, ids.device)
+    if negatives == "shift":  # the same draw as itm_negative_captions; the table is built on the device
+        shift = int(torch.randint(1, b, (1,), generator=generator))
+        other = (index[:b] + shift) % b
+    else:
+        other = to_device_async(itm_negative_captions(b, negatives, generator), ids.device)
+    text_index = torch.cat([index[:b], other])
     scores = model.itm_logits(model.vtr(ids[text_index], mask[text_index], _visual(batch), ds_visual_mode(model, batch),
                                         visual_index=index))
-    targets = torch.cat([torch.ones(b), torch.zeros(b)]).to(scores.device)
     loss = losses.itm_loss(scores, targets)
     acc = ((scores > 0).float() == targets).float().mean()
     return loss, {"itm_acc": acc.detach()}
+
+
+@functools.lru_cache(maxsize=32)
+def _itm_tables(b: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    # Depend on the shape only: built once per (B, device), on the device. Never written to.
+    ar = torch.arange(b, device=device)
+    return torch.cat([ar, ar]), torch.cat([torch.ones(b, device=device), torch.zeros(b, device=device)])
+
+
+def to_device_async(t: Tensor, device: torch.device) -> Tensor:
+    """`t.to(device)` without a host sync: a CPU -> GPU copy from pageable memory waits for the device,
+    one from pinned memory is queued. The values are the same."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 # ---- XTCL ----------------------------------------------------------------------------------
@@ -262,7 +297,9 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
     if cfg.rxvtcl_others == "shift":
         plan = _shift_plan(b, cfg.rxvtcl_other_triplets, dev)
     else:
-        plan = plan_from_others(choose_others(b, cfg.rxvtcl_other_triplets, cfg.rxvtcl_others, generator)).to(dev)
+        plan = plan_from_others(choose_others(b, cfg.rxvtcl_other_triplets, cfg.rxvtcl_others, generator))
+        plan = TripletPlan(*(to_device_async(t, dev) for t in (plan.image, plan.text, plan.anchor, plan.positive,
+                                                                 plan.negatives, plan.others)))
     texts = pad_cat(src_ids, tgt_ids, model.mbart.config.pad_token_id)
     masks = pad_cat(batch["src_mask"], batch["tgt_mask"], False)
     # Every sequence in one encoder call; each of the B images goes through the visual front end once.
