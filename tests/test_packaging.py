@@ -99,7 +99,7 @@ def test_console_scripts_name_existing_functions() -> None:
 
 
 def test_finetune_command_dispatches_by_task(capsys) -> None:
-    from rc3.finetune.cli import DESCRIPTIONS, main
+    from rc3.finetune.cli import main
 
     for argv, code in (([], 2), (["--help"], 0), (["nope"], 2)):
         try:
@@ -109,7 +109,8 @@ def test_finetune_command_dispatches_by_task(capsys) -> None:
         else:
             raise AssertionError(f"rc3-finetune {argv} did not exit")
     out = capsys.readouterr()
-    assert all(task in out.out for task in DESCRIPTIONS) and "unknown task 'nope'" in out.err
+    tasks = ("xvnli", "xgqa", "marvl", "itr", "mmt")
+    assert all(task in out.out for task in tasks) and "unknown task 'nope'" in out.err
     try:
         main(["xgqa", "--help"])
     except SystemExit as exit:
