@@ -351,8 +351,8 @@ def test_cli_prints_tables(dirs: dict[str, Path], data: Path, tmp_path: Path, ca
 def test_python_m_rc3_cli_and_console_script_entry() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0 and all(c in proc.stdout for c in ("embed", "search", "classify", "translate"))
-    setup = (REPO / "setup.py").read_text()
-    assert '"rc3=rc3.cli:main"' in setup
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'rc3 = "rc3.cli:main"' in pyproject
     proc = run_cli("search", "/nonexistent/model", "--query", "x")
     assert proc.returncode == 2 and "rc3_config.json" in proc.stderr
 
