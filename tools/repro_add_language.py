@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Languages pretraining never saw: add_language (sentence-embedding distillation) and code-switching, measured.
 
-    python tools/repro_add_language.py [--out runs/repro/add-language] [--seeds 3] [--data ../shared/data]
+    python tools/repro_add_language.py [--out runs/repro/add-language] [--seeds 3] [--data DIR (default: RC3_DATA, else the excerpt in tests/data)]
     python tools/repro_add_language.py --no-text          # the synthetic world only
 
 1. Synthetic world (tools/repro_synthetic.py's tiny world, weak overlap 0.8): the RC3 model pretrained
@@ -59,15 +59,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=True,
                     help="the synthetic-world part (--no-synthetic: the real-text part alone)")
     ap.add_argument("--text", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
-                    help="folder holding multi30k/ and iglue/ (the real text)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="folder holding multi30k/ and iglue/ (default: RC3_DATA, else the excerpt in tests/data)")
     ap.add_argument("--text-seeds", type=int, default=3)
     ap.add_argument("--text-steps", type=int, default=1200, help="XTCL pretraining steps of the real-text model")
     ap.add_argument("--text-al-epochs", type=int, default=10)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: tabulate what OUT already holds (rows of unfinished runs are left out)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.data is None:  # as tools/repro_text.py: the full release at RC3_DATA, else the in-repo excerpt
+        sys.path.insert(0, str(ROOT / "tests"))
+        from release_data import full_release, release_dir
+
+        args.data = full_release() or release_dir(args.out / "release-excerpt")
+    return args
 
 
 def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
