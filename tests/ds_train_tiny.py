@@ -1,7 +1,8 @@
 """Train a tiny RC3Model for a few steps under DeepSpeed ZeRO and leave a run directory behind.
 
 Launched by tests/test_zero_to_safetensors.py as ``deepspeed --num_gpus 2 tests/ds_train_tiny.py ...``
-(CPU, gloo). It writes what a pretraining run keeps (model_card/, checkpoints/<tag>/, checkpoints/latest)
+(CPU, gloo). It writes what a pretraining run keeps (model_card/, checkpoints/<tag>/ with COMPLETE, checkpoints/latest,
+written by rc3.pretrain.checkpoints.CheckpointManager as the pretraining loop writes them)
 and, for comparison, the engine's own consolidated weights in RUN_DIR/reference.safetensors (and the
 weights before training in RUN_DIR/initial.safetensors).
 
@@ -10,8 +11,6 @@ weights before training in RUN_DIR/initial.safetensors).
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -50,7 +49,6 @@ def main() -> None:
     ap.add_argument("--tokenizer-dir", type=Path, required=True)
     ap.add_argument("--stage", type=int, choices=(1, 2, 3), required=True)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--tag", default="step_000003")
     ap.add_argument("--local_rank", type=int, default=-1)  # set by the deepspeed launcher
     args = ap.parse_args()
 
@@ -59,6 +57,7 @@ def main() -> None:
 
     from rc3 import distributed
     from rc3.modeling import RC3Model
+    from rc3.pretrain.checkpoints import CheckpointManager
     from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
@@ -81,8 +80,8 @@ def main() -> None:
         engine.backward(loss)
         engine.step()
 
-    ckpt_dir = args.run_dir / "checkpoints"
-    engine.save_checkpoint(str(ckpt_dir), tag=args.tag, client_state={"step": args.steps}, save_latest=False)
+    # the pretraining loop's own checkpointer: DeepSpeed's files, per-rank RNG and data state, COMPLETE, latest
+    CheckpointManager(args.run_dir).save(engine, args.steps, client_state={}, data_state={})
     if args.stage == 3:
         reference = engine._zero3_consolidated_16bit_state_dict()  # fp32 here: no fp16/bf16 in the config
     else:
@@ -93,10 +92,6 @@ def main() -> None:
         save_file(initial, str(args.run_dir / "initial.safetensors"))
         model_card = args.run_dir / "model_card"
         engine.module.save_pretrained(model_card, tokenizer_dir=args.tokenizer_dir, weights=False)
-        fd, tmp = tempfile.mkstemp(dir=ckpt_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(args.tag)
-        os.replace(tmp, ckpt_dir / "latest")
     deepspeed.comm.barrier()
     # Tear the gloo group down rather than leave it alive at interpreter exit: a ZeRO-3 rank once
     # aborted after training ("terminate called without an active exception", rc -6).

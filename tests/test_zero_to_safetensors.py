@@ -25,7 +25,7 @@ from rc3.tokenization import RC3Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "zero_to_safetensors.py"
-TAG = "step_000003"
+TAG = "step_00000003"  # what CheckpointManager names step 3
 
 
 def load_tool():
@@ -46,7 +46,7 @@ def run_dir(request, tmp_path_factory, tokenizer_dir: Path) -> Path:
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
            str(REPO / "tests" / "ds_train_tiny.py"), "--run-dir", str(out), "--tokenizer-dir", str(tokenizer_dir),
-           "--stage", str(stage), "--steps", "3", "--tag", TAG]
+           "--stage", str(stage), "--steps", "3"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=240)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     return out
@@ -139,12 +139,12 @@ def fake_run(root: Path, tokenizer_dir: Path) -> Path:
 def test_run_directory_errors_name_the_problem(tmp_path: Path, tokenizer_dir: Path, capsys) -> None:
     tool = load_tool()
     run = fake_run(tmp_path / "run", tokenizer_dir)
-    with pytest.raises(tool.CheckpointError, match=r"no complete checkpoint.*--tag \(found: step_000003\)"):
+    with pytest.raises(tool.CheckpointError, match=rf"no complete checkpoint.*--tag \(found: {TAG}\)"):
         tool.convert(run, tmp_path / "out")
     (run / "checkpoints" / "latest").write_text("step_000009\n")  # naming a tag that is not there changes nothing
-    with pytest.raises(tool.CheckpointError, match=r"no complete checkpoint.*\(found: step_000003\)"):
+    with pytest.raises(tool.CheckpointError, match=rf"no complete checkpoint.*\(found: {TAG}\)"):
         tool.convert(run, tmp_path / "out")
-    with pytest.raises(tool.CheckpointError, match=r"step_000009 does not exist \(found: step_000003\)"):
+    with pytest.raises(tool.CheckpointError, match=rf"step_000009 does not exist \(found: {TAG}\)"):
         tool.convert(run, tmp_path / "out", tag="step_000009")
     with pytest.raises(tool.CheckpointError, match="incomplete"):
         tool.convert(run, tmp_path / "out", tag=TAG)
