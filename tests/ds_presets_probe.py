@@ -1,8 +1,8 @@
 """Initialise a DeepSpeed engine with each given preset exactly as pretraining does, and take two steps.
 
 Run by tests/test_ds_presets.py in its own process (one CPU rank, gloo): the run config's optimizer
-(rc3.pretrain.loop.build_optimizer, DeepSpeedCPUAdam where the preset offloads the optimizer) and the
-preset resolved by rc3.pretrain.loop.resolve_ds_config. Prints one JSON line per preset.
+(rc3.pretrain.engine.build_optimizer, DeepSpeedCPUAdam where the preset offloads the optimizer) and the
+preset resolved by rc3.pretrain.engine.resolve_ds_config. Prints one JSON line per preset.
 
     python tests/ds_presets_probe.py --tokenizer-dir T ds_configs/zero1.json ds_configs/zero3_offload.json
 """
@@ -27,7 +27,7 @@ def main() -> None:
     from rc3 import distributed
     from rc3.config import load_config
     from rc3.modeling import RC3Model
-    from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
+    from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
     from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 

@@ -13,7 +13,7 @@ import pytest
 from engine_fixtures import REPO, free_port
 
 from rc3.config import load_config
-from rc3.pretrain.loop import optimizer_offloaded, resolve_ds_config
+from rc3.pretrain.engine import optimizer_offloaded, resolve_ds_config
 
 PRESETS = sorted((REPO / "ds_configs").glob("*.json"))
 

@@ -175,7 +175,7 @@ def test_literal_switches_train_together(batches):
 
 def test_plain_adam_when_asked():
     from rc3.config import load_config
-    from rc3.pretrain.loop import build_optimizer
+    from rc3.pretrain.engine import build_optimizer
     shards = ["data.ds_shards=a", "data.dw_shards=b", "data.dt_shards=c"]
     model = RC3Model.from_config(tiny_model_config(), VOCAB)
     adam, _ = build_optimizer(model, load_config(None, shards + ["optim.name=adam", "optim.weight_decay=0"]), False)

@@ -36,7 +36,8 @@ from rc3 import perf
 from rc3.config import load_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
-from rc3.pretrain.loop import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config, to_device
+from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
+from rc3.pretrain.loop import to_device
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.pretrain.streams import TaskStreams
 from rc3.provenance import git_commit

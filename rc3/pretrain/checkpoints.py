@@ -21,10 +21,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from rc3 import atomic, rng
 from rc3 import distributed as comm
@@ -153,3 +154,35 @@ class CheckpointManager:
             rng.load(path / f"rng_rank{rank:05d}.safetensors")
         data_state = json.loads((path / f"data_rank{rank:05d}.json").read_text())
         return Resumed(tag, int(meta["step"]), client or {}, data_state)
+
+
+class Checkpointer:
+    """Decides when a run saves: every `save_every` steps, when any rank was sent SIGTERM (then the run
+    stops), and at the end. `state` returns what goes with the weights: the client state (p_avg trackers)
+    and this rank's data position."""
+
+    def __init__(self, manager: CheckpointManager, engine: Any, save_every: int, total_steps: int,
+                 state: Callable[[], tuple[dict[str, Any], dict[str, Any]]], on_saved: Callable[[str, int], None]) -> None:
+        self.manager, self.engine = manager, engine
+        self.save_every, self.total_steps = save_every, total_steps
+        self.state, self.on_saved = state, on_saved
+        self.stop_requested = False
+
+    def listen_for_sigterm(self) -> None:
+        """A scheduler's SIGTERM (pre-emption, a time limit) asks for a checkpoint at the end of the step."""
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
+
+    def after_step(self, step: int) -> bool:
+        """Save when one is due; True when the run must stop now (SIGTERM on some rank, checkpoint saved)."""
+        if comm.any_rank(self.stop_requested):  # every rank stops at the same step, or none does
+            self.save(step)
+            return True
+        if step % self.save_every == 0 and step < self.total_steps:  # the last step is saved by the caller
+            self.save(step)
+        return False
+
+    def save(self, step: int) -> str:
+        client, data = self.state()
+        tag = self.manager.save(self.engine, step, client, data)
+        self.on_saved(tag, step)
+        return tag

@@ -82,6 +82,10 @@ class ObjectiveState:
         for name, values in grouped.items():
             self.trackers[name].update(sum(values) / len(values))
 
+    def values(self) -> dict[str, float]:
+        """Each p_avg group's current value, for the log line."""
+        return {name: t.value for name, t in self.trackers.items()}
+
     def state_dict(self) -> dict[str, Any]:
         return {name: t.state_dict() for name, t in self.trackers.items()}
 

@@ -13,7 +13,7 @@ of every loader is saved and restored together.
 
 `StepPrefetcher` runs a MultiTaskLoader a few steps ahead on a background thread, so fetching and
 collating overlap the step's compute. Loaders with worker processes start them when an epoch
-starts, i.e. on that thread; they must then not fork (rc3.pretrain.loop.TaskStreams gives them a
+starts, i.e. on that thread; they must then not fork (rc3.pretrain.streams.TaskStreams gives them a
 forkserver).
 """
 from __future__ import annotations
