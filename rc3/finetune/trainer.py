@@ -35,9 +35,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from rc3 import atomic
+from rc3 import atomic, run_log
 from rc3.config import ConfigError
 from rc3.finetune.cli import build_parser
 from rc3.finetune.config import FinetuneConfig, load_finetune_config, save_finetune_config
@@ -46,6 +45,7 @@ from rc3.finetune.metrics import write_results
 from rc3.modeling import RC3Model
 from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.pretrain import fault_injection
+from rc3.run_log import RunLogger
 from rc3.tokenization import RC3Tokenizer
 
 
@@ -91,18 +91,14 @@ class FinetuneRun:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.tokenizer = RC3Tokenizer.from_dir(cfg.model.tokenizer or cfg.init)
         self.selection: dict[str, Any] = {}
-        self._tb = None
         if resume and not (self.ckpt_dir / "latest").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir} (checkpoints/latest is missing); "
                                     "start without --resume")
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_finetune_config(cfg, self.out_dir / "finetune_config.yaml")
-            if not resume:  # a resumed run appends to its log
-                (self.out_dir / METRICS_FILE).write_text("")
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.out_dir / "tb"))
+        # metrics.jsonl and TensorBoard as pretraining writes them; a resumed run appends to its log
+        self.logger = RunLogger(self.out_dir, self.is_main, fresh=not resume)
         note = "" if self.micro_batch_size == cfg.train.micro_batch_size else \
             f" (micro-batch {self.micro_batch_size}: train.micro_batch_size {cfg.train.micro_batch_size} does not divide " \
             f"{cfg.train.batch_size} / {world} processes)"
@@ -117,8 +113,7 @@ class FinetuneRun:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.accelerator.wait_for_everyone()
-        if self._tb is not None:
-            self._tb.close()
+        self.logger.close()
         if self.accelerator.num_processes == 1:
             # Accelerate keeps its state in process-wide singletons; a single-process run clears them so
             # that another run in the same process (tests, notebooks) can pick other settings.
@@ -136,15 +131,7 @@ class FinetuneRun:
 
     def log(self, record: Mapping[str, Any]) -> None:
         """One line of metrics.jsonl and a TensorBoard scalar per numeric field (main process)."""
-        if not self.is_main:
-            return
-        with (self.out_dir / METRICS_FILE).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(dict(record)) + "\n")
-        if self._tb is not None and "step" in record:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key.replace("dev_", "dev/"), value, int(record["step"]))
-            self._tb.flush()
+        self.logger.write(dict(record))
 
     # ---- model ------------------------------------------------------------------------------
     def load_rc3(self) -> RC3Model:
@@ -195,8 +182,7 @@ class FinetuneRun:
         self.print(f"[{cfg.task}] {len(dataset)} training examples, {steps_per_epoch} steps/epoch, {total} steps"
                    + (f"; resumed at step {state['step']} (epoch {state['epoch'] + 1})" if self.resume else ""))
         t0 = time.time() - state["elapsed"]
-        bar = tqdm(total=total, initial=state["step"], desc=f"{cfg.task} train", disable=not self.is_main,
-                   dynamic_ncols=True)
+        self.logger.progress(total, state["step"], desc=f"{cfg.task} train")
         t_window = time.time()
         while state["epoch"] < cfg.train.epochs and state["step"] < total:
             epoch = state["epoch"]
@@ -226,7 +212,7 @@ class FinetuneRun:
                 scheduler.step()
                 state["step"] += 1
                 state["window"] += 1
-                bar.update(1)
+                self.logger.step()
                 step = state["step"]
                 if step % cfg.train.log_every == 0 or step == total:
                     now = time.time()
@@ -235,7 +221,6 @@ class FinetuneRun:
                     self.log({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                               "elapsed_s": round(now - t0, 2), "samples_per_s": round(state["samples"] / span, 3),
                               "data_wait_share": round(min(1.0, state["wait"] / span), 4), **means})
-                    bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}")
                     state["running"], state["window"], state["samples"], state["wait"] = {}, 0, 0, 0.0
                     t_window = now
                 if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
@@ -253,7 +238,6 @@ class FinetuneRun:
                     self._track_best(model, state, epoch, dev)
             state["elapsed"] = time.time() - t0
             self.save_checkpoint(model, optimizer, scheduler, state)
-        bar.close()
         self._select(model, state)
         return model
 
@@ -369,7 +353,7 @@ class FinetuneRun:
         return {k: dict(v) for k, v in results.items()}
 
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = run_log.METRICS_FILE
 TRAINER_STATE = "trainer_state.json"
 
 
