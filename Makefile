@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # Everything, the multi-process DeepSpeed / end-to-end runs included.
 test: $(STAMP)
-	$(PY) -m pytest -q $(XDIST) tests
+	$(PY) -m pytest -q $(XDIST) --durations=25 tests
 
 # The tests that take under a few seconds each (no `slow` marker): a couple of minutes.
 test-fast: $(STAMP)

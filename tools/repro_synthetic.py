@@ -307,6 +307,8 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
         if task == "itr":
             summary["zero_shot_pretrained_langs"]["itr_dual"] = {
                 v: [lang_mean(r, "dual_mean_R@1", langs) for r in rs] for v, rs in by_variant.items()}
+            summary["zero_shot_pretrained_langs"]["itr_R@10"] = {
+                v: [lang_mean(r, "mean_R@10", langs) for r in rs] for v, rs in by_variant.items()}
     if visual:
         t = args.visual_task
         rows = {f"RC3-{m.upper() if m == 'roi' else m.capitalize()}": [with_r10(read_results(p))] for m, p in visual}
