@@ -501,9 +501,7 @@ def validate(cfg: RC3Config) -> None:
             raise ConfigError(f"data.langs[{i}]", f"unknown language {lang!r}; known: {', '.join(sorted(LANG_CODES))}")
     if len(d.langs) < 2:
         raise ConfigError("data.langs", "cross-lingual objectives need at least two languages")
-    if t.global_batch_size % t.micro_batch_size:
-        raise ConfigError("train.global_batch_size",
-                          f"{t.global_batch_size} is not divisible by train.micro_batch_size {t.micro_batch_size}")
+    cfg.grad_accum_steps(1)  # the batch-size identity at world size 1; the launcher's world is checked at start
     if not 0.0 < o.mlm_prob < 1.0:
         raise ConfigError("objectives.mlm_prob", f"must be in (0, 1), got {o.mlm_prob}")
     if o.zeta < 0:
