@@ -263,6 +263,8 @@ def main() -> None:
         return
     workers = [int(w) for w in args.workers.split(",") if w]
     results = []
+    if args.tmp is not None:
+        args.tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         jobs = []

@@ -268,7 +268,7 @@ def _h5_read(group: Any, name: str) -> Any:
 _LMDB_ENVS: dict[tuple[str, int], list[Any]] = {}
 
 
-def _acquire_lmdb(path: Path) -> Any:
+def acquire_lmdb(path: Path) -> Any:
     import lmdb
 
     key = (str(path.resolve()), os.getpid())
@@ -287,7 +287,7 @@ def _acquire_lmdb(path: Path) -> Any:
     return entry[0]
 
 
-def _release_lmdb(path: Path) -> None:
+def release_lmdb(path: Path) -> None:
     key = (str(path.resolve()), os.getpid())
     entry = _LMDB_ENVS.get(key)
     if entry is None:
@@ -304,10 +304,10 @@ class LmdbFeatureStore(FeatureStore):
     kind = "LMDB"
 
     def _open(self) -> Any:
-        return _acquire_lmdb(self.path)
+        return acquire_lmdb(self.path)
 
     def _close_handle(self, handle: Any) -> None:
-        _release_lmdb(self.path)
+        release_lmdb(self.path)
 
     def _get_raw(self, key: bytes) -> bytes | None:
         with self._get_handle().begin(write=False, buffers=False) as txn:

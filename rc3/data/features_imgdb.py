@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from rc3.data.features import FEATURE_DIM, FeatureStore, _acquire_lmdb, _release_lmdb
+from rc3.data.features import FEATURE_DIM, FeatureStore, acquire_lmdb, release_lmdb
 
 _DB_NAME = re.compile(r"^(feat_th(?P<th>[0-9.]+)_max(?P<max>\d+)_min(?P<min>\d+)|feat_numbb(?P<num>\d+)|all)"
                       r"(?P<compressed>_compressed)?$")
@@ -154,10 +154,10 @@ class ImgDbFeatureStore(FeatureStore):
         return {"path": self.path}
 
     def _open(self) -> Any:
-        return _acquire_lmdb(self.db)
+        return acquire_lmdb(self.db)
 
     def _close_handle(self, handle: Any) -> None:
-        _release_lmdb(self.db)
+        release_lmdb(self.db)
 
     def _get_raw(self, key: bytes) -> bytes | None:
         with self._get_handle().begin(write=False, buffers=False) as txn:

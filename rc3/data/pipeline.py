@@ -3,9 +3,9 @@
 `make_pipeline` returns a :class:`ShardLoader` (iterable over batch dicts) for one corpus. Each
 DataLoader worker runs this explicit list of stages (a `wds.DataPipeline`):
 
-  1. shard_passes     the epoch's shard order (random.Random(seed*1000003+epoch) over the sorted
+  1. shard_passes     (rc3.data.shard_order) the epoch's shard order (random.Random(seed*1000003+epoch) over the sorted
                       list), split by rank then by worker, repeated pass after pass (see below)
-  2. read_samples     tar members grouped into raw samples (bytes only); only the schema's fields
+  2. read_samples     (rc3.data.shard_reading) tar members grouped into raw samples (bytes only); only the schema's fields
                       are read, so stray members (e.g. `x.pickle`) are never even loaded; an
                       unreadable or truncated shard is counted, logged with its name, and left.
                       Shards may be remote (`pipe:`, http(s), s3, gs: rc3.data.shard_source): they
@@ -58,12 +58,9 @@ import functools
 import itertools
 import os
 import random
-import re
 import signal
-import tarfile
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,32 +71,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rc3.data.corpora import CORPORA
 from rc3.data.faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
-from rc3.data.shard_source import ShardOpener, abort, expand_shards, is_remote, stream_for_tar, transport_failure
+from rc3.data.shard_order import Source, epoch_shard_order, mix_sources, resampled_shards, shard_passes, stable_seed
+from rc3.data.shard_reading import count_samples, read_samples
+from rc3.data.shard_source import ShardOpener, expand_shards
 
-_MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # webdataset's rule: key = name up to the first '.'
-_END_OF_PASS = "__end_of_pass__"  # marker flowing through stages 1-4
 _SKIPS_ONLY = "__skips_only__"  # a final item holding only skip counts (stream end)
-
-
-def stable_seed(*parts: object) -> int:
-    """A 32-bit seed from parts (CRC32: identical in every process, unlike hash())."""
-    return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8"))
-
-
-def epoch_shard_order(shards: Sequence[str], seed: int, epoch: int, shuffle: bool = True) -> list[str]:
-    order = list(shards)
-    if shuffle:
-        random.Random(seed * 1000003 + epoch).shuffle(order)
-    return order
-
-
-@dataclass
-class Source:
-    """One source of a corpus: its shard specs and its share of the corpus's samples."""
-
-    name: str
-    shards: str | Sequence[str]
-    weight: float = 1.0
 
 
 @dataclass
@@ -132,176 +108,6 @@ class _Config:
 
 
 # ---- stages ------------------------------------------------------------------------------------
-def shard_passes(own: list[str], every: list[str], *, repeat: bool, shuffle: bool, seed: int, epoch: int,
-                 where: str, tracker: FaultTracker) -> Iterator[str]:
-    source, fallback, p = own, False, 0
-    while True:
-        order = list(source)
-        if shuffle and p > 0:
-            random.Random(stable_seed(seed, epoch, where, p)).shuffle(order)
-        yield from order
-        # The marker reaches check_samples after every sample of this pass (the shuffle buffer
-        # drains on it), so tracker.last_pass_good is final when this generator resumes.
-        yield _END_OF_PASS
-        if not repeat:
-            return
-        # A pass in which every shard failed (a store that is down, a server cutting every transfer) is
-        # treated like one without usable samples, even when the shards' first parts arrived.
-        failed = tracker.last_pass_shard_faults >= len(order)
-        if tracker.last_pass_good == 0 or failed:
-            what = "no usable sample" if tracker.last_pass_good == 0 else "every shard failed to read"
-            if fallback or len(own) == len(every):
-                raise NoUsableData(
-                    f"{where}: a full pass over all {len(every)} shard(s): {what}; the shards are unreadable, "
-                    f"unreachable, empty or broken (skips so far: {tracker.totals.as_dict()}; see the warnings "
-                    f"above), e.g. {every[:3]}")
-            log.warning("%s: a full pass over its %d shard(s): %s; reading every shard of the epoch instead "
-                        "(other workers' data repeats)", where, len(own), what)
-            source, fallback = every, True
-        p += 1
-
-
-def resampled_shards(every: list[str], *, seed: int, epoch: int, where: str, tracker: FaultTracker) -> Iterator[str]:
-    """Shards drawn with replacement (endless), seeded per (seed, epoch, rank, worker); a "pass" is
-    len(every) draws, after which the same no-progress rule as shard_passes applies."""
-    rng = random.Random(stable_seed(seed, epoch, where, "resampled"))
-    while True:
-        for _ in range(len(every)):
-            yield rng.choice(every)
-        yield _END_OF_PASS
-        failed = tracker.last_pass_shard_faults >= len(every)
-        if tracker.last_pass_good == 0 or failed:
-            raise NoUsableData(
-                f"{where}: {len(every)} shards drawn (with replacement) from {len(every)}: "
-                f"{'no usable sample' if tracker.last_pass_good == 0 else 'every shard failed to read'} (skips so "
-                f"far: {tracker.totals.as_dict()}; see the warnings above), e.g. {every[:3]}")
-
-
-def mix_sources(streams: Sequence[Iterable[Any]], weights: Sequence[float], names: Sequence[str],
-                rng: random.Random, mix: SkipCounter) -> Iterator[Any]:
-    """Samples drawn from the sources' streams, each draw picking a source with probability
-    proportional to its weight (a seeded RNG: the same draws in every run); a stream that ends
-    leaves the draw to the others. `mix` counts the samples taken from each source."""
-    iters = [iter(s) for s in streams]
-    live = list(range(len(iters)))
-    while live:
-        i = live[0] if len(live) == 1 else rng.choices(live, weights=[weights[j] for j in live])[0]
-        try:
-            sample = next(iters[i])
-        except StopIteration:
-            live.remove(i)
-            continue
-        mix.add(names[i])
-        yield sample
-
-
-def read_samples(items: Iterable[str], fields: frozenset[str], tracker: FaultTracker,
-                 opener: ShardOpener | None = None) -> Iterator[Any]:
-    opener = opener or ShardOpener()
-    for url in items:
-        if url == _END_OF_PASS:
-            yield url
-        else:
-            yield from _read_shard(url, fields, tracker, opener)
-
-
-def _read_shard(url: str, fields: frozenset[str], tracker: FaultTracker, opener: ShardOpener) -> Iterator[dict]:
-    """The shard's samples; a remote shard that fails is reopened (bounded retries with backoff) and
-    the samples already handed on are passed over, so a retried shard yields what an intact one would."""
-    done, attempt, remote = 0, 0, is_remote(url)
-    while True:
-        try:
-            n = 0
-            for sample in _tar_samples(url, fields, opener):
-                n += 1
-                if n > done:
-                    done = n
-                    yield sample
-            return
-        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-            # The sample being assembled when the fault hit may be incomplete: it goes with the shard rest.
-            detail = f"{type(exc).__name__}: {exc}"
-            if remote and attempt < opener.retries:
-                attempt += 1
-                wait = opener.backoff(attempt)
-                log.warning("%s: shard %s failed after %d sample(s) (%s); retry %d of %d in %.1f s",
-                            tracker.where, url, done, detail, attempt, opener.retries, wait)
-                time.sleep(wait)
-                continue
-            reason = "shard_fetch_error" if remote and isinstance(exc, OSError) else "shard_error"
-            if remote:
-                detail += f" (after {attempt} retries)"
-            tracker.shard_fault(url, detail, done, reason)
-            return
-
-
-def _tar_samples(url: str, fields: frozenset[str], opener: ShardOpener) -> Iterator[dict]:
-    """Tar members grouped into raw samples; only the schema's fields are read."""
-    current = None
-    raw = opener.open(url)
-    finished = False
-    try:
-        seekable = not is_remote(url)
-        # Random-access mode (not "r|"): at the end we can look back for the end-of-archive block. A stream
-        # gets that through a seek window (rc3.data.shard_source.SeekWindow).
-        f = raw if seekable else stream_for_tar(raw)
-        with tarfile.open(fileobj=f, mode="r:*" if seekable else "r:") as tar:
-            for info in tar:
-                tar.members = []  # iteration does not need the member list; a shard's can be long
-                m = _MEMBER.match(info.name) if info.isreg() else None
-                if m is None:
-                    continue
-                key, field = m.group(1), m.group(2).lower()
-                if current is None or key != current["__key__"]:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key, "__url__": url}
-                if field not in fields:
-                    continue  # not part of the schema: never read (stray pickles included)
-                if field in current:
-                    current["__duplicate__"] = field
-                else:
-                    current[field] = tar.extractfile(info).read()
-            _check_archive_end(tar)
-        finished = True
-        raw.close()  # a pipe reports its command's exit status here (an OSError when it failed)
-    except (EOFError, tarfile.TarError, zlib.error) as exc:
-        # A shard cut short looks broken; when the command that fetched it failed, it is a transport fault.
-        failure = transport_failure(raw) if is_remote(url) else None
-        if failure is not None:
-            raise OSError(f"{failure} ({type(exc).__name__}: {exc})") from exc
-        raise
-    finally:
-        if not finished:
-            abort(raw)
-    if current is not None:
-        yield current
-
-
-def count_samples(url: str, opener: ShardOpener | None = None) -> int:
-    """Samples in one shard (local or remote; member data is not read, a remote shard is streamed)."""
-    opener = opener or ShardOpener()
-    last_error: Exception | None = None
-    for attempt in range(opener.retries + 1):
-        if attempt:
-            time.sleep(opener.backoff(attempt))
-        try:
-            return sum(1 for _ in _tar_samples(url, frozenset(), opener))
-        except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-            last_error = exc
-            if not is_remote(url):
-                break
-    raise OSError(f"cannot count the samples of shard {url}: {type(last_error).__name__}: {last_error}")
-
-
-def _check_archive_end(tar: tarfile.TarFile) -> None:
-    """tarfile stops quietly at a truncated or garbled header; a complete tar ends with a zero block."""
-    tar.fileobj.seek(tar.offset)
-    block = tar.fileobj.read(tarfile.BLOCKSIZE)
-    if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
-        raise tarfile.ReadError(f"no end-of-archive block at byte {tar.offset}: the shard is truncated or garbled")
-
-
 def shuffle_in_pass(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
     buf: list[Any] = []
     for item in items:
@@ -464,7 +270,7 @@ def _exit_with(pid: int, interval: float = 1.0) -> None:
 
 
 START_METHODS = ("fork", "forkserver", "spawn")
-FORKSERVER_PRELOAD = ("torch", "webdataset", "rc3.data.pipeline", "rc3.data.collate")
+FORKSERVER_PRELOAD = ("torch", "webdataset", "rc3.data.pipeline", "rc3.data.shard_reading", "rc3.data.collate")
 
 
 def start_forkserver(extra_preload: Sequence[str] = ()) -> None:
@@ -650,3 +456,7 @@ def _resolve_sources(corpus: str, shards: str | Sequence[str] | Sequence[Source]
     if len(set(names)) != len(names):
         raise ValueError(f"{corpus}: source names must be unique, got {names}")
     return out
+
+
+__all__ = ["make_pipeline", "ShardLoader", "Source", "count_samples", "expand_shards", "start_forkserver",
+           "START_METHODS", "FORKSERVER_PRELOAD"]

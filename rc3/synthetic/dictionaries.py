@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rc3.synthetic.grammar import _load
+from rc3.synthetic.grammar import all_languages
 from rc3.synthetic.world import COLOURS, POSITIONS, SHAPES
 
 GERMAN_ENDINGS = ("e", "er", "es", "en")
@@ -68,7 +68,7 @@ def write_muse_dictionaries(out_dir: str | os.PathLike) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    for code, lang in sorted(_load().items()):
+    for code, lang in sorted(all_languages().items()):
         if code == "en":
             continue
         pairs = [(s, t) for s, t in lexicon_pairs(lang) if " " not in t and t]

@@ -114,7 +114,8 @@ def register(cls: type[Language]) -> type[Language]:
     return cls
 
 
-def _load() -> dict[str, Language]:
+def all_languages() -> dict[str, Language]:
+    """Every registered synthetic language by code."""
     # Importing the modules runs their @register decorators.
     from rc3.synthetic import (
         langs_latin,  # noqa: F401
@@ -125,7 +126,7 @@ def _load() -> dict[str, Language]:
 
 
 def language(code: str) -> Language:
-    langs = _load()
+    langs = all_languages()
     if code not in langs:
         raise KeyError(f"the synthetic world has no grammar for {code!r}; available: {', '.join(sorted(langs))}")
     return langs[code]
@@ -133,7 +134,7 @@ def language(code: str) -> Language:
 
 def languages_with(kind: type[Language]) -> tuple[str, ...]:
     """Codes of the languages implementing `kind` (Captioner, Claimer, Asker, PairStater), sorted."""
-    return tuple(sorted(c for c, lang in _load().items() if isinstance(lang, kind)))
+    return tuple(sorted(c for c, lang in all_languages().items() if isinstance(lang, kind)))
 
 
 def captioner(code: str) -> Captioner:
