@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[cpu,dev]'
+	# DeepSpeed's just-in-time kernels (CPU all-reduce, CPU Adam) compiled now, not in the first run or test
+	$(PY) -m rc3.tools.build_ops
 	touch $(STAMP)
 
 demo: $(STAMP)
