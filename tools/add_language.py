@@ -19,11 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-try:
-    import rc3  # noqa: F401
-except ImportError:  # running from a plain checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from rc3.add_language import TRAINABLE, AddLanguageOptions, ParallelTextError, add_language, read_tsv_or_pair
 
 

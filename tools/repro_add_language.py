@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from rc3.synthetic.repro.jobs import Job, run_jobs
+from rc3.synthetic.repro.report import fmt, read_results, table
 
-from rc3.synthetic.repro.jobs import Job, run_jobs  # noqa: E402
-from rc3.synthetic.repro.report import fmt, read_results, table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
 LANGS = {"itr": ["en", "de", "id", "ja", "zh", "es", "ru", "tr"], "xvnli": ["en", "fr", "ar", "es", "ru"],
@@ -53,6 +52,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--langs", default="es,ru,tr")
     ap.add_argument("--pairs", type=int, default=3000, help="synthetic parallel pairs per language")
     ap.add_argument("--trainable", default="embeddings", choices=("embeddings", "encoder", "lora"))
+    ap.add_argument("--embedding-rows", default="all", choices=("all", "new"),
+                    help="tools/add_language.py --embedding-rows of the synthetic runs (new: only the rows English "
+                         "does not use train, so the other languages keep their embeddings)")
     ap.add_argument("--al-epochs", type=int, default=3, help="add_language epochs over the synthetic pairs")
     ap.add_argument("--tasks", default="itr,xvnli,xgqa")
     ap.add_argument("--cs-ratio", type=float, default=0.5, help="code_switch.ratio of the xGQA code-switching run")
@@ -121,8 +123,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
             name = f"add {'+'.join(chain)} s{seed}"
             jobs.append(Job(name, [PY, "tools/add_language.py", "--model", str(prev), "--lang", lang,
                                    "--parallel", str(parallel[lang]), "--out", str(model), "--seed", str(seed),
-                                   "--epochs", str(args.al_epochs), "--trainable", args.trainable, "--overwrite",
-                                   "--no-progress"],
+                                   "--epochs", str(args.al_epochs), "--trainable", args.trainable,
+                                   "--embedding-rows", args.embedding_rows, "--overwrite", "--no-progress"],
                             out / "logs" / f"add-{'+'.join(chain)}-s{seed}.log", after=dep, done=exists(model)))
             prev, dep = model, (name,)
         where["models"][seed] = (base, prev)
@@ -168,7 +170,7 @@ def summarise(args: argparse.Namespace, where: dict[str, Any], times: dict[str, 
     langs = [lang for lang in args.langs.split(",") if lang]
     tasks = [t for t in args.tasks.split(",") if t]
     md = [f"Synthetic world {args.world.name}; {args.seeds} seed(s); add_language: {args.pairs} pairs per language, "
-          f"{args.al_epochs} epochs, trainable {args.trainable}, languages added in the order {', '.join(langs)}; "
+          f"{args.al_epochs} epochs, trainable {args.trainable} (embedding rows: {args.embedding_rows}), languages added in the order {', '.join(langs)}; "
           "cells are mean ± std over seeds.\n"] if args.synthetic else []
     summary: dict[str, Any] = {"wall_s": wall, "job_s": times, "args": {k: str(v) for k, v in vars(args).items()}}
     if args.synthetic:
