@@ -348,10 +348,14 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
 
 def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok: RC3Tokenizer,
             pairs: Sequence[tuple[str, str]], opts: AddLanguageOptions, work_dir: Path, resume: bool = False,
-            progress: bool = True, log: Callable[[str], None] = print) -> dict:
+            progress: bool = True, log: Callable[[str], None] = print,
+            keep: Sequence[tuple[str, str]] = ()) -> dict:
     """Train `student` (in place) so that its TR of both sides matches the teacher's TR of the English side.
 
-    Returns the training record (steps, first and last losses). Checkpoints under `work_dir`."""
+    `keep`: (language, sentence) pairs of languages the model already covers; each step also pulls the
+    student's TR of a batch of them onto the teacher's (Reimers & Gurevych anchor every language the
+    student must keep; the pairs only anchor English). Returns the training record (steps, first and
+    last losses). Checkpoints under `work_dir`."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(opts.seed)
@@ -390,6 +394,9 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         if state["options"] != dataclasses.asdict(opts) or state["pairs"] != len(pairs):
             raise ValueError(f"resume: {ckpt} was written with other options or another parallel text "
                              f"({state['pairs']} pairs, {state['options']}); start without --resume")
+        if state.get("keep", 0) != len(keep):
+            raise ValueError(f"resume: {ckpt} was written with {state.get('keep', 0)} sentences to keep, not "
+                             f"{len(keep)}; start without --resume")
         with torch.no_grad():
             for n, t in state["params"].items():
                 trained[n].copy_(t)
@@ -403,7 +410,7 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         _atomic_torch_save({"params": {n: p.detach().clone() for n, p in trained.items()},
                             "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
                             "rng": torch.get_rng_state(), "step": step, "record": record,
-                            "options": dataclasses.asdict(opts), "pairs": len(pairs)}, ckpt)
+                            "options": dataclasses.asdict(opts), "pairs": len(pairs), "keep": len(keep)}, ckpt)
 
     student.train()
     bar = tqdm(total=total, initial=step, desc=f"add {opts.lang}", disable=not progress, dynamic_ncols=True)
@@ -419,6 +426,8 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         s_en = student.tr(*_encode(new_tok, en_texts, "en", opts.max_len))
         s_x = student.tr(*_encode(new_tok, x_texts, opts.lang, opts.max_len))
         loss, l_en, l_x = distillation_loss(s_en, s_x, target)
+        if keep:
+            loss = loss + _keep_loss(student, teacher, new_tok, old_tok, keep, opts, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -442,12 +451,52 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
     return record
 
 
+def _keep_loss(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok: RC3Tokenizer,
+               keep: Sequence[tuple[str, str]], opts: AddLanguageOptions, step: int) -> Tensor:
+    """MSE(S(k), T(k)) over this step's batch of sentences to keep (a seeded pass over them per epoch),
+    each encoded with its own language tag."""
+    per_epoch = math.ceil(len(keep) / opts.batch_size)
+    epoch, within = divmod(step, per_epoch)
+    order = _order(len(keep), opts.seed + 7919, epoch)
+    batch = [keep[i] for i in order[within * opts.batch_size:(within + 1) * opts.batch_size]]
+    terms = []
+    for lang in sorted({lang for lang, _ in batch}):  # one forward per language: its tag closes every sequence
+        texts = [t for code, t in batch if code == lang]
+        with torch.no_grad():
+            target = teacher.tr(*_encode(old_tok, texts, lang, opts.max_len))
+        terms.append(((student.tr(*_encode(new_tok, texts, lang, opts.max_len)) - target) ** 2).sum(0))
+    return torch.stack(terms).sum(0).mean() / len(batch)
+
+
+def read_keep(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """`LANG=FILE` (one sentence a line) -> (language, sentence) pairs, languages checked."""
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        lang, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise ParallelTextError(f"--keep {spec!r}: write LANG=FILE (e.g. de=captions.de.txt)")
+        check_lang(lang)
+        try:
+            lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        except OSError as err:
+            raise ParallelTextError(f"--keep {spec}: cannot read {path}: {err.strerror or err}") from None
+        texts = [line for line in lines if line]
+        if not texts:
+            raise ParallelTextError(f"--keep {spec}: {path} holds no sentence")
+        out += [(lang, t) for t in texts]
+    return out
+
+
 def add_language(model_dir: str | os.PathLike, pairs: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
                  opts: AddLanguageOptions, work_dir: Optional[str | os.PathLike] = None, resume: bool = False,
-                 overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+                 overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+                 keep: Sequence[tuple[str, str]] = ()) -> Path:
     """Write a new model directory `out_dir`: the model of `model_dir`, aligned on (English, X) `pairs`
-    for X = opts.lang (and its vocabulary extended when opts.extend_vocab). Returns `out_dir`."""
+    for X = opts.lang (and its vocabulary extended when opts.extend_vocab), holding the TR of the `keep`
+    sentences (language, text) where the input model had it. Returns `out_dir`."""
     opts.check()
+    if any(lang == opts.lang for lang, _ in keep):
+        raise ValueError(f"--keep names {opts.lang}, the language being added; keep the languages the model covers")
     src, out = Path(model_dir), Path(out_dir)
     if out.resolve() == src.resolve():
         raise ValueError(f"the output {out} is the input model directory; write the new model elsewhere")
@@ -482,7 +531,8 @@ def add_language(model_dir: str | os.PathLike, pairs: Sequence[tuple[str, str]],
         tokenizer_files = tok_dir
     else:
         new_tok, tokenizer_files = old_tok, src
-    record = distill(student, teacher, new_tok, old_tok, pairs, opts, work, resume=resume, progress=progress, log=log)
+    record = distill(student, teacher, new_tok, old_tok, pairs, opts, work, resume=resume, progress=progress, log=log,
+                     keep=keep)
     staging = work / "tokenizer-files"
     if staging.exists():
         shutil.rmtree(staging)
@@ -495,7 +545,9 @@ def add_language(model_dir: str | os.PathLike, pairs: Sequence[tuple[str, str]],
             shutil.copy2(f, staging / f.name)
         if old_tok.id_map is None and (staging / ID_MAP_FILE).exists():
             (staging / ID_MAP_FILE).unlink()
-    info = {"lang": opts.lang, "pairs": len(pairs), "new_pieces": [p for p, _ in new_pieces],
+    info = {"lang": opts.lang, "pairs": len(pairs), "keep": {lang: sum(1 for k, _ in keep if k == lang)
+                                                             for lang in sorted({k for k, _ in keep})},
+            "new_pieces": [p for p, _ in new_pieces],
             "options": dataclasses.asdict(opts), "source": str(src), "training": record}
     previous = staging / INFO_FILE
     history = json.loads(previous.read_text())["history"] if previous.is_file() else []
@@ -517,6 +569,6 @@ def read_tsv_or_pair(paths: Sequence[str]) -> list[tuple[str, str]]:
     raise ParallelTextError(f"--parallel takes one TSV or two line-aligned files, got {len(paths)} paths")
 
 
-__all__ = ["AddLanguageOptions", "ParallelTextError", "VocabExtension", "add_language", "candidate_pieces",
+__all__ = ["AddLanguageOptions", "ParallelTextError", "VocabExtension", "add_language", "read_keep", "candidate_pieces",
            "distill", "distillation_loss", "extend_tokenizer", "known_characters", "read_parallel",
            "read_tsv_or_pair", "resize_embeddings", "row_sources"]

@@ -12,6 +12,7 @@ is a new model directory that rc3.inference loads, and the input directory is le
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -308,3 +309,45 @@ def test_new_rows_only_keeps_every_other_language_bit_identical(base: dict[str, 
             a = old.tr(*pad_batch([to.encode(t, lang) for t in TEXTS[lang]], to.pad_id))
             b = new.tr(*pad_batch([tn.encode(t, lang) for t in TEXTS[lang]], tn.pad_id))
             assert torch.equal(a, b), lang
+
+
+def tr_drift(src: Path, out: Path, lang: str) -> float:
+    """Mean squared change of the TR of TEXTS[lang] from model `src` to model `out`."""
+    old, new = RC3Model.from_pretrained(src).eval(), RC3Model.from_pretrained(out).eval()
+    to, tn = RC3Tokenizer.from_dir(src), RC3Tokenizer.from_dir(out)
+    with torch.no_grad():
+        a = old.tr(*pad_batch([to.encode(t, lang) for t in TEXTS[lang]], to.pad_id))
+        b = new.tr(*pad_batch([tn.encode(t, lang) for t in TEXTS[lang]], tn.pad_id))
+    return float(((a - b) ** 2).mean())
+
+
+def test_kept_languages_stay_where_they_were(base: dict[str, Path], tmp_path: Path) -> None:
+    """--keep: the TR of the kept languages' sentences is pulled back onto the input model's, so German
+    and French (sharing Latin pieces and <s> with the Russian being added) drift far less than without."""
+    from rc3.add_language import read_keep
+
+    src = base["full"]
+    pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
+    opts = AddLanguageOptions(lang="ru", trainable="embeddings", steps=40, batch_size=16, lr=3e-3, save_every=0)
+    keep_files = []
+    for lang in ("de", "fr"):
+        path = tmp_path / f"{lang}.txt"
+        path.write_text("\n".join(TEXTS[lang][::2]) + "\n\n", encoding="utf-8")  # half the sentences; a blank line
+        keep_files.append(f"{lang}={path}")
+    keep = read_keep(keep_files)
+    assert len(keep) == 48 and keep[0] == ("de", TEXTS["de"][0]) and keep[-1] == ("fr", TEXTS["fr"][46])
+    plain = add_language(src, pairs, tmp_path / "plain", opts, progress=False, log=lambda s: None)
+    kept = add_language(src, pairs, tmp_path / "kept", opts, progress=False, log=lambda s: None, keep=keep)
+    for lang in ("de", "fr"):  # measured on every sentence, half of them never seen in the keep set
+        assert tr_drift(src, kept, lang) < 0.5 * tr_drift(src, plain, lang), lang
+    assert tr_gap(kept, src) < 0.75 * tr_gap(src, src)  # Russian still moves onto English
+    info = json.loads((kept / "add_language.json").read_text())
+    assert info["keep"] == {"de": 24, "fr": 24}
+    with pytest.raises(ParallelTextError, match="LANG=FILE"):
+        read_keep(["de.txt"])
+    with pytest.raises(ValueError, match="unknown language 'xx'"):
+        read_keep([f"xx={tmp_path / 'de.txt'}"])
+    with pytest.raises(ParallelTextError, match="cannot read"):
+        read_keep([f"de={tmp_path / 'missing.txt'}"])
+    with pytest.raises(ValueError, match="the language being added"):
+        add_language(src, pairs, tmp_path / "bad", opts, progress=False, log=lambda s: None, keep=[("ru", "x")])

@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rc3.add_language import TRAINABLE, AddLanguageOptions, ParallelTextError, add_language, read_tsv_or_pair
+from rc3.add_language import TRAINABLE, AddLanguageOptions, ParallelTextError, add_language, read_keep, read_tsv_or_pair
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +34,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--embedding-rows", choices=("all", "new"), default=d.embedding_rows,
                     help="new: train only the rows of pieces the new language uses and English does not (and its "
                          "language tag); every other language keeps its exact embeddings")
+    ap.add_argument("--keep", nargs="+", default=[], metavar="LANG=FILE",
+                    help="sentences (one a line) of languages the model already covers whose TR must stay where it is "
+                         "(e.g. de=captions.de.txt); without them only English is held in place")
     ap.add_argument("--extend-vocab", action="store_true", help="append pieces for the new language's unknown characters")
     ap.add_argument("--new-vocab-size", type=int, default=d.new_vocab_size,
                     help="size of the sentencepiece model trained on the new language's side")
@@ -65,8 +68,9 @@ def main(argv: list[str] | None = None) -> Path:
                                   seed=args.seed, save_every=args.save_every)
         opts.check()
         pairs = read_tsv_or_pair(args.parallel)
+        keep = read_keep(args.keep)
         return add_language(args.model, pairs, args.out, opts, work_dir=args.work_dir, resume=args.resume,
-                            overwrite=args.overwrite, progress=not args.no_progress)
+                            overwrite=args.overwrite, progress=not args.no_progress, keep=keep)
     except (ParallelTextError, ValueError, FileNotFoundError, FileExistsError) as err:
         sys.exit(f"add_language: {err}")
 

@@ -42,6 +42,7 @@ EPOCHS = {"itr": 4, "xvnli": 10, "xgqa": 10}
 CHANCE = {"itr": "xflickrco_recall_at_1", "xvnli": "xvnli", "xgqa": "xgqa_majority_answer"}
 PRETRAINED = ["de", "id", "ja", "zh"]  # languages of the world's / the real text's pretraining pairs besides en
 XGQA_DICTS = ["de", "id", "zh", "bn", "ko", "pt", "ru"]
+KEEP_LANGS = ["cs", "de", "fr", "id", "ja", "zh"]  # the synthetic world's pretraining languages besides English
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +53,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--langs", default="es,ru,tr")
     ap.add_argument("--pairs", type=int, default=3000, help="synthetic parallel pairs per language")
     ap.add_argument("--trainable", default="embeddings", choices=("embeddings", "encoder", "lora"))
+    ap.add_argument("--keep-pretrained", type=int, default=0, metavar="N",
+                    help="anchor the world's pretrained languages with N of their pretraining sentences each "
+                         "(tools/add_language.py --keep); 0: only English is anchored")
     ap.add_argument("--embedding-rows", default="all", choices=("all", "new"),
                     help="tools/add_language.py --embedding-rows of the synthetic runs (new: only the rows English "
                          "does not use train, so the other languages keep their embeddings)")
@@ -100,6 +104,15 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
     dict_dir = w / "dictionaries"
     if args.synthetic and not dict_dir.is_dir() and (w / "world.json").is_file():  # worlds older than the dictionaries
         write_muse_dictionaries(dict_dir)
+    keep_args: list[str] = []
+    if args.synthetic and args.keep_pretrained:
+        from rc3.synthetic.repro.add_language import pretraining_sentences
+
+        for lang in KEEP_LANGS:
+            path = out / f"keep/{lang}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(pretraining_sentences(w, lang, args.keep_pretrained)) + "\n", encoding="utf-8")
+            keep_args.append(f"{lang}={path}")
     parallel = {lang: out / f"parallel/en-{lang}.tsv" for lang in langs}
     for lang, path in parallel.items():
         if args.synthetic and not path.is_file():
@@ -124,7 +137,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
             jobs.append(Job(name, [PY, "tools/add_language.py", "--model", str(prev), "--lang", lang,
                                    "--parallel", str(parallel[lang]), "--out", str(model), "--seed", str(seed),
                                    "--epochs", str(args.al_epochs), "--trainable", args.trainable,
-                                   "--embedding-rows", args.embedding_rows, "--overwrite", "--no-progress"],
+                                   "--embedding-rows", args.embedding_rows, "--overwrite", "--no-progress",
+                                   *(["--keep", *keep_args] if keep_args else [])],
                             out / "logs" / f"add-{'+'.join(chain)}-s{seed}.log", after=dep, done=exists(model)))
             prev, dep = model, (name,)
         where["models"][seed] = (base, prev)
@@ -169,8 +183,11 @@ def summarise(args: argparse.Namespace, where: dict[str, Any], times: dict[str, 
 
     langs = [lang for lang in args.langs.split(",") if lang]
     tasks = [t for t in args.tasks.split(",") if t]
+    anchored = (f"{args.keep_pretrained} pretraining sentences each of {', '.join(KEEP_LANGS)} kept"
+                if args.keep_pretrained else "only English anchored")
     md = [f"Synthetic world {args.world.name}; {args.seeds} seed(s); add_language: {args.pairs} pairs per language, "
-          f"{args.al_epochs} epochs, trainable {args.trainable} (embedding rows: {args.embedding_rows}), languages added in the order {', '.join(langs)}; "
+          f"{args.al_epochs} epochs, trainable {args.trainable} (embedding rows: {args.embedding_rows}; {anchored}), "
+          f"languages added in the order {', '.join(langs)}; "
           "cells are mean ± std over seeds.\n"] if args.synthetic else []
     summary: dict[str, Any] = {"wall_s": wall, "job_s": times, "args": {k: str(v) for k, v in vars(args).items()}}
     if args.synthetic:
