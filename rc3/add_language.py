@@ -346,6 +346,13 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def _step_batch(items: Sequence[Any], batch_size: int, seed: int, step: int) -> list[Any]:
+    """The batch of optimizer step `step`: epochs are seeded passes over `items` (a function of (seed, epoch))."""
+    epoch, within = divmod(step, math.ceil(len(items) / batch_size))
+    order = _order(len(items), seed, epoch)
+    return [items[i] for i in order[within * batch_size:(within + 1) * batch_size]]
+
+
 def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok: RC3Tokenizer,
             pairs: Sequence[tuple[str, str]], opts: AddLanguageOptions, work_dir: Path, resume: bool = False,
             progress: bool = True, log: Callable[[str], None] = print,
@@ -416,9 +423,7 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
     bar = tqdm(total=total, initial=step, desc=f"add {opts.lang}", disable=not progress, dynamic_ncols=True)
     running, window, t0 = [0.0, 0.0, 0.0], 0, time.time()
     while step < total:
-        epoch, within = divmod(step, per_epoch)
-        order = _order(len(pairs), opts.seed, epoch)
-        batch = [pairs[i] for i in order[within * opts.batch_size:(within + 1) * opts.batch_size]]
+        batch = _step_batch(pairs, opts.batch_size, opts.seed, step)
         fault_injection.maybe_kill(step + 1, 0)  # tests kill the run here, between two steps
         en_texts, x_texts = [p for p, _ in batch], [q for _, q in batch]
         with torch.no_grad():
@@ -455,10 +460,7 @@ def _keep_loss(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_
                keep: Sequence[tuple[str, str]], opts: AddLanguageOptions, step: int) -> Tensor:
     """MSE(S(k), T(k)) over this step's batch of sentences to keep (a seeded pass over them per epoch),
     each encoded with its own language tag."""
-    per_epoch = math.ceil(len(keep) / opts.batch_size)
-    epoch, within = divmod(step, per_epoch)
-    order = _order(len(keep), opts.seed + 7919, epoch)
-    batch = [keep[i] for i in order[within * opts.batch_size:(within + 1) * opts.batch_size]]
+    batch = _step_batch(keep, opts.batch_size, opts.seed + 7919, step)
     terms = []
     for lang in sorted({lang for lang, _ in batch}):  # one forward per language: its tag closes every sequence
         texts = [t for code, t in batch if code == lang]

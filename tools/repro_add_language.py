@@ -106,7 +106,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
         write_muse_dictionaries(dict_dir)
     keep_args: list[str] = []
     if args.synthetic and args.keep_pretrained:
-        from rc3.synthetic.repro.add_language import pretraining_sentences
+        from rc3.synthetic.texts import pretraining_sentences
 
         for lang in KEEP_LANGS:
             path = out / f"keep/{lang}.txt"

@@ -56,3 +56,17 @@ def world_texts(root: Path) -> Iterator[str]:
             yield from r["sentences"]
     for path in sorted((down / "multi30k" / "raw").glob("*.gz")):
         yield from _lines(path)
+
+
+def pretraining_sentences(root: Path, lang: str, n: int) -> list[str]:
+    """Up to `n` of the world's pretraining sentences in `lang` (its Ds captions, then its Dw rows):
+    text add_language can anchor a language with (`--keep`), disjoint from the test captions."""
+    out: list[str] = []
+    ds = root / "raw" / "ds" / f"train.{lang}.tsv"
+    if ds.is_file():
+        out += [line.split("\t", 1)[1] for line in _lines(ds) if "\t" in line]
+    for path in sorted((root / "raw" / "dw").glob("*.tsv.gz")):
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
+            out += [r["caption_reference_description"] for r in csv.DictReader(fh, delimiter="\t")
+                    if r["language"] == lang]
+    return [t for t in out if t.strip()][:n]

@@ -107,19 +107,3 @@ def xflickrco_parallel(data: Path, langs: Sequence[str], holdout: int = 500
     pairs = {lang: [(en[i], t[i]) for i in train_ids] for lang, t in tables.items()}
     return pairs, [en[i] for i in held], {lang: [t[i] for i in held] for lang, t in tables.items()}
 
-
-def pretraining_sentences(world: Path, lang: str, n: int) -> list[str]:
-    """Up to `n` of the world's pretraining sentences in `lang` (its Ds captions, then its Dw rows):
-    text add_language can anchor a language with (`--keep`), disjoint from the test captions."""
-    import csv
-    import gzip
-
-    out: list[str] = []
-    ds = world / "raw" / "ds" / f"train.{lang}.tsv"
-    if ds.is_file():
-        out += [line.split("\t", 1)[1] for line in ds.read_text(encoding="utf-8").splitlines() if "\t" in line]
-    for path in sorted((world / "raw" / "dw").glob("*.tsv.gz")):
-        with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
-            out += [r["caption_reference_description"] for r in csv.DictReader(fh, delimiter="\t")
-                    if r["language"] == lang]
-    return [t for t in out if t.strip()][:n]
