@@ -14,8 +14,14 @@ Scripts in pretrain/, finetune/ and tools/ are thin layers over it.
 
 __version__ = "0.1.0"
 
-# Model directories hold a config.json with model_type "rc3": make transformers' AutoConfig / AutoModel
-# know it in this process (no remote code). See rc3.modeling.hf.
-from rc3.modeling.hf import register as _register_with_transformers  # noqa: E402
+from rc3.heap import collector_paused as _collector_paused  # noqa: E402
 
-_register_with_transformers()
+# torch, transformers and mBART are imported with the cyclic garbage collector paused and their
+# objects frozen: a third of every RC3 process's start and exit went to collecting them (rc3.heap).
+# RC3_GC_FREEZE=0 keeps Python's default.
+with _collector_paused():
+    # Model directories hold a config.json with model_type "rc3": make transformers' AutoConfig /
+    # AutoModel know it in this process (no remote code). See rc3.modeling.hf.
+    from rc3.modeling.hf import register as _register_with_transformers
+
+    _register_with_transformers()

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rc3 import atomic, run_log
+from rc3 import atomic, heap, run_log
 from rc3.config import ConfigError
 from rc3.finetune.cli import build_parser
 from rc3.finetune.config import FinetuneConfig, load_finetune_config, save_finetune_config
@@ -167,6 +167,7 @@ class FinetuneRun:
                                       lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
         loader = self.loader(dataset, collate, self.micro_batch_size, shuffle=True)
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
+        heap.freeze_long_lived()  # the model, optimizer and dataset live through training (rc3.heap)
         steps_per_epoch = math.ceil(len(loader) / self.grad_accum)
         total = steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps is not None:

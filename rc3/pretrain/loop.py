@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from rc3 import distributed as comm
-from rc3 import perf, rng
+from rc3 import heap, perf, rng
 from rc3.config import RC3Config, save_config
 from rc3.modeling import build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
@@ -95,7 +95,8 @@ class Run:
 
 
 def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
-    import deepspeed
+    with heap.collector_paused():  # DeepSpeed's imports are long-lived too (rc3.heap)
+        import deepspeed
 
     comm.init_from_launcher(cfg.train.collective_timeout_s)
     rank, world = comm.get_rank(), comm.get_world_size()
@@ -143,6 +144,7 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
         on_saved=lambda tag, at: logger.event(f"checkpoint {tag} saved", step=at))
     checkpointer.listen_for_sigterm()
     gather = comm.gather_with_offset if cfg.objectives.xtcl_gather else None  # the paper's global XTCL batch
+    heap.freeze_long_lived()  # the model, engine and loaders live to the end: no full collection walks them again
     return Run(cfg, engine, scheduler, streams, state, logger, checkpointer, device, on_gpu, tokenizer.pad_id,
                accum, rank, world, gather, step)
 
