@@ -9,8 +9,34 @@ from release_data import full_release, release_dir
 REPO = Path(__file__).resolve().parents[1]
 
 
+SLOW_DEFAULT_S, FAST_S = 10.0, 0.5  # assumed seconds of a `slow` test without seconds=, and of any other
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: multi-process or end-to-end tests (still part of make test)")
+    config.addinivalue_line("markers", "slow(seconds=N): multi-process or end-to-end tests (still part of make test); "
+                                       "N, about what it takes on two cores, orders the files (see below)")
+
+
+def test_cost(item: pytest.Item) -> float:
+    """About how many seconds `item` takes: the largest `slow(seconds=...)` on it, else a default."""
+    marks = list(item.iter_markers("slow"))
+    if not marks:
+        return FAST_S
+    return max(float(m.kwargs.get("seconds", SLOW_DEFAULT_S)) for m in marks)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Most expensive test files first, each file's tests in their own order.
+
+    `make test` hands whole files to two workers (`--dist loadfile`, so a module's fixtures are built
+    once), the next file to whichever finishes first. Started last, the longest file (the quick
+    reproduction, ~10 min) used to run alone for its whole length while the other worker sat idle;
+    longest first leaves the short files to fill the gaps."""
+    cost: dict[str, float] = {}
+    for item in items:
+        cost[item.nodeid.split("::")[0]] = cost.get(item.nodeid.split("::")[0], 0.0) + test_cost(item)
+    order = {path: i for i, path in enumerate(sorted(cost, key=lambda p: -cost[p]))}
+    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])  # stable: a file keeps its own order
 
 
 @pytest.fixture(scope="session")

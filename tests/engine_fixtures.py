@@ -82,8 +82,15 @@ def deepspeed_cmd(*args: str) -> list[str]:
 
 def launch(config: Path, *extra: str, env: dict | None = None, nproc: int = 2, timeout: float = 300,
            port: int | None = None) -> subprocess.CompletedProcess:
-    cmd = deepspeed_cmd("--num_gpus", str(nproc), "--master_port", str(port or free_port()),
-                        str(REPO / "pretrain" / "main.py"), "--config", str(config), *extra)
+    """`deepspeed --num_gpus nproc pretrain/main.py`; one rank runs as plain `python pretrain/main.py`
+    (rc3.distributed makes it a world of one), which spares the launcher's two interpreters."""
+    port = port or free_port()
+    script = [str(REPO / "pretrain" / "main.py"), "--config", str(config), *extra]
+    if nproc == 1:
+        cmd = [sys.executable, *script]
+        env = {"MASTER_PORT": str(port), **(env or {})}
+    else:
+        cmd = deepspeed_cmd("--num_gpus", str(nproc), "--master_port", str(port), *script)
     # PYTHONPATH: every rank and its loader workers import this checkout's rc3, not an installed copy
     # (pretrain/main.py's own directory comes first on sys.path, so `import rc3` would find that copy)
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))

@@ -278,7 +278,7 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
 
 
-@pytest.mark.slow  # starts Python processes that import torch
+@pytest.mark.slow(seconds=100)  # starts Python processes that import torch
 def test_cli_smoke(tmp_path: Path, release_data: Path) -> None:
     for tool in ("tools/build_shards.py", "tools/dataset_stats.py"):
         assert run_tool(tool, "--help").returncode == 0

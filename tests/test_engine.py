@@ -1,6 +1,7 @@
 """The pretraining engine under `deepspeed` on CPU: 2 ranks, exact resume, torn checkpoints, faults, 2 nodes.
 
-Every scenario launches real processes with the `deepspeed` launcher (gloo). They share one
+Every scenario launches real processes: the `deepspeed` launcher (gloo) for two ranks or nodes, plain
+`python pretrain/main.py` for the one-rank error paths. They share one
 uninterrupted reference run of the same tiny config, whose per-step losses the others must match.
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ def assert_same(losses: dict, reference: dict, steps) -> None:
         assert losses[s] == reference[s], f"step {s}: {losses[s]} != {reference[s]}"
 
 
+@pytest.mark.slow(seconds=70)  # the reference run
 def test_two_ranks_train_and_checkpoint(reference, setup):
     root = setup[0]
     ckpt = root / "reference" / "checkpoints"
@@ -67,6 +69,7 @@ def test_two_ranks_train_and_checkpoint(reference, setup):
     assert last < first  # it learns something even in 10 steps
 
 
+@pytest.mark.slow(seconds=200)
 def test_kill_one_rank_then_resume_is_exact(reference, setup):
     cfg, run_dir = config_for(setup, "killed")
     start = time.monotonic()
@@ -85,6 +88,7 @@ def test_kill_one_rank_then_resume_is_exact(reference, setup):
     assert any(got[s] != reference[s] for s in range(5, TOTAL + 1))
 
 
+@pytest.mark.slow(seconds=140)
 def test_kill_during_checkpoint_write_keeps_the_previous_one(reference, setup):
     cfg, run_dir = config_for(setup, "torn")
     proc = launch(cfg, env={"RC3_CRASH_IN_SAVE": "8:1"})
@@ -103,6 +107,7 @@ def test_resume_without_checkpoint_is_a_clear_error(setup):
     assert "no complete checkpoint" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow(seconds=65)
 def test_nan_on_one_rank_is_skipped_everywhere_then_sigterm_saves(setup):
     cfg, run_dir = config_for(setup, "faults", total_steps=1000, save_every=1000)
     cmd = deepspeed_cmd("--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "pretrain" / "main.py"),
@@ -142,6 +147,7 @@ def test_repeated_nan_stops_with_a_clear_error(setup):
     assert "3 non-finite losses in a row at step 2" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow(seconds=70)
 def test_two_nodes_on_loopback_match_two_ranks_on_one_node(reference, setup):
     cfg, run_dir = config_for(setup, "two-nodes")
     root = setup[0]

@@ -237,7 +237,7 @@ def test_itr_on_two_processes_equals_one_process_evaluation(world: Path, model_d
             assert results[lang][key] == pytest.approx(row[key]), (lang, key)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=75)
 def test_two_process_classification_killed_and_resumed_equals_uninterrupted(world: Path, model_dir: Path,
                                                                           tmp_path: Path) -> None:
     """XVNLI under accelerate launch with 2 processes: one process is killed at the start of step 5, the

@@ -235,7 +235,7 @@ def _compiled_frames() -> int:
     return sum(counters["frames"].get(k, 0) for k in ("ok",))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=65)
 def test_fixed_shapes_compile_once_over_varying_lengths():
     """Three steps over batches of natural widths 6, 9 and 12: with fixed shapes every call after the
     first step reuses a compiled graph; without them the new widths compile again."""
@@ -266,7 +266,7 @@ def test_fixed_shapes_compile_once_over_varying_lengths():
         torch._dynamo.reset()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=120)
 @pytest.mark.timeout(1800)  # inductor compiles three passes forward and backward: minutes on a loaded 2-core CPU
 def test_compiled_passes_equal_eager():
     """torch.compile (inductor) of the whole encoder, decoder and visual front end: same loss and

@@ -1,4 +1,4 @@
-"""The training loop (`pretrain/main.py` under `deepspeed`, one CPU rank) with the CPU-side throughput
+"""The training loop (`pretrain/main.py`, one CPU rank of the DeepSpeed engine) with the CPU-side throughput
 levers on logs the losses of the plain loop.
 
 `perf.sync_free` keeps the per-task metrics on the device and reads them once per optimizer step: the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from engine_fixtures import launch, step_losses, write_config, write_tiny_shards
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=100)
 STEPS = 3
 
 
