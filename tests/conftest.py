@@ -17,7 +17,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "N, about what it takes on two cores, orders the files (see below)")
 
 
-def test_cost(item: pytest.Item) -> float:
+def expected_seconds(item: pytest.Item) -> float:
     """About how many seconds `item` takes: the largest `slow(seconds=...)` on it, else a default."""
     marks = list(item.iter_markers("slow"))
     if not marks:
@@ -32,11 +32,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     once), the next file to whichever finishes first. Started last, the longest file (the quick
     reproduction, ~10 min) used to run alone for its whole length while the other worker sat idle;
     longest first leaves the short files to fill the gaps."""
-    cost: dict[str, float] = {}
+    cost: dict[Path, float] = {}
     for item in items:
-        cost[item.nodeid.split("::")[0]] = cost.get(item.nodeid.split("::")[0], 0.0) + test_cost(item)
-    order = {path: i for i, path in enumerate(sorted(cost, key=lambda p: -cost[p]))}
-    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])  # stable: a file keeps its own order
+        cost[item.path] = cost.get(item.path, 0.0) + expected_seconds(item)
+    items.sort(key=lambda item: -cost[item.path])  # stable: a file keeps its own order
 
 
 @pytest.fixture(scope="session")

@@ -36,11 +36,12 @@ def test_collector_paused_restores_the_previous_state_and_freezes(monkeypatch: p
 
 def test_rc3_gc_freeze_0_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RC3_GC_FREEZE", "0")
-    before = gc.get_freeze_count()
+    made = [[i] for i in range(1000)]  # tracked and not frozen: a freeze would add all of them
+    before = gc.get_freeze_count()  # may only shrink meanwhile (frozen objects that are freed leave the count)
     with heap.collector_paused():
         assert gc.isenabled()
     assert heap.freeze_long_lived() == 0
-    assert gc.get_freeze_count() == before
+    assert gc.get_freeze_count() < before + len(made)
 
 
 def test_freeze_long_lived_collects_garbage_first(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,11 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         for freeze in ("0", "1"):
             env = {**os.environ, "RC3_GC_FREEZE": freeze, "RC3_NO_PROGRESS": "1"}
             for name, cmd in cases.items():
-                if cmd[1] == "pretrain/main.py":
-                    run_dir = tmp / f"run-{freeze}-{r}"
-                    cmd = [*cmd, "--set", f"train.run_dir={run_dir}"]
-                times[name][freeze].append(timed(cmd, env))
-                if cmd[1] == "pretrain/main.py":
+                run_dir = tmp / f"run-{freeze}-{r}" if cmd[1] == "pretrain/main.py" else None
+                extra = ["--set", f"train.run_dir={run_dir}"] if run_dir else []
+                times[name][freeze].append(timed([*cmd, *extra], env))
+                if run_dir:
                     seen_losses.setdefault(freeze, losses(run_dir))
     print(f"{args.repeats} repeats, alternating; medians (wall / CPU seconds)")
     print("| process | default GC wall | frozen wall | ratio | default GC CPU | frozen CPU | ratio |")
