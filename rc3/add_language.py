@@ -25,6 +25,13 @@ embeddings of new pieces train too). The result is a new model directory in the 
 (`RC3Model.save_pretrained`, written to a temporary directory and renamed into place), with
 `add_language.json` recording what was done.
 
+Keeping the languages the model covers (`keep`, `embedding_rows`): the pairs anchor English only, and
+the embedding rows are shared (``<s>``, whose top state is the TR, punctuation, pieces common to Latin
+languages), so training them moves every other language too. `keep` adds Reimers & Gurevych's anchor
+MSE(S(k), T(k)) for sentences k of the covered languages; ``embedding_rows="new"`` goes further and
+trains only the rows the new language uses that neither the English side nor any kept sentence uses
+(with ``trainable="embeddings"`` the kept languages then keep their TR exactly, not approximately).
+
 Checkpoints (`work_dir/checkpoint/`, every `save_every` steps, atomically replaced) hold the trained
 weights, the optimizer, the step and the RNG state; `resume=True` continues one and ends with the
 same weights as an uninterrupted run (the batch order is a function of (seed, epoch)).
@@ -236,8 +243,9 @@ class AddLanguageOptions:
 
     lang: str
     trainable: str = "embeddings"
-    # "all": every embedding row may move; "new": only the rows of pieces the X side uses and the English
-    # side does not (and X's language tag), so text of every other language keeps its exact embeddings.
+    # "all": every embedding row may move; "new": only the rows of pieces the X side uses and neither the
+    # English side nor any sentence to keep (`keep`) uses, and X's language tag: with `trainable`
+    # "embeddings", English and the kept text (and any text made of the same pieces) keep their TR exactly.
     embedding_rows: str = "all"
     extend_vocab: bool = False
     new_vocab_size: int = 500  # pieces of the sentencepiece model trained on the X side
@@ -326,8 +334,9 @@ def _merge_lora(model: RC3Model) -> None:
             setattr(parent, child, module.get_base_layer())
 
 
-def _ids(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) -> list[list[int]]:
-    return tok.encode_many(list(texts), [lang] * len(texts), max_len)
+def _used_rows(tok: RC3Tokenizer, texts: Sequence[str], langs: Sequence[str], max_len: int) -> set[int]:
+    """Model ids (embedding rows) that the encoding of `texts`, each with its language tag, uses."""
+    return {i for ids in tok.encode_many(list(texts), list(langs), max_len) for i in ids}
 
 
 def _encode(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) -> tuple[Tensor, Tensor]:
@@ -373,17 +382,23 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         params = _add_lora(student, opts.lora_rank, opts.lora_alpha, opts.seed)
     else:
         params = _set_trainable(student, opts.trainable)
-    if opts.embedding_rows == "new":
-        # Rows used by the English side (<s>, punctuation, shared pieces) get no gradient; with no weight decay
-        # AdamW then leaves them exactly as they were.
-        x_ids = {i for ids in _ids(new_tok, [q for _, q in pairs], opts.lang, opts.max_len) for i in ids}
-        en_ids = {i for ids in _ids(new_tok, [p for p, _ in pairs], "en", opts.max_len) for i in ids}
+    rows_fixed = opts.embedding_rows == "new"
+    if rows_fixed:
+        # Rows used by the English side or by any sentence to keep (<s>, punctuation, pieces shared across
+        # languages, the kept languages' tags) get no gradient; with no weight decay AdamW then leaves them
+        # exactly as they were, so with the encoder frozen every text made of them keeps its TR bit for bit.
+        x_ids = _used_rows(new_tok, [q for _, q in pairs], [opts.lang] * len(pairs), opts.max_len)
+        protected = _used_rows(new_tok, [p for p, _ in pairs], ["en"] * len(pairs), opts.max_len)
+        protected |= _used_rows(new_tok, [t for _, t in keep], [lang for lang, _ in keep], opts.max_len)
         mask = torch.zeros(student.mbart.model.shared.weight.shape[0], 1)
-        mask[sorted(x_ids - en_ids - {new_tok.pad_id})] = 1.0
+        mask[sorted(x_ids - protected - {new_tok.pad_id})] = 1.0
         student.mbart.model.shared.weight.register_hook(lambda g: g * mask.to(g.dtype))
         record_rows = int(mask.sum())
     else:
         record_rows = student.mbart.model.shared.weight.shape[0]
+    # With only the unprotected embedding rows training, the kept sentences' TR cannot move: their anchor
+    # term would be a constant (zero gradient) costing two forward passes a step, so it is left out.
+    anchor = keep if not (rows_fixed and opts.trainable == "embeddings") else ()
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     per_epoch = math.ceil(len(pairs) / opts.batch_size)
     total = opts.steps if opts.steps is not None else per_epoch * opts.epochs
@@ -431,8 +446,8 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         s_en = student.tr(*_encode(new_tok, en_texts, "en", opts.max_len))
         s_x = student.tr(*_encode(new_tok, x_texts, opts.lang, opts.max_len))
         loss, l_en, l_x = distillation_loss(s_en, s_x, target)
-        if keep:
-            loss = loss + _keep_loss(student, teacher, new_tok, old_tok, keep, opts, step)
+        if anchor:
+            loss = loss + _keep_loss(student, teacher, new_tok, old_tok, anchor, opts, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

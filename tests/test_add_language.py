@@ -351,3 +351,48 @@ def test_kept_languages_stay_where_they_were(base: dict[str, Path], tmp_path: Pa
         read_keep([f"de={tmp_path / 'missing.txt'}"])
     with pytest.raises(ValueError, match="the language being added"):
         add_language(src, pairs, tmp_path / "bad", opts, progress=False, log=lambda s: None, keep=[("ru", "x")])
+
+
+ES = {"c": ["rojo", "azul", "verde", "negro"], "s": ["círculo", "cuadrado", "estrella", "triángulo"],
+      "p": ["a la izquierda", "a la derecha", "arriba"]}
+ES_TEXTS = [f"el {ES['s'][(i // 4) % 4]} {ES['c'][i % 4]} está {ES['p'][(i // 16) % 3]}" for i in range(48)]
+
+
+def test_new_rows_with_keep_hold_the_kept_languages_exactly(base: dict[str, Path], tmp_path: Path) -> None:
+    """Spanish shares Latin pieces with German and French that English does not use: --embedding-rows new
+    alone moves those rows (German/French drift), with --keep it leaves every row a kept sentence uses
+    alone, so German and French keep their TR bit for bit while Spanish still moves onto English."""
+    from rc3.add_language import read_keep
+
+    src = base["full"]
+    tok = RC3Tokenizer.from_dir(src)
+    pieces = lambda texts: {p for t in texts for p in tok.hf.tokenize(t)}  # noqa: E731
+    shared = (pieces(ES_TEXTS) & (pieces(TEXTS["de"]) | pieces(TEXTS["fr"]))) - pieces(TEXTS["en"])
+    assert shared, "the test needs Spanish pieces shared with German/French but not English"
+    pairs = list(zip(TEXTS["en"], ES_TEXTS))
+    opts = AddLanguageOptions(lang="es", trainable="embeddings", embedding_rows="new", steps=40, batch_size=16,
+                              lr=3e-3, save_every=0)
+    keep_files = []
+    for lang in ("de", "fr"):
+        path = tmp_path / f"{lang}.txt"
+        path.write_text("\n".join(TEXTS[lang][::3]) + "\n", encoding="utf-8")  # every word, a third of the sentences
+        keep_files.append(f"{lang}={path}")
+        assert pieces(TEXTS[lang][::3]) == pieces(TEXTS[lang])
+    english_only = add_language(src, pairs, tmp_path / "en-only", opts, progress=False, log=lambda s: None)
+    kept = add_language(src, pairs, tmp_path / "kept", opts, progress=False, log=lambda s: None,
+                        keep=read_keep(keep_files))
+    assert max(tr_drift(src, english_only, lang) for lang in ("de", "fr")) > 0
+    for lang in ("en", "de", "fr"):  # every sentence, two thirds of them not in the keep files
+        assert tr_drift(src, kept, lang) == 0.0, lang
+
+    def es_gap(model_dir: Path) -> float:
+        s, t = RC3Model.from_pretrained(model_dir).eval(), RC3Model.from_pretrained(src).eval()
+        ts = RC3Tokenizer.from_dir(model_dir)
+        with torch.no_grad():
+            x = s.tr(*pad_batch([ts.encode(r, "es") for r in ES_TEXTS], ts.pad_id))
+            e = t.tr(*pad_batch([tok.encode(r, "en") for r in TEXTS["en"]], tok.pad_id))
+        return float(((x - e) ** 2).mean())
+
+    assert es_gap(kept) < 0.75 * es_gap(src)
+    rows = json.loads((kept / "add_language.json").read_text())["training"]["trainable_embedding_rows"]
+    assert 0 < rows < json.loads((english_only / "add_language.json").read_text())["training"]["trainable_embedding_rows"]

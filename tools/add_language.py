@@ -32,8 +32,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="new model directory")
     ap.add_argument("--trainable", choices=TRAINABLE, default=d.trainable)
     ap.add_argument("--embedding-rows", choices=("all", "new"), default=d.embedding_rows,
-                    help="new: train only the rows of pieces the new language uses and English does not (and its "
-                         "language tag); every other language keeps its exact embeddings")
+                    help="new: train only the rows of pieces the new language uses that neither English nor any "
+                         "--keep sentence uses (and its language tag); with --trainable embeddings, English and the "
+                         "kept languages keep their TR exactly")
     ap.add_argument("--keep", nargs="+", default=[], metavar="LANG=FILE",
                     help="sentences (one a line) of languages the model already covers whose TR must stay where it is "
                          "(e.g. de=captions.de.txt); without them only English is held in place")

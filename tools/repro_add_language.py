@@ -8,7 +8,10 @@
    for 300 steps per seed (OUT/synthetic, made by `repro_synthetic.py --no-finetune` when missing).
    For each seed, tools/add_language.py adds es, then ru, then tr (a chain: the last model covers all
    three) on English-X parallel text of the world's grammar (rc3.synthetic.repro.add_language.world_parallel,
-   its own scenes, none of the test images'). Both models are finetuned on English (ITR, XVNLI, xGQA)
+   its own scenes, none of the test images'), with `--embedding-rows new` and, as `--keep`, the
+   world's pretraining sentences of cs/de/fr/id/ja/zh and the X side of every language added before
+   (so the covered languages keep their TR; --keep-pretrained 0 --embedding-rows all: the plain
+   method, English anchored only). Both models are finetuned on English (ITR, XVNLI, xGQA)
    and tested zero-shot; xGQA is also finetuned from the pretrained model with code-switching
    (the world's MUSE dictionaries for every xGQA language) and with the linguistic-prior loss. The TR
    alignment without finetuning (en -> X caption retrieval on the world's xFlickr&CO test captions) is
@@ -16,8 +19,8 @@
 2. Real text: XTCL pretrained on Multi30K + xFlickr&CO en-de/id/ja/zh only (tools/repro_text.py
    --train-langs de,id,ja,zh: es, ru, tr are in neither its pairs nor its tokenizer); add_language with
    vocabulary extension, separately for es, ru and tr, on the (English, X) first captions of the
-   1,500 training images of xFlickr&CO; en -> X sentence retrieval on the 500 held-out images,
-   before and after, with chance and the pretrained languages.
+   1,500 training images of xFlickr&CO (the pretrained languages' captions of those images kept);
+   en -> X sentence retrieval on the 500 held-out images, before and after, with chance and the pretrained languages.
 Writes OUT/tables.md and OUT/summary.json; every command's log is in OUT/logs.
 """
 from __future__ import annotations
@@ -53,12 +56,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--langs", default="es,ru,tr")
     ap.add_argument("--pairs", type=int, default=3000, help="synthetic parallel pairs per language")
     ap.add_argument("--trainable", default="embeddings", choices=("embeddings", "encoder", "lora"))
-    ap.add_argument("--keep-pretrained", type=int, default=0, metavar="N",
-                    help="anchor the world's pretrained languages with N of their pretraining sentences each "
+    ap.add_argument("--keep-pretrained", type=int, default=1000, metavar="N",
+                    help="anchor the world's pretrained languages with up to N of their pretraining sentences each, "
+                         "and each language added earlier in the chain with N of its parallel sentences "
                          "(tools/add_language.py --keep); 0: only English is anchored")
-    ap.add_argument("--embedding-rows", default="all", choices=("all", "new"),
-                    help="tools/add_language.py --embedding-rows of the synthetic runs (new: only the rows English "
-                         "does not use train, so the other languages keep their embeddings)")
+    ap.add_argument("--embedding-rows", default="new", choices=("all", "new"),
+                    help="tools/add_language.py --embedding-rows of the synthetic runs (new: only rows that neither "
+                         "English nor a kept sentence uses train, so those languages keep their TR exactly)")
     ap.add_argument("--al-epochs", type=int, default=3, help="add_language epochs over the synthetic pairs")
     ap.add_argument("--tasks", default="itr,xvnli,xgqa")
     ap.add_argument("--cs-ratio", type=float, default=0.5, help="code_switch.ratio of the xGQA code-switching run")
@@ -127,10 +131,18 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
                         out / "logs" / f"{task}-{name}.log", after=after, done=lambda: (ft / "results.json").is_file()))
         where["finetune"][(task, name, seed)] = ft / "results.json"
 
+    added_keep: dict[str, str] = {}  # languages added earlier in the chain are kept too, with their X side
+    if args.synthetic and args.keep_pretrained:
+        for lang in langs:
+            path = out / f"keep/added-{lang}.txt"
+            path.write_text("\n".join(x for _, x in world_parallel(lang, args.pairs, seed=0)[:args.keep_pretrained])
+                            + "\n", encoding="utf-8")
+            added_keep[lang] = f"{lang}={path}"
     for seed in range(args.seeds):
         base = pre_models / f"full-s{seed}"
         prev, dep, chain = base, ("pretrain synthetic",), []
         for lang in langs:
+            keep_chain = [*keep_args, *(added_keep[k] for k in chain)] if keep_args else []
             chain.append(lang)
             model = out / "models" / f"full-s{seed}+{'+'.join(chain)}"
             name = f"add {'+'.join(chain)} s{seed}"
@@ -138,7 +150,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
                                    "--parallel", str(parallel[lang]), "--out", str(model), "--seed", str(seed),
                                    "--epochs", str(args.al_epochs), "--trainable", args.trainable,
                                    "--embedding-rows", args.embedding_rows, "--overwrite", "--no-progress",
-                                   *(["--keep", *keep_args] if keep_args else [])],
+                                   *(["--keep", *keep_chain] if keep_chain else [])],
                             out / "logs" / f"add-{'+'.join(chain)}-s{seed}.log", after=dep, done=exists(model)))
             prev, dep = model, (name,)
         where["models"][seed] = (base, prev)
@@ -156,7 +168,13 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
         jobs.append(Job("pretrain text", [PY, "tools/repro_text.py", "--data", str(args.data), "--out", str(text_out),
                                           "--train-langs", ",".join(PRETRAINED), "--no-mmt", "--steps", str(args.text_steps)],
                         out / "logs/pretrain-text.log", done=exists(xtcl)))
-        pairs, _, _ = xflickrco_parallel(args.data, langs)
+        pairs, _, _ = xflickrco_parallel(args.data, [*langs, *PRETRAINED])
+        text_keep: list[str] = []  # the pretrained languages' captions of the training images, as --keep
+        for lang in PRETRAINED if args.keep_pretrained else []:
+            path = out / f"text-keep/{lang}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(x for _, x in pairs[lang][:args.keep_pretrained]) + "\n", encoding="utf-8")
+            text_keep.append(f"{lang}={path}")
         for lang in langs:
             tsv = out / f"text-parallel/en-{lang}.tsv"
             if not tsv.is_file():
@@ -166,7 +184,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
                 jobs.append(Job(f"text add {lang} s{seed}", [
                     PY, "tools/add_language.py", "--model", str(xtcl), "--lang", lang, "--parallel", str(tsv),
                     "--out", str(model), "--seed", str(seed), "--epochs", str(args.text_al_epochs), "--extend-vocab",
-                    "--trainable", args.trainable, "--overwrite", "--no-progress"],
+                    "--trainable", args.trainable, "--embedding-rows", args.embedding_rows, "--overwrite",
+                    "--no-progress", *(["--keep", *text_keep] if text_keep else [])],
                     out / "logs" / f"text-add-{lang}-s{seed}.log", after=("pretrain text",), done=exists(model)))
                 where["text_models"][(lang, seed)] = model
         where["xtcl"] = xtcl
