@@ -86,6 +86,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def keep_file(path: Path, lang: str, sentences: list[str]) -> str:
+    """Write `sentences` one a line (atomically) and return tools/add_language.py's `--keep LANG=FILE` spec."""
+    from rc3.atomic import write_text
+
+    write_text(path, "".join(f"{t}\n" for t in sentences))
+    return f"{lang}={path}"
+
+
 def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
     from rc3.synthetic.dictionaries import write_muse_dictionaries
     from rc3.synthetic.repro.add_language import world_parallel, write_tsv, xflickrco_parallel
@@ -108,19 +116,20 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
     dict_dir = w / "dictionaries"
     if args.synthetic and not dict_dir.is_dir() and (w / "world.json").is_file():  # worlds older than the dictionaries
         write_muse_dictionaries(dict_dir)
+    world_pairs = {lang: world_parallel(lang, args.pairs, seed=0) for lang in langs} if args.synthetic else {}
+    parallel = {lang: out / f"parallel/en-{lang}.tsv" for lang in langs}
+    for lang, path in parallel.items():
+        if lang in world_pairs and not path.is_file():
+            write_tsv(path, world_pairs[lang])
     keep_args: list[str] = []
+    added_keep: dict[str, str] = {}  # languages added earlier in the chain are kept too, with their X side
     if args.synthetic and args.keep_pretrained:
         from rc3.synthetic.texts import pretraining_sentences
 
-        for lang in KEEP_LANGS:
-            path = out / f"keep/{lang}.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(pretraining_sentences(w, lang, args.keep_pretrained)) + "\n", encoding="utf-8")
-            keep_args.append(f"{lang}={path}")
-    parallel = {lang: out / f"parallel/en-{lang}.tsv" for lang in langs}
-    for lang, path in parallel.items():
-        if args.synthetic and not path.is_file():
-            write_tsv(path, world_parallel(lang, args.pairs, seed=0))
+        keep_args = [keep_file(out / f"keep/{lang}.txt", lang, pretraining_sentences(w, lang, args.keep_pretrained))
+                     for lang in KEEP_LANGS]
+        added_keep = {lang: keep_file(out / f"keep/added-{lang}.txt", lang,
+                                      [x for _, x in world_pairs[lang][:args.keep_pretrained]]) for lang in langs}
 
     def finetune(task: str, model: Path, name: str, seed: int, after: tuple[str, ...], extra: list[str] = ()) -> None:
         ft = out / "finetune" / f"{task}-{name}"
@@ -131,13 +140,6 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
                         out / "logs" / f"{task}-{name}.log", after=after, done=lambda: (ft / "results.json").is_file()))
         where["finetune"][(task, name, seed)] = ft / "results.json"
 
-    added_keep: dict[str, str] = {}  # languages added earlier in the chain are kept too, with their X side
-    if args.synthetic and args.keep_pretrained:
-        for lang in langs:
-            path = out / f"keep/added-{lang}.txt"
-            path.write_text("\n".join(x for _, x in world_parallel(lang, args.pairs, seed=0)[:args.keep_pretrained])
-                            + "\n", encoding="utf-8")
-            added_keep[lang] = f"{lang}={path}"
     for seed in range(args.seeds):
         base = pre_models / f"full-s{seed}"
         prev, dep, chain = base, ("pretrain synthetic",), []
@@ -169,12 +171,9 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict[str, Any]]:
                                           "--train-langs", ",".join(PRETRAINED), "--no-mmt", "--steps", str(args.text_steps)],
                         out / "logs/pretrain-text.log", done=exists(xtcl)))
         pairs, _, _ = xflickrco_parallel(args.data, [*langs, *PRETRAINED])
-        text_keep: list[str] = []  # the pretrained languages' captions of the training images, as --keep
-        for lang in PRETRAINED if args.keep_pretrained else []:
-            path = out / f"text-keep/{lang}.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(x for _, x in pairs[lang][:args.keep_pretrained]) + "\n", encoding="utf-8")
-            text_keep.append(f"{lang}={path}")
+        # The pretrained languages' captions of the training images, as --keep.
+        text_keep = [keep_file(out / f"text-keep/{lang}.txt", lang, [x for _, x in pairs[lang][:args.keep_pretrained]])
+                     for lang in (PRETRAINED if args.keep_pretrained else [])]
         for lang in langs:
             tsv = out / f"text-parallel/en-{lang}.tsv"
             if not tsv.is_file():
