@@ -263,3 +263,39 @@ def test_p_tr_is_computed_without_dropout(tokenizer, monkeypatch):
     seen.clear()
     rxvtcl(model, batch, 0.5, dataclasses.replace(ObjectivesConfig(), detach_p_tr=False), "patch", with_kl=True)
     assert seen == [(False, True)]  # a differentiable P_tr still has no dropout noise
+
+
+def test_rxvtcl_on_ds_encodes_the_captions_not_the_mclm_input(model, tokenizer, monkeypatch):
+    """A Ds batch as the MCLM / ITM stream collates it (MCLM's mask drawn: `mlm_ids` next to `src_ids`)
+    given to the registered R-XVtCL Ds objective: every sequence it encodes is a caption string tokenised
+    here, none holds <mask>, and the loss is the paper's on the captions as written. A batch collated
+    without the mask (the tests above) cannot tell `mlm_ids` from `src_ids`; this one can."""
+    from rc3.pretrain.registry import OBJECTIVES, ObjectiveContext
+
+    samples = ds_samples()
+    batch = DsCollator(tokenizer, MAX_LEN, MAX_LEN, seed=3, langs=LANGS, mclm=True)(samples, epoch=0)
+    pairs = list(zip(batch["src_lang"], batch["tgt_lang"]))
+    # the batch must be able to mislead: every x^i as written is mask-free, its MCLM input is not
+    for s, (li, _), masked, real in zip(samples, pairs, batch["mlm_ids"], batch["src_mask"]):
+        written = tokenizer.encode(s.captions[li], li, MAX_LEN)
+        assert tokenizer.mask_id not in written
+        assert tokenizer.mask_id in masked[real].tolist()
+    calls = []
+    real_encode = RC3Model.encode
+
+    def spy(self, input_ids, attention_mask, visual=None, mode=None, visual_index=None):
+        if visual is not None:
+            calls.append((input_ids, attention_mask, visual, visual_index))
+        return real_encode(self, input_ids, attention_mask, visual, mode, visual_index)
+
+    monkeypatch.setattr(RC3Model, "encode", spy)
+    cfg, p_avg = ObjectivesConfig(), 0.7
+    objective = OBJECTIVES.get("rxvtcl_ds")
+    result = objective.loss(ObjectiveContext(model, cfg, p_avg, torch.Generator().manual_seed(0)), dict(batch))
+    assert calls, "R-XVtCL encoded no visio-textual sequence"
+    named = _name_sequences(tokenizer, samples, calls)  # raises on <mask> or on ids of no caption string
+    assert {lang for _, _, lang in named} == {lang for pair in pairs for lang in pair}
+    monkeypatch.undo()
+    others = choose_others(len(samples), cfg.rxvtcl_other_triplets, "shift").tolist()
+    want = paper_rxvtcl(model, tokenizer, samples, pairs, others, p_avg, cfg.zeta, "roi", with_kl=False)
+    torch.testing.assert_close(result.loss.detach().double(), want.detach(), atol=2e-5, rtol=2e-5)
