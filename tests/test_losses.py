@@ -204,6 +204,29 @@ def test_relevance_kl_hand_values_and_direction() -> None:
     assert torch.allclose(relevance_kl(same, same + 2.0, reduction="none"), torch.zeros(4, dtype=torch.float64))
 
 
+def test_relevance_kl_is_eq_10_to_12_written_out() -> None:
+    # P = softmax(-d) over the three candidates (Eq. 10-11), KL(P_vtr || P_tr) = sum P_vtr ln(P_vtr / P_tr)
+    # (Eq. 12), per triplet in plain floats; random distances, so the two distributions differ.
+    g = torch.Generator().manual_seed(0)
+    d_vtr = 3.0 * torch.rand(6, 3, generator=g, dtype=torch.float64)
+    d_tr = 3.0 * torch.rand(6, 3, generator=g, dtype=torch.float64)
+
+    def softmax_of_negated(row: list[float]) -> list[float]:
+        e = [math.exp(-x) for x in row]
+        return [x / sum(e) for x in e]
+
+    want = []
+    for v_row, t_row in zip(d_vtr.tolist(), d_tr.tolist()):
+        p_vtr, p_tr = softmax_of_negated(v_row), softmax_of_negated(t_row)
+        want.append(sum(p * math.log(p / q) for p, q in zip(p_vtr, p_tr)))
+    assert min(want) > 1e-4  # Gibbs: > 0 wherever P_vtr != P_tr
+    got = relevance_kl(d_vtr, d_tr, reduction="none")
+    assert got.tolist() == pytest.approx(want, rel=1e-12, abs=0)
+    assert relevance_kl(d_vtr, d_tr).item() == pytest.approx(sum(want) / len(want), rel=1e-12)
+    assert relevance_kl(d_vtr, d_tr, reduction="sum").item() == pytest.approx(sum(want), rel=1e-12)
+    assert relevance_kl(d_vtr, d_tr).item() > 0.01
+
+
 def test_relevance_kl_detaches_target_by_default() -> None:
     vtr = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
     tr = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)

@@ -66,6 +66,68 @@ def test_dw_kl_term_is_added(model, batches):
     torch.testing.assert_close(with_kl, without + kl)
 
 
+def spread_out_model() -> RC3Model:
+    """A tiny model with its representations spread out: at initialisation every VtR of one image lies
+    within ~0.01 of the others, so P_vtr is near uniform and the KL of Eq. 12 ~1e-5, too small to tell
+    from 0. The encoder's final LayerNorm scaled by 100 multiplies every distance by 100."""
+    torch.manual_seed(0)
+    model = RC3Model.from_config(tiny_model_config(), VOCAB).eval()
+    with torch.no_grad():
+        model.mbart.model.encoder.layer_norm.weight.mul_(100.0)
+        model.mbart.model.encoder.layer_norm.bias.mul_(100.0)
+    return model
+
+
+def paper_kl(model: RC3Model, batch, mode: str) -> float:
+    """KL(P_vtr || P_tr) of Eq. 10-12 averaged over the triplets, each sequence encoded alone and unpadded,
+    the other triplet of b being b + 1 (objectives.rxvtcl_others=shift, K = 1)."""
+    def text(side: str, i: int) -> torch.Tensor:
+        return batch[f"{side}_ids"][i][batch[f"{side}_mask"][i]].unsqueeze(0)
+
+    def vtr(img: int, ids: torch.Tensor) -> torch.Tensor:
+        visual = {k: batch[k][img: img + 1] for k in ("roi", "boxes", "roi_mask", "pixels") if k in batch}
+        return model.vtr(ids, torch.ones_like(ids, dtype=torch.bool), visual, mode)[0].double()
+
+    def tr(ids: torch.Tensor) -> torch.Tensor:
+        return model.tr(ids, torch.ones_like(ids, dtype=torch.bool))[0].double()
+
+    def softmax_of_negated(d: list[float]) -> list[float]:
+        e = [math.exp(-x) for x in d]
+        return [x / sum(e) for x in e]
+
+    b, total = batch["src_ids"].shape[0], 0.0
+    with torch.no_grad():
+        for t in range(b):
+            o = (t + 1) % b
+            candidates = [text("tgt", t), text("src", o), text("tgt", o)]  # x^j, x^i-hat, x^j-hat
+            anchor, t_anchor = vtr(t, text("src", t)), tr(text("src", t))
+            p_vtr = softmax_of_negated([float(torch.linalg.norm(vtr(t, c) - anchor)) for c in candidates])  # Eq. 11
+            p_tr = softmax_of_negated([float(torch.linalg.norm(tr(c) - t_anchor)) for c in candidates])  # Eq. 10
+            total += sum(p * math.log(p / q) for p, q in zip(p_vtr, p_tr))
+    return total / b
+
+
+def test_dw_kl_is_the_papers_and_moves_the_loss(batches):
+    from rc3.pretrain.registry import OBJECTIVES, ObjectiveContext
+    model = spread_out_model()
+    batch, cfg, p_avg = batches["rxvtcl_dw"], ObjectivesConfig(), 0.3
+    want = paper_kl(model, batch, "patch")
+    assert want > 0.01  # P_vtr and P_tr differ on these inputs
+    _, _, kl = rxvtcl(model, batch, p_avg, cfg, "patch", with_kl=True)
+    assert kl is not None
+    torch.testing.assert_close(kl.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-4, atol=1e-6)
+    # the registered Dw objective: its total with objectives.kl on is the total without it plus the KL
+    objective = OBJECTIVES.get("rxvtcl_dw")
+    on = objective.loss(ObjectiveContext(model, cfg, p_avg, torch.Generator().manual_seed(0)), dict(batch))
+    off = objective.loss(ObjectiveContext(model, dataclasses.replace(cfg, kl=False), p_avg,
+                                          torch.Generator().manual_seed(0)), dict(batch))
+    assert "kl" in on.extras and "kl" not in off.extras
+    assert float((on.loss - off.loss).detach()) > 0.01
+    torch.testing.assert_close((on.loss - off.loss).detach().double(), torch.tensor(want, dtype=torch.float64),
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(on.plain, off.plain)  # the KL is not part of p_avg's plain loss
+
+
 def test_all_tasks_backward_and_switches(batches):
     torch.manual_seed(0)
     model = RC3Model.from_config(tiny_model_config(), VOCAB).train()
