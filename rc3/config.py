@@ -103,6 +103,9 @@ class ModelConfig(RegistrySection):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     visual_mode: str = "roi"  # a registered visual mode (rc3.modeling.visual.VISUAL_MODES): roi, patch, combined
+    # Readings of Sec. 2.2 (FIDELITY.md, "Model"). The ROI front end: "fc_boxes_norm" = LayerNorm(FC(features)
+    # + FC(box geometry)), "fc" = the paper's "fully-connected (FC) layer" on the features alone
+    roi_projection: Literal["fc_boxes_norm", "fc"] = "fc_boxes_norm"
     roi_dim: int = 2048
     num_regions: int = 36
     image_size: int = 224

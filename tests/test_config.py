@@ -1,4 +1,5 @@
 """Config loading: YAML + dotted overrides, strict validation with the offending key named."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,7 @@ def test_dotted_override_parses_types():
     ("objectives.mlm_count=poisson", "objectives.mlm_count", "not one of exact, bernoulli"),
     ("objectives.mlm_replace=random", "objectives.mlm_replace", "not one of mask, bert"),
     ("objectives.p_avg_scope=global", "objectives.p_avg_scope", "not one of shared, per_corpus"),
+    ("model.roi_projection=conv", "model.roi_projection", "not one of fc_boxes_norm, fc"),
     ("optim.name=sgd", "optim.name", "not one of adamw, adam"),
     ("optim.name=adam", "optim.weight_decay", "plain Adam"),
     ("optim.grad_clip=-1", "optim.grad_clip", "must be >= 0"),
@@ -109,7 +111,9 @@ def test_paper_configs_and_their_readings():
     assert (opt.name, opt.lr, opt.weight_decay, opt.warmup_steps, opt.schedule, opt.grad_clip) == \
         ("adam", 5e-5, 0.0, 0, "constant", 0.0)
     assert (literal.train.global_batch_size, literal.train.total_steps) == (1024, 100_000)
-    assert literal.model == paper.model and literal.data == paper.data
+    assert paper.model.roi_projection == "fc_boxes_norm" and literal.model.roi_projection == "fc"
+    assert dataclasses.replace(literal.model, roi_projection=paper.model.roi_projection) == paper.model
+    assert literal.data == paper.data
 
 
 def test_base_configs_merge_and_fail_clearly(tmp_path):

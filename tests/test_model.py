@@ -244,3 +244,38 @@ def test_vit_weights_bring_their_own_pixel_normalisation(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="model.vit_name"):
         build_model(dataclasses.replace(cfg, vit_weights=str(tmp_path / "vit.safetensors"), vit_name="no_such_vit"),
                     tokenizer)
+
+
+# ---- readings of Sec. 2.2 (FIDELITY.md, "Model") ------------------------------------------------
+
+def test_roi_projection_fc_is_one_linear_layer_on_the_features(tokenizer, tmp_path):
+    import torch.nn.functional as F
+
+    ids, mask, visual = batch(tokenizer)
+    torch.manual_seed(0)
+    fc = RC3Model.from_config(tiny_model_config(roi_projection="fc"), tokenizer.vocab_size).eval()
+    roi = fc.visual.roi
+    assert {n for n, _ in roi.named_parameters()} == {"feature_proj.weight", "feature_proj.bias"}
+    tokens, _ = roi.tokens(visual, "", torch.float32)
+    torch.testing.assert_close(tokens, visual["roi"] @ roi.feature_proj.weight.T + roi.feature_proj.bias)
+    # the box geometry is not read: without it, or with other boxes, the VtR is the same
+    want = fc.vtr(ids, mask, visual, "roi")
+    assert torch.equal(fc.vtr(ids, mask, {k: v for k, v in visual.items() if k != "boxes"}, "roi"), want)
+    assert torch.equal(fc.vtr(ids, mask, dict(visual, boxes=visual["boxes"].flip(0)), "roi"), want)
+    # the model directory keeps the reading: it loads back as one layer with the same outputs
+    fc.save_pretrained(tmp_path / "fc")
+    again = RC3Model.from_pretrained(tmp_path / "fc").eval()
+    assert again.cfg.roi_projection == "fc" and not hasattr(again.visual.roi, "box_proj")
+    assert torch.equal(again.vtr(ids, mask, visual, "roi"), want)
+    # the default: LayerNorm(FC(features) + FC(boxes)), so the boxes move the tokens
+    torch.manual_seed(0)
+    default = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size).eval()
+    d = default.visual.roi
+    summed = visual["roi"] @ d.feature_proj.weight.T + d.feature_proj.bias + visual["boxes"] @ d.box_proj.weight.T \
+        + d.box_proj.bias
+    torch.testing.assert_close(d.tokens(visual, "", torch.float32)[0],
+                               F.layer_norm(summed, (32,), d.norm.weight, d.norm.bias))
+    assert not torch.allclose(default.vtr(ids, mask, dict(visual, boxes=visual["boxes"].flip(0)), "roi"),
+                              default.vtr(ids, mask, visual, "roi"))
+    with pytest.raises(KeyError, match="boxes"):
+        default.vtr(ids, mask, {k: v for k, v in visual.items() if k != "boxes"}, "roi")

@@ -3,6 +3,8 @@
 * ROI (paper Sec. 2.2 (1)): 36 x 2048 region features plus the 5-d box geometry
   (x1, y1, x2, y2 normalised, relative area) -> FC -> d_model; the two projections are summed and
   layer-normalised (the usual UNITER/VL-BERT recipe, so boxes tell the encoder where a region is).
+  `model.roi_projection=fc` is the paper's sentence word for word: one FC layer on the features,
+  no box geometry, no LayerNorm (the encoder's own embedding LayerNorm still follows).
 * Patch (2): a 224x224 image cut into 32x32 patches by timm's ViT patch embedding (768-d, the
   layer of `vit_base_patch32_224`), then FC -> d_model.
 * Combined (3): ROI tokens, [SEP], patch tokens. Two images (MaRVL): image 1, [SEP'], image 2.
@@ -62,15 +64,34 @@ def visual_mode(name: str) -> VisualMode:
     return VISUAL_MODES.get(name)
 
 
-class ROIEmbedding(nn.Module):
-    def __init__(self, roi_dim: int, d_model: int) -> None:
-        super().__init__()
-        self.feature_proj = nn.Linear(roi_dim, d_model)
-        self.box_proj = nn.Linear(5, d_model)
-        self.norm = nn.LayerNorm(d_model)
+ROI_PROJECTIONS = ("fc_boxes_norm", "fc")
 
-    def forward(self, roi: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+
+class ROIEmbedding(nn.Module):
+    """ROI features [.., roi_dim] (and boxes [.., 5]) -> [.., d_model], as `projection` says:
+    "fc_boxes_norm" LayerNorm(FC(features) + FC(boxes)); "fc" FC(features) alone (boxes unused; the
+    module then has no box projection or LayerNorm, so its weights are those of the paper's one layer)."""
+
+    def __init__(self, roi_dim: int, d_model: int, projection: str = "fc_boxes_norm") -> None:
+        super().__init__()
+        if projection not in ROI_PROJECTIONS:
+            raise ValueError(f"model.roi_projection: {projection!r} is not one of {', '.join(ROI_PROJECTIONS)}")
+        self.projection = projection
+        self.feature_proj = nn.Linear(roi_dim, d_model)
+        if projection == "fc_boxes_norm":  # created in this order so the default's initialisation is unchanged
+            self.box_proj = nn.Linear(5, d_model)
+            self.norm = nn.LayerNorm(d_model)
+
+    @property
+    def uses_boxes(self) -> bool:
+        return self.projection == "fc_boxes_norm"
+
+    def forward(self, roi: torch.Tensor, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
         flops.linear(roi.shape[:-1].numel(), roi.shape[-1], self.feature_proj.out_features)
+        if not self.uses_boxes:
+            return self.feature_proj(roi)
+        if boxes is None:
+            raise ValueError("the ROI front end (model.roi_projection=fc_boxes_norm) needs the box geometry")
         return self.norm(self.feature_proj(roi) + self.box_proj(boxes))
 
 
@@ -108,8 +129,9 @@ class _ROITokens(ROIEmbedding):
     """The ROI front end on a batch: roi{suffix}, boxes{suffix} and the optional roi_mask{suffix}."""
 
     def tokens(self, visual: Mapping[str, torch.Tensor], suffix: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        roi, boxes = _need(visual, f"roi{suffix}", "roi"), _need(visual, f"boxes{suffix}", "roi")
-        tokens = self(roi.to(dtype), boxes.to(dtype))
+        roi = _need(visual, f"roi{suffix}", "roi")
+        boxes = _need(visual, f"boxes{suffix}", "roi").to(dtype) if self.uses_boxes else None
+        tokens = self(roi.to(dtype), boxes)
         mask = visual.get(f"roi_mask{suffix}")
         return tokens, (mask.bool() if mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool,
                                                                         device=tokens.device))
@@ -125,7 +147,7 @@ class _PatchTokens(PatchEmbedding):
 
 
 FRONT_ENDS.register(FrontEnd("roi", ("roi", "boxes", "roi_mask"), "features",
-                             lambda c, d: _ROITokens(c.roi_dim, d)))
+                             lambda c, d: _ROITokens(c.roi_dim, d, c.roi_projection)))
 FRONT_ENDS.register(FrontEnd("patch", ("pixels",), "pixels", lambda c, d: _PatchTokens(
     c.image_size, c.patch_size, c.patch_dim, d, c.pixel_mean or IMAGENET_MEAN, c.pixel_std or IMAGENET_STD)))
 VISUAL_MODES.register(VisualMode("roi", ("roi",)))
