@@ -106,6 +106,10 @@ class ModelConfig(RegistrySection):
     # Readings of Sec. 2.2 (FIDELITY.md, "Model"). The ROI front end: "fc_boxes_norm" = LayerNorm(FC(features)
     # + FC(box geometry)), "fc" = the paper's "fully-connected (FC) layer" on the features alone
     roi_projection: Literal["fc_boxes_norm", "fc"] = "fc_boxes_norm"
+    # Positions of the text in a visio-textual input: "after_visual" = the encoder's positions run over the
+    # whole [CLS] visual [BOS] text [LANG] sequence; "from_zero" = the text restarts at position 0, as in a
+    # text-only input (the visual tokens keep 0, 1, ...)
+    text_positions: Literal["after_visual", "from_zero"] = "after_visual"
     roi_dim: int = 2048
     num_regions: int = 36
     image_size: int = 224

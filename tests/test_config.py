@@ -47,6 +47,7 @@ def test_dotted_override_parses_types():
     ("objectives.mlm_replace=random", "objectives.mlm_replace", "not one of mask, bert"),
     ("objectives.p_avg_scope=global", "objectives.p_avg_scope", "not one of shared, per_corpus"),
     ("model.roi_projection=conv", "model.roi_projection", "not one of fc_boxes_norm, fc"),
+    ("model.text_positions=shared", "model.text_positions", "not one of after_visual, from_zero"),
     ("optim.name=sgd", "optim.name", "not one of adamw, adam"),
     ("optim.name=adam", "optim.weight_decay", "plain Adam"),
     ("optim.grad_clip=-1", "optim.grad_clip", "must be >= 0"),

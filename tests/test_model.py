@@ -279,3 +279,29 @@ def test_roi_projection_fc_is_one_linear_layer_on_the_features(tokenizer, tmp_pa
                               default.vtr(ids, mask, visual, "roi"))
     with pytest.raises(KeyError, match="boxes"):
         default.vtr(ids, mask, {k: v for k, v in visual.items() if k != "boxes"}, "roi")
+
+
+@pytest.mark.parametrize("mode", ["roi", "combined"])
+def test_text_positions_switch(tokenizer, mode):
+    """What the encoder's embedding LayerNorm receives: text embedding + the position row of each text
+    token. after_visual: rows start, start + 1, ... (the whole sequence numbered); from_zero: rows 0, 1, ...,
+    those of the same text encoded alone. The visual tokens' rows and text-only inputs are the same."""
+    ids, mask, visual = batch(tokenizer)
+    seen: dict[str, torch.Tensor] = {}
+    out: dict[str, RC3Model] = {}
+    for reading in ("after_visual", "from_zero"):
+        torch.manual_seed(0)
+        m = RC3Model.from_config(tiny_model_config(text_positions=reading), tokenizer.vocab_size).eval()
+        norm = m.mbart.model.encoder.layernorm_embedding
+        hook = norm.register_forward_pre_hook(lambda _m, args, r=reading: seen.__setitem__(r, args[0].detach()))
+        start = m.encode(ids, mask, visual, mode).text_start
+        hook.remove()
+        table = m.mbart.model.encoder.embed_positions
+        first = start if reading == "after_visual" else 0
+        rows = table.weight[table.offset + first: table.offset + first + ids.shape[1]].detach()
+        with torch.no_grad():
+            torch.testing.assert_close(seen[reading][:, start:] - m.embed_text(ids), rows.expand(len(ids), -1, -1))
+        out[reading] = m
+    assert torch.equal(seen["after_visual"][:, :start], seen["from_zero"][:, :start])
+    assert not torch.allclose(out["after_visual"].vtr(ids, mask, visual, mode), out["from_zero"].vtr(ids, mask, visual, mode))
+    assert torch.equal(out["after_visual"].tr(ids, mask), out["from_zero"].tr(ids, mask))

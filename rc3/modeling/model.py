@@ -209,7 +209,8 @@ class RC3Model(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                visual: Optional[Mapping[str, torch.Tensor]] = None, mode: Optional[str] = None,
                visual_index: Optional[torch.Tensor] = None) -> EncoderOutput:
-        """Encode `[CLS] visual [BOS] text [LANG]` (or text only when `visual` is None).
+        """Encode `[CLS] visual [BOS] text [LANG]` (or text only when `visual` is None). The encoder numbers
+        the positions of the whole sequence; with `model.text_positions=from_zero` the text's restart at 0.
 
         With `visual_index` ([B] image indices), `visual` holds distinct images and sequence s is paired
         with image `visual_index[s]`: the visual front end runs once per distinct image and its tokens
@@ -226,13 +227,26 @@ class RC3Model(nn.Module):
                 # index_select, not vis[visual_index]: the backward of advanced indexing accumulates with
                 # several CPU threads in a nondeterministic order, which would break bit-exact resumes.
                 vis, vis_mask = vis.index_select(0, visual_index), vis_mask.index_select(0, visual_index)
+            start = vis.shape[1]
+            if self.cfg.text_positions == "from_zero":
+                text = text + self._restart_text_positions(start, text.shape[1]).to(text.dtype)
             embeds = torch.cat([vis.to(text.dtype), text], dim=1)
             mask = torch.cat([vis_mask, text_mask], dim=1)
-            start = vis.shape[1]
         out = self.mbart.model.encoder(inputs_embeds=embeds, attention_mask=self._key_mask(mask))
         c = self.mbart.config
         flops.encoder_pass(embeds.shape[0], embeds.shape[1], c.d_model, c.encoder_ffn_dim, c.encoder_layers)
         return EncoderOutput(out.last_hidden_state, mask, start)
+
+    def _restart_text_positions(self, start: int, length: int) -> torch.Tensor:
+        """[length, d]: added to the text embeddings of a visio-textual input, turns the positions the
+        encoder adds to them (start, start + 1, ...: it numbers the whole sequence) into 0, 1, ... (`model.
+        text_positions=from_zero`). On the rows the encoder adds, the gradient of this term cancels the
+        encoder's (exactly on CPU; up to the order of summation where a backward sums in another order), so the
+        text trains rows 0, 1, ... alone."""
+        table = self.mbart.model.encoder.embed_positions
+        rows = torch.arange(length, device=table.weight.device) + table.offset
+        # index_select, not table.weight[rows]: a deterministic backward (see `encode`)
+        return table.weight.index_select(0, rows) - table.weight.index_select(0, rows + start)
 
     def vtr(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual: Mapping[str, torch.Tensor],
             mode: Optional[str] = None, visual_index: Optional[torch.Tensor] = None) -> torch.Tensor:
