@@ -463,3 +463,66 @@ def test_world_writes_muse_dictionaries(world: Path, info: dict) -> None:
     assert {"de", "es", "ru", "tr", "ko", "bn", "pt"} <= set(files)
     ru = read_muse(world / info["dictionaries"]["dir"] / files["ru"])
     assert ru["circle"] == ["круг"] and "красный" in ru["red"]
+
+
+def _general_pairs_by_kind(a: str, b: str) -> dict[str, set[tuple[str, str]]]:
+    """Every claim, question and two-image statement both grammars can say, as (a, b) translations by kind:
+    enumerated over the whole vocabulary of the world, independently of how the corpus draws them."""
+    out: dict[str, set[tuple[str, str]]] = {}
+    la, lb = language(a), language(b)
+    if isinstance(la, Claimer) and isinstance(lb, Claimer):
+        out["claim"] = {(la.claim_colour(s, c), lb.claim_colour(s, c)) for s in SHAPES for c in COLOURS}
+        out["claim"] |= {(la.claim_position(s, p), lb.claim_position(s, p)) for s in SHAPES for p in POSITIONS}
+    if isinstance(la, Asker) and isinstance(lb, Asker):
+        q = {(la.ask_colour(s), lb.ask_colour(s)) for s in SHAPES} | {(la.ask_position(s), lb.ask_position(s)) for s in SHAPES}
+        q |= {(la.ask_exists(c, s), lb.ask_exists(c, s)) for c in COLOURS for s in SHAPES}
+        out["question"] = q | {(la.ask_shape(p), lb.ask_shape(p)) for p in POSITIONS}
+    if isinstance(la, PairStater) and isinstance(lb, PairStater):
+        p2 = {(la.pair_more(side), lb.pair_more(side)) for side in ("left", "right")}
+        p2 |= {(la.pair_contains(side, c, s), lb.pair_contains(side, c, s))
+               for side in ("left", "right") for c in COLOURS for s in SHAPES}
+        out["pair"] = p2 | {(la.pair_both(s), lb.pair_both(s)) for s in SHAPES}
+    return out
+
+
+def _all_general_pairs(a: str, b: str) -> set[tuple[str, str]]:
+    return set().union(*_general_pairs_by_kind(a, b).values())
+
+
+def _wikimatrix(world: Path, pair: str) -> list[tuple[float, str, str]]:
+    with gzip.open(world / "raw" / "dt" / f"WikiMatrix.{pair}.tsv.gz", "rt", encoding="utf-8") as fh:
+        return [(float(s), x, y) for s, x, y in (line.rstrip("\n").split("\t") for line in fh)]
+
+
+def test_wikimatrix_holds_general_domain_translations(world: Path, info: dict) -> None:
+    """WikiMatrix-style Dt pairs are not only descriptions: where both languages can say them, they hold
+    questions (de-en, en-id, en-zh...), claims (en-fr) and two-image statements (en-id, en-zh), each a
+    translation of the other side; pairs of languages that share no such kind stay captions."""
+    assert info["raw"]["dt"]["wikimatrix_general_share"] == 0.5
+    min_score = info["raw"]["dt"]["wikimatrix_min_score"]
+    for pair, kinds in (("de-en", {"question"}), ("en-fr", {"claim"}), ("en-id", {"question", "pair"}),
+                        ("en-zh", {"question", "pair"})):
+        a, b = pair.split("-")
+        by_kind = _general_pairs_by_kind(a, b)
+        assert set(by_kind) == kinds, pair
+        general = _all_general_pairs(a, b)
+        rows = [(x, y) for s, x, y in _wikimatrix(world, pair) if s >= min_score]
+        found = [(x, y) for x, y in rows if (x, y) in general]
+        assert len(found) >= 0.25 * len(rows), (pair, len(found), len(rows))
+        assert all(any(r in by_kind[k] for r in found) for k in kinds), pair
+        # every general sentence on one side is paired with its own translation, never with another sentence
+        sides = {x for x, _ in general}
+        assert all((x, y) in general for x, y in rows if x in sides), pair
+    # cs has none of those grammars: its pairs are descriptions only
+    assert not any(x.endswith("?") or y.endswith("?") for _, x, y in _wikimatrix(world, "cs-de"))
+
+
+def test_general_share_zero_keeps_captions_only(tmp_path: Path) -> None:
+    out = make_world(tmp_path / "w", sizes=SIZES["tiny"].scaled(0.1), shards=False, log=lambda _: None,
+                     general_share=0.0)
+    assert out["raw"]["dt"]["wikimatrix_general_share"] == 0.0
+    general = _all_general_pairs("de", "en")
+    rows = _wikimatrix(tmp_path / "w", "de-en")
+    assert rows and not any((x, y) in general for _, x, y in rows)
+    with pytest.raises(ValueError, match="general_share"):
+        make_world(tmp_path / "w2", sizes=SIZES["tiny"].scaled(0.1), shards=False, log=lambda _: None, general_share=1.5)

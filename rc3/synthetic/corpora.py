@@ -13,6 +13,13 @@
 - Dt (WikiMatrix + Multi30K-style): `raw/dt/WikiMatrix.<a>-<b>.tsv.gz` (score, sentence a,
   sentence b; sorted by score, with a tail of misaligned pairs below the 1.04 margin threshold)
   for all pairs of the 7 pretraining languages, and line-aligned `raw/dt/multi30k/train.<lang>.gz`.
+  WikiMatrix is mined from Wikipedia, general-domain text: besides descriptions it holds statements
+  and questions. So do its synthetic pairs (`GENERAL_SHARE` of them, where both languages' grammars
+  can say them): claims ("The circle is red."), questions ("Where is the circle?") and statements
+  about two pictures. Without them the world's pretraining never shows a question word or a copula
+  in any language but English, and zero-shot transfer of a task posed in those forms (xGQA, XVNLI,
+  MaRVL) has nothing to transfer through (REPRODUCTION.md, "Cross-lingual transfer"). Multi30K-style
+  lines stay captions, as Multi30K is.
 Ground truth for analysis (scenes, mentioned objects) goes to DIR/meta/*.jsonl.
 """
 from __future__ import annotations
@@ -26,9 +33,21 @@ from typing import Any
 
 import numpy as np
 
-from rc3.synthetic.grammar import captioner
+from rc3.synthetic.grammar import Asker, Claimer, PairStater, asker, captioner, claimer, languages_with, pair_stater
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
-from rc3.synthetic.world import IMAGE_SIZE, Obj, Scene, distractor, sample_scene, shuffled, stream
+from rc3.synthetic.world import (
+    COLOURS,
+    IMAGE_SIZE,
+    POSITIONS,
+    SHAPES,
+    Obj,
+    Scene,
+    distractor,
+    pick,
+    sample_scene,
+    shuffled,
+    stream,
+)
 from rc3.synthetic.writer import H5FeatureWriter, TarWriter, tsv_text, write_json, write_jsonl, write_maybe_gz, write_text
 from rc3.tokenization import PRETRAIN_LANGS
 
@@ -44,6 +63,40 @@ WIT_COLUMNS = (
 )
 WIKIMATRIX_MIN_SCORE = 1.04  # the margin threshold the WikiMatrix authors recommend
 DT_M30K_LANGS = ("en", "de", "fr", "cs")
+# Share of a WikiMatrix pair's sentences that are not descriptions (claims, questions, statements about
+# two pictures), where both languages can say one of those kinds; the rest are captions.
+GENERAL_SHARE = 0.5
+
+
+def _general_kinds(a: str, b: str) -> list[str]:
+    """The non-caption sentence kinds both languages' grammars realise."""
+    kinds = []
+    for kind, cls in (("claim", Claimer), ("question", Asker), ("pair", PairStater)):
+        if a in languages_with(cls) and b in languages_with(cls):
+            kinds.append(kind)
+    return kinds
+
+
+def general_sentence(rng: np.random.Generator, kind: str, langs: tuple[str, ...]) -> dict[str, str]:
+    """One sentence of `kind` (claim | question | pair) with random content, realised in each of `langs`."""
+    shape, colour, position = pick(rng, SHAPES), pick(rng, COLOURS), pick(rng, POSITIONS)
+    side = "left" if rng.random() < 0.5 else "right"
+    form = int(rng.integers(4 if kind == "question" else 3 if kind == "pair" else 2))
+    out = {}
+    for lang in langs:
+        if kind == "claim":
+            c = claimer(lang)
+            out[lang] = c.claim_colour(shape, colour) if form == 0 else c.claim_position(shape, position)
+        elif kind == "question":
+            q = asker(lang)
+            out[lang] = (q.ask_colour(shape), q.ask_position(shape), q.ask_shape(position),
+                         q.ask_exists(colour, shape))[form]
+        elif kind == "pair":
+            p = pair_stater(lang)
+            out[lang] = (p.pair_more(side), p.pair_contains(side, colour, shape), p.pair_both(shape))[form]
+        else:
+            raise ValueError(f"unknown sentence kind {kind!r}")
+    return out
 
 
 def caption_all(objs: list[Obj], langs: tuple[str, ...]) -> dict[str, str]:
@@ -159,15 +212,23 @@ def write_dw(root: Path, seed: int, n_tuples: int, overlap: float) -> dict[str, 
             "wit_tsv": _rel(root, tsv), "images": "raw/dw/images", "langs": list(DW_LANGS), "weak_overlap": overlap}
 
 
-def write_dt(root: Path, seed: int, n_pairs: int, n_m30k: int) -> dict[str, Any]:
-    """Dt: WikiMatrix TSVs for every pair of the pretraining languages + Multi30K-style line-aligned text."""
-    rng = stream(seed, "dt")
+def write_dt(root: Path, seed: int, n_pairs: int, n_m30k: int, general_share: float = GENERAL_SHARE) -> dict[str, Any]:
+    """Dt: WikiMatrix TSVs for every pair of the pretraining languages + Multi30K-style line-aligned text.
+
+    `general_share` of each WikiMatrix pair's sentences are claims, questions or pair statements
+    (where both languages can say one; see the module docstring), the rest captions."""
+    rng, grng = stream(seed, "dt"), stream(seed, "dt-general")
     pairs = list(itertools.combinations(sorted(PRETRAIN_LANGS), 2))
     files = {}
     for p, (a, b) in enumerate(pairs):
         n = n_pairs // len(pairs) + (1 if p < n_pairs % len(pairs) else 0)
+        kinds = _general_kinds(a, b)
         good = []
         for _ in range(n):
+            if kinds and grng.random() < general_share:
+                texts = general_sentence(grng, kinds[int(grng.integers(len(kinds)))], (a, b))
+                good.append((round(float(grng.uniform(WIKIMATRIX_MIN_SCORE, 1.25)), 6), texts[a], texts[b]))
+                continue
             objs = shuffled(rng, sample_scene(rng, 1, 3).objects)
             good.append((round(float(rng.uniform(WIKIMATRIX_MIN_SCORE, 1.25)), 6),
                          captioner(a).caption(objs), captioner(b).caption(objs)))
@@ -187,6 +248,7 @@ def write_dt(root: Path, seed: int, n_pairs: int, n_m30k: int) -> dict[str, Any]
     m30k = {lang: _rel(root, write_maybe_gz(root / "raw" / "dt" / "multi30k" / f"train.{lang}.gz",
                                             "".join(s + "\n" for s in ls))) for lang, ls in lines.items()}
     return {"wikimatrix": files, "wikimatrix_min_score": WIKIMATRIX_MIN_SCORE, "wikimatrix_pairs": n_pairs,
+            "wikimatrix_general_share": general_share,
             "multi30k_style": m30k, "multi30k_style_lines": n_m30k}
 
 

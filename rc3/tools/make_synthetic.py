@@ -1,7 +1,8 @@
 """Generate the synthetic world: pretraining corpora and shards, downstream sets, tokenizer.
 
     python tools/make_synthetic.py --out work/synthetic [--seed 0] [--size tiny|small]
-                                   [--n-images N] [--weak-overlap 0.5] [--force] [--no-shards]
+                                   [--n-images N] [--weak-overlap 0.5] [--general-share 0.5]
+                                   [--force] [--no-shards]
 
 Everything is in the real corpus formats (see rc3/synthetic/build.py for the layout) and is
 determined by --seed. `--n-images` overrides the number of Ds images of the chosen size.
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from rc3.synthetic.build import SIZES, make_world
+from rc3.synthetic.corpora import GENERAL_SHARE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-images", type=int, default=None, help="number of Ds images (default: from --size)")
     ap.add_argument("--weak-overlap", type=float, default=0.5,
                     help="fraction of a Dw image's objects that all its texts mention (0..1; 1 = strictly aligned)")
+    ap.add_argument("--general-share", type=float, default=GENERAL_SHARE,
+                    help="share of the WikiMatrix-style Dt pairs that are claims, questions or two-image statements "
+                         "instead of captions (0..1; 0 = captions only)")
     ap.add_argument("--force", action="store_true", help="replace an existing output directory")
     ap.add_argument("--no-shards", action="store_true", help="write raw corpora and downstream sets only")
     args = ap.parse_args(argv)
@@ -34,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, ds_images=args.n_images)
     if not 0.0 <= args.weak_overlap <= 1.0:
         ap.error("--weak-overlap must lie in [0, 1]")
+    if not 0.0 <= args.general_share <= 1.0:
+        ap.error("--general-share must lie in [0, 1]")
     try:
         world = make_world(args.out, seed=args.seed, sizes=sizes, weak_overlap=args.weak_overlap, force=args.force,
-                           shards=not args.no_shards)
+                           shards=not args.no_shards, general_share=args.general_share)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
