@@ -204,6 +204,23 @@ def test_classification_recipes(task: str, langs: list[str], metric: str, world:
         assert any("dev_accuracy" in r for r in log)
 
 
+def test_freeze_keeps_the_token_table_and_trains_the_rest(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    """model.freeze=[token_embeddings]: every row of the (tied) token table is the --init model's, bit for bit,
+    while the encoder layers and the head train; without it the English rows move."""
+    from safetensors.torch import load_file
+
+    before = load_file(str(model_dir / "model.safetensors"))
+    key = next(k for k in before if k.endswith(("shared.weight", "lm_head.weight")))  # one tied table
+    layer = next(k for k in before if "encoder.layers.0.fc1.weight" in k)
+    run_recipe("xgqa", world, model_dir, tmp_path / "frozen", "model.freeze=[token_embeddings]")
+    frozen = load_file(str(tmp_path / "frozen" / "model" / "model.safetensors"))
+    assert torch.equal(frozen[key], before[key])
+    assert not torch.equal(frozen[layer], before[layer])
+    run_recipe("xgqa", world, model_dir, tmp_path / "free")
+    free = load_file(str(tmp_path / "free" / "model" / "model.safetensors"))
+    assert not torch.equal(free[key], before[key])
+
+
 def test_saved_classifier_reloads_and_evaluates_identically(world: Path, model_dir: Path, tmp_path: Path) -> None:
     first = run_recipe("xvnli", world, model_dir, tmp_path / "a")
     again = run_recipe("xvnli", world, tmp_path / "a" / "model", tmp_path / "b", "train.epochs=0")
@@ -370,7 +387,8 @@ def test_config_defaults_and_validation() -> None:
            "data.test_langs=[xx]": r"data.test_langs\[0\]", "model.visual_mode=patch": "data.images",
            "model.visual_mode=grid": "model.visual_mode", "train.bogus=1": "train.bogus", "mmt.num_beams=2": "mmt",
            "itr.uniform_negative_share=1.5": "itr.uniform_negative_share", "train.save_every=-1": "train.save_every",
-           "train.keep_checkpoints=0": "train.keep_checkpoints", "eval.select=worst": "eval.select"}
+           "train.keep_checkpoints=0": "train.keep_checkpoints", "eval.select=worst": "eval.select",
+           "model.freeze=[encoder]": r"model.freeze\[0\]"}
     for override, key in bad.items():
         with pytest.raises(ConfigError, match=key):
             finetune_config_from_dict({}, "itr", base + [override])

@@ -22,6 +22,9 @@ from rc3.config import ConfigError, apply_overrides, from_dict, merge_dicts, rea
 from rc3.finetune.registry import DOWNSTREAM, resolve
 from rc3.tokenization import LANG_CODES
 
+# Parts of a pretrained model that `model.freeze` can keep fixed (applied by rc3.finetune.trainer.freeze).
+FREEZABLE: tuple[str, ...] = ("token_embeddings", "positions", "visual")
+
 
 # The tasks, their Table 6 values (Appendix B: learning rate, batch size, epochs, input length) and config
 # classes come from the downstream task registry.
@@ -31,6 +34,10 @@ class FTModelConfig:
     tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model; default: the --init directory
     gradient_checkpointing: bool = False
     head_hidden_mult: int = 2  # classifier MLP hidden size = head_hidden_mult x d_model
+    # Parts of the pretrained model kept fixed while finetuning (FREEZABLE):
+    # token_embeddings (the shared, tied token table: every language's words stay where pretraining
+    # aligned them while English alone trains), positions, visual (the visual front end).
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -251,6 +258,9 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise ConfigError("data.train", "required to train (or set train.epochs=0 to evaluate only)")
     if record.validate is not None:
         record.validate(cfg)
+    for i, part in enumerate(cfg.model.freeze):
+        if part not in FREEZABLE:
+            raise ConfigError(f"model.freeze[{i}]", f"{part!r} is not one of {', '.join(FREEZABLE)}")
     mode = cfg.model.visual_mode
     uses_image = not (isinstance(cfg, MMTFinetuneConfig) and not cfg.mmt.use_image)
     from rc3.modeling.visual import VISUAL_MODES

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from rc3 import atomic, heap, run_log
 from rc3.config import ConfigError
 from rc3.finetune.cli import build_parser
-from rc3.finetune.config import FinetuneConfig, load_finetune_config, save_finetune_config
+from rc3.finetune.config import FREEZABLE, FinetuneConfig, load_finetune_config, save_finetune_config
 from rc3.finetune.heads import TaskModel, load_head, save_task_model
 from rc3.finetune.metrics import write_results
 from rc3.modeling import RC3Model
@@ -66,6 +66,28 @@ def parse_cli(task: str, argv: Optional[Sequence[str]] = None) -> tuple[Finetune
 def _precision(cfg: FinetuneConfig) -> str:
     return "bf16" if use_bf16(cfg.train.precision) else "no"
 
+
+
+def _freezable(model: RC3Model) -> dict[str, list[nn.Parameter]]:
+    enc = model.mbart.model.encoder
+    return {
+        # tied with the LM head and the decoder's input embeddings: one table
+        "token_embeddings": [model.mbart.model.shared.weight],
+        "positions": [enc.embed_positions.weight, model.mbart.model.decoder.embed_positions.weight],
+        "visual": list(model.visual.parameters()),
+    }
+
+
+def freeze(model: RC3Model, parts: Sequence[str]) -> None:
+    """Keep `parts` (names of FREEZABLE) of a pretrained model fixed: they get no gradient and no
+    optimizer state. Zero-shot transfer reads the other languages through the token table pretraining
+    aligned; finetuning it on English alone moves only the English rows."""
+    table = _freezable(model)
+    for part in parts:
+        if part not in table:
+            raise ValueError(f"model.freeze: {part!r} is not one of {', '.join(FREEZABLE)}")
+        for p in table[part]:
+            p.requires_grad_(False)
 
 class FinetuneRun:
     """Context of one finetuning run (see module docstring); use as `with FinetuneRun(cfg, save) as run:`."""
@@ -141,6 +163,7 @@ class FinetuneRun:
         if model.mbart.config.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(f"{init}: the model has {model.mbart.config.vocab_size} token embeddings but the tokenizer "
                              f"has {self.tokenizer.vocab_size} ids; use the tokenizer saved with the model")
+        freeze(model, self.cfg.model.freeze)
         return model
 
     def maybe_load_head(self, model: TaskModel) -> None:
