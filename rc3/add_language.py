@@ -53,6 +53,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from rc3 import safe_load
 from rc3.data.collate import pad_batch
 from rc3.modeling import RC3Model
 from rc3.pretrain import fault_injection
@@ -412,7 +413,7 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
     if resume:
         if not ckpt.is_file():
             raise FileNotFoundError(f"resume: no checkpoint at {ckpt}; start without --resume")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = safe_load.load(ckpt)  # weights-only: a tampered state.pt is refused, naming it, not run
         if state["options"] != dataclasses.asdict(opts) or state["pairs"] != len(pairs):
             raise ValueError(f"resume: {ckpt} was written with other options or another parallel text "
                              f"({state['pairs']} pairs, {state['options']}); start without --resume")

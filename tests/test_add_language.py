@@ -389,3 +389,47 @@ def test_new_rows_with_keep_hold_the_kept_languages_exactly(base: dict[str, Path
     assert tr_gap(kept, src, "es", ES_TEXTS) < 0.75 * tr_gap(src, src, "es", ES_TEXTS)
     rows = json.loads((kept / "add_language.json").read_text())["training"]["trainable_embedding_rows"]
     assert 0 < rows < json.loads((english_only / "add_language.json").read_text())["training"]["trainable_embedding_rows"]
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_reads_state_weights_only(base: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after its last checkpoint resumes from it; a state.pt carrying a pickled payload is
+    refused naming the file, and the payload never runs."""
+    pairs = list(zip(TEXTS["en"][:8], TEXTS["ru"][:8]))
+    opts = AddLanguageOptions(lang="ru", steps=2, batch_size=4, save_every=1)
+    work, out = tmp_path / "work", tmp_path / "out"
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # killed after training, before the model directory is written
+
+    with monkeypatch.context() as m:
+        m.setattr(RC3Model, "save_pretrained", stop)
+        with pytest.raises(KeyboardInterrupt):
+            add_language(base["full"], pairs, out, opts, work_dir=work, progress=False, log=lambda s: None)
+    state = work / "checkpoint" / "state.pt"
+    intact = state.read_bytes()
+    logs: list[str] = []
+    add_language(base["full"], pairs, out, opts, work_dir=work, resume=True, progress=False, log=logs.append)
+    # the real state.pt (the last save is at step 1) loads weights-only and training goes on from it
+    assert any("resumed at step 1 of 2" in line for line in logs), logs
+    work.mkdir()
+    (work / "checkpoint").mkdir()
+    state.write_bytes(intact)
+    saved = torch.load(state, map_location="cpu", weights_only=False)  # the test's own file
+    marker = tmp_path / "ran"
+    saved["record"] = _Payload(marker)
+    torch.save(saved, state)
+    with pytest.raises(ValueError, match=rf"^{state}: refuses to unpickle posix\.system \(not a tensor/allowed "
+                                         r"type\); this file may have been tampered with — use an intact checkpoint$"):
+        add_language(base["full"], pairs, tmp_path / "out2", opts, work_dir=work, resume=True, progress=False,
+                     log=lambda s: None)
+    assert not marker.exists()

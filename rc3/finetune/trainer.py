@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rc3 import atomic, heap, run_log
+from rc3 import atomic, heap, run_log, safe_load
 from rc3.config import ConfigError
 from rc3.finetune.cli import build_parser
 from rc3.finetune.config import FREEZABLE, FinetuneConfig, load_finetune_config, save_finetune_config
@@ -336,7 +336,10 @@ class FinetuneRun:
         if not (path / TRAINER_STATE).is_file():
             raise FileNotFoundError(f"--resume: {path} is incomplete (no {TRAINER_STATE}); delete it and "
                                     "point checkpoints/latest at an earlier step_* directory")
-        self.accelerator.load_state(str(path))
+        # Accelerate unpickles custom states with weights_only=False and skips unreadable RNG states
+        # silently: load weights-only (rc3.safe_load), a tampered file stops the resume naming it
+        with safe_load.weights_only_loading():
+            self.accelerator.load_state(str(path))
         state = json.loads((path / TRAINER_STATE).read_text())
         scheduler.load_state_dict(state.pop("scheduler"))
         self.print(f"[{self.cfg.task}] resumed from {path}")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from rc3 import atomic, rng
+from rc3 import atomic, rng, safe_load
 from rc3 import distributed as comm
 from rc3.pretrain import fault_injection
 
@@ -146,8 +146,14 @@ class CheckpointManager:
             raise CheckpointError(f"{path} was written by {meta['world_size']} ranks, this run has {world}; "
                                   "resume with the same number of ranks (or convert it with "
                                   "tools/zero_to_safetensors.py and start a new run from the model directory)")
-        loaded, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+        # DeepSpeed unpickles its state files with weights_only=False: read them weights-only instead
+        # (rc3.safe_load), so a tampered file is refused, naming it, before anything in it runs
+        try:
+            with safe_load.weights_only_loading():
+                loaded, client = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
+                                                        load_lr_scheduler_states=True)
+        except safe_load.UnsafeCheckpointError as err:
+            raise CheckpointError(str(err)) from None
         if loaded is None:
             raise CheckpointError(f"DeepSpeed could not load {path}")
         if restore_rng:

@@ -6,23 +6,21 @@ Reads RUN_DIR/checkpoints/<tag> (default: the newest complete one, as --resume p
 ZeRO stage, rebuilds the architecture from RUN_DIR/model_card (rc3_config.json + tokenizer files), fills
 it with DeepSpeed's consolidated fp32 weights, checks every tensor is there, and writes OUT_DIR
 (rc3_config.json, model.safetensors, tokenizer files), which RC3Model.from_pretrained loads without
-DeepSpeed. The checkpoint files are read with torch.load(weights_only=True); only the few DeepSpeed
-bookkeeping classes a ZeRO checkpoint stores are allowed through.
+DeepSpeed. The checkpoint files are read with torch.load(weights_only=True) (rc3.safe_load); only the
+few DeepSpeed bookkeeping classes a ZeRO checkpoint stores are allowed through, anything else is refused
+naming the file.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import pickle
 from pathlib import Path
-from typing import Iterator
-from unittest import mock
 
 import torch
 
 from rc3.modeling import RC3Model
 from rc3.modeling.model import RC3_CONFIG_FILE
 from rc3.pretrain.checkpoints import CheckpointManager
+from rc3.safe_load import UnsafeCheckpointError, weights_only_loading
 
 
 class CheckpointError(ValueError):
@@ -57,28 +55,6 @@ def available_tags(ckpt_root: Path) -> list[str]:
     return sorted(p.name for p in ckpt_root.iterdir() if p.is_dir())
 
 
-def _deepspeed_checkpoint_classes() -> list:
-    """The non-tensor classes DeepSpeed pickles into ZeRO checkpoints (enum, loss-scaler state, fragment ids)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
-
-
-@contextlib.contextmanager
-def weights_only_loading() -> Iterator[None]:
-    """Make DeepSpeed's loaders use torch.load(weights_only=True) with only its own classes allowed."""
-    original = torch.load
-
-    def load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return original(*args, **kwargs)
-
-    with torch.serialization.safe_globals(_deepspeed_checkpoint_classes()), mock.patch.object(torch, "load", load):
-        yield
-
-
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """DeepSpeed's fp32 consolidation of a ZeRO 1/2/3 checkpoint, errors naming the checkpoint."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -86,9 +62,8 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     try:
         with weights_only_loading():
             return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"checkpoint {tag_dir} holds pickled objects beyond tensors and plain values, "
-                              f"which are not loaded: {str(err).splitlines()[-1]}") from None
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {tag_dir} cannot be consolidated ({type(err).__name__}: {err}); "
                               "it may be incomplete (a rank did not finish writing): pick another --tag") from None
