@@ -8,7 +8,9 @@
     rc3 classify MODEL --image left.jpg --image2 right.jpg --text "..." --lang id   # MaRVL head
     rc3 translate MODEL --text "a dog runs" --src en --tgt de [--image 1.jpg] [--num-beams 4]
 
-Also `python -m rc3.cli ...`. Errors (missing files, wrong model kind) print one line and exit 2.
+Also `python -m rc3.cli ...`. Errors (missing files, wrong model kind, an empty --text/--query) print one
+line and exit 2; a text longer than the model reads prints a warning with its length in pieces. Files
+under --image-dir that are not images (or cannot be read) are listed on stderr and the rest is used.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import html
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -40,13 +43,54 @@ def _images_of(args: argparse.Namespace) -> list[str]:
         root = Path(args.image_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"--image-dir {root}: no such folder")
-        images += sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found, skipped = scan_image_dir(root)
+        _report_skipped(skipped, f"under --image-dir {root}")
+        if not found:
+            raise ValueError(f"--image-dir {root}: no usable image files"
+                             + (f" ({len(skipped)} skipped, listed above)" if skipped else " (the folder is empty)"))
+        images += found
     return images
 
 
+def scan_image_dir(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files under `root` (sorted) and the other files with why each is left out.
+
+    Every file is looked at, not only those named like images: a stray or broken file is listed as
+    "not an image" / "unreadable (...)" rather than dropped unseen or, named *.jpg, stopping a whole
+    index later with an error about the step that first touched it. Hidden files are ignored."""
+    from rc3.data.images import image_file_problem
+
+    found, skipped = [], []
+    for p in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts) or p.is_dir():
+            continue
+        problem = image_file_problem(p)
+        if problem is None:
+            found.append(str(p))
+        else:
+            skipped.append((str(p), problem))
+    return found, skipped
+
+
+def _report_skipped(skipped: Sequence[tuple[str, str]], where: str) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) {where}:\n" + "\n".join(f"  {name}: {why}" for name, why in skipped),
+              file=sys.stderr, flush=True)
+
+
+def _checked_texts(texts: Sequence[str], flag: str) -> list[str]:
+    """`texts` given as `flag` on the command line; an empty or whitespace-only one is an error naming it."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise ValueError(f"{flag}: text {i + 1} of {len(texts)} is {'empty' if not text else 'whitespace only'} "
+                             f"({text!r}); give a non-empty text")
+    return list(texts)
+
+
 def _texts_of(args: argparse.Namespace) -> list[str]:
-    texts = list(args.text or [])
+    texts = _checked_texts(list(args.text or []), getattr(args, "text_flag", "--text"))
     if getattr(args, "text_file", None):
+        # blank lines separate nothing in a file of texts: they are skipped, as always
         texts += [ln.rstrip("\n") for ln in Path(args.text_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
     return texts
 
@@ -95,9 +139,12 @@ def cmd_index(args: argparse.Namespace) -> None:
     images = _images_of(args)
     if not images:
         raise ValueError("index: give --image/--image-list/--image-dir")
-    index = m.build_index(images)
+    unreadable: list[tuple[str, str]] = []
+    index = m.build_index(images, on_unreadable=lambda name, why: unreadable.append((name, why)))
+    _report_skipped(unreadable, "that could not be read")
     index.save(args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {len(index)} images, {index.embeddings.shape[1]}-d, visual mode {index.mode}")
+    print(f"wrote {args.out}: {len(index)} images, {index.embeddings.shape[1]}-d, visual mode {index.mode}"
+          + (f" ({len(unreadable)} unreadable skipped)" if unreadable else ""))
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -158,6 +205,8 @@ def cmd_classify(args: argparse.Namespace) -> None:
                 cols = ln.split("\t")
                 if len(cols) not in (2, 3):
                     raise ValueError(f"{args.tsv}: lines are image<TAB>text or image1<TAB>image2<TAB>text, got {ln!r}")
+                if not cols[-1].strip():
+                    raise ValueError(f"{args.tsv}: the text of line {ln!r} is empty; give a non-empty text")
                 images.append(cols[0] if len(cols) == 2 else (cols[0], cols[1]))
                 texts.append(cols[-1])
     if args.image2:
@@ -204,11 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     def images(p: argparse.ArgumentParser) -> None:
         p.add_argument("--image", action="append", help="an image file or feature-store key (repeatable)")
         p.add_argument("--image-list", help="a file with one image path/key per line")
-        p.add_argument("--image-dir", help="every image file under this folder")
+        p.add_argument("--image-dir", help="every image file under this folder (other files are listed and skipped)")
 
     def texts(p: argparse.ArgumentParser, flag: str = "--text") -> None:
         p.add_argument(flag, "--text" if flag != "--text" else "-t", dest="text", action="append", help="a text (repeatable)")
         p.add_argument("--text-file", help="a file with one text per line")
+        p.set_defaults(text_flag=flag)
 
     p = sub.add_parser("embed", help="embeddings of texts and/or images")
     common(p)
@@ -259,10 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: Optional[str] = None) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
+    from rc3.inference import TextTruncatedWarning
+
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            # a truncated text is worth one plain line on stderr, not a source location
+            warnings.simplefilter("always", TextTruncatedWarning)
+            warnings.showwarning = _show_warning
+            args.func(args)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {msg}", file=sys.stderr)

@@ -41,9 +41,10 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ from tqdm.auto import tqdm
 
 from rc3.data.collate import pad_batch
 from rc3.data.features import normalise_boxes
-from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, load_image, resize_uint8
+from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, load_image, resize_uint8
 from rc3.finetune.common import ImageLocator, VisualSource, key_candidates, pad_regions
 from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, TaskModel
 from rc3.finetune.readers.xvnli import LABELS as XVNLI_LABELS
@@ -65,6 +66,10 @@ from rc3.tokenization import RC3Tokenizer, check_lang
 
 ImageInput = Union[str, os.PathLike, Image.Image, Mapping[str, Any]]
 K = Union[int, Literal["all"]]
+
+
+class TextTruncatedWarning(UserWarning):
+    """A text had more pieces than the model reads (max_text_len); only its beginning was used."""
 PROGRESS_MIN = 256  # inputs shorter than this get no progress bar
 INDEX_META, INDEX_FAISS, INDEX_VISUAL = "index.json", "index.faiss", "visual.safetensors"
 INDEX_FORMAT = 1
@@ -232,15 +237,34 @@ class RC3Inference:
         for a in self._bar(starts, len(starts), desc, items=n):
             yield range(a, min(a + self.batch_size, n))
 
-    def encode_texts(self, texts: Sequence[str], lang: str | Sequence[str]) -> list[list[int]]:
-        """Encoder ids `[BOS] pieces [LANG]` of each text (lang: one code, or one per text)."""
+    def encode_texts(self, texts: Sequence[str], lang: str | Sequence[str], what: str = "texts") -> list[list[int]]:
+        """Encoder ids `[BOS] pieces [LANG]` of each text (lang: one code, or one per text).
+
+        An empty or whitespace-only text is an error naming it (`what`[i]): it would be encoded as
+        [BOS] [LANG] alone and give an embedding, a label or a translation of nothing. A text longer
+        than `max_text_len` is cut to its first max_text_len - 2 pieces, with a TextTruncatedWarning
+        saying so: the model never sees the rest, which the caller should know."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"{what}[{i}] is a {type(text).__name__}, not a str")
+            if not text.strip():
+                raise ValueError(f"{what}[{i}] is {'empty' if not text else 'whitespace only'} ({text!r}); "
+                                 "give a non-empty text")
         langs = [lang] * len(texts) if isinstance(lang, str) else list(lang)
         if len(langs) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(langs)} languages")
+            raise ValueError(f"{len(texts)} {what} but {len(langs)} languages")
         for code in set(langs):
             check_lang(code)
-        return self.tokenizer.encode_many(texts, langs, self.max_text_len)
+        limit = self.max_text_len - 2  # [BOS] and the language tag take two of the model's positions
+        out = []
+        for i, (pieces, code) in enumerate(zip(self.tokenizer.segment(texts), langs)):
+            if len(pieces) > limit:
+                warnings.warn(f"{what}[{i}] is {len(pieces)} pieces long, over the limit of {limit} pieces "
+                              f"(max_text_len {self.max_text_len} less [BOS] and the language tag); only its first "
+                              f"{limit} pieces are used", TextTruncatedWarning, stacklevel=3)
+            out.append(self.tokenizer.encoder_ids(pieces, code, self.max_text_len)[0])
+        return out
 
     def _text_batch(self, ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
         batch, mask = pad_batch(list(ids), self.tokenizer.pad_id)
@@ -298,8 +322,8 @@ class RC3Inference:
             if path.is_file() and (self.needs_pixels or self.detector_weights is not None):
                 try:
                     img = load_image(path.read_bytes())
-                except ValueError as err:
-                    raise ValueError(f"{path}: {err}") from None
+                except ImageDecodeError as err:
+                    raise ImageDecodeError(f"{path}: {err}") from None
             elif not path.is_file() and (self.needs_pixels or self.source is None):
                 raise FileNotFoundError(f"image {str(item)!r}: no such file" + (
                     f" (nor under {self.locator.root})" if self.locator is not None else "")
@@ -356,7 +380,10 @@ class RC3Inference:
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str], lang: str | Sequence[str]) -> Tensor:
         """L2-normalised text embeddings [N, D] (TR, through the ITR projection when the model has one)."""
-        ids = self.encode_texts(texts, lang)
+        return self._embed_ids(self.encode_texts(texts, lang))
+
+    @torch.inference_mode()
+    def _embed_ids(self, ids: Sequence[Sequence[int]]) -> Tensor:
         # Batches of similar lengths (padding is wasted work), results put back in the input order.
         order = sorted(range(len(ids)), key=lambda j: len(ids[j]))
         out = []
@@ -423,15 +450,33 @@ class RC3Inference:
         return self._pair_scores(visual, ids, i, t)
 
     # ---- retrieval ---------------------------------------------------------------------------
-    def build_index(self, images: Sequence[ImageInput], names: Optional[Sequence[str]] = None) -> ImageIndex:
-        """Embed `images` and put them into an exact inner-product FAISS index (saved with `.save(dir)`)."""
+    def build_index(self, images: Sequence[ImageInput], names: Optional[Sequence[str]] = None,
+                    on_unreadable: Optional[Callable[[str, str], None]] = None) -> ImageIndex:
+        """Embed `images` and put them into an exact inner-product FAISS index (saved with `.save(dir)`).
+
+        With `on_unreadable`, an image file that cannot be read or decoded is left out and reported
+        as on_unreadable(name, reason) instead of stopping the whole index (a folder of photos often
+        holds a broken download or a stray file); missing ROI features still stop it."""
         images = list(images)
         if not images:
             raise ValueError("build_index: no images")
         names = [self.image_name(x, i) for i, x in enumerate(images)] if names is None else list(names)
         if len(names) != len(images):
             raise ValueError(f"build_index: {len(names)} names for {len(images)} images")
-        visual = self.load_images(images)
+        if on_unreadable is None:
+            visual = self.load_images(images)
+        else:
+            visual, kept = [], []
+            for name, item in zip(names, self._bar(images, len(images), "load images")):
+                try:
+                    visual.append(self.load_image(item))
+                except (ImageDecodeError, PermissionError, IsADirectoryError) as err:
+                    on_unreadable(name, str(err).removeprefix(f"{name}: "))
+                    continue
+                kept.append(name)
+            names = kept
+            if not visual:
+                raise ValueError(f"build_index: none of the {len(images)} images could be read")
         with torch.inference_mode():
             emb = self._embed_loaded(visual)
         index = FaissIndex(emb.shape[1])
@@ -459,7 +504,8 @@ class RC3Inference:
         if k != "all" and (not isinstance(k, int) or k < 1):
             raise ValueError(f"k must be a positive int or 'all', got {k!r}")
         queries = [queries] if isinstance(queries, str) else list(queries)
-        q_emb = self.embed_texts(queries, lang)
+        text_ids = self.encode_texts(queries, lang, "queries")  # once: a truncation is reported once
+        q_emb = self._embed_ids(text_ids)
         exhaustive = k == "all" or k >= len(index)
         if not rerank:
             kk = len(index) if exhaustive else int(k)
@@ -467,7 +513,6 @@ class RC3Inference:
             ids, sims = rank_candidates(ids, sims)
             return [[Hit(r, int(i), index.names[int(i)], float(s), float(s)) for r, (i, s) in enumerate(zip(row_i, row_s))]
                     for row_i, row_s in zip(ids, sims)]
-        text_ids = self.encode_texts(queries, lang)
 
         def rerank_fn(q_idx: Tensor, cands: Tensor) -> Tensor:
             return self._pair_scores(index.visual, text_ids, cands, q_idx[:, None].expand_as(cands))

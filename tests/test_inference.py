@@ -424,3 +424,94 @@ def test_search_html_page_shows_every_result_with_its_thumbnail(dirs: dict[str, 
                    capture_output=True, timeout=120, check=True)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (1400, 1000) and pixels.std() > 5  # something was drawn, not a blank page
+
+
+# ---- user input errors ---------------------------------------------------------------------------
+def test_empty_texts_are_errors_naming_the_argument(dirs: dict[str, Path], data: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from rc3.cli import main
+    from rc3.inference import load
+
+    feats = [data / "features.h5"]
+    itr = load(dirs["itr"], features=feats, progress=False)
+    with pytest.raises(ValueError, match=r"^texts\[1\] is whitespace only \(' \\t'\); give a non-empty text$"):
+        itr.embed_texts(["a dog", " \t"], "en")
+    index = itr.build_index(["im0", "im1"])
+    with pytest.raises(ValueError, match=r"^queries\[0\] is empty \(''\)"):
+        itr.search(index, ["", "a dog"], "en")
+    with pytest.raises(ValueError, match=r"^texts\[0\] is whitespace only"):
+        load(dirs["xvnli"], features=feats, progress=False).classify(["im0"], ["  "], "en")
+    with pytest.raises(ValueError, match=r"^texts\[0\] is empty"):
+        load(dirs["mmt"], features=feats, progress=False).translate([""], src="en", tgt="de")
+    cli = ["--features", str(data / "features.h5"), "--quiet"]
+    for argv, flag in ((["embed", str(dirs["itr"]), "--text", "a dog", "--text", "  "], "--text: text 2 of 2"),
+                       (["search", str(dirs["itr"]), "--image", "im0", "--query", ""], "--query: text 1 of 1"),
+                       (["translate", str(dirs["mmt"]), "--src", "en", "--tgt", "de", "--text", " "], "--text: text 1")):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, *cli])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and flag in err and "give a non-empty text" in err, err
+
+
+def test_long_texts_are_truncated_with_a_warning(dirs: dict[str, Path], data: Path, tokenizer,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from rc3.cli import main
+    from rc3.inference import TextTruncatedWarning, load
+
+    long_text = " ".join(CAPTIONS * 3)
+    n = len(tokenizer.segment([long_text])[0])
+    m = load(dirs["itr"], max_text_len=10, progress=False)
+    assert n > 8
+    with pytest.warns(TextTruncatedWarning, match=rf"^texts\[1\] is {n} pieces long, over the limit of 8 pieces "
+                                                  r"\(max_text_len 10 less \[BOS\] and the language tag\)"):
+        got = m.embed_texts([CAPTIONS[0], long_text], "en")
+    ids = tokenizer.encode(long_text, "en", 10)
+    assert len(ids) == 10
+    ref = ITRModel.from_pretrained(dirs["itr"]).eval()
+    with torch.no_grad():
+        want = ref.text_embeddings(torch.tensor([ids]), torch.ones(1, 10, dtype=torch.bool))
+    torch.testing.assert_close(got[1:], want, rtol=1e-4, atol=1e-5)  # the first 8 pieces, as the model reads them
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a text within the limit warns about nothing
+        m.embed_texts([CAPTIONS[0]], "en")
+    very_long = " ".join(CAPTIONS * 8)
+    pieces = len(tokenizer.segment([very_long])[0])
+    assert pieces > 78
+    main(["embed", str(dirs["itr"]), "--text", very_long, "--quiet"])
+    err = capsys.readouterr().err
+    assert f"warning: texts[0] is {pieces} pieces long, over the limit of 78 pieces" in err, err
+
+
+def test_index_of_a_folder_skips_and_lists_files_that_are_not_images(dirs: dict[str, Path], data: Path,
+                                                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rc3.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted((data / "img").iterdir()):
+        photos.joinpath(f.name).write_bytes(f.read_bytes())
+    (photos / "notes.jpg").write_text("not a picture, a note saved with the wrong name\n")
+    (photos / "README.txt").write_text("holiday photos\n")
+    (photos / "empty.png").write_bytes(b"")
+    main(["index", str(dirs["itr"]), "--image-dir", str(photos), "--out", str(tmp_path / "idx"),
+          "--features", str(data / "features.h5"), "--quiet"])
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "9 images" in captured.out, captured
+    assert f"{photos / 'notes.jpg'}: not an image\n" in captured.err
+    assert f"{photos / 'README.txt'}: not an image\n" in captured.err
+    assert f"{photos / 'empty.png'}: not an image (empty file)" in captured.err
+    assert "skipped 3 file(s) under --image-dir" in captured.err
+    # Pixels are decoded when indexed: a file whose header is fine but whose data is cut is found then.
+    good = (data / "img" / "im0.jpg").read_bytes()
+    (photos / "sub").mkdir()
+    (photos / "sub" / "cut.jpg").write_bytes(good[: len(good) // 3])  # a broken download
+    main(["index", str(dirs["itr_patch"]), "--image-dir", str(photos), "--out", str(tmp_path / "idx2"), "--quiet"])
+    captured = capsys.readouterr()
+    assert "9 images" in captured.out and "(1 unreadable skipped)" in captured.out, captured
+    assert f"{photos / 'sub' / 'cut.jpg'}: not a decodable image" in captured.err
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "a.jpg").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main(["index", str(dirs["itr_patch"]), "--image-dir", str(tmp_path / "none"), "--out", str(tmp_path / "i3")])
+    assert exit_.value.code == 2 and "no usable image files (1 skipped, listed above)" in capsys.readouterr().err

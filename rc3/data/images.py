@@ -8,11 +8,13 @@ scaled to [0, 1] and normalised with the ImageNet mean / std.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +41,31 @@ def load_image(data: bytes, draft_size: int | None = None) -> Image.Image:
         return img if img.mode == "RGB" else img.convert("RGB")
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise ImageDecodeError(f"not a decodable image ({type(exc).__name__}: {exc})") from exc
+
+
+def image_file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be used as an image ("not an image", "unreadable (...)", ...), or None when it can.
+
+    Reads the header and lets Pillow verify the file without decoding the pixels, so a folder can be
+    screened before indexing: a stray text file, an empty download or a file without read permission
+    is named instead of ending a long run with an error about whatever step first touched it.
+    """
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            if not f.read(1):
+                return "not an image (empty file)"
+            f.seek(0)
+            try:
+                with Image.open(f) as img:
+                    img.verify()
+            except UnidentifiedImageError:
+                return "not an image"
+            except Exception as exc:  # Pillow's verify raises OSError, SyntaxError, struct.error, ...
+                return f"not a decodable image ({type(exc).__name__}: {exc})"
+    except OSError as exc:
+        return f"unreadable ({type(exc).__name__}: {exc.strerror or exc})"
+    return None
 
 
 def resize_uint8(img: Image.Image, size: int) -> torch.Tensor:
