@@ -365,3 +365,38 @@ def test_build_ds_combined_from_img2dataset_output(tmp_path: Path, ds_inputs: di
         key = next(k for k in samples if k.startswith(image_id.replace(".", "_")))
         assert samples[key].image.getpixel((5, 5))[0] == pytest.approx(60 * n, abs=12)
     assert set(Path(tempfile.gettempdir()).glob("rc3-images-*.sqlite")) <= temp_before  # the index is removed
+
+
+def test_empty_inputs_exit_non_zero_naming_the_file(tmp_path: Path, ds_inputs: dict,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """An empty captions / parallel / WikiMatrix / WIT file is refused before anything is written,
+    instead of "written: 0 samples in 0 shard(s)" and exit status 0."""
+    from rc3.tools.build_shards import main
+
+    empty_en = tmp_path / "empty.en.tsv"
+    empty_en.write_bytes(b"")
+    blank_de = tmp_path / "blank.de.tsv"
+    blank_de.write_text("\n  \n\t\n")
+    empty_gz = tmp_path / "WikiMatrix.de-en.tsv.gz"
+    with gzip.open(empty_gz, "wt", encoding="utf-8"):
+        pass
+    wit_header = tmp_path / "wit.tsv"
+    wit_header.write_text("language\tpage_url\timage_url\tcaption_reference_description\n")
+    (tmp_path / "wit_images").mkdir()
+    feats, de = str(ds_inputs["features"]), str(ds_inputs["captions"]["de"])
+    cases = [
+        (["ds", "--captions", f"en={empty_en}", f"de={de}", "--features", feats], f"caption file for 'en' {empty_en} is empty"),
+        (["ds", "--captions", f"en={ds_inputs['captions']['en']}", f"de={blank_de}", "--features", feats],
+         f"caption file for 'de' {blank_de} is empty (no line with text)"),
+        (["dt", "--wikimatrix", "de", "en", str(empty_gz)], f"WikiMatrix TSV {empty_gz} is empty"),
+        (["dt", "--parallel", "en", "de", str(empty_en), str(blank_de)], f"line-aligned text file {empty_en} is empty"),
+        (["dt", "--captions", f"en={empty_en}", f"de={de}"], f"caption file for 'en' {empty_en} is empty"),
+        (["dw", "--wit", str(wit_header), "--images", str(tmp_path / "wit_images")],
+         f"WIT TSV {wit_header} is empty (no row after its header line)"),
+    ]
+    for i, (argv, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        assert main([*argv, "--out", str(out), "--no-progress"]) == 2, argv
+        captured = capsys.readouterr()
+        assert message in captured.err, (argv, captured.err)
+        assert "0 shard(s)" not in captured.out and not out.exists(), argv

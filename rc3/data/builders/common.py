@@ -90,6 +90,27 @@ def require_file(path: Path, what: str) -> Path:
     return p
 
 
+def require_input(path: Path, what: str, header: bool = False) -> Path:
+    """`require_file`, and the file must hold a line with text (after a header line when `header`).
+
+    An empty input (a failed download, a wrong glob, a file truncated to nothing) otherwise builds
+    "0 samples in 0 shard(s)" and exits 0, and the run that reads those shards fails far from the cause.
+    Reads only up to the first such line (through gzip for *.gz)."""
+    p = require_file(path, what)
+    try:
+        with open_text(p) as fh:
+            lines = (line for line in fh if line.strip())
+            if header:
+                next(lines, None)
+            if next(lines, None) is not None:
+                return p
+    except (OSError, UnicodeDecodeError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{what} {p} cannot be read as UTF-8 text ({type(exc).__name__}: {exc})") from None
+    rows = "no row after its header line" if header else "no line with text"
+    raise ValueError(f"{what} {p} is empty ({rows}): there is nothing to build shards from; check the path "
+                     "or fetch the file again")
+
+
 def open_text(path: Path) -> IO[str]:
     """Open a UTF-8 text file, transparently gunzipping `*.gz`."""
     p = Path(path)
@@ -171,7 +192,7 @@ class CaptionJoin:
         if not captions:
             raise ValueError("no caption files given; pass at least one {lang: path}")
         for lang, path in captions.items():
-            require_file(path, f"caption file for {lang!r}")
+            require_input(path, f"caption file for {lang!r}")
             caption_format(path)
         self.langs = list(captions)
         self.driver = "en" if "en" in captions else self.langs[0]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rc3.data.builders.common import BuildStats, CaptionJoin, caption_format, require_file, safe_key, start_progress, to_jpeg_bytes
+from rc3.data.builders.common import BuildStats, CaptionJoin, caption_format, require_input, safe_key, start_progress, to_jpeg_bytes
 from rc3.data.builders.float16 import all_finite_float16, rois_float16
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.features import open_feature_store
@@ -160,7 +160,7 @@ def build_ds(
 
     captions = {lang: Path(p) for lang, p in captions.items()}
     for lang, path in captions.items():  # validate every input before creating anything
-        require_file(path, f"caption file for {lang!r}")
+        require_input(path, f"caption file for {lang!r}")
         caption_format(path)
     if images_dir is not None and not Path(images_dir).is_dir():
         raise FileNotFoundError(f"images_dir {images_dir} is not a directory")

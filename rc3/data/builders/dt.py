@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rc3.data.builders.common import BuildStats, CaptionJoin, clean_text, open_text, require_file, start_progress
+from rc3.data.builders.common import BuildStats, CaptionJoin, clean_text, open_text, require_input, start_progress
 from rc3.data.schemas import encode_dt
 from rc3.data.shard_writer import ShardWriter
 
@@ -55,7 +55,7 @@ class WikiMatrixSource(DtSource):
         return f"WikiMatrix {self.src_lang}-{self.tgt_lang} {self.path}"
 
     def check(self) -> None:
-        require_file(Path(self.path), "WikiMatrix TSV")
+        require_input(Path(self.path), "WikiMatrix TSV")
         _check_langs(self.src_lang, self.tgt_lang, self.describe())
 
     def pairs(self, stats: BuildStats) -> Iterator[Pair]:
@@ -91,7 +91,7 @@ class LineAlignedSource(DtSource):
         _check_langs(self.src_lang, self.tgt_lang, self.describe())
         counts = []
         for path in (self.src_path, self.tgt_path):
-            require_file(Path(path), "line-aligned text file")
+            require_input(Path(path), "line-aligned text file")
             with open_text(Path(path)) as fh:
                 counts.append(sum(1 for _ in fh))
         if counts[0] != counts[1]:
@@ -126,7 +126,7 @@ class CaptionPairsSource(DtSource):
         if len(self.captions) < 2:
             raise ValueError(f"{self.describe()}: need caption files in >= 2 languages")
         for lang, path in self.captions.items():
-            require_file(Path(path), f"caption file for {lang!r}")
+            require_input(Path(path), f"caption file for {lang!r}")
         for a, b in self._pairs_wanted():
             _check_langs(a, b, self.describe())
             if a not in self.captions or b not in self.captions:

@@ -44,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 from webdataset.tariterators import base_plus_ext
 
-from rc3.data.builders.common import BuildStats, clean_text, open_text, require_file, start_progress, to_jpeg_bytes
+from rc3.data.builders.common import BuildStats, clean_text, open_text, require_file, require_input, start_progress, to_jpeg_bytes
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.schemas import encode_dw
 from rc3.data.shard_writer import ShardWriter, encode_tar_sample
@@ -274,7 +274,7 @@ def build_dw(
     # the text source is part of what a resumed build must share with the interrupted one
     builder = "dw" if text_source == "reference" else f"dw ({text_source} texts)"
     for path in wit_tsvs:
-        require_file(Path(path), "WIT TSV")
+        require_input(Path(path), "WIT TSV", header=True)
     if not Path(images).is_dir():
         raise FileNotFoundError(f"images {images} is not a directory (expected img2dataset output or an image folder)")
     langs = tuple(langs)
