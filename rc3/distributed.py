@@ -191,6 +191,9 @@ def init_from_launcher(timeout_s: float = 1800.0) -> None:
     """
     import os
 
+    from rc3.op_cache import use_environment_extension_dir
+
+    use_environment_extension_dir()  # gloo ranks build/load DeepSpeed's shm op in init_distributed
     import deepspeed
 
     if is_initialized():

@@ -38,3 +38,43 @@ def test_a_failed_build_is_named_and_fails_only_when_strict(monkeypatch, capsys)
     assert build_ops.build(["CPUAdamBuilder"], strict=True) == 1
     assert build_ops.build(["NoSuchBuilder"], strict=True) == 0
     assert "NoSuchBuilder: not available" in capsys.readouterr().out
+
+
+def test_kernel_cache_lives_in_the_environment_unless_the_user_chose_one(monkeypatch, tmp_path) -> None:
+    """TORCH_EXTENSIONS_DIR: <sys.prefix>/torch_extensions when unset (so two virtual environments never
+    rebuild each other's kernels), the user's choice when set, for every entry point that builds ops."""
+    import os
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from rc3 import distributed
+    from rc3.config import load_config
+    from rc3.op_cache import use_environment_extension_dir
+    from rc3.pretrain.engine import build_optimizer
+    from rc3.tools import build_ops
+
+    assert sys.prefix != sys.base_prefix  # the tests run in the project's virtual environment
+    venv_cache = str(Path(sys.prefix) / "torch_extensions")
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert use_environment_extension_dir() == venv_cache == os.environ["TORCH_EXTENSIONS_DIR"]
+    assert Path(os.environ["TORCH_EXTENSIONS_DIR"]).is_relative_to(sys.prefix)
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    assert use_environment_extension_dir() == str(tmp_path / "mine")
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")
+
+    # the entry points: the ahead-of-time build, the start of every launch, the optimizer's kernels
+    monkeypatch.setattr(build_ops, "build", lambda names, strict=False: 0)
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)
+    cfg = load_config(None, ["data.ds_shards=x", "data.dw_shards=x", "data.dt_shards=x"])
+    model = torch.nn.Linear(2, 2)
+    for enter in (lambda: build_ops.main([]), distributed.init_from_launcher,
+                  lambda: build_optimizer(model, cfg, on_gpu=False, offload=False)):
+        monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+        enter()
+        assert os.environ.get("TORCH_EXTENSIONS_DIR") == venv_cache
+        monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+        enter()
+        assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from rc3.config import ConfigError, RC3Config
+from rc3.op_cache import use_environment_extension_dir
 from rc3.optim import lr_factor, param_groups, use_bf16
 
 log = logging.getLogger("rc3.train")
@@ -103,6 +104,7 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
     With `fused_adam` (a preset with `"optimizer": {"type": "FusedAdam"}`, see preset_fused_adam) the
     same Adam(W) is DeepSpeed's FusedAdam on GPU (its CUDA kernel is also built on first use); on the
     CPU, where that kernel does not exist, torch's optimizer is used and a warning says so."""
+    use_environment_extension_dir()  # CPU Adam / FusedAdam compile into this environment's cache
     o = cfg.optim
     groups = param_groups(model.named_parameters(), o.weight_decay)
     if offload:

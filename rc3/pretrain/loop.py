@@ -35,6 +35,7 @@ from rc3 import heap, perf, rng
 from rc3.config import RC3Config, save_config
 from rc3.modeling import build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
+from rc3.op_cache import use_environment_extension_dir
 from rc3.pretrain import fault_injection
 from rc3.pretrain.checkpoints import Checkpointer, CheckpointError, CheckpointManager
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
@@ -95,6 +96,7 @@ class Run:
 
 
 def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
+    use_environment_extension_dir()  # before DeepSpeed is imported and builds or loads any op (rc3.op_cache)
     with heap.collector_paused():  # DeepSpeed's imports are long-lived too (rc3.heap)
         import deepspeed
 

@@ -1,0 +1,43 @@
+"""Keep DeepSpeed's just-in-time kernels in this Python environment, not in a per-user cache.
+
+DeepSpeed compiles its C++/CUDA ops (shared-memory all-reduce on CPU ranks, CPU Adam, FusedAdam)
+through torch's extension loader, which caches them under ``$TORCH_EXTENSIONS_DIR`` or else
+``~/.cache/torch_extensions``. A cache entry is keyed by the op's name only, while its build files
+name one environment's torch and include paths: two virtual environments on one machine then
+rebuild each other's kernels on every switch (minutes each, with every rank of a job queued on the
+cache's lock meanwhile), or load a kernel built against another torch.
+
+``use_environment_extension_dir()`` points the cache at ``<sys.prefix>/torch_extensions`` unless the
+user chose a directory. Every entry point that may build or load an op calls it before DeepSpeed
+does: ``rc3.tools.build_ops`` (the ahead-of-time build), ``rc3.distributed.init_from_launcher`` (the
+shared-memory op of every CPU launch) and ``rc3.pretrain.engine.build_optimizer`` (CPU Adam,
+FusedAdam). Child processes (the ranks of a launch, data workers) inherit the variable.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+VARIABLE = "TORCH_EXTENSIONS_DIR"
+
+
+def environment_extension_dir() -> Path:
+    """Where this environment's kernels are cached when the user has not chosen: inside sys.prefix."""
+    return Path(sys.prefix) / "torch_extensions"
+
+
+def use_environment_extension_dir() -> str | None:
+    """Set TORCH_EXTENSIONS_DIR to this environment's cache unless it is set; returns the value in force.
+
+    Only inside a virtual (or conda) environment that this user may write: a system interpreter's
+    prefix (/usr) is shared by everyone and not ours to fill, so there torch's per-user default stays.
+    """
+    if os.environ.get(VARIABLE):
+        return os.environ[VARIABLE]
+    prefix = Path(sys.prefix)
+    own_environment = sys.prefix != sys.base_prefix or os.environ.get("CONDA_PREFIX") == sys.prefix
+    if not own_environment or not os.access(prefix, os.W_OK):
+        return None
+    os.environ[VARIABLE] = str(environment_extension_dir())
+    return os.environ[VARIABLE]
