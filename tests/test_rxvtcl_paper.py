@@ -209,13 +209,9 @@ def _name_sequences(tok, samples, calls):
     return named
 
 
-@pytest.mark.parametrize("corpus,mode,k,how", [("ds", "roi", 1, "shift"), ("dw", "patch", 1, "shift"),
-                                               ("ds", "roi", 2, "random")])
-def test_every_encoded_sequence_is_the_papers(model, tokenizer, monkeypatch, corpus, mode, k, how):
-    samples = ds_samples() if corpus == "ds" else dw_samples()
-    batch = collate(tokenizer, corpus, samples)
-    keys = [s.key for s in samples]
-    pairs = dict(zip(keys, zip(batch["src_lang"], batch["tgt_lang"])))
+
+def spy_visual_encodes(monkeypatch) -> list:
+    """Record (input_ids, attention_mask, visual, visual_index) of every visio-textual encoder call."""
     calls = []
     real_encode = RC3Model.encode
 
@@ -225,6 +221,17 @@ def test_every_encoded_sequence_is_the_papers(model, tokenizer, monkeypatch, cor
         return real_encode(self, input_ids, attention_mask, visual, mode, visual_index)
 
     monkeypatch.setattr(RC3Model, "encode", spy)
+    return calls
+
+
+@pytest.mark.parametrize("corpus,mode,k,how", [("ds", "roi", 1, "shift"), ("dw", "patch", 1, "shift"),
+                                               ("ds", "roi", 2, "random")])
+def test_every_encoded_sequence_is_the_papers(model, tokenizer, monkeypatch, corpus, mode, k, how):
+    samples = ds_samples() if corpus == "ds" else dw_samples()
+    batch = collate(tokenizer, corpus, samples)
+    keys = [s.key for s in samples]
+    pairs = dict(zip(keys, zip(batch["src_lang"], batch["tgt_lang"])))
+    calls = spy_visual_encodes(monkeypatch)
     cfg = dataclasses.replace(ObjectivesConfig(), rxvtcl_other_triplets=k, rxvtcl_others=how)
     rxvtcl(model, batch, 0.5, cfg, mode, with_kl=False, generator=torch.Generator().manual_seed(4))
     named = _name_sequences(tokenizer, samples, calls)
@@ -280,15 +287,7 @@ def test_rxvtcl_on_ds_encodes_the_captions_not_the_mclm_input(model, tokenizer, 
         written = tokenizer.encode(s.captions[li], li, MAX_LEN)
         assert tokenizer.mask_id not in written
         assert tokenizer.mask_id in masked[real].tolist()
-    calls = []
-    real_encode = RC3Model.encode
-
-    def spy(self, input_ids, attention_mask, visual=None, mode=None, visual_index=None):
-        if visual is not None:
-            calls.append((input_ids, attention_mask, visual, visual_index))
-        return real_encode(self, input_ids, attention_mask, visual, mode, visual_index)
-
-    monkeypatch.setattr(RC3Model, "encode", spy)
+    calls = spy_visual_encodes(monkeypatch)
     cfg, p_avg = ObjectivesConfig(), 0.7
     objective = OBJECTIVES.get("rxvtcl_ds")
     result = objective.loss(ObjectiveContext(model, cfg, p_avg, torch.Generator().manual_seed(0)), dict(batch))
