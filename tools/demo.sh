@@ -15,7 +15,8 @@ NPROC=${NPROC:-2}
 STEPS=${STEPS:-300}
 
 echo "== 1/4 synthetic world -> $WORLD"
-if [ ! -f "$WORLD/world.json" ]; then
+# A world made before Dt held general-domain sentences (no wikimatrix_general_share in world.json) is rebuilt.
+if [ ! -f "$WORLD/world.json" ] || ! $PY -c 'import json, sys; sys.exit("wikimatrix_general_share" not in json.load(open(sys.argv[1]))["raw"]["dt"])' "$WORLD/world.json"; then
   $PY tools/make_synthetic.py --out "$WORLD" --force
 else
   echo "(already there)"
