@@ -54,6 +54,7 @@ PYEOF
 cat "$FT/results.md"
 cat <<'EXPECT'
 
+This run (pretraining seed 42) gave en 26.9, de 5.6, id 0.6, zh 5.6 when measured (README).
 What to expect (README, "What to expect"; 3 seeds): English 25-30 %, near the 26.9 % of answering by
 question type alone, and the zero-shot languages around the most frequent answer (de/id/zh mean
 12.8 +- 4.5; a random init finetuned the same way: 12.6 +- 1.1). At 300 pretraining steps image-text
