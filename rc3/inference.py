@@ -66,13 +66,15 @@ from rc3.tokenization import RC3Tokenizer, check_lang
 
 ImageInput = Union[str, os.PathLike, Image.Image, Mapping[str, Any]]
 K = Union[int, Literal["all"]]
+PROGRESS_MIN = 256  # inputs shorter than this get no progress bar
+INDEX_META, INDEX_FAISS, INDEX_VISUAL = "index.json", "index.faiss", "visual.safetensors"
+INDEX_FORMAT = 1
 
 
 class TextTruncatedWarning(UserWarning):
     """A text had more pieces than the model reads (max_text_len); only its beginning was used."""
-PROGRESS_MIN = 256  # inputs shorter than this get no progress bar
-INDEX_META, INDEX_FAISS, INDEX_VISUAL = "index.json", "index.faiss", "visual.safetensors"
-INDEX_FORMAT = 1
+
+
 # Label names of heads saved before the names were recorded in task_head.json.
 DEFAULT_LABELS = {"xvnli": list(XVNLI_LABELS), "marvl": ["false", "true"]}
 

@@ -10,8 +10,9 @@ cache's lock meanwhile), or load a kernel built against another torch.
 ``use_environment_extension_dir()`` points the cache at ``<sys.prefix>/torch_extensions`` unless the
 user chose a directory. Every entry point that may build or load an op calls it before DeepSpeed
 does: ``rc3.tools.build_ops`` (the ahead-of-time build), ``rc3.distributed.init_from_launcher`` (the
-shared-memory op of every CPU launch) and ``rc3.pretrain.engine.build_optimizer`` (CPU Adam,
-FusedAdam). Child processes (the ranks of a launch, data workers) inherit the variable.
+shared-memory op of every CPU launch), pretraining's set-up in ``rc3.pretrain.loop`` (before DeepSpeed
+is imported) and ``rc3.pretrain.engine.build_optimizer`` (CPU Adam, FusedAdam).
+Child processes (the ranks of a launch, data workers) inherit the variable.
 """
 from __future__ import annotations
 

@@ -18,23 +18,8 @@ import sys
 from pathlib import Path
 
 import torch
+from pickle_payload import tamper  # this folder is the script's sys.path[0]
 from torch import nn
-
-
-class Payload:
-    """Unpickling this runs a shell command that creates the marker file."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def tamper(path: Path, marker: str) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=False)  # our own fresh file, written just above
-    state["tampered"] = Payload(marker)
-    torch.save(state, path)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from typing import Optional
 
 import pytest
 import torch
+from pickle_payload import tamper
 
 from rc3.add_language import (
     AddLanguageOptions,
@@ -391,16 +392,6 @@ def test_new_rows_with_keep_hold_the_kept_languages_exactly(base: dict[str, Path
     assert 0 < rows < json.loads((english_only / "add_language.json").read_text())["training"]["trainable_embedding_rows"]
 
 
-class _Payload:
-    """Unpickling this runs a shell command that creates the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_resume_reads_state_weights_only(base: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run stopped after its last checkpoint resumes from it; a state.pt carrying a pickled payload is
     refused naming the file, and the payload never runs."""
@@ -424,10 +415,8 @@ def test_resume_reads_state_weights_only(base: dict[str, Path], tmp_path: Path, 
     work.mkdir()
     (work / "checkpoint").mkdir()
     state.write_bytes(intact)
-    saved = torch.load(state, map_location="cpu", weights_only=False)  # the test's own file
     marker = tmp_path / "ran"
-    saved["record"] = _Payload(marker)
-    torch.save(saved, state)
+    tamper(state, marker)
     with pytest.raises(ValueError, match=rf"^{state}: refuses to unpickle posix\.system \(not a tensor/allowed "
                                          r"type\); this file may have been tampered with — use an intact checkpoint$"):
         add_language(base["full"], pairs, tmp_path / "out2", opts, work_dir=work, resume=True, progress=False,

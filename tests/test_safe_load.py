@@ -18,29 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 from engine_fixtures import REPO, free_port
+from pickle_payload import Payload, tamper
 
 from rc3 import safe_load
 
 LINE = r"refuses to unpickle posix\.system \(not a tensor/allowed type\); this file may have been tampered with"
-
-
-class Payload:
-    """Unpickling this runs a shell command that creates the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def tamper(path: Path, marker: Path) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=False)  # the test's own fresh file
-    if isinstance(state, dict):
-        state["tampered"] = Payload(marker)
-    else:
-        state = (state, Payload(marker))
-    torch.save(state, path)
 
 
 def test_direct_load_refuses_a_payload_and_reads_tensors(tmp_path: Path) -> None:

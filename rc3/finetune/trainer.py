@@ -67,7 +67,6 @@ def _precision(cfg: FinetuneConfig) -> str:
     return "bf16" if use_bf16(cfg.train.precision) else "no"
 
 
-
 def _freezable(model: RC3Model) -> dict[str, list[nn.Parameter]]:
     enc = model.mbart.model.encoder
     return {
@@ -88,6 +87,7 @@ def freeze(model: RC3Model, parts: Sequence[str]) -> None:
             raise ValueError(f"model.freeze: {part!r} is not one of {', '.join(FREEZABLE)}")
         for p in table[part]:
             p.requires_grad_(False)
+
 
 class FinetuneRun:
     """Context of one finetuning run (see module docstring); use as `with FinetuneRun(cfg, save) as run:`."""
