@@ -13,14 +13,20 @@ does: ``rc3.tools.build_ops`` (the ahead-of-time build), ``rc3.distributed.init_
 shared-memory op of every CPU launch), pretraining's set-up in ``rc3.pretrain.loop`` (before DeepSpeed
 is imported) and ``rc3.pretrain.engine.build_optimizer`` (CPU Adam, FusedAdam).
 Child processes (the ranks of a launch, data workers) inherit the variable.
+
+A build that was killed (Ctrl-C, a timeout) leaves its ``lock`` file behind, and torch's loader then
+waits on it forever without a word; ``use_environment_extension_dir`` names such a lock on stderr.
 """
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 VARIABLE = "TORCH_EXTENSIONS_DIR"
+# A kernel builds in 1-2 minutes on two cores; a lock this old belongs to a build that was killed.
+STALE_LOCK_S = 600.0
 
 
 def environment_extension_dir() -> Path:
@@ -35,10 +41,35 @@ def use_environment_extension_dir() -> str | None:
     prefix (/usr) is shared by everyone and not ours to fill, so there torch's per-user default stays.
     """
     if os.environ.get(VARIABLE):
+        warn_stale_locks(Path(os.environ[VARIABLE]))
         return os.environ[VARIABLE]
     prefix = Path(sys.prefix)
     own_environment = sys.prefix != sys.base_prefix or os.environ.get("CONDA_PREFIX") == sys.prefix
     if not own_environment or not os.access(prefix, os.W_OK):
         return None
     os.environ[VARIABLE] = str(environment_extension_dir())
+    warn_stale_locks(environment_extension_dir())
     return os.environ[VARIABLE]
+
+
+def stale_locks(cache: Path, max_age_s: float = STALE_LOCK_S) -> list[Path]:
+    """Build locks under `cache` (<cache>/<op>/lock, torch's FileBaton) older than `max_age_s`."""
+    now = time.time()
+    found = []
+    for lock in sorted(cache.glob("*/lock")):
+        try:
+            if now - lock.stat().st_mtime > max_age_s:
+                found.append(lock)
+        except FileNotFoundError:  # the build finished while we looked
+            continue
+    return found
+
+
+def warn_stale_locks(cache: Path, max_age_s: float = STALE_LOCK_S) -> list[Path]:
+    """One line on stderr per stale lock: torch would wait on it forever, silently."""
+    found = stale_locks(cache, max_age_s)
+    for lock in found:
+        age = (time.time() - lock.stat().st_mtime) / 60
+        print(f"rc3: kernel build lock {lock} is {age:.0f} min old (an interrupted build); DeepSpeed will wait on "
+              f"it forever: if no build is running, remove it (rm {lock})", file=sys.stderr, flush=True)
+    return found

@@ -78,3 +78,26 @@ def test_kernel_cache_lives_in_the_environment_unless_the_user_chose_one(monkeyp
         monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
         enter()
         assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")
+
+
+def test_a_lock_left_by_an_interrupted_build_is_named_a_fresh_one_is_not(monkeypatch, tmp_path, capsys) -> None:
+    """torch's loader waits on <cache>/<op>/lock forever and silently; an old lock is named with the fix."""
+    import os
+    import time
+
+    from rc3 import op_cache
+
+    old = tmp_path / "cpu_adam" / "lock"
+    fresh = tmp_path / "deepspeed_shm_comm" / "lock"
+    for lock in (old, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    (tmp_path / "fused_adam").mkdir()  # an op built without a lock left: nothing to say
+    monkeypatch.setenv(op_cache.VARIABLE, str(tmp_path))
+    assert op_cache.use_environment_extension_dir() == str(tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(old) in err[0] and "60 min old" in err[0] and f"rm {old}" in err[0]
+    assert str(fresh) not in err[0]
