@@ -526,3 +526,20 @@ def test_general_share_zero_keeps_captions_only(tmp_path: Path) -> None:
     assert rows and not any((x, y) in general for _, x, y in rows)
     with pytest.raises(ValueError, match="general_share"):
         make_world(tmp_path / "w2", sizes=SIZES["tiny"].scaled(0.1), shards=False, log=lambda _: None, general_share=1.5)
+
+
+def test_english_weight_makes_wikimatrix_english_centric(tmp_path: Path) -> None:
+    """Real WikiMatrix holds far more en-X than X-Y pairs; `english_weight` W gives every en-X file W
+    times the translations of an X-Y file (counted in the raw TSVs, above the margin threshold)."""
+    sizes = SIZES["tiny"].scaled(0.1)
+    out = make_world(tmp_path / "w", sizes=sizes, shards=False, log=lambda _: None, english_weight=4.0)
+    dt = out["raw"]["dt"]
+    assert dt["wikimatrix_english_weight"] == 4.0
+    good = {pair: sum(s >= dt["wikimatrix_min_score"] for s, _, _ in _wikimatrix(tmp_path / "w", pair))
+            for pair in dt["wikimatrix"]}
+    en = [n for pair, n in good.items() if "en" in pair.split("-")]
+    other = [n for pair, n in good.items() if "en" not in pair.split("-")]
+    assert len(en) == 6 and len(other) == 15 and sum(good.values()) == sizes.dt_pairs
+    assert min(en) >= 4 * max(other) - 4 and max(en) <= 4 * min(other) + 4, (en, other)
+    with pytest.raises(ValueError, match="english_weight"):
+        make_world(tmp_path / "w2", sizes=sizes, shards=False, log=lambda _: None, english_weight=0.0)

@@ -66,3 +66,53 @@ def test_random_init_vtr_is_collapsed(world: Path, tmp_path: Path) -> None:
     assert out["vtr_mean_cos"] > 0.95  # every input maps to (nearly) one direction before training
     for lang in LANGS:
         assert 0.0 <= out[lang]["tr_acc"] <= 100.0 and 0.0 <= out[lang]["vtr_same_image_acc"] <= 100.0
+
+
+def _raw_questions(world: Path) -> dict[str, dict[str, dict]]:
+    base = world / "downstream"
+    out = {"train": json.loads((base / "gqa/annotations/train_balanced_questions.json").read_text(encoding="utf-8"))}
+    for lang in ["en", *LANGS]:
+        out[lang] = json.loads((base / "xGQA/annotations/few_shot" / lang / "test.json").read_text(encoding="utf-8"))
+    return out
+
+
+def test_probe_reads_what_the_features_carry(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features made from the raw files: a language-independent one-hot of the English question's type
+    transfers to every language (type probe 100 %); a one-hot of the question string (English words only)
+    does not. The probe must see English training questions and each language's own test questions."""
+    raw = _raw_questions(world)
+    type_of = {q["question"]: q["types"]["detailed"] for q in raw["train"].values()}
+    for lang in ["en", *LANGS]:  # the English meaning of every test question, by qid
+        for qid, q in raw[lang].items():
+            type_of[q["question"]] = raw["en"][qid]["types"]["detailed"]
+    kinds = sorted(set(type_of.values()))
+    strings = sorted(type_of)
+    lang_of = {q["question"]: lang for lang in ["en", *LANGS] for q in raw[lang].values()}
+    lang_of.update({q["question"]: "en" for q in raw["train"].values()})
+    seen: list[tuple[str, int]] = []
+
+    def features(model, tok, visual, questions, lang):  # noqa: ANN001
+        assert all(lang_of[q["question"]] == lang for q in questions), f"questions of another language given as {lang}"
+        seen.append((lang, len(questions)))
+        kind = torch.zeros(len(questions), len(kinds))
+        word = torch.zeros(len(questions), len(strings))
+        for i, q in enumerate(questions):
+            kind[i, kinds.index(type_of[q["question"]])] = 1.0
+            if lang == "en":
+                word[i, strings.index(q["question"])] = 1.0
+        return {"cls": kind, "text_mean": word}
+
+    monkeypatch.setattr(transfer, "question_features", features)
+    model = type("M", (), {"cfg": type("C", (), {"image_size": 96})()})()
+    out = transfer.xgqa_probe(model, None, world, LANGS)  # type: ignore[arg-type]
+    assert seen[0] == ("en", len(raw["train"])) and {lang for lang, _ in seen[1:]} == {"en", *LANGS}
+    assert out["types"] == kinds and len(kinds) == 4
+    for lang in ["en", *LANGS]:
+        assert out["cls/type"][lang] == 100.0, out["cls/type"]
+    # English test questions whose string the training set holds are typed right; the others are unseen strings
+    seen_share = sum(q["question"] in {t["question"] for t in raw["train"].values()} for q in raw["en"].values()) / len(raw["en"])
+    assert 0.5 < seen_share < 1.0 and out["text_mean/type"]["en"] >= 100.0 * seen_share
+    for lang in LANGS:  # English strings only: nothing for a German question to be read by
+        assert out["text_mean/type"][lang] < 50.0, out["text_mean/type"]
+    # The answer needs the image: a type one-hot answers each type with one label, at most the type prior.
+    assert out["cls/answer"]["en"] < 60.0

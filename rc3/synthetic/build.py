@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rc3.synthetic.corpora import DS_LANGS, GENERAL_SHARE, WIKIMATRIX_MIN_SCORE, write_ds, write_dt, write_dw
+from rc3.synthetic.corpora import DS_LANGS, ENGLISH_WEIGHT, GENERAL_SHARE, WIKIMATRIX_MIN_SCORE, write_ds, write_dt, write_dw
 from rc3.synthetic.dictionaries import write_muse_dictionaries
 from rc3.synthetic.downstream import ImageBank, write_xgqa, write_xvnli
 from rc3.synthetic.downstream_captions import write_multi30k, write_retrieval
@@ -131,13 +131,16 @@ def _tokenizer(root: Path) -> dict[str, Any]:
 
 def make_world(out: Path, seed: int = 0, sizes: Sizes | None = None, weak_overlap: float = 0.5, force: bool = False,
                shards: bool = True, log: Callable[[str], None] = print,
-               general_share: float = GENERAL_SHARE) -> dict[str, Any]:
+               general_share: float = GENERAL_SHARE, english_weight: float = ENGLISH_WEIGHT) -> dict[str, Any]:
     """Write the synthetic world to `out`; returns the content of world.json.
 
     `general_share`: the share of WikiMatrix-style Dt pairs that are claims, questions or pair
-    statements rather than captions (rc3.synthetic.corpora; 0 = captions only)."""
+    statements rather than captions (rc3.synthetic.corpora; 0 = captions only). `english_weight`: how
+    many times more pairs an en-X WikiMatrix file holds than an X-Y one (1 = all the same size)."""
     if not 0.0 <= general_share <= 1.0:
         raise ValueError(f"general_share must lie in [0, 1], got {general_share}")
+    if not english_weight > 0:
+        raise ValueError(f"english_weight must be > 0, got {english_weight}")
     sizes = sizes or SIZES["tiny"]
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
@@ -152,7 +155,7 @@ def make_world(out: Path, seed: int = 0, sizes: Sizes | None = None, weak_overla
         t = time.perf_counter()
         ds = write_ds(staging, seed, sizes.ds_images, encoder)
         dw = write_dw(staging, seed, sizes.dw_tuples, weak_overlap)
-        dt = write_dt(staging, seed, sizes.dt_pairs, sizes.dt_multi30k_lines, general_share)
+        dt = write_dt(staging, seed, sizes.dt_pairs, sizes.dt_multi30k_lines, general_share, english_weight)
         timings["raw"] = time.perf_counter() - t
         t = time.perf_counter()
         downstream = _downstream(staging, seed, sizes, encoder)

@@ -66,6 +66,10 @@ DT_M30K_LANGS = ("en", "de", "fr", "cs")
 # Share of a WikiMatrix pair's sentences that are not descriptions (claims, questions, statements about
 # two pictures), where both languages can say one of those kinds; the rest are captions.
 GENERAL_SHARE = 0.5
+# How many times more WikiMatrix pairs an English pair (en-X) holds than a pair of two other languages.
+# Real WikiMatrix is English-centric: en-de has 6.2M mined pairs, de-id 0.1M (Schwenk et al., 2021,
+# Table 2); 1 gives every language pair the same size.
+ENGLISH_WEIGHT = 1.0
 
 
 def _general_kinds(a: str, b: str) -> list[str]:
@@ -212,7 +216,8 @@ def write_dw(root: Path, seed: int, n_tuples: int, overlap: float) -> dict[str, 
             "wit_tsv": _rel(root, tsv), "images": "raw/dw/images", "langs": list(DW_LANGS), "weak_overlap": overlap}
 
 
-def write_dt(root: Path, seed: int, n_pairs: int, n_m30k: int, general_share: float = GENERAL_SHARE) -> dict[str, Any]:
+def write_dt(root: Path, seed: int, n_pairs: int, n_m30k: int, general_share: float = GENERAL_SHARE,
+             english_weight: float = ENGLISH_WEIGHT) -> dict[str, Any]:
     """Dt: WikiMatrix TSVs for every pair of the pretraining languages + Multi30K-style line-aligned text.
 
     `general_share` of each WikiMatrix pair's sentences are claims, questions or pair statements
@@ -220,8 +225,7 @@ def write_dt(root: Path, seed: int, n_pairs: int, n_m30k: int, general_share: fl
     rng, grng = stream(seed, "dt"), stream(seed, "dt-general")
     pairs = list(itertools.combinations(sorted(PRETRAIN_LANGS), 2))
     files = {}
-    for p, (a, b) in enumerate(pairs):
-        n = n_pairs // len(pairs) + (1 if p < n_pairs % len(pairs) else 0)
+    for (a, b), n in zip(pairs, _pair_sizes(pairs, n_pairs, english_weight)):
         kinds = _general_kinds(a, b)
         good = []
         for _ in range(n):
@@ -248,8 +252,18 @@ def write_dt(root: Path, seed: int, n_pairs: int, n_m30k: int, general_share: fl
     m30k = {lang: _rel(root, write_maybe_gz(root / "raw" / "dt" / "multi30k" / f"train.{lang}.gz",
                                             "".join(s + "\n" for s in ls))) for lang, ls in lines.items()}
     return {"wikimatrix": files, "wikimatrix_min_score": WIKIMATRIX_MIN_SCORE, "wikimatrix_pairs": n_pairs,
-            "wikimatrix_general_share": general_share,
+            "wikimatrix_general_share": general_share, "wikimatrix_english_weight": english_weight,
             "multi30k_style": m30k, "multi30k_style_lines": n_m30k}
+
+
+def _pair_sizes(pairs: list[tuple[str, str]], n_pairs: int, english_weight: float) -> list[int]:
+    """How many of the n_pairs WikiMatrix sentences each language pair holds: English pairs weigh
+    `english_weight`, the others 1; the remainder goes to the first pairs (so weight 1 = equal split)."""
+    w = [english_weight if "en" in pair else 1.0 for pair in pairs]
+    sizes = [int(n_pairs * x / sum(w)) for x in w]
+    for p in range(n_pairs - sum(sizes)):
+        sizes[p % len(sizes)] += 1
+    return sizes
 
 
 def _rel(root: Path, path: Path) -> str:
