@@ -143,6 +143,7 @@ def test_synthetic_xm3600_and_xgqa_few_shot_layouts(tmp_path: Path) -> None:
         three = json.loads((tmp_path / f"downstream/xGQA/annotations/few_shot/{lang}/train_3.json").read_text())
         assert len({q["imageId"] for q in one.values()}) == 1 and len({q["imageId"] for q in three.values()}) == 3
         assert set(one) <= set(three) and len(three) == 12  # nested, 4 questions per image
+        assert {q["imageId"] for q in one.values()} == {"f5000000"}  # the first image of the largest split
     with h5py.File(tmp_path / "downstream/xGQA/features_few_shot.h5") as h5:
         assert sorted(h5.keys()) == sorted({q["imageId"] for q in three.values()})
 
@@ -204,6 +205,11 @@ def test_killed_evaluation_resumes_without_redoing_finished_cells(world: Path, m
     assert [p.parent.name for p in seed0] == ["ar", "en", "es", "fr", "ru"]
     assert not list((out / "cells").rglob("seed1.json")) and not (out / "leaderboard.json").exists()
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in seed0}
+    # killed after seed 0's run finished but before its fr cell was written: read back from that run, not rerun
+    fr = out / "cells/xvnli/test/fr/seed0.json"
+    fr_record = json.loads(before.pop(fr)[1])
+    fr.unlink()
+    seed0.remove(fr)
 
     calls.clear()
     monkeypatch.setattr(eval_runner, "run_recipe", lambda recipe, argv: (calls.append(argv[argv.index("--output-dir") + 1]),
@@ -211,6 +217,7 @@ def test_killed_evaluation_resumes_without_redoing_finished_cells(world: Path, m
     board = evaluate(opts)
     assert calls == [str(out / "runs/xvnli/seed1")]  # seed 0 is not trained or tested again
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in seed0} == before
+    assert json.loads(fr.read_text()) == fr_record
     rows = [r for r in board["rows"] if r["metric"] == "accuracy"]
     assert len(rows) == 5 and all(r["seeds"] == [0, 1] and len(r["values"]) == 2 for r in rows)
     calls.clear()
@@ -244,7 +251,7 @@ def test_every_task_and_language_of_the_synthetic_world(world: Path, model_dir: 
     for task, langs in expected.items():
         got = {r["language"]: r for r in board["rows"] if r["task"] == task and r["split"] == "test" and r["metric"] == main[task]}
         assert sorted(got) == sorted(langs), (task, sorted(got))
-        for lang, row in got.items():
+        for row in got.values():
             assert 0.0 <= row["value"] <= 100.0 and row["seeds"] == [0] and row["std"] is None
     # each zero-shot number is the one its recipe run measured (results.json of the English run)
     for task, recipe_dir in (("xvnli", "xvnli"), ("xflickrco", "xflickrco")):
@@ -268,6 +275,13 @@ def test_every_task_and_language_of_the_synthetic_world(world: Path, model_dir: 
     assert few == {(lang, f"few_shot_{n}") for lang in down["xgqa"]["langs"] if lang != "en" for n in (1, 5)}
     cell = json.loads((out / "cells/xgqa/few_shot_5/de/seed0.json").read_text())
     assert cell["lr"] == 5e-4 and cell["lr_selection"] == "best dev score" and cell["grid"][0]["dev"] is not None
+    import yaml
+
+    ran = yaml.safe_load((out / "runs/xgqa/seed0/few_shot/de/5/lr0.0005/finetune_config.yaml").read_text())
+    assert ran["optim"]["lr"] == 5e-4 and ran["train"]["epochs"] == 1 and ran["train"]["batch_size"] == 8  # IGLUE's xGQA batch
+    assert ran["init"] == str(out / "runs/xgqa/seed0/model")  # continues from the English-finetuned model
+    assert ran["data"]["train"].endswith("xGQA/annotations/few_shot/de/train_5.json") and ran["data"]["train_lang"] == "de"
+    assert ran["data"]["dev"].endswith("xGQA/annotations/few_shot/de/dev.json") and ran["data"]["test_langs"] == ["de"]
     assert ("xvnli", "ar", "few_shot_1") in missing and ("marvl", "*", "few_shot") in missing
     # provenance
     import hashlib
