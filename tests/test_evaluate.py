@@ -50,6 +50,9 @@ def test_layout_check_names_the_missing_file_before_any_training(tmp_path: Path,
                      "fix --data or the recipe in --recipes"], lines
     assert not (tmp_path / "out").exists()
 
+    with pytest.raises(LayoutError, match=r"^--data .*nowhere: no such folder"):
+        evaluate(EvalOptions(model, tmp_path / "nowhere", tmp_path / "out", SYNTHETIC_RECIPES, log=lambda _: None))
+
     # XM3600 without its captions: one line naming DATA/xm3600/captions.jsonl
     flickr = ["flickr30k/annotations/train_ann.jsonl", "xFlickrCO/annotations/en/test.jsonl"]
     for f in flickr:

@@ -106,6 +106,8 @@ class Evaluation:
     def check_layout(self) -> None:
         """Every file every selected task reads, checked now; raises LayoutError (one line per file)."""
         problems: list[str] = []
+        if not Path(self.o.data).is_dir():
+            raise LayoutError(f"--data {self.o.data}: no such folder; give the folder that holds the released data sets")
         if not (Path(self.o.model_dir) / "rc3_config.json").is_file():
             problems.append(f"model: {self.o.model_dir} is not an RC3 model directory (no rc3_config.json); "
                             "give the save_pretrained / rc3-zero-to-safetensors output")

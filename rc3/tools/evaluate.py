@@ -53,8 +53,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        xm3600=args.xm3600)
     try:
         evaluate(opts)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+        # a recipe's own checks (e.g. an image id no feature store has) raise KeyError with the whole message
+        print(f"error: {err.args[0] if isinstance(err, KeyError) and err.args else err}", file=sys.stderr)
         return 2
     return 0
 
