@@ -298,3 +298,28 @@ def test_every_task_and_language_of_the_synthetic_world(world: Path, model_dir: 
     assert sorted(board["charts"]) == ["marvl", "mmt", "xflickrco", "xgqa", "xm3600", "xvnli"]
     for path in board["charts"].values():
         assert (out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow(seconds=15)
+def test_eval_sets_leave_every_other_world_file_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XM3600 and the few-shot splits only add files: a world built without them has the same bytes in
+    every file, except the sentencepiece model, whose training is not deterministic (two builds of the
+    same world differ there with or without the eval sets)."""
+    import hashlib
+
+    from rc3.synthetic import build
+
+    def digests(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "sentencepiece.bpe.model"}
+
+    sizes = build.SIZES["tiny"].scaled(0.05)
+    build.make_world(tmp_path / "with", seed=3, sizes=sizes, shards=False, log=lambda _: None)
+    monkeypatch.setattr(build, "write_eval_sets", lambda *a, **k: None)
+    build.make_world(tmp_path / "without", seed=3, sizes=sizes, shards=False, log=lambda _: None)
+    with_sets, without = digests(tmp_path / "with"), digests(tmp_path / "without")
+    assert {k: with_sets.get(k) for k in without} == without
+    added = sorted(set(with_sets) - set(without))
+    assert "world_eval.json" in added and "downstream/xm3600/captions.jsonl" in added
+    assert all(a.startswith(("downstream/xm3600/", "downstream/xGQA/", "downstream/images/xgqa_few_shot/", "world_eval.json"))
+               for a in added), added
