@@ -109,6 +109,8 @@ def build(ev: Any, elapsed_s: float) -> dict[str, Any]:
         "xm3600": ("zero-shot: the English xFlickr&CO retrieval model of the same seed, no XM3600 training"
                    if "xm3600" in ev.plans else None),
         "elapsed_s": round(elapsed_s, 1),
+        "timings_s": dict(ev.timings),
+        "recipe_runs": list(ev.ran),
     }
 
 

@@ -79,6 +79,7 @@ class Evaluation:
         self.out = Path(opts.out)
         self.plans: dict[str, TaskPlan] = {}
         self.ran: list[str] = []  # run directories trained or evaluated by this call
+        self.timings: dict[str, float] = {}  # seconds per task in this call (finished cells cost ~0)
 
     # ---- configs and layout -----------------------------------------------------------------
     def load_configs(self) -> None:
@@ -314,9 +315,13 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
             opts.log(f"[evaluate] {plan.name}: {m['language']} {m['split']} missing ({m['reason']})")
     order = [t for t in TASKS if t in ev.plans]  # xflickrco before xm3600, which reuses its model
     for name in order:
+        t = time.time()
         ev.zero_shot(name)
+        ev.timings[name] = round(time.time() - t, 1)
         if opts.few_shot:
+            t = time.time()
             ev.few_shot(name)
+            ev.timings[f"{name}/few_shot"] = round(time.time() - t, 1)
     board = write_leaderboard(ev, time.time() - t0)
     opts.log(f"[evaluate] leaderboard: {Path(opts.out) / 'leaderboard.md'} ({len(ev.ran)} recipe run(s) this call)")
     return board
