@@ -48,7 +48,7 @@ def task_chart(board: Mapping[str, Any], pub: Mapping[str, Any], name: str, out:
         ax.set_xticks(range(len(cols)))
         ax.set_xticklabels(cols, rotation=0 if not mmt else 30, ha="center" if not mmt else "right", fontsize=8)
         ax.set_ylabel(t.metric)
-        ax.set_title(f"{t.title}: zero-shot", fontsize=10)
+        ax.set_title(t.title if mmt or name == "xm3600" else f"{t.title}: English finetuned, other languages zero-shot", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
