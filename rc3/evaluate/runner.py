@@ -267,7 +267,8 @@ class Evaluation:
                                     f"train.batch_size={fs.batch_size}", f"train.micro_batch_size={fs.batch_size}",
                                     f"data.features=[{','.join(_q(f) for f in _few_shot_features(plan.cfg, fs.features))}]"]
                             self.o.log(f"[evaluate] {name} few-shot {lang} {n} shot(s), lr {lr:g}, seed {seed} -> {out_dir}")
-                            run_recipe(task.recipe, _argv(plan.config_file, english / "model", out_dir, sets, save=False))
+                            resume = (out_dir / "checkpoints" / "latest").is_file()  # killed while training
+                            run_recipe(task.recipe, _argv(plan.config_file, english / "model", out_dir, sets, resume, save=False))
                             self.ran.append(str(out_dir))
                         sel_path = out_dir / "selection.json"
                         sel = json.loads(sel_path.read_text()) if sel_path.is_file() else {}
