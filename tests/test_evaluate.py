@@ -323,3 +323,36 @@ def test_eval_sets_leave_every_other_world_file_byte_identical(tmp_path: Path, m
     assert "world_eval.json" in added and "downstream/xm3600/captions.jsonl" in added
     assert all(a.startswith(("downstream/xm3600/", "downstream/xGQA/", "downstream/images/xgqa_few_shot/", "world_eval.json"))
                for a in added), added
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.timeout(900)
+def test_sigkilled_training_continues_from_its_checkpoint(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sets = ["train.epochs=1", "train.max_steps=3", "train.save_every=1", "train.batch_size=4", "train.micro_batch_size=4",
+            "data.max_train_examples=12", "data.max_eval_examples=4", "eval.batch_size=16"]
+    cmd = [sys.executable, "-m", "rc3.tools.evaluate", str(model_dir), "--data", str(world / "downstream"), "--out", str(out),
+           "--recipes", str(SYNTHETIC_RECIPES), "--tasks", "xvnli", "--langs", "en", "fr"]
+    for o in sets:
+        cmd += ["--set", o]
+    env = {**os.environ, "RC3_NO_PROGRESS": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def run(extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(cmd, cwd=REPO, env={**env, **extra_env}, capture_output=True, text=True, timeout=800)
+        except subprocess.TimeoutExpired as err:
+            raise AssertionError(f"rc3-evaluate (xvnli) did not finish in 800 s: {str(err.stdout)[-2000:]}") from None
+
+    killed = run({"RC3_KILL_AT": "3"})  # the recipe's process SIGKILLs itself as optimizer step 3 begins
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
+    run_dir = out / "runs/xvnli/seed0"
+    assert (run_dir / "checkpoints/latest").read_text().strip() == "step_00000002"
+    assert not (out / "cells").exists()
+    done = run({})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed at step 2" in done.stdout, done.stdout[-3000:]
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["recipe_runs"] == [str(run_dir)]
+    assert sorted(r["language"] for r in board["rows"] if r["metric"] == "accuracy") == ["en", "fr"]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert steps[-1] == 3 and 3 not in steps[:-1]  # step 3 trained once, after the resume
