@@ -10,6 +10,8 @@ Layout (all paths relative to `out`, also listed in `world.json`):
   dictionaries/ en-<lang>.txt: MUSE-format bilingual dictionaries from the lexicons (code-switching)
   meta/        ground truth: scenes of every image, the objects each Dw text mentions
   world.json   sizes, languages, seed, weak overlap, build statistics, chance level of each task
+  world_eval.json  the evaluation-only sets written after the tokenizer (downstream_eval.py): XM3600
+               (downstream/xm3600/) and xGQA's few-shot training splits; every file above is unchanged by them
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from rc3.synthetic.corpora import DS_LANGS, ENGLISH_WEIGHT, GENERAL_SHARE, WIKIM
 from rc3.synthetic.dictionaries import write_muse_dictionaries
 from rc3.synthetic.downstream import ImageBank, write_xgqa, write_xvnli
 from rc3.synthetic.downstream_captions import write_multi30k, write_retrieval
+from rc3.synthetic.downstream_eval import write_eval_sets
 from rc3.synthetic.downstream_pairs import write_marvl, write_nlvr2
 from rc3.synthetic.grammar import Asker, Captioner, Claimer, PairStater, languages_with
 from rc3.synthetic.render import RoiEncoder
@@ -167,6 +170,10 @@ def make_world(out: Path, seed: int = 0, sizes: Sizes | None = None, weak_overla
         t = time.perf_counter()
         tokenizer = _tokenizer(staging)
         timings["tokenizer"] = time.perf_counter() - t
+        t = time.perf_counter()
+        # After the tokenizer and from their own streams: the files above stay byte-identical for a seed.
+        write_eval_sets(staging, seed, encoder, n_xm3600=sizes.retrieval_images[2])
+        timings["eval_sets"] = time.perf_counter() - t
         world = {
             "seed": seed, "weak_overlap": weak_overlap, "sizes": dataclasses.asdict(sizes),
             "image_size": IMAGE_SIZE, "shapes": list(SHAPES), "colours": list(COLOURS), "positions": list(POSITIONS),
