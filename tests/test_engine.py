@@ -6,12 +6,14 @@ uninterrupted reference run of the same tiny config, whose per-step losses the o
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -43,7 +45,7 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 def reference(setup):
     cfg, run_dir = config_for(setup, "reference")
     port = free_port()
-    ok(launch(cfg, port=port))
+    ok(launch(cfg, port=port, timeout=600))  # a loaded machine can take minutes to start two ranks
     # DeepSpeed's CPU shm all-reduce buffers (69 MB per rank) are unlinked, not left in /dev/shm
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     losses = step_losses(run_dir)
@@ -117,7 +119,7 @@ def test_damaged_newest_checkpoint_resumes_exactly_from_the_previous_one(referen
     else:
         name = "mp_rank_00_model_states.pt"
         (newest / name).unlink()
-    proc = launch(cfg, "--resume")
+    proc = launch(cfg, "--resume", timeout=600)
     ok(proc)
     out = proc.stdout + proc.stderr
     warned = [line for line in out.splitlines() if "is damaged" in line]
@@ -182,6 +184,38 @@ def test_repeated_nan_stops_with_a_clear_error(setup):
     assert "intact" not in proc.stderr
 
 
+@pytest.mark.slow(seconds=80)
+def test_skip_counts_are_summed_over_ranks_per_reason(setup):
+    root, shards, tok = setup
+    broken = root / "broken-shards"
+    shutil.copytree(Path(shards["ds"]).parent.parent, broken)
+    for i, shard in enumerate(sorted((broken / "ds").glob("ds-*.tar"))):  # a sample without its arrays in each
+        with tarfile.open(shard, "a") as tar:
+            info = tarfile.TarInfo(f"zzbad{i:05d}.captions.json")
+            data = b'{"en": "a dog", "de": "ein Hund"}'
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tarfile.open(broken / "dt" / "dt-000099.tar", "w").close()  # valid, no sample
+    patterns = {c: str(broken / c / f"{c}-*.tar") for c in ("ds", "dw", "dt")}
+    run_dir = root / "skips"
+    cfg = write_config(root / "skips.yaml", tok, patterns, run_dir, total_steps=3, save_every=100)
+    ok(launch(cfg, timeout=600))
+    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line][-1]
+    per_rank = []
+    for rank in (0, 1):
+        state = json.loads((run_dir / "checkpoints" / "step_00000003" / f"data_rank0000{rank}.json").read_text())
+        counts: dict[str, int] = {}
+        for stream in state["skips"].values():
+            for reason, n in stream.items():
+                counts[reason] = counts.get(reason, 0) + n
+        per_rank.append(counts)
+    assert all(c.get("missing_field", 0) > 0 for c in per_rank)  # both ranks skipped samples
+    assert last["skipped_samples"] == last["skipped.missing_field"] == sum(c.get("missing_field", 0) for c in per_rank)
+    assert last["empty_shards"] == sum(c.get("empty_shard", 0) for c in per_rank) > 0
+    assert last["shard_errors"] == last["shard_fetch_errors"] == 0  # shard faults are not sample skips
+
+
 @pytest.mark.slow(seconds=90)
 def test_nonfinite_gradient_on_one_rank_skips_the_update_on_every_rank(setup):
     """fp32 without ZeRO: DeepSpeed itself would apply the NaN update (every weight NaN from then on)."""
@@ -191,7 +225,7 @@ def test_nonfinite_gradient_on_one_rank_skips_the_update_on_every_rank(setup):
                                   "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
                                   "zero_optimization": {"stage": 0}}))
     cfg, run_dir = config_for(setup, "nan-grad", deepspeed_config=str(preset), total_steps=6, save_every=100)
-    proc = launch(cfg, env={"RC3_INJECT_NAN_GRAD": "3:1"})  # rank 1's gradient is NaN at step 3, its loss finite
+    proc = launch(cfg, env={"RC3_INJECT_NAN_GRAD": "3:1"}, timeout=600)  # rank 1's gradient is NaN at step 3, its loss finite
     ok(proc)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     grad_events = [r for r in records if r.get("nonfinite_grad")]
