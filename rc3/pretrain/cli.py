@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(cfg, resume=args.resume, restore_rng=not args.no_rng_restore)
-    except (ConfigError, CheckpointError, DataPipelineError, NonFiniteError, FileNotFoundError) as err:
+    except NonFiniteError as err:
+        if rank == 0:  # decided by an all-reduce: every rank raises the same error at the same step
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (ConfigError, CheckpointError, DataPipelineError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
