@@ -240,13 +240,13 @@ def test_nonfinite_gradient_on_one_rank_skips_the_update_on_every_rank(setup):
 @pytest.mark.slow(seconds=120)
 def test_repeated_nonfinite_gradients_stop_naming_what_is_on_disk(setup):
     cfg, run_dir = config_for(setup, "nan-grad-stop", max_nonfinite_steps=3)
-    proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN_GRAD": "2+"})
+    proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN_GRAD": "2+"}, timeout=600)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "3 non-finite steps in a row at step 4" in errors[0]
     assert "no checkpoint was written yet (train.save_every=4)" in errors[0]
     cfg, run_dir = config_for(setup, "nan-grad-stop-late", max_nonfinite_steps=3)
-    proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN_GRAD": "6+"})
+    proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN_GRAD": "6+"}, timeout=600)
     assert proc.returncode == 2
     assert (f"3 non-finite steps in a row at step 8; stopping (check the data and the learning rate); the newest "
             f"complete checkpoint is {run_dir / 'checkpoints' / 'step_00000004'}; --resume continues from it") in proc.stderr
