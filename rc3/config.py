@@ -9,6 +9,7 @@ Every error is raised before any work starts and names the offending key, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -291,7 +292,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 1000
     keep_last: int = 3
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: int = 5  # non-finite losses or gradient steps in a row (each skipped) before the run stops
     seed: int = 42
     collective_timeout_s: float = 1800.0  # a collective waiting longer than this (a dead rank) fails the job
     peak_tflops: Optional[float] = None  # accelerator peak for MFU; None = looked up from the GPU name
@@ -462,6 +463,9 @@ def read_config_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
         raise ConfigError(f"{_seen[-1]}: base", f"{p} is already being read (a cycle of base configs)")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError("--config", f"{p} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError("--config", f"{p} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -531,8 +535,12 @@ def validate(cfg: RC3Config) -> None:
     if cfg.optim.name == "adam" and cfg.optim.weight_decay != 0:
         raise ConfigError("optim.weight_decay", f"plain Adam (optim.name=adam) takes no weight decay; got "
                           f"{cfg.optim.weight_decay} (use optim.name=adamw for decoupled decay)")
-    if cfg.optim.grad_clip < 0:
-        raise ConfigError("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {cfg.optim.grad_clip}")
+    validate_optim(cfg.optim)
+    if t.max_nonfinite_steps < 1:
+        raise ConfigError("train.max_nonfinite_steps", f"must be >= 1 (non-finite steps in a row before the run "
+                          f"stops), got {t.max_nonfinite_steps}")
+    if not t.collective_timeout_s > 0:
+        raise ConfigError("train.collective_timeout_s", f"must be positive, got {t.collective_timeout_s}")
     if cfg.perf.lm_loss_chunk < 0:
         raise ConfigError("perf.lm_loss_chunk", f"must be >= 0 (0 = full logits), got {cfg.perf.lm_loss_chunk}")
     if cfg.perf.compile_mode == "reduce-overhead" and not cfg.perf.fixed_shapes:
@@ -549,6 +557,23 @@ def validate(cfg: RC3Config) -> None:
     for corpus, on in needs.items():
         if not d.has_data(corpus) and t.total_steps > 0:
             raise ConfigError(f"data.{corpus}_shards", f"required by the enabled objective(s) {', '.join(on)}")
+
+
+def validate_optim(o: OptimConfig) -> None:
+    """Numeric ranges of the optimizer section (an lr of -1 or nan would otherwise surface as an optimizer
+    traceback after the whole start-up, not naming the key)."""
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError("optim.lr", f"must be a finite number > 0, got {o.lr}")
+    if len(o.betas) != 2 or not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
+    if not (math.isfinite(o.eps) and o.eps > 0):
+        raise ConfigError("optim.eps", f"must be a finite number > 0, got {o.eps}")
+    if not (math.isfinite(o.weight_decay) and o.weight_decay >= 0):
+        raise ConfigError("optim.weight_decay", f"must be a finite number >= 0, got {o.weight_decay}")
+    if o.warmup_steps < 0:
+        raise ConfigError("optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    if not (math.isfinite(o.grad_clip) and o.grad_clip >= 0):
+        raise ConfigError("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {o.grad_clip}")
 
 
 def save_config(cfg: RC3Config, path: str | os.PathLike) -> Path:

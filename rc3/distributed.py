@@ -94,6 +94,16 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return holder[0]
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (pickled by torch; only for this job's own objects, e.g. the
+    files each rank checked of a checkpoint)."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_gather_sizes(n: int) -> list[int]:
     """Every rank's ``n`` (e.g. its local batch size), in rank order."""
     if not is_initialized():

@@ -22,7 +22,8 @@ from rc3 import atomic
 
 # Fields of a metrics line that are not losses (whatever task names a run uses for its losses).
 NOT_LOSSES = {"step", "epoch", "lr", "samples_per_s", "tokens_per_s", "skipped_samples", "step_time_s",
-              "data_wait_share", "mfu", "peak_mem_gib", "elapsed_s", "nonfinite_grad"}
+              "data_wait_share", "mfu", "peak_mem_gib", "elapsed_s", "nonfinite_grad", "shard_errors",
+              "shard_fetch_errors", "empty_shards", "nonfinite_loss_skips", "nonfinite_grad_steps"}
 
 
 def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
@@ -46,7 +47,7 @@ def read_metrics(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
 
 
 def is_loss(key: str) -> bool:
-    if key in NOT_LOSSES or key.startswith(("p_avg", "dev_", "acc_")):
+    if key in NOT_LOSSES or key.startswith(("p_avg", "dev_", "acc_", "skipped.")):
         return False
     return not key.endswith(("_acc", "_negatives", "_accuracy"))
 

@@ -6,10 +6,14 @@ uninterrupted reference run of the same tiny config, whose per-step losses the o
 """
 from __future__ import annotations
 
+import io
+import json
+import math
 import os
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -41,7 +45,7 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 def reference(setup):
     cfg, run_dir = config_for(setup, "reference")
     port = free_port()
-    ok(launch(cfg, port=port))
+    ok(launch(cfg, port=port, timeout=600))  # a loaded machine can take minutes to start two ranks
     # DeepSpeed's CPU shm all-reduce buffers (69 MB per rank) are unlinked, not left in /dev/shm
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     losses = step_losses(run_dir)
@@ -100,6 +104,36 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(reference, setup):
     assert_same(step_losses(run_dir), reference, range(5, TOTAL + 1))
 
 
+@pytest.mark.slow(seconds=120)
+@pytest.mark.parametrize("damage", ["truncated_optimizer_shard", "missing_model_states"])
+def test_damaged_newest_checkpoint_resumes_exactly_from_the_previous_one(reference, setup, damage):
+    root = setup[0]
+    cfg, run_dir = config_for(setup, f"damaged-{damage}")
+    shutil.copytree(root / "reference", run_dir)
+    (run_dir / "metrics.jsonl").unlink()  # only the resumed run's records are compared below
+    newest = run_dir / "checkpoints" / "step_00000010"
+    if damage == "truncated_optimizer_shard":
+        name = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+        shard = newest / name
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        name = "mp_rank_00_model_states.pt"
+        (newest / name).unlink()
+    proc = launch(cfg, "--resume", timeout=600)
+    ok(proc)
+    out = proc.stdout + proc.stderr
+    warned = [line for line in out.splitlines() if "is damaged" in line]
+    assert len(warned) == 1, out[-3000:]  # one line, from rank 0 only
+    assert f"step_00000010 is damaged: {name} is" in warned[0] and "falling back to step_00000008" in warned[0]
+    assert "resumed from step_00000008 at step 8" in out
+    losses = step_losses(run_dir)
+    assert sorted(losses) == [9, 10]
+    assert_same(losses, reference, [9, 10])  # bit-exact continuation from step 8
+    from rc3.pretrain.checkpoints import CheckpointManager
+
+    assert CheckpointManager(run_dir).problems("step_00000010") == []  # saved again, intact
+
+
 def test_resume_without_checkpoint_is_a_clear_error(setup):
     cfg, run_dir = config_for(setup, "empty")
     proc = launch(cfg, "--resume", nproc=1)
@@ -145,6 +179,77 @@ def test_repeated_nan_stops_with_a_clear_error(setup):
     proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN": "2+"})
     assert proc.returncode != 0
     assert "3 non-finite losses in a row at step 2" in proc.stderr + proc.stdout
+    # true to what is on disk: nothing was saved before step 2
+    assert "no checkpoint was written yet (train.save_every=4)" in proc.stderr
+    assert "intact" not in proc.stderr
+
+
+@pytest.mark.slow(seconds=80)
+def test_skip_counts_are_summed_over_ranks_per_reason(setup):
+    root, shards, tok = setup
+    broken = root / "broken-shards"
+    shutil.copytree(Path(shards["ds"]).parent.parent, broken)
+    for i, shard in enumerate(sorted((broken / "ds").glob("ds-*.tar"))):  # a sample without its arrays in each
+        with tarfile.open(shard, "a") as tar:
+            info = tarfile.TarInfo(f"zzbad{i:05d}.captions.json")
+            data = b'{"en": "a dog", "de": "ein Hund"}'
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tarfile.open(broken / "dt" / "dt-000099.tar", "w").close()  # valid, no sample
+    patterns = {c: str(broken / c / f"{c}-*.tar") for c in ("ds", "dw", "dt")}
+    run_dir = root / "skips"
+    cfg = write_config(root / "skips.yaml", tok, patterns, run_dir, total_steps=3, save_every=100)
+    ok(launch(cfg, timeout=600))
+    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line][-1]
+    per_rank = []
+    for rank in (0, 1):
+        state = json.loads((run_dir / "checkpoints" / "step_00000003" / f"data_rank0000{rank}.json").read_text())
+        counts: dict[str, int] = {}
+        for stream in state["skips"].values():
+            for reason, n in stream.items():
+                counts[reason] = counts.get(reason, 0) + n
+        per_rank.append(counts)
+    assert all(c.get("missing_field", 0) > 0 for c in per_rank)  # both ranks skipped samples
+    assert last["skipped_samples"] == last["skipped.missing_field"] == sum(c.get("missing_field", 0) for c in per_rank)
+    assert last["empty_shards"] == sum(c.get("empty_shard", 0) for c in per_rank) > 0
+    assert last["shard_errors"] == last["shard_fetch_errors"] == 0  # shard faults are not sample skips
+
+
+@pytest.mark.slow(seconds=90)
+def test_nonfinite_gradient_on_one_rank_skips_the_update_on_every_rank(setup):
+    """fp32 without ZeRO: DeepSpeed itself would apply the NaN update (every weight NaN from then on)."""
+    root = setup[0]
+    preset = root / "stage0.json"
+    preset.write_text(json.dumps({"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+                                  "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+                                  "zero_optimization": {"stage": 0}}))
+    cfg, run_dir = config_for(setup, "nan-grad", deepspeed_config=str(preset), total_steps=6, save_every=100)
+    proc = launch(cfg, env={"RC3_INJECT_NAN_GRAD": "3:1"}, timeout=600)  # rank 1's gradient is NaN at step 3, its loss finite
+    ok(proc)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    grad_events = [r for r in records if r.get("nonfinite_grad")]
+    assert [r["step"] for r in grad_events] == [3] and "skipped on every rank" in grad_events[0]["event"]
+    assert not any(r.get("nonfinite_loss") for r in records)  # the loss itself stayed finite
+    losses = step_losses(run_dir)
+    assert sorted(losses) == list(range(1, 7)) and all(math.isfinite(v["loss"]) for v in losses.values())
+    counts = {r["step"]: r["nonfinite_grad_steps"] for r in records if "loss" in r}
+    assert counts == {1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 1}
+
+
+@pytest.mark.slow(seconds=120)
+def test_repeated_nonfinite_gradients_stop_naming_what_is_on_disk(setup):
+    cfg, run_dir = config_for(setup, "nan-grad-stop", max_nonfinite_steps=3)
+    proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN_GRAD": "2+"}, timeout=600)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "3 non-finite steps in a row at step 4" in errors[0]
+    assert "no checkpoint was written yet (train.save_every=4)" in errors[0]
+    cfg, run_dir = config_for(setup, "nan-grad-stop-late", max_nonfinite_steps=3)
+    proc = launch(cfg, nproc=1, env={"RC3_INJECT_NAN_GRAD": "6+"}, timeout=600)
+    assert proc.returncode == 2
+    assert (f"3 non-finite steps in a row at step 8; stopping (check the data and the learning rate); the newest "
+            f"complete checkpoint is {run_dir / 'checkpoints' / 'step_00000004'}; --resume continues from it") in proc.stderr
 
 
 @pytest.mark.slow(seconds=70)

@@ -191,6 +191,8 @@ FAULTS = {  # name: (reason counted, writer of the bad shard from its path, capt
     "truncated": ("shard_error", lambda p, caps, good: _truncated(p, good)),
     "empty_file": ("shard_error", lambda p, caps, good: p.write_bytes(b"")),
     "not_a_tar": ("shard_error", lambda p, caps, good: p.write_bytes(b"this is not a tar archive\n" * 40)),
+    # a valid tar (end-of-archive blocks only) that holds no sample: counted apart from unreadable shards
+    "empty_tar": ("empty_shard", lambda p, caps, good: tarfile.open(p, "w").close()),
     "missing_field": ("missing_field", lambda p, caps, good: _one_broken_sample(p, caps, "boxes.npy", None)),
     # a JPEG cut short: the header parses, the pixels do not
     "undecodable_jpg": ("bad_image", lambda p, caps, good: _one_broken_sample(p, caps, "jpg", lambda b: b[:200])),
@@ -216,7 +218,7 @@ def test_broken_input_is_skipped_counted_and_logged(fault, tmp_path, captions, t
     else:
         assert sorted(got) == sorted(written)
     assert loader.skips.as_dict() == {reason: 1}
-    assert any(str(bad) in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert [r.levelno for r in caplog.records if str(bad) in r.getMessage()] == [logging.WARNING]  # logged once
 
 
 def test_truncation_anywhere_in_a_shard_is_detected(tmp_path, captions, tokenizer):

@@ -12,6 +12,8 @@ Reasons:
                   truncated); samples read before the fault are kept, the rest of the shard is lost
   shard_fetch_error  a remote shard (URL or pipe: command) kept failing to arrive after the
                   retries (connection dropped, command failed); as shard_error otherwise
+  empty_shard     a shard is a valid tar that holds no sample (no member, or none named as a sample's
+                  field); counted each time it is read, logged the first time a worker reads it
   missing_field   a field of the corpus schema is absent
   duplicate_field a sample holds the same field twice
   bad_array       an npy field is not a finite float array of the schema's shape (or holds pickles)
@@ -36,7 +38,8 @@ log = logging.getLogger("rc3.data")
 
 SAMPLE_REASONS = ("missing_field", "duplicate_field", "bad_array", "bad_image", "bad_json", "non_utf8",
                   "empty_text", "too_few_langs", "bad_pair")
-SHARD_REASONS = ("shard_error", "shard_fetch_error")
+SHARD_REASONS = ("shard_error", "shard_fetch_error", "empty_shard")
+ALL_REASONS = SAMPLE_REASONS + SHARD_REASONS
 # Per reason, the first few skips are logged in full, then one line per this many (a corpus with
 # a systematic fault would otherwise flood the log with millions of identical lines).
 LOG_FIRST = 10
@@ -137,6 +140,7 @@ class FaultTracker:
         self.last_pass_good = -1  # ... in the last finished pass (-1: none finished yet)
         self.pass_shard_faults = 0  # shards of the current pass that failed
         self.last_pass_shard_faults = 0  # ... of the last finished pass
+        self.empty_seen: set[str] = set()  # empty shards already logged by this worker
 
     def ok(self) -> None:
         self.checked += 1
@@ -173,6 +177,14 @@ class FaultTracker:
         self.pass_shard_faults += 1
         log.warning("%s: shard %s unreadable after %d sample(s), skipping the rest of it: %s",
                     self.where, shard, samples_read, detail)
+
+    def empty_shard(self, shard: str) -> None:
+        """A shard that is a valid tar without any sample: counted every time, logged once per worker."""
+        self._count("empty_shard")
+        if shard not in self.empty_seen:
+            self.empty_seen.add(shard)
+            log.warning("%s: shard %s is a valid tar with no sample in it (counted as empty_shard; logged once)",
+                        self.where, shard)
 
     def take(self) -> dict[str, int]:
         return self.pending.take()

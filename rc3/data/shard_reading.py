@@ -43,6 +43,8 @@ def read_shard(url: str, fields: frozenset[str], tracker: FaultTracker, opener: 
                 if n > done:
                     done = n
                     yield sample
+            if n == 0:
+                tracker.empty_shard(url)
             return
         except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
             # The sample being assembled when the fault hit may be incomplete: it goes with the shard rest.

@@ -5,7 +5,8 @@ Layout under `run_dir/checkpoints/`:
     step_00000100/            DeepSpeed's files for this tag (every rank writes its ZeRO partition)
         rng_rank00000.safetensors   each rank's RNG states (DeepSpeed does not save them)
         data_rank00000.json         each rank's data-stream position and skip counts
-        COMPLETE                    written by rank 0 after a barrier: every rank has finished
+        COMPLETE                    written by rank 0 after a barrier: every rank has finished; holds
+                                    the manifest: each file of the tag, its size and SHA-256
     latest                    names the newest complete tag; replaced atomically after COMPLETE
 
 DeepSpeed's own `latest` is turned off (it is written before every rank has finished). A kill
@@ -13,6 +14,13 @@ at any point leaves `latest` naming a complete checkpoint (or absent), so `--res
 half a checkpoint; a tag without COMPLETE is ignored and, when `latest` itself points at one (an
 older version's file), the newest complete tag is used instead. Only the last `keep_last` complete
 tags are kept, and the newest complete one is never deleted.
+
+`--resume` (and tools/zero_to_safetensors.py) verify a tag against its manifest before reading it
+(rc3.pretrain.checkpoint_manifest): a file that is missing, of another size or other contents makes
+them warn in one line naming the file and fall back to the newest intact complete tag, on every rank
+alike. A COMPLETE without a manifest (written before manifests existed) is trusted as it was then,
+with a warning that it cannot be verified: refusing it would strand every older run, and the DeepSpeed
+files of such a tag are still read weights-only (rc3.safe_load).
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ from typing import Any, Callable, Optional
 
 from rc3 import atomic, rng, safe_load
 from rc3 import distributed as comm
-from rc3.pretrain import fault_injection
+from rc3.pretrain import checkpoint_manifest, fault_injection
 
 log = logging.getLogger("rc3.checkpoint")
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -92,11 +100,49 @@ class CheckpointManager:
         return sorted(p.name for p in self.dir.iterdir() if TAG_RE.match(p.name) and not (p / COMPLETE).is_file()) \
             if self.dir.is_dir() else []
 
+    def problems(self, tag: str) -> list[checkpoint_manifest.Problem] | None:
+        """The files of `tag` that differ from its manifest ([] when intact), or None when its COMPLETE
+        holds no manifest (written before manifests). A collective when a process group exists."""
+        try:
+            meta = json.loads((self.dir / tag / COMPLETE).read_text())
+        except (OSError, ValueError) as err:
+            return [checkpoint_manifest.Problem(COMPLETE, f"is not readable JSON ({type(err).__name__})")]
+        files = meta.get("files")
+        if files is None:
+            return None
+        return checkpoint_manifest.verify(self.dir / tag, files)
+
+    def newest_intact(self, warn: Callable[[str], None] | None = None) -> str | None:
+        """The tag a resume reads: `newest_complete()` when it matches its manifest, else the newest older
+        complete tag that does, each damaged one reported through `warn` in one line naming its first
+        bad file (rank 0 warns; every rank takes the same decision). None when no complete tag is intact."""
+        warn = warn if warn is not None else (log.warning if comm.get_rank() == 0 else (lambda _: None))
+        complete = self.complete_tags()
+        first = self.newest_complete()
+        candidates = [t for t in reversed(complete) if first is None or t <= first]
+        for i, tag in enumerate(candidates):
+            found = self.problems(tag)
+            if found is None:
+                warn(f"checkpoint {self.dir / tag} has no file manifest (written by an older version); "
+                     "its files cannot be verified, using it as it is")
+                return tag
+            if not found:
+                return tag
+            fallback = next(iter(candidates[i + 1:]), None)
+            more = f" (and {len(found) - 1} more file(s))" if len(found) > 1 else ""
+            warn(f"checkpoint {self.dir / tag} is damaged: {found[0]}{more}; "
+                 + (f"falling back to {fallback}" if fallback else "no older complete checkpoint to fall back to"))
+        return None
+
     def resume_tag(self) -> str:
-        """The tag `--resume` continues from, or a CheckpointError saying why there is none."""
-        tag = self.newest_complete()
+        """The tag `--resume` continues from (the newest intact complete one), or a CheckpointError saying
+        why there is none."""
+        tag = self.newest_intact()
         if tag is not None:
             return tag
+        if self.complete_tags():
+            raise CheckpointError(f"--resume: every complete checkpoint in {self.dir} is damaged (see the warnings "
+                                  "above); restore the named files or start a new run in a new run_dir")
         raise CheckpointError(
             f"--resume: no complete checkpoint in {self.dir}"
             + (f" ({len([p for p in self.dir.iterdir() if TAG_RE.match(p.name)])} incomplete tag(s) ignored)" if self.dir.is_dir() else "")
@@ -119,8 +165,10 @@ class CheckpointManager:
         rng.save(path / f"rng_rank{rank:05d}.safetensors")
         _write_atomic(path / f"data_rank{rank:05d}.json", json.dumps(data_state))
         comm.barrier()  # every rank's part is on disk
+        files = checkpoint_manifest.build(path, exclude=frozenset({COMPLETE}))  # every rank hashes a share
         if rank == 0:
-            _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": world, "time": time.time()}))
+            _write_atomic(path / COMPLETE, json.dumps({"step": step, "world_size": world, "time": time.time(),
+                                                       "files": files}))
             _write_atomic(self.dir / LATEST, tag + "\n")
             self._prune(keep=tag)
         comm.barrier()

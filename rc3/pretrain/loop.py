@@ -14,9 +14,10 @@
    `save_every` steps, on SIGTERM (then the run exits 0) and at the end.
 
 Faults: a non-finite loss on any rank makes every rank skip that micro-batch (decided by one
-all-reduce, so no rank waits on another); a step DeepSpeed skips for non-finite gradients is
-logged; `max_nonfinite_steps` in a row stop the run with an error. A dead rank ends the job
-through the launcher or the collective timeout.
+all-reduce, so no rank waits on another); a non-finite gradient on any rank (rc3.pretrain.nonfinite,
+in every precision and ZeRO stage) makes every rank skip that optimizer update; both are counted in
+metrics.jsonl, and `train.max_nonfinite_steps` in a row stop the run with an error saying which
+checkpoint exists. A dead rank ends the job through the launcher or the collective timeout.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import torch
 from rc3 import distributed as comm
 from rc3 import heap, perf, rng
 from rc3.config import RC3Config, save_config
+from rc3.data.faults import ALL_REASONS
 from rc3.modeling import build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
 from rc3.op_cache import use_environment_extension_dir
@@ -40,6 +42,7 @@ from rc3.pretrain import fault_injection
 from rc3.pretrain.checkpoints import Checkpointer, CheckpointError, CheckpointManager
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
 from rc3.pretrain.metrics import MetricsWindow, StepDone
+from rc3.pretrain.nonfinite import GradientWatch, StepGate
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.pretrain.streams import TaskStreams, start_loader_forkserver
 from rc3.run_log import RunLogger
@@ -59,8 +62,10 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
         while run.step < cfg.train.total_steps:
             window.add(train_step(run))
             if run.step % cfg.train.log_every == 0 or run.step == cfg.train.total_steps:
+                # skip counts of every rank, per reason (one collective, at log steps only)
+                skips = comm.all_reduce_sum_dict(run.streams.skip_counts(ALL_REASONS))
                 run.logger.write(window.flush(run.step, run.scheduler.get_last_lr()[0], run.state.values(),
-                                              run.streams.skipped()))
+                                              skips, run.nonfinite))
             if run.checkpointer.after_step(run.step):
                 run.logger.event(f"SIGTERM: checkpoint saved at step {run.step}; exiting", step=run.step)
                 return run.step
@@ -90,8 +95,12 @@ class Run:
     rank: int
     world: int
     gather: Optional[Callable[..., Any]]
+    watch: Optional[GradientWatch] = None
+    gate: Optional[StepGate] = None
     step: int = 0
     nonfinite_in_row: int = 0
+    # non-finite events since the run began (restored on resume): loss micro-batches and gradient steps skipped
+    nonfinite: dict[str, int] = field(default_factory=lambda: {"nonfinite_loss_skips": 0, "nonfinite_grad_steps": 0})
     device_sums: perf.MetricSums = field(default_factory=perf.MetricSums)
 
 
@@ -125,15 +134,19 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
         model.save_pretrained(run_dir / "model_card", tokenizer_dir=tokenizer_dir(cfg), overwrite=True, weights=False)
     optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
                                            fused_adam=preset_fused_adam(cfg))
+    gate = StepGate(optimizer)  # before DeepSpeed wraps it: the update of a non-finite step is skipped here
+    watch = GradientWatch(model)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     streams = TaskStreams(cfg, tokenizer, rank, world)
     state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)
     step = 0
+    nonfinite = {"nonfinite_loss_skips": 0, "nonfinite_grad_steps": 0}
     if resume:
         resumed = ckpt.load(engine, restore_rng=restore_rng)
         step = resumed.step
         state.load_state_dict(resumed.client_state["objectives"])
+        nonfinite.update(resumed.client_state.get("nonfinite", {}))  # absent in older checkpoints
         streams.load_state_dict(resumed.data_state)
         if rank == 0:
             log.warning("resumed from %s at step %d", resumed.tag, step)
@@ -142,13 +155,14 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
     logger = RunLogger(run_dir, rank == 0, cfg.train.total_steps, step)
     checkpointer = Checkpointer(
         ckpt, engine, cfg.train.save_every, cfg.train.total_steps,
-        state=lambda: ({"objectives": state.state_dict(), "config": cfg.train.run_dir}, streams.state_dict()),
+        state=lambda: ({"objectives": state.state_dict(), "config": cfg.train.run_dir, "nonfinite": dict(nonfinite)},
+                       streams.state_dict()),
         on_saved=lambda tag, at: logger.event(f"checkpoint {tag} saved", step=at))
     checkpointer.listen_for_sigterm()
     gather = comm.gather_with_offset if cfg.objectives.xtcl_gather else None  # the paper's global XTCL batch
     heap.freeze_long_lived()  # the model, engine and loaders live to the end: no full collection walks them again
     return Run(cfg, engine, scheduler, streams, state, logger, checkpointer, device, on_gpu, tokenizer.pad_id,
-               accum, rank, world, gather, step)
+               accum, rank, world, gather, watch, gate, step, nonfinite=nonfinite)
 
 
 def to_device(batches: Mapping[str, Mapping[str, Any]], device: torch.device) -> dict[str, dict[str, Any]]:
@@ -188,19 +202,31 @@ def train_step(run: Run) -> StepDone:
         loss = out.loss
         if fault_injection.nan_loss(step + 1, run.rank, first_attempt=attempts == 0):
             loss = loss * float("nan")
+        if fault_injection.nan_grad(step + 1, run.rank, first_attempt=attempts == 0):
+            loss = fault_injection.poison_gradient(loss, engine.module)
         attempts += 1
         if comm.any_rank(not bool(torch.isfinite(loss.detach()).item())):
             run.nonfinite_in_row += 1
+            run.nonfinite["nonfinite_loss_skips"] += 1
             run.logger.event(f"non-finite loss at step {step + 1} on some rank: micro-batch skipped on every rank "
                              f"({run.nonfinite_in_row} in a row)", step=step + 1, nonfinite_loss=1)
             if run.nonfinite_in_row >= cfg.train.max_nonfinite_steps:
                 raise NonFiniteError(f"{run.nonfinite_in_row} non-finite losses in a row at step {step + 1}; stopping "
-                                     "(check the data and the learning rate; the last checkpoint is intact)")
+                                     f"(check the data and the learning rate); {checkpoint_note(run)}")
             continue
         with counter:
             engine.backward(loss)
+        bad_grad = False
+        if good + 1 == run.accum and run.watch is not None and run.gate is not None:
+            # the update comes with this engine.step(): decided over ranks, so every rank skips it or none does
+            bad_grad = comm.any_rank(run.watch.take())
+            run.gate.skip = bad_grad
         skipped_before = engine.skipped_steps
-        engine.step()
+        try:
+            engine.step()
+        finally:
+            if run.gate is not None:
+                run.gate.skip = False
         good += 1
         if cfg.perf.sync_free:  # summed on the device, read once after the last micro-step
             run.device_sums.add({**{f"plain.{k}": v for k, v in out.plain.items()}, **out.parts, **out.extras,
@@ -216,12 +242,14 @@ def train_step(run: Run) -> StepDone:
             plain_sum[k[len("plain."):]] = v
         else:
             parts_sum[k] = v
-    if engine.skipped_steps > skipped_before:
+    if bad_grad or engine.skipped_steps > skipped_before:  # ours, or DeepSpeed's own overflow check
         run.nonfinite_in_row += 1
-        run.logger.event(f"non-finite gradients at step {step + 1}: DeepSpeed skipped the update", step=step + 1,
-                         nonfinite_grad=1)
+        run.nonfinite["nonfinite_grad_steps"] += 1
+        run.logger.event(f"non-finite gradients at step {step + 1} on some rank: the update was skipped on every "
+                         f"rank ({run.nonfinite_in_row} in a row)", step=step + 1, nonfinite_grad=1)
         if run.nonfinite_in_row >= cfg.train.max_nonfinite_steps:
-            raise NonFiniteError(f"{run.nonfinite_in_row} non-finite steps in a row at step {step + 1}; stopping")
+            raise NonFiniteError(f"{run.nonfinite_in_row} non-finite steps in a row at step {step + 1}; stopping "
+                                 f"(check the data and the learning rate); {checkpoint_note(run)}")
     else:
         run.nonfinite_in_row = 0
     # p_avg and logged losses: averaged over micro-steps, then over ranks (one collective)
@@ -233,6 +261,16 @@ def train_step(run: Run) -> StepDone:
     return StepDone(reduced, time.perf_counter() - t0, data_wait, counter.flops,
                     counter.encoder_tokens + counter.decoder_tokens,
                     run.streams.samples_per_step() * run.accum * run.world)
+
+
+def checkpoint_note(run: Run) -> str:
+    """What a stopped run leaves to continue from, as it is on disk now."""
+    manager = run.checkpointer.manager
+    tag = manager.newest_complete()
+    if tag is None:
+        return (f"no checkpoint was written yet (train.save_every={run.cfg.train.save_every}); nothing to resume "
+                "from")
+    return f"the newest complete checkpoint is {manager.dir / tag}; --resume continues from it"
 
 
 def tokenizer_dir(cfg: RC3Config) -> str:

@@ -23,7 +23,7 @@ import queue
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -345,8 +345,14 @@ class TaskStreams:
     def samples_per_step(self) -> int:
         return sum(loader.cfg.batch_size for loader in self.loaders.values())
 
-    def skipped(self) -> int:
-        return sum(n for counts in self.state_dict()["skips"].values() for n in counts.values())
+    def skip_counts(self, reasons: Sequence[str]) -> dict[str, float]:
+        """This rank's skips per reason over every stream (every reason in `reasons` present, 0 when none,
+        so that ranks can sum them key by key), for the steps handed out."""
+        counts = dict.fromkeys(reasons, 0.0)
+        for per_stream in self.state_dict()["skips"].values():
+            for reason, n in per_stream.items():
+                counts[reason] = counts.get(reason, 0.0) + n
+        return counts
 
     def _live_state(self) -> dict[str, Any]:
         return {"positions": self.multi.state_dict(),

@@ -2,8 +2,10 @@ r"""Consolidate a DeepSpeed ZeRO checkpoint of a pretraining run into a plain RC
 
     python tools/zero_to_safetensors.py runs/rc3 models/rc3-step100k [--tag step_100000] [--overwrite]
 
-Reads RUN_DIR/checkpoints/<tag> (default: the newest complete one, as --resume picks it) written under any
-ZeRO stage, rebuilds the architecture from RUN_DIR/model_card (rc3_config.json + tokenizer files), fills
+Reads RUN_DIR/checkpoints/<tag> (default: the newest intact complete one, as --resume picks it: a tag whose
+files differ from the manifest in its COMPLETE marker is passed over with a one-line warning naming the
+file; a named --tag that differs is refused) written under any ZeRO stage, rebuilds the architecture
+from RUN_DIR/model_card (rc3_config.json + tokenizer files), fills
 it with DeepSpeed's consolidated fp32 weights, checks every tensor is there, and writes OUT_DIR
 (rc3_config.json, model.safetensors, tokenizer files), which RC3Model.from_pretrained loads without
 DeepSpeed. The checkpoint files are read with torch.load(weights_only=True) (rc3.safe_load); only the
@@ -13,6 +15,7 @@ naming the file.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -27,22 +30,38 @@ class CheckpointError(ValueError):
     """A run directory or checkpoint that cannot be consolidated, with what to do about it."""
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def resolve_tag(run_dir: Path, tag: str | None) -> Path:
-    """The checkpoint directory to read: RUN_DIR/checkpoints/<tag>, checked to look complete."""
+    """The checkpoint directory to read: RUN_DIR/checkpoints/<tag>, checked to look complete and, when its
+    COMPLETE holds a manifest, to match it."""
     ckpt_root = run_dir / "checkpoints"
     if not ckpt_root.is_dir():
         raise CheckpointError(f"{run_dir}: no checkpoints/ directory; is this a pretraining run directory?")
+    manager = CheckpointManager(run_dir)
+    named = tag is not None
     if tag is None:
-        # the rule --resume follows: `latest` when it names a complete tag, else the newest complete one
-        manager = CheckpointManager(run_dir)
-        tag = manager.newest_complete()
+        # the rule --resume follows: `latest` when it names a complete tag, else the newest complete one;
+        # a damaged one is passed over for the newest intact one
+        tag = manager.newest_intact(warn)
         if tag is None:
+            damaged = manager.complete_tags()
             raise CheckpointError(f"{ckpt_root}: no complete checkpoint (no tag holds COMPLETE; incomplete: "
                                   f"{', '.join(manager.incomplete_tags()) or 'none'}); name one with --tag "
-                                  f"(found: {', '.join(available_tags(ckpt_root)) or 'none'})")
+                                  f"(found: {', '.join(available_tags(ckpt_root)) or 'none'})" if not damaged else
+                                  f"{ckpt_root}: every complete checkpoint is damaged ({', '.join(damaged)}, see the "
+                                  "warnings above); restore the named files")
     tag_dir = ckpt_root / tag
     if not tag_dir.is_dir():
         raise CheckpointError(f"checkpoint {tag_dir} does not exist (found: {', '.join(available_tags(ckpt_root)) or 'none'})")
+    if named and (tag_dir / "COMPLETE").is_file():  # the default tag was verified by newest_intact
+        found = manager.problems(tag)
+        if found:
+            raise CheckpointError(f"checkpoint {tag_dir} is damaged: {found[0]}"
+                                  + (f" (and {len(found) - 1} more file(s))" if len(found) > 1 else "")
+                                  + "; pick another --tag or restore the file")
     model_states = sorted(tag_dir.glob("*model_states.pt"))
     optim_states = sorted(tag_dir.glob("*optim_states.pt"))
     if not model_states or not optim_states:
