@@ -47,7 +47,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 # Every size of configs/paper.yaml shrunk; layers, losses, sequence lengths and engine as the paper's.
 SHRUNK = ["model.vocab_size=512", "model.d_model=8", "model.attention_heads=1", "model.ffn_dim=8",
-          "model.patch_dim=8", "train.precision=fp32", "train.micro_batch_size=2", "train.global_batch_size=2", "optim.warmup_steps=1", "data.ds_shards=unused", "data.dw_shards=unused",
+          "model.patch_dim=8", "train.precision=fp32", "train.micro_batch_size=2", "train.global_batch_size=2",
+          "optim.warmup_steps=1", "data.ds_shards=unused", "data.dw_shards=unused",
           "data.dt_shards=unused", "train.total_steps=100000"]
 
 
@@ -75,6 +76,7 @@ class RandomStreams:
 
 
 def build_run(config: str, sets: list[str], seed: int) -> Any:
+    import deepspeed
     import torch
 
     from rc3 import distributed as dist
@@ -86,8 +88,6 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     from rc3.pretrain.objectives import ObjectiveState
     from rc3.run_log import RunLogger
     from rc3.synthetic.tiny import random_task_batches
-
-    import deepspeed
 
     cfg = load_config(config, [*SHRUNK, *sets])
     torch.manual_seed(seed)
@@ -129,7 +129,10 @@ def worker(args: argparse.Namespace) -> int:
     run = build_run(args.config, args.set, args.seed)
     for _ in range(args.warmup):
         loop.train_step(run)
-    print(json.dumps({"ready": True, "rc3": str(Path(loop.__file__).parents[1])}), flush=True)
+    from torch._dynamo.utils import counters
+
+    print(json.dumps({"ready": True, "rc3": str(Path(loop.__file__).parents[1]), "warmup_dynamo": dynamo_counts(),
+                      "graph_break_reasons": sorted(counters["graph_break"])}), flush=True)
     for line in sys.stdin:
         cmd, *rest = line.split()
         if cmd == "quit":
@@ -277,7 +280,8 @@ def main() -> int:
         for w in workers:
             syncs = w.ask("syncs")["syncs"]
             results[w.name] = {"rc3": w.hello["rc3"], **summarise(rows[w.name]), "host_syncs": len(syncs),
-                               "sync_sites": syncs}
+                               "sync_sites": syncs, "warmup_dynamo": w.hello["warmup_dynamo"],
+                               "graph_break_reasons": w.hello["graph_break_reasons"]}
     finally:
         for w in workers:
             w.close()
@@ -295,6 +299,8 @@ def main() -> int:
               f"{res['recompiles']}, graph breaks {res['graph_breaks']} (in the timed steps)")
         for site in res["sync_sites"][:12]:
             print(f"    sync: {site}")
+        if res["warmup_dynamo"]["frames_compiled"]:
+            print(f"    warm-up: {res['warmup_dynamo']}; graph breaks: {res['graph_break_reasons'][:8]}")
     ref = results["this checkout"]["cpu_ms_median"]
     figures["cpu_vs_this_checkout"] = {name: res["cpu_ms_median"] / ref for name, res in results.items()}
     for name, ratio in figures["cpu_vs_this_checkout"].items():
