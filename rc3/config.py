@@ -312,8 +312,9 @@ class PerfConfig:
     compile: Literal["off", "layers", "passes"] = "off"
     # torch.compile mode; "reduce-overhead" adds CUDA graphs on GPU (needs fixed_shapes)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
-    # no host sync inside a micro-step: per-task metrics stay device tensors, summed on the device and
-    # read once per optimizer step (p_avg) and per log line
+    # no host sync inside a micro-step: 4D attention masks built on the device (transformers otherwise
+    # asks the host whether each batch has padding). Per-task metrics are summed on the device and read
+    # once per optimizer step either way.
     sync_free: bool = False
     # LM-head cross-entropy (MLM and decoder) over chunks of this many positions, recomputing each
     # chunk's logits in the backward: never holds the full [positions, vocab] logits; 0 = off

@@ -111,7 +111,7 @@ def all_gather_sizes(n: int) -> list[int]:
     local = torch.tensor([int(n)], dtype=torch.long, device=_comm_device())
     sizes = [torch.zeros_like(local) for _ in range(get_world_size())]
     dist.all_gather(sizes, local)
-    return [int(s.item()) for s in sizes]
+    return torch.cat(sizes).tolist()  # one device -> host read, not one per rank
 
 
 def all_gather(t: Tensor) -> Tensor:
@@ -151,8 +151,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     used as a negative by another rank still receives that rank's gradient."""
 
     @staticmethod
-    def forward(ctx: Any, t: Tensor) -> Tensor:
-        sizes = all_gather_sizes(t.shape[0])
+    def forward(ctx: Any, t: Tensor, sizes: list[int]) -> Tensor:
         rank = get_rank()
         ctx.start, ctx.stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
         parts = _gather_padded(t.detach(), sizes)
@@ -160,10 +159,10 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.start: ctx.stop]
+        return grad[ctx.start: ctx.stop], None
 
 
 def all_gather_with_grad(t: Tensor) -> Tensor:
@@ -180,14 +179,19 @@ def all_gather_with_grad(t: Tensor) -> Tensor:
         return t
     if t.dim() == 0:
         raise ValueError("all_gather_with_grad needs a tensor with a leading batch dimension, got a scalar")
-    return _AllGatherWithGrad.apply(t)
+    return _AllGatherWithGrad.apply(t, all_gather_sizes(t.shape[0]))
 
 
 def gather_with_offset(t: Tensor) -> tuple[Tensor, int]:
     """(every rank's rows with gradients, `all_gather_with_grad`; the row where this rank's block
-    starts): XTCL's negatives over the global batch, `rc3.pretrain.objectives.xtcl(gather=...)`."""
+    starts): XTCL's negatives over the global batch, `rc3.pretrain.objectives.xtcl(gather=...)`.
+    The sizes are gathered once for both (every training step calls this)."""
+    if not is_initialized():
+        return t, 0
+    if t.dim() == 0:
+        raise ValueError("gather_with_offset needs a tensor with a leading batch dimension, got a scalar")
     sizes = all_gather_sizes(t.shape[0])
-    return all_gather_with_grad(t), sum(sizes[: get_rank()])
+    return _AllGatherWithGrad.apply(t, sizes), sum(sizes[: get_rank()])
 
 
 # ---------------------------------------------------------------- training-engine helpers
@@ -254,6 +258,17 @@ def any_rank(flag: bool) -> bool:
     if not is_initialized():
         return bool(flag)
     buf = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return bool(buf.item() > 0)
+
+
+def any_rank_flag(flag: Tensor) -> bool:
+    """`any_rank` for a flag computed on the device (e.g. "this loss is not finite"): the flag is
+    all-reduced where it lies and read once, instead of read, sent back and read again."""
+    flag = flag.reshape(1).to(torch.float32)
+    if not is_initialized():
+        return bool(flag.item() > 0)
+    buf = flag.to(_comm_device())
     dist.all_reduce(buf, op=dist.ReduceOp.MAX)
     return bool(buf.item() > 0)
 

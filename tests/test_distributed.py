@@ -26,6 +26,9 @@ def test_single_process_fallbacks() -> None:
     assert torch.equal(y, x.detach()) and not y.requires_grad
     assert rd.all_gather_with_grad(x) is x
     assert rd.all_gather_sizes(4) == [4]
+    assert rd.gather_with_offset(x) == (x, 0)
+    assert rd.any_rank_flag(~torch.isfinite(torch.tensor(float("nan")))) is True
+    assert rd.any_rank_flag(~torch.isfinite(torch.tensor(1.0))) is False
     obj = {"a": [1, 2]}
     assert rd.broadcast_object(obj) is obj
 
@@ -90,6 +93,10 @@ def _case_primitives(rank: int) -> None:
     reduced = rd.all_reduce_mean(torch.tensor([rank * 2.0, 4.0], dtype=torch.bfloat16))
     assert reduced.dtype == torch.bfloat16 and torch.equal(reduced, torch.tensor([1.0, 4.0], dtype=torch.bfloat16))
     assert rd.broadcast_object({"from": rank}, src=0) == {"from": 0}
+    # a flag raised on one rank is seen on every rank; none raised, none seen
+    assert rd.any_rank_flag(torch.tensor(rank == 1)) is True
+    assert rd.any_rank_flag(torch.tensor(False)) is False
+    assert rd.any_rank_flag(~torch.isfinite(torch.tensor(float("inf") if rank == 0 else 1.0))) is True
 
     for sizes in ([2, 3], [0, 3]):
         assert rd.all_gather_sizes(sizes[rank]) == sizes
@@ -103,6 +110,12 @@ def _case_primitives(rank: int) -> None:
         (gathered * weights).sum().backward()
         start = sum(sizes[:rank])
         own_rows = torch.arange(start, start + sizes[rank], dtype=torch.float32).unsqueeze(1)
+        assert torch.equal(mine.grad, (own_rows * (1 + 2)).expand(-1, 2))
+        # the training gather: the same rows and gradients, and where this rank's block starts
+        mine.grad = None
+        gathered, offset = rd.gather_with_offset(mine)
+        assert torch.equal(gathered, expected) and offset == start
+        (gathered * weights).sum().backward()
         assert torch.equal(mine.grad, (own_rows * (1 + 2)).expand(-1, 2))
 
 

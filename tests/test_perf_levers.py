@@ -187,6 +187,63 @@ def test_no_host_sync_inside_a_micro_step():
     assert c.count > 0 and all("masking_utils" in where for _, where in c.calls), c.calls
 
 
+class _PlainEngine:
+    """The part of DeepSpeed's engine interface that `train_step` uses, over plain torch (SGD without
+    momentum: one optimizer step is all the test needs)."""
+
+    def __init__(self, model):
+        self.model, self.skipped_steps = model, 0
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        self.outputs = []
+
+    def __call__(self, fn, *args):
+        out = self.model(fn, *args)
+        self.outputs.append(out)
+        return out
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_train_step_reads_the_metrics_once_per_optimizer_step(tmp_path, accum):
+    """The training loop's step (rc3.pretrain.loop.train_step, one process) at the default settings, the
+    model passing prebuilt masks (so transformers' own reads do not hide the loop's): the only host reads
+    are the non-finite-loss check of each micro-step and one read of every metric sum after the last; the
+    logged numbers are the host sums of each micro-step's values."""
+    from types import SimpleNamespace
+
+    from rc3.pretrain import loop
+    from rc3.run_log import RunLogger
+
+    model = tiny_model(torch.float32)
+    perf.apply(model, PerfConfig(sync_free=True))
+    engine = _PlainEngine(model)
+    pool = [batches(seed=i, dtype=torch.float32) for i in range(accum)]
+    streams = SimpleNamespace(next_batches=lambda: pool[len(engine.outputs) % accum], samples_per_step=lambda: 16)
+    cfg = load_config(None, ["data.ds_shards=x", "data.dw_shards=x", "data.dt_shards=x", "data.max_text_len=12",
+                             "objectives.xtcl_gather=false"])
+    run = loop.Run(cfg, engine, None, streams, ObjectiveState.create(), RunLogger(tmp_path, False), None,
+                   torch.device("cpu"), False, 1, accum, 0, 1, None)
+    loss_and_grads(model, pool[0])  # builds the cached index tables (once per shape), as the loop's first step does
+    model.zero_grad(set_to_none=True)
+    with perf.HostSyncCounter() as c:
+        done = loop.train_step(run)
+    kinds = [kind for kind, _ in c.calls]
+    assert kinds == ["item"] * accum + ["tolist"], c.calls  # isfinite per micro-step, then one read of the sums
+    want: dict[str, float] = {}
+    for out in engine.outputs:  # the reference: each value read on the host, summed in Python
+        for k, v in {**{f"plain.{k}": v for k, v in out.plain.items()}, **out.parts, **out.extras,
+                     "loss": out.loss.detach()}.items():
+            want[k] = want.get(k, 0.0) + float(v)
+    assert done.reduced == {k: v / accum for k, v in want.items()}
+    assert {"loss", "mclm", "plain.xtcl", "kl"} <= done.reduced.keys()
+
+
 def test_metric_sums_equal_host_float_sums():
     g = torch.Generator().manual_seed(0)
     steps = [{"a": torch.randn((), generator=g), "b": torch.rand((), generator=g) * 1e-3} for _ in range(5)]

@@ -189,14 +189,18 @@ class RC3Model(nn.Module):
     def without_dropout(self) -> Iterator[None]:
         """Every submodule in eval mode inside the block, each restored to its own mode after it: for
         forward passes that produce targets (R-XVtCL's P_tr), which dropout noise would blur."""
+        # Called every step (R-XVtCL's P_tr) over ~200 modules of the paper model: `training` is a plain
+        # attribute, so it is set past nn.Module.__setattr__, whose checks for parameters, buffers and
+        # submodules cost several times the assignment (what `Module.train` does, without its recursion).
         modes = [(m, m.training) for m in self.modules()]
+        set_mode = object.__setattr__
         try:
             for m, _ in modes:
-                m.training = False
+                set_mode(m, "training", False)
             yield
         finally:
             for m, mode in modes:
-                m.training = mode
+                set_mode(m, "training", mode)
 
     # ---- encoder ---------------------------------------------------------------------------
     @property

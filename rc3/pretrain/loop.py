@@ -205,7 +205,7 @@ def train_step(run: Run) -> StepDone:
         if fault_injection.nan_grad(step + 1, run.rank, first_attempt=attempts == 0):
             loss = fault_injection.poison_gradient(loss, engine.module)
         attempts += 1
-        if comm.any_rank(not bool(torch.isfinite(loss.detach()).item())):
+        if comm.any_rank_flag(~torch.isfinite(loss.detach())):  # one read, after the all-reduce
             run.nonfinite_in_row += 1
             run.nonfinite["nonfinite_loss_skips"] += 1
             run.logger.event(f"non-finite loss at step {step + 1} on some rank: micro-batch skipped on every rank "
@@ -228,16 +228,11 @@ def train_step(run: Run) -> StepDone:
             if run.gate is not None:
                 run.gate.skip = False
         good += 1
-        if cfg.perf.sync_free:  # summed on the device, read once after the last micro-step
-            run.device_sums.add({**{f"plain.{k}": v for k, v in out.plain.items()}, **out.parts, **out.extras,
-                                 "loss": loss})
-            continue
-        for k, v in out.plain.items():
-            plain_sum[k] = plain_sum.get(k, 0.0) + float(v)
-        for k, v in {**out.parts, **out.extras}.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
-        parts_sum["loss"] = parts_sum.get("loss", 0.0) + float(loss.detach())
-    for k, v in run.device_sums.read().items():  # empty unless perf.sync_free
+        # Summed on the device (float64, in call order: the sums float() on the host would give) and read
+        # in one transfer after the last micro-step, instead of a device read per metric per micro-step.
+        run.device_sums.add({**{f"plain.{k}": v for k, v in out.plain.items()}, **out.parts, **out.extras,
+                             "loss": loss})
+    for k, v in run.device_sums.read().items():
         if k.startswith("plain."):
             plain_sum[k[len("plain."):]] = v
         else:
