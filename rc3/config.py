@@ -304,6 +304,10 @@ class TrainConfig:
     max_nonfinite_steps: int = 5
     seed: int = 42
     collective_timeout_s: float = 1800.0  # a collective waiting longer than this (a dead rank) fails the job
+    # after SIGTERM: save at the end of the step, or, when no step ends within this many seconds (a
+    # silent shard server, a stuck collective or save), exit non-zero saying what the run waited on;
+    # keep it below the scheduler's grace period before SIGKILL (often 30 s)
+    sigterm_grace_s: float = 20.0
     peak_tflops: Optional[float] = None  # accelerator peak for MFU; None = looked up from the GPU name
 
 
@@ -541,6 +545,9 @@ def validate(cfg: RC3Config) -> None:
     if cfg.optim.name == "adam" and cfg.optim.weight_decay != 0:
         raise ConfigError("optim.weight_decay", f"plain Adam (optim.name=adam) takes no weight decay; got "
                           f"{cfg.optim.weight_decay} (use optim.name=adamw for decoupled decay)")
+    if not 0 < cfg.train.sigterm_grace_s < math.inf:
+        raise ConfigError("train.sigterm_grace_s", f"must be a positive number of seconds, got "
+                          f"{cfg.train.sigterm_grace_s}")
     if cfg.optim.grad_clip < 0:
         raise ConfigError("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {cfg.optim.grad_clip}")
     if cfg.perf.lm_loss_chunk < 0:
