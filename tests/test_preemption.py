@@ -119,6 +119,7 @@ def test_sigterm_saves_while_stepping_and_exits_with_a_reason_when_the_loader_st
             assert any(e["event"] == f"SIGTERM: checkpoint saved at step {int(saved[5:])}; exiting"
                        for e in events(run_dir))
             assert took < 120
+            print(f"SIGTERM while stepping: saved {saved}, exit 0 after {took:.1f} s")
             # 2. resumed; the server then stalls every request after its headers: the loader blocks
             log = tmp_path / "stalled.log"
             proc = start(config, log, "--resume")
@@ -137,6 +138,7 @@ def test_sigterm_saves_while_stepping_and_exits_with_a_reason_when_the_loader_st
                 if p.poll() is None:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
+    print(f"SIGTERM while the loader stalls: exit {proc.returncode} after {took:.1f} s")
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == EXIT_STATUS and len(lines) == 1, err[-4000:]
     assert lines[0].startswith("error: SIGTERM: no step boundary within train.sigterm_grace_s = 20 s, the run is "

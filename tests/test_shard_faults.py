@@ -84,9 +84,9 @@ def test_a_corpus_that_cannot_be_fetched_stops_with_one_line(fault, ds_dir, toke
             list(loader)
         took = time.monotonic() - t0
     message = str(info.value)
-    assert "\n" not in message
+    assert "\n" not in message and message.startswith("data.ds_shards: ")
     if fault == "drop":
-        assert "every shard failed to read" in message
+        assert "every shard failed to read" in message and f"{server.url}/ds-0000" in message
     else:
         assert isinstance(info.value, ShardsUnreachable), message
         assert message.startswith("data.ds_shards: every fetch failed for ")
@@ -95,6 +95,20 @@ def test_a_corpus_that_cannot_be_fetched_stops_with_one_line(fault, ds_dir, toke
         # one would end past the 2 s
         assert took >= (2.0 if fault == "stall" else 1.0)
     assert took < 20
+
+
+@pytest.mark.timeout(120)
+def test_one_hanging_shard_is_skipped_and_a_server_gone_mid_stream_stops_it(ds_dir, tokenizer):
+    # the bad shard's tries (3 x 0.5 s) outlast the 1 s outage budget: still only that shard is skipped
+    op = opener(outage_s=1.0)
+    with FaultServer(ds_dir, faults=lambda path, n: "stall" if path == BAD else None) as server:
+        loader, got = read_once(f"{server.url}/{PATTERN}", tokenizer, op, shuffle_shards=False)
+    assert loader.skips.as_dict() == {"shard_fetch_error": 1} and len(got) == (SHARDS - 1) * PER_SHARD
+    # data first, then every later shard stalls: two failing shards in a row over the budget stop it
+    with FaultServer(ds_dir, faults=lambda path, n: None if path == "/ds-000000.tar" else "stall") as server:
+        with pytest.raises(ShardsUnreachable, match=r"^data\.ds_shards: every fetch failed for .*no shard data has "
+                                                    r"arrived since; 1 shard\(s\) skipped"):
+            read_once(f"{server.url}/{PATTERN}", tokenizer, op, shuffle_shards=False)
 
 
 @pytest.mark.slow(seconds=15)  # forks loader workers

@@ -71,7 +71,7 @@ class HttpShardStream(io.RawIOBase):
         try:
             n = self.response.readinto(b)
         except TimeoutError:
-            raise ShardFetchError(f"no data for {self.timeout:g} s after {self.received} bytes "
+            raise ShardFetchError(f"no data for {self.timeout:.3g} s after {self.received} bytes "
                                   f"(data.shard_read_timeout_s)") from None
         except (http.client.HTTPException, ConnectionError, OSError) as exc:
             raise ShardFetchError(f"connection broken after {self.received} bytes ({type(exc).__name__}: {exc})") \
@@ -101,10 +101,10 @@ def open_http(url: str, timeout: float) -> HttpShardStream:
     except urllib.error.URLError as err:
         reason = err.reason
         if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise ShardFetchError(f"no connection within {timeout:g} s (data.shard_read_timeout_s)") from None
+            raise ShardFetchError(f"no connection within {timeout:.3g} s (data.shard_read_timeout_s)") from None
         raise ShardFetchError(f"cannot connect ({reason})") from None
     except TimeoutError:
-        raise ShardFetchError(f"no response for {timeout:g} s after connecting (data.shard_read_timeout_s)") from None
+        raise ShardFetchError(f"no response for {timeout:.3g} s after connecting (data.shard_read_timeout_s)") from None
     except (http.client.HTTPException, ConnectionError, OSError) as exc:
         raise ShardFetchError(f"no valid response ({type(exc).__name__}: {exc})") from None
     return HttpShardStream(url, response, timeout)

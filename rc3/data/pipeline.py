@@ -313,6 +313,12 @@ class ShardLoader:
         self.skips = SkipCounter()
         self.mix = SkipCounter()  # samples drawn per source, over every epoch run (weighted sources)
 
+    def config_key(self) -> str:
+        """The run config's key for this corpus's shards (named in errors)."""
+        srcs = self.cfg.sources
+        plain = len(srcs) == 1 and srcs[0].name == self.cfg.corpus
+        return f"data.{self.cfg.corpus}_shards" if plain else f"data.{self.cfg.corpus}_sources"
+
     def __len__(self) -> int:
         if self.batches_per_epoch is None:
             raise TypeError("this loader reads its shards once per epoch; its length is unknown")
@@ -363,7 +369,9 @@ class ShardLoader:
                 except StopIteration:
                     break
                 except DataPipelineError as err:
-                    raise type(err)(one_line(str(err))) from None
+                    message = one_line(str(err))
+                    key = self.config_key()
+                    raise type(err)(message if message.startswith(key) else f"{key}: {message}") from None
                 self.skips.update(batch.pop("skipped", {}))
                 epoch_mix.update(batch.pop("mix", {}))
                 if batch.pop(_SKIPS_ONLY, False):

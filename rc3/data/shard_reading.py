@@ -11,7 +11,8 @@ shard_error, not retried: the server holds those bytes). Each stream also tracks
 have failed without a break (:class:`FetchHealth`): past `outage_s` the run stops with one
 :class:`ShardsUnreachable` line naming the corpus's config key and the last URL, rather than skipping
 shard after shard of a corpus that cannot be reached (at the defaults: 60 s read timeout, 90 s outage,
-so a silent server stops the run after about 90 s).
+so a silent server stops the run after about 90 s). Once a stream has had data, a stretch stops it
+only when a second shard fails in it: one shard that hangs is skipped, not taken for an outage.
 """
 from __future__ import annotations
 
@@ -54,7 +55,12 @@ class FetchHealth:
             self.since = max(attempt_start, self.last_arrival)
 
     def remaining(self) -> float:
-        return math.inf if self.since is None else self.outage_s - (time.monotonic() - self.since)
+        """Seconds left before the stretch stops the run. Once the stream has had data, one shard
+        failing is that shard's fault (it is retried and skipped by the shard's own budget): the
+        stretch counts only from the second shard that fails in it."""
+        if self.since is None or (self.ever_arrived and self.skipped == 0):
+            return math.inf
+        return self.outage_s - (time.monotonic() - self.since)
 
     def timeout(self, read_timeout: float) -> float:
         """An attempt's read timeout: within a failing stretch, no longer than what is left of it."""
