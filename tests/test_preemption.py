@@ -120,18 +120,17 @@ def test_sigterm_saves_while_stepping_and_exits_with_a_reason_when_the_loader_st
                        for e in events(run_dir))
             assert took < 120
             print(f"SIGTERM while stepping: saved {saved}, exit 0 after {took:.1f} s")
-            # 2. resumed; the server then stalls every request after its headers: the loader blocks
+            # 2. resumed while the server stalls every request after its headers: the loader blocks before
+            # the first step (a stall that starts mid-run is the same wait, but when the steps fetched ahead
+            # run out is a matter of timing)
+            server.default = "stall"
             log = tmp_path / "stalled.log"
             proc = start(config, log, "--resume")
             procs.append(proc)
-            wait_for(proc, log, f"step {int(saved[5:]) + 2}", lambda: max_step(run_dir) >= int(saved[5:]) + 2)
-            server.default = "stall"
             wait_for(proc, log, "a stalled request", lambda: any(w == "stall" for _, w in server.answered))
-            last = -1
-            while last != max_step(run_dir):  # until steps stop (the steps fetched ahead are used up)
-                last = max_step(run_dir)
-                time.sleep(8)
-                assert proc.poll() is None, log.read_text()[-4000:]
+            time.sleep(3)
+            assert max_step(run_dir) == int(saved[5:])
+            last = int(saved[5:])
             took, err = terminate(proc, log)
         finally:
             for p in procs:
