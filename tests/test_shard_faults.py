@@ -11,9 +11,10 @@ from fault_server import FaultServer
 from test_pipeline import PER_SHARD, captions, collator, keys_of, write_corpus  # noqa: F401, F811 (captions: fixture)
 
 from rc3.config import ConfigError, RC3Config, load_config
+from rc3.data.faults import FaultTracker
 from rc3.data.http_shards import ShardFetchError, parse_retry_after
 from rc3.data.pipeline import make_pipeline
-from rc3.data.shard_reading import ShardsUnreachable
+from rc3.data.shard_reading import ShardsUnreachable, read_samples
 from rc3.data.shard_source import ShardOpener
 from rc3.pretrain.streams import estimate_batches_per_epoch, shard_opener
 
@@ -132,6 +133,19 @@ def test_sizing_an_epoch_from_an_unreachable_shard_names_the_corpus(ds_dir):
                                                     rf"{server.url}/ds-000000\.tar .*HTTP 500.*after 2 retries"):
             estimate_batches_per_epoch(f"{server.url}/{PATTERN}", 3, 1, opener(), "ds")
         assert server.requests["/ds-000000.tar"] == 3
+
+
+@pytest.mark.timeout(60)
+def test_a_shard_that_breaks_after_a_long_read_keeps_its_retries(ds_dir):
+    # the consumer takes ~1.2 s over the samples before the cut; the 0.5 s budget runs from the failure
+    tracker = FaultTracker("test", 0.0, 0)
+    with FaultServer(ds_dir, faults=lambda path, n: "drop" if n == 1 else None) as server:
+        keys = []
+        for sample in read_samples([f"{server.url}/ds-000000.tar"], frozenset(), tracker, opener(retry_budget_s=0.5)):
+            keys.append(sample["__key__"])
+            time.sleep(0.4)
+        assert server.requests == {"/ds-000000.tar": 2}
+    assert keys == [f"ds{i:05d}" for i in range(PER_SHARD)] and not tracker.totals
 
 
 def test_retry_policy():

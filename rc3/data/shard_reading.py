@@ -119,7 +119,10 @@ def read_shard(url: str, fields: frozenset[str], tracker: FaultTracker, opener: 
             transport = remote and isinstance(exc, OSError)
             if transport:
                 health.failed(started)
-                first_failure = started if first_failure is None else first_failure
+                # the shard's budget runs from its first failure: from the try's start when nothing arrived
+                # in it, else from the last sample (a long read that breaks late keeps its retries)
+                if first_failure is None:
+                    first_failure = max(started, health.last_arrival)
             retryable = remote and not getattr(exc, "transfer_complete", False)
             wait = opener.retry_wait(attempt + 1, exc, first_failure or started) if retryable else None
             if transport and health.remaining() <= 0:
