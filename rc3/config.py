@@ -207,11 +207,15 @@ class DataConfig(RegistrySection):
     batches_per_epoch: Optional[int] = None  # per rank; None = estimated from the shard sizes
     skip_budget: float = 0.01  # fraction of samples that may be skipped before the run stops
     # Remote shards (pipe:, http(s)://, s3://, gs://; rc3.data.shard_source): how a scheme is opened,
-    # as "SCHEME=pipe:COMMAND {url}" or "SCHEME=fsspec" (default s3=pipe:aws s3 cp {url} -; http, https
-    # and gs go through webdataset's gopen), and the bounded retries before a shard is skipped.
+    # as "SCHEME=pipe:COMMAND {url}" or "SCHEME=fsspec" (default s3=pipe:aws s3 cp {url} -; http and
+    # https are read in-process, gs through webdataset's gopen), and the bounded retries before a
+    # shard is skipped (counted as shard_fetch_error).
     shard_commands: list[str] = field(default_factory=list)
     shard_retries: int = 3
-    shard_retry_backoff_s: float = 1.0  # doubled per retry, capped at 30 s
+    shard_retry_backoff_s: float = 1.0  # doubled per retry, capped at 30 s, times a jitter in [0.5, 1]; Retry-After honoured
+    shard_read_timeout_s: float = 60.0  # an http(s) shard whose server sends nothing for this long fails
+    shard_retry_budget_s: float = 120.0  # no retry of a shard starts later than this after its first failure
+    shard_outage_s: float = 90.0  # a stream whose fetches all fail for this long stops the run (one error line)
 
     @classmethod
     def registry_fields(cls) -> list[tuple[str, Any, Any]]:
@@ -265,6 +269,11 @@ def validate_data_sources(d: DataConfig) -> None:
         raise ConfigError("data.shard_retries", f"must be >= 0, got {d.shard_retries}")
     if d.shard_retry_backoff_s < 0:
         raise ConfigError("data.shard_retry_backoff_s", f"must be >= 0, got {d.shard_retry_backoff_s}")
+    for key in ("shard_read_timeout_s", "shard_outage_s"):
+        if not 0 < getattr(d, key) < math.inf:
+            raise ConfigError(f"data.{key}", f"must be a positive number of seconds, got {getattr(d, key)}")
+    if not 0 <= d.shard_retry_budget_s < math.inf:
+        raise ConfigError("data.shard_retry_budget_s", f"must be >= 0 seconds, got {d.shard_retry_budget_s}")
 
 
 @dataclass
@@ -295,6 +304,10 @@ class TrainConfig:
     max_nonfinite_steps: int = 5  # non-finite losses or gradient steps in a row (each skipped) before the run stops
     seed: int = 42
     collective_timeout_s: float = 1800.0  # a collective waiting longer than this (a dead rank) fails the job
+    # after SIGTERM: save at the end of the step, or, when no step ends within this many seconds (a
+    # silent shard server, a stuck collective or save), exit non-zero saying what the run waited on;
+    # keep it below the scheduler's grace period before SIGKILL (often 30 s)
+    sigterm_grace_s: float = 20.0
     peak_tflops: Optional[float] = None  # accelerator peak for MFU; None = looked up from the GPU name
 
 
@@ -542,6 +555,9 @@ def validate(cfg: RC3Config) -> None:
                           f"stops), got {t.max_nonfinite_steps}")
     if not t.collective_timeout_s > 0:
         raise ConfigError("train.collective_timeout_s", f"must be positive, got {t.collective_timeout_s}")
+    if not 0 < cfg.train.sigterm_grace_s < math.inf:
+        raise ConfigError("train.sigterm_grace_s", f"must be a positive number of seconds, got "
+                          f"{cfg.train.sigterm_grace_s}")
     if cfg.perf.lm_loss_chunk < 0:
         raise ConfigError("perf.lm_loss_chunk", f"must be >= 0 (0 = full logits), got {cfg.perf.lm_loss_chunk}")
     if cfg.perf.compile_mode == "reduce-overhead" and not cfg.perf.fixed_shapes:

@@ -70,7 +70,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rc3.data.corpora import CORPORA
-from rc3.data.faults import FaultTracker, NoUsableData, SkipCounter, check_samples, log
+from rc3.data.faults import DataPipelineError, FaultTracker, NoUsableData, SkipCounter, check_samples, log
 from rc3.data.shard_order import Source, epoch_shard_order, mix_sources, resampled_shards, shard_passes, stable_seed
 from rc3.data.shard_reading import count_samples, read_samples
 from rc3.data.shard_source import ShardOpener, expand_shards
@@ -211,7 +211,8 @@ class _WorkerStream(IterableDataset):
             return wds.DataPipeline(
                 functools.partial(shard_passes, own, order, repeat=c.repeat, shuffle=c.shuffle_shards, seed=c.seed,
                                   epoch=epoch, where=where, tracker=tracker),
-                functools.partial(read_samples, fields=fields, tracker=tracker, opener=c.opener),
+                functools.partial(read_samples, fields=fields, tracker=tracker, opener=c.opener,
+                                  key=f"data.{c.corpus}_shards"),
                 (functools.partial(shuffle_in_pass, bufsize=c.shuffle_buffer, rng=shuffle_rng)
                  if c.shuffle_buffer > 1 else None),
                 functools.partial(check, tracker=tracker),
@@ -232,7 +233,8 @@ class _WorkerStream(IterableDataset):
                 own = order[c.rank:: c.world_size][worker::nworkers]
                 shards = shard_passes(own, order, repeat=c.repeat, shuffle=c.shuffle_shards, seed=c.seed,
                                       epoch=epoch, where=where, tracker=tracker)
-            items: Iterable[Any] = read_samples(shards, fields=fields, tracker=tracker, opener=c.opener)
+            items: Iterable[Any] = read_samples(shards, fields=fields, tracker=tracker, opener=c.opener,
+                                                key=f"data.{c.corpus}_sources[{src.name}]")
             if c.shuffle_buffer > 1:
                 rng = random.Random(stable_seed(c.seed, epoch, c.rank, worker, nworkers, src.name, "samples"))
                 items = shuffle_in_pass(items, c.shuffle_buffer, rng)
@@ -311,6 +313,12 @@ class ShardLoader:
         self.skips = SkipCounter()
         self.mix = SkipCounter()  # samples drawn per source, over every epoch run (weighted sources)
 
+    def config_key(self) -> str:
+        """The run config's key for this corpus's shards (named in errors)."""
+        srcs = self.cfg.sources
+        plain = len(srcs) == 1 and srcs[0].name == self.cfg.corpus
+        return f"data.{self.cfg.corpus}_shards" if plain else f"data.{self.cfg.corpus}_sources"
+
     def __len__(self) -> int:
         if self.batches_per_epoch is None:
             raise TypeError("this loader reads its shards once per epoch; its length is unknown")
@@ -360,6 +368,10 @@ class ShardLoader:
                     batch = next(it)
                 except StopIteration:
                     break
+                except DataPipelineError as err:
+                    message = one_line(str(err))
+                    key = self.config_key()
+                    raise type(err)(message if message.startswith(key) else f"{key}: {message}") from None
                 self.skips.update(batch.pop("skipped", {}))
                 epoch_mix.update(batch.pop("mix", {}))
                 if batch.pop(_SKIPS_ONLY, False):
@@ -381,6 +393,16 @@ class ShardLoader:
             raise NoUsableData(f"{self.cfg.corpus} rank {self.cfg.rank}: epoch {self.epoch} produced no batch; its "
                                f"shards hold no usable sample (skips: {self.skips.as_dict()})")
         self.epoch, self.batches_done = self.epoch + 1, 0
+
+
+def one_line(message: str) -> str:
+    """A worker's error as the training process receives it ("Caught X in DataLoader worker process 0.
+    Original Traceback ...") cut back to the worker's own message: the run ends with one line."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "." in head and " " not in head else last
 
 
 def make_pipeline(corpus: str, shards: str | Sequence[str] | Sequence[Source], batch_size: int,

@@ -5,7 +5,7 @@ A shard spec is a string or a list of strings. Each string is brace-expanded
 local file must exist. Anything with a scheme is a remote shard and is opened by :class:`ShardOpener`:
 
   pipe:CMD             CMD's stdout (webdataset's `gopen`, e.g. `pipe:cat a.tar`, `pipe:curl -s URL`)
-  http://, https://    webdataset's `gopen` (curl)
+  http://, https://    read in-process with a read timeout (rc3.data.http_shards; not curl)
   gs://                webdataset's `gopen` (`gsutil cat`)
   s3://                `aws s3 cp URL -` (webdataset has no s3 handler)
   file://              a local file
@@ -18,17 +18,24 @@ as brace ranges.
 Remote shards are streamed, never downloaded whole: :class:`SeekWindow` lets tarfile's
 random-access reader run over a forward-only stream (it seeks back at most one header), so the
 same reader, with the same truncation check, serves local and remote shards. Errors on a remote
-shard are retried (`retries` times, exponential backoff from `backoff_s`); a retry reopens the
-shard and passes over the samples already handed on, so the stream is the same as without the
-fault and resume stays exact. See rc3.data.pipeline for the stages that use it.
+shard are retried by :meth:`ShardOpener.retry_wait`: at most `retries` times, after an exponential
+backoff from `backoff_s` (capped, with jitter so that workers that failed together do not retry
+together), at least as long as a Retry-After header asks, and never once `retry_budget_s` has passed
+since the shard's first failure. A retry reopens the shard and passes over the samples already handed
+on, so the stream is the same as without the fault and resume stays exact. Fetches that keep failing
+for `outage_s` with no data arriving stop the run (rc3.data.shard_reading.FetchHealth). See
+rc3.data.pipeline for the stages that use it.
 """
 from __future__ import annotations
 
 import glob
 import gzip
 import io
+import math
 import os
+import random
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -38,7 +45,10 @@ import braceexpand
 
 # Schemes that name a remote shard (one letter would be a Windows drive, not a scheme).
 DEFAULT_COMMANDS = {"s3": "pipe:aws s3 cp --only-show-errors {url} -"}
-GOPEN_SCHEMES = ("pipe", "http", "https", "gs")
+GOPEN_SCHEMES = ("pipe", "gs")
+HTTP_SCHEMES = ("http", "https")
+# Retry jitter: its own generator, so that retries never move the random state training is seeded with.
+_JITTER = random.Random()
 
 
 def shard_scheme(spec: str) -> str:
@@ -111,12 +121,19 @@ def parse_commands(items: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
 
 @dataclass
 class ShardOpener:
-    """Opens shard specs as binary streams; holds the retry policy for remote ones (picklable)."""
+    """Opens shard specs as binary streams; holds the retry policy for remote ones (picklable).
+
+    `read_timeout_s`: an http(s) shard that sends nothing for this long fails. `retries`, `backoff_s`,
+    `backoff_max_s`, `retry_budget_s`: see :meth:`retry_wait`. `outage_s`: fetches failing without a
+    break for this long stop the run (rc3.data.shard_reading)."""
 
     commands: dict[str, str] = field(default_factory=dict)
     retries: int = 3
     backoff_s: float = 1.0
     backoff_max_s: float = 30.0
+    read_timeout_s: float = 60.0
+    retry_budget_s: float = 120.0
+    outage_s: float = 90.0
 
     def __post_init__(self) -> None:
         self.commands = {**DEFAULT_COMMANDS, **parse_commands(self.commands)}
@@ -124,13 +141,36 @@ class ShardOpener:
             raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
         if self.backoff_s < 0 or self.backoff_max_s < 0:
             raise ValueError(f"backoff times must be >= 0, got {self.backoff_s}, {self.backoff_max_s}")
+        for name in ("read_timeout_s", "outage_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not (isinstance(self.retry_budget_s, (int, float)) and 0 <= self.retry_budget_s < math.inf):
+            raise ValueError(f"retry_budget_s must be >= 0 seconds, got {self.retry_budget_s!r}")
 
     def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry `attempt` (1, 2, ...): exponential, capped."""
+        """The longest wait before retry `attempt` (1, 2, ...): exponential, capped."""
         return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
 
-    def open(self, spec: str) -> BinaryIO:
-        """A readable binary stream of the shard (a real file for a local one)."""
+    def retry_wait(self, attempt: int, error: BaseException, first_failure: float) -> float | None:
+        """Seconds to wait before retry `attempt` of a shard that first failed at `first_failure`
+        (time.monotonic()), or None: give up on it. Retries stop after `retries`, at once for an
+        error retrying cannot cure (an HTTP 404), and when the wait would end past `retry_budget_s`
+        after the first failure. The wait is the backoff times a jitter in [0.5, 1] (workers hit by
+        one fault do not retry in step), and at least what the server asked for (Retry-After)."""
+        if attempt > self.retries or getattr(error, "permanent", False):
+            return None
+        wait = self.backoff(attempt) * _JITTER.uniform(0.5, 1.0)
+        asked = getattr(error, "retry_after", None)
+        if asked is not None:
+            wait = max(wait, float(asked))
+        if time.monotonic() + wait - first_failure > self.retry_budget_s:
+            return None
+        return wait
+
+    def open(self, spec: str, timeout: float | None = None) -> BinaryIO:
+        """A readable binary stream of the shard (a real file for a local one). `timeout` (an http(s)
+        shard's read timeout) defaults to `read_timeout_s`."""
         scheme = shard_scheme(spec)
         if scheme in ("", "file"):
             return open(local_path(spec), "rb")
@@ -143,6 +183,10 @@ class ShardOpener:
             return fsspec.open(spec, "rb").open()
         if command is not None:
             return wds.gopen(command.replace("{url}", shlex.quote(spec)), "rb")
+        if scheme in HTTP_SCHEMES:
+            from rc3.data.http_shards import open_http
+
+            return open_http(spec, self.read_timeout_s if timeout is None else timeout)  # type: ignore[return-value]
         if scheme in GOPEN_SCHEMES:
             return wds.gopen(spec, "rb")
         raise ValueError(f"no way to open {spec!r}: set data.shard_commands, e.g. '{scheme}=pipe:mytool cat {{url}}' "

@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Callable, Optional
 from rc3 import atomic, rng, safe_load
 from rc3 import distributed as comm
 from rc3.pretrain import checkpoint_manifest, fault_injection
+from rc3.pretrain.preemption import Preemption
 
 log = logging.getLogger("rc3.checkpoint")
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -220,16 +220,31 @@ class Checkpointer:
         self.manager, self.engine = manager, engine
         self.save_every, self.total_steps = save_every, total_steps
         self.state, self.on_saved = state, on_saved
-        self.stop_requested = False
+        self.preemption: Optional[Preemption] = None
+        self.newest: Optional[str] = None  # the newest complete checkpoint's directory, for the SIGTERM line
 
-    def listen_for_sigterm(self) -> None:
-        """A scheduler's SIGTERM (pre-emption, a time limit) asks for a checkpoint at the end of the step."""
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
+    @property
+    def stop_requested(self) -> bool:
+        return self.preemption is not None and self.preemption.requested
+
+    def listen_for_sigterm(self, grace_s: float, step: int) -> None:
+        """A scheduler's SIGTERM (pre-emption, a time limit) asks for a checkpoint at the end of the step;
+        when no step ends within `grace_s` the process says why and exits (rc3.pretrain.preemption).
+        `step`: the step the run starts from."""
+        tag = self.manager.newest_complete()
+        self.newest = str(self.manager.dir / tag) if tag else None
+        self.preemption = Preemption(grace_s, lambda: self.newest)
+        self.preemption.boundary(step)
+        self.preemption.install()
 
     def after_step(self, step: int) -> bool:
         """Save when one is due; True when the run must stop now (SIGTERM on some rank, checkpoint saved)."""
+        if self.preemption is not None:
+            self.preemption.boundary(step)
         if comm.any_rank(self.stop_requested):  # every rank stops at the same step, or none does
-            self.save(step)
+            tag = self.save(step)
+            if self.preemption is not None:
+                self.preemption.checkpoint_saved(tag)
             return True
         if step % self.save_every == 0 and step < self.total_steps:  # the last step is saved by the caller
             self.save(step)
@@ -238,5 +253,6 @@ class Checkpointer:
     def save(self, step: int) -> str:
         client, data = self.state()
         tag = self.manager.save(self.engine, step, client, data)
+        self.newest = str(self.manager.dir / tag)
         self.on_saved(tag, step)
         return tag

@@ -11,7 +11,10 @@
    losses averaged over ranks;
 3. the metrics window (rc3.pretrain.metrics) turns every `log_every` steps into a log line;
 4. the checkpointer (rc3.pretrain.checkpoints.Checkpointer) decides when to save: every
-   `save_every` steps, on SIGTERM (then the run exits 0) and at the end.
+   `save_every` steps, on SIGTERM (then the run exits 0) and at the end. When SIGTERM comes while
+   the run waits on something that does not end (a silent shard server, a dead rank, a stuck save),
+   the process exits after `train.sigterm_grace_s` with one line saying what it waited on
+   (rc3.pretrain.preemption).
 
 Faults: a non-finite loss on any rank makes every rank skip that micro-batch (decided by one
 all-reduce, so no rank waits on another); a non-finite gradient on any rank (rc3.pretrain.nonfinite,
@@ -158,7 +161,7 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
         state=lambda: ({"objectives": state.state_dict(), "config": cfg.train.run_dir, "nonfinite": dict(nonfinite)},
                        streams.state_dict()),
         on_saved=lambda tag, at: logger.event(f"checkpoint {tag} saved", step=at))
-    checkpointer.listen_for_sigterm()
+    checkpointer.listen_for_sigterm(cfg.train.sigterm_grace_s, step)
     gather = comm.gather_with_offset if cfg.objectives.xtcl_gather else None  # the paper's global XTCL batch
     heap.freeze_long_lived()  # the model, engine and loaders live to the end: no full collection walks them again
     return Run(cfg, engine, scheduler, streams, state, logger, checkpointer, device, on_gpu, tokenizer.pad_id,

@@ -217,18 +217,20 @@ class StepPrefetcher:
 
 
 def estimate_batches_per_epoch(pattern: str | list[str] | list[Source], batch_size: int, world_size: int,
-                               opener: ShardOpener | None = None) -> int:
+                               opener: ShardOpener | None = None, corpus: str = "") -> int:
     """Batches per rank per epoch from the shard count and the sample count of the first shard
-    (local or remote: a remote one is streamed once, its member data skipped)."""
+    (local or remote: a remote one is streamed once, its member data skipped). `corpus` names the
+    config key in errors (data.<corpus>_shards)."""
     if isinstance(pattern, list) and pattern and isinstance(pattern[0], Source):
         # weighted sources: one epoch = as many samples as all sources hold together
         samples = 0
         for src in pattern:
             shards = expand_shards(src.shards)
-            samples += count_samples(shards[0], opener) * len(shards)
+            samples += count_samples(shards[0], opener, f"data.{corpus}_sources[{src.name}]") * len(shards)
         return max(1, samples // (batch_size * world_size))
     shards = expand_shards(pattern)  # type: ignore[arg-type]  # the list-of-Source case returned above
-    return max(1, (count_samples(shards[0], opener) * len(shards)) // (batch_size * world_size))
+    key = f"data.{corpus}_shards" if corpus else "shards"
+    return max(1, (count_samples(shards[0], opener, key) * len(shards)) // (batch_size * world_size))
 
 
 def corpus_shards(cfg: RC3Config, corpus: str) -> str | list[Source] | None:
@@ -243,7 +245,8 @@ def shard_opener(cfg: RC3Config) -> ShardOpener:
     """How remote shards are opened and retried (data.shard_commands, data.shard_retries, ...)."""
     d = cfg.data
     return ShardOpener(commands=parse_commands(d.shard_commands), retries=d.shard_retries,
-                       backoff_s=d.shard_retry_backoff_s)
+                       backoff_s=d.shard_retry_backoff_s, read_timeout_s=d.shard_read_timeout_s,
+                       retry_budget_s=d.shard_retry_budget_s, outage_s=d.shard_outage_s)
 
 
 def start_loader_forkserver(cfg: RC3Config, tokenizer: RC3Tokenizer, prefetch_steps: int) -> str | None:
@@ -300,7 +303,7 @@ class TaskStreams:
             shards = corpus_shards(cfg, stream.corpus)
             assert shards is not None  # rc3.config.validate requires them for an enabled objective
             batch = max(cfg.task_batch_size(t) for t in on)
-            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener)
+            bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener, stream.corpus)
             loader = make_pipeline(
                 stream.corpus, shards, batch, collate, seed=seed + zlib.crc32(stream.name.encode()), rank=rank,
                 world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,

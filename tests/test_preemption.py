@@ -1,0 +1,148 @@
+"""SIGTERM within a grace period: a checkpoint at the step boundary when the run is stepping; when it
+waits on something that never ends (here a shard server that stalls), one line saying what it waited
+on and which checkpoint is the newest, and a non-zero exit, well within a scheduler's 30 s."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from engine_fixtures import REPO, events, free_port, write_config, write_tiny_shards
+from fault_server import FaultServer
+
+from rc3.config import ConfigError, load_config
+from rc3.pretrain.preemption import EXIT_STATUS, Preemption
+
+
+def test_the_watchdog_names_the_wait_the_step_and_the_newest_checkpoint(capfd):
+    exited = []
+    done = threading.Event()
+    p = Preemption(0.3, lambda: "runs/x/checkpoints/step_00000004", backstop_s=None,
+                   exit=lambda status: (exited.append(status), done.set()))
+    p.boundary(7)
+    t0 = time.monotonic()
+    p._on_sigterm(signal.SIGTERM, None)  # what the installed handler runs
+    assert p.requested and done.wait(10)
+    assert 0.3 <= time.monotonic() - t0 < 5 and exited == [EXIT_STATUS]
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: SIGTERM: no step boundary within train.sigterm_grace_s = 0.3 s")
+    assert "since step 7" in err[0] and "runs/x/checkpoints/step_00000004" in err[0]
+    # a checkpoint saved after SIGTERM, then a hung shutdown: status 0, saying so
+    saved = Preemption(0.2, lambda: None, backstop_s=None, exit=exited.append)
+    saved._on_sigterm(signal.SIGTERM, None)
+    saved.checkpoint_saved("step_00000009")
+    deadline = time.monotonic() + 10
+    while len(exited) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exited == [EXIT_STATUS, 0] and "checkpoint step_00000009 was saved" in capfd.readouterr().err
+    # a run that finishes saving in time is left alone
+    quiet = Preemption(0.2, lambda: None, backstop_s=None, exit=exited.append)
+    quiet._on_sigterm(signal.SIGTERM, None)
+    quiet.finished()
+    time.sleep(0.5)
+    assert exited == [EXIT_STATUS, 0]
+    with pytest.raises(ConfigError, match="train.sigterm_grace_s"):
+        load_config(None, ["train.sigterm_grace_s=0"])
+
+
+def max_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return max([json.loads(line).get("step", 0) for line in path.read_text().splitlines() if '"loss"' in line] or [0])
+
+
+def start(config: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """`python pretrain/main.py` (one rank), its output into `log` (a pipe left unread could fill and block it)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, str(REPO / "pretrain" / "main.py"), "--config", str(config), *extra],
+                                cwd=REPO, env={**os.environ, "RC3_NO_PROGRESS": "1", "PYTHONPATH": path,
+                                               "MASTER_PORT": str(free_port())},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(proc: subprocess.Popen, log: Path, what: str, cond, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, (f"the run ended (status {proc.returncode}) while the test waited for {what}: "
+                                     f"{log.read_text()[-4000:]}")
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s: {log.read_text()[-4000:]}"
+        time.sleep(0.25)
+
+
+def terminate(proc: subprocess.Popen, log: Path, timeout: float = 60) -> tuple[float, str]:
+    """SIGTERM to the training process (its loader workers ignore it); seconds to its exit, its output."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"the run did not exit within {timeout} s of SIGTERM: {log.read_text()[-4000:]}") \
+            from None
+    return time.monotonic() - t0, log.read_text()
+
+
+@pytest.mark.slow(seconds=150)  # two tiny pretraining runs (python pretrain/main.py, one rank)
+def test_sigterm_saves_while_stepping_and_exits_with_a_reason_when_the_loader_stalls(tmp_path, tokenizer_dir):
+    write_tiny_shards(tmp_path / "shards")
+    with FaultServer(tmp_path / "shards", lifetime=900) as server:
+        shards = {c: f"{server.url}/{c}/{c}-{{000000..000003}}.tar" for c in ("ds", "dw", "dt")}
+        config = write_config(tmp_path / "run.yaml", tokenizer_dir, shards, tmp_path / "run", total_steps=1000,
+                              save_every=1000)
+        cfg = yaml.safe_load(config.read_text())
+        # long fetch timeouts: the stall must outlast the test, not end as a fetch error
+        cfg["data"].update(shard_read_timeout_s=600, shard_outage_s=900)
+        config.write_text(yaml.safe_dump(cfg))
+        run_dir = tmp_path / "run"
+        procs = []
+        try:
+            # 1. SIGTERM while stepping: a checkpoint at the step boundary, status 0
+            log = tmp_path / "stepping.log"
+            # (a long grace here: a step on a loaded 2-core machine can take longer than the default 20 s)
+            proc = start(config, log, "--set", "train.sigterm_grace_s=120")
+            procs.append(proc)
+            wait_for(proc, log, "step 3", lambda: max_step(run_dir) >= 3)
+            took, err = terminate(proc, log, timeout=180)
+            assert proc.returncode == 0, err[-4000:]
+            saved = (run_dir / "checkpoints" / "latest").read_text().strip()
+            assert (run_dir / "checkpoints" / saved / "COMPLETE").is_file() and int(saved[5:]) >= 3
+            assert any(e["event"] == f"SIGTERM: checkpoint saved at step {int(saved[5:])}; exiting"
+                       for e in events(run_dir))
+            assert took < 120
+            print(f"SIGTERM while stepping: saved {saved}, exit 0 after {took:.1f} s")
+            # 2. resumed while the server stalls every request after its headers: the loader blocks before
+            # the first step (a stall that starts mid-run is the same wait, but when the steps fetched ahead
+            # run out is a matter of timing)
+            server.default = "stall"
+            log = tmp_path / "stalled.log"
+            proc = start(config, log, "--resume")
+            procs.append(proc)
+            wait_for(proc, log, "a stalled request", lambda: any(w == "stall" for _, w in server.answered))
+            time.sleep(3)
+            assert max_step(run_dir) == int(saved[5:])
+            last = int(saved[5:])
+            took, err = terminate(proc, log)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+    print(f"SIGTERM while the loader stalls: exit {proc.returncode} after {took:.1f} s")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == EXIT_STATUS and len(lines) == 1, err[-4000:]
+    assert lines[0].startswith("error: SIGTERM: no step boundary within train.sigterm_grace_s = 20 s, the run is "
+                               "waiting on the data loader"), lines[0]
+    assert f"since step {last};" in lines[0]
+    assert f"the newest complete checkpoint is {run_dir / 'checkpoints' / saved};" in lines[0]
+    assert 20 <= took < 30
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == saved  # nothing half-written published
