@@ -27,6 +27,10 @@ from rc3 import atomic
 from rc3.finetune.common import IMAGE_SUFFIXES
 
 
+# How rc3.inference names the inputs in its errors, when they come from this command.
+CLI_ARG_NAMES = {"features": "--features FILE.h5", "detector_weights": "--detector WEIGHTS"}
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table with aligned columns (floats to 4 decimals)."""
     cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
@@ -107,7 +111,8 @@ def _load(args: argparse.Namespace):
     from rc3.inference import load
 
     return load(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size, features=args.features,
-                images=args.images_root, detector_weights=args.detector, progress=not args.quiet)
+                images=args.images_root, detector_weights=args.detector, progress=not args.quiet,
+                detector_kind=args.detector_kind, arg_names=CLI_ARG_NAMES)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -247,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--features", nargs="*", default=[], help="ROI feature stores (H5 / LMDB) to look images up in")
         p.add_argument("--images-root", default=None, help="folder where image keys are resolved to files")
-        p.add_argument("--detector", default=None, help="local Faster R-CNN weights to extract ROI features of new images")
+        p.add_argument("--detector", default=None, metavar="WEIGHTS",
+                       help="detector weights to extract ROI features of images no --features store holds: the "
+                            "bottom-up-attention .safetensors of tools/convert_butd_weights.py (IGLUE's features; "
+                            "for models trained on them) or torchvision COCO fasterrcnn_resnet50_fpn weights "
+                            "(another feature space), told apart by the file")
+        p.add_argument("--detector-kind", default=None, choices=("butd", "torchvision-coco"),
+                       help="insist on one kind of --detector weights (default: whichever the file holds)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def images(p: argparse.ArgumentParser) -> None:
