@@ -208,8 +208,10 @@ class RC3Tokenizer:
         return self._lang_new[lang]
 
     def pieces(self, text: str) -> list[str]:
-        """The piece strings of `text` (the segmentation `segment` gives)."""
-        return list(self.hf.convert_ids_to_tokens(self.segment([text])[0]))
+        """The piece strings of `text` (the segmentation `segment` gives; `tokenize` of transformers)."""
+        if self.id_map is not None:
+            return list(self._restricted_backend().encode(text, add_special_tokens=False).tokens)
+        return self.hf.tokenize(text)
 
     def piece_ids(self, text: str) -> list[int]:
         """Ids of the sentencepiece pieces of `text`, no special tokens."""

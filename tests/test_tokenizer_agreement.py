@@ -96,7 +96,7 @@ def test_auto_tokenizer_and_rc3_tokenizer_give_the_same_ids_on_every_text(pruned
     diff = [(s, w, g) for s, w, g in zip(strings, want, got) if w != g]
     assert not diff, f"{len(diff)} of {len(strings)} differ, first: {diff[:3]}"
     assert [rc3._map(ids) for ids in rc3.segment(strings)] == want  # the batched path too
-    assert [list(hf.convert_ids_to_tokens(w)) for w in want[:50]] == [rc3.pieces(s) for s in strings[:50]]
+    assert [hf.tokenize(s) for s in strings[:300]] == [rc3.pieces(s) for s in strings[:300]]
     for s, w in zip(strings[:200], want[:200]):  # RC3's encoder format around the same pieces
         assert rc3.encode(s, "de") == [hf.bos_token_id, *w, hf.convert_tokens_to_ids("de_DE")]
     # On a text whose full segmentation keeps every piece, both are that segmentation (an independent
