@@ -38,11 +38,20 @@ LANG_CODES: dict[str, str] = {
     "ta": "ta_IN", "tr": "tr_TR",
 }
 PRETRAIN_LANGS: tuple[str, ...] = ("en", "cs", "de", "fr", "id", "ja", "zh")
+# The order languages are shown in, in every table and report (dataset_stats, the Dw builder's pair
+# table): the paper's Table 5 (en, de, fr, ja, zh, id), then Czech (Ds only); see `display_order`.
+LANG_DISPLAY_ORDER: tuple[str, ...] = ("en", "de", "fr", "ja", "zh", "id", "cs")
 # Languages written without spaces between words: every sentencepiece piece counts as a word for masking.
 UNSEGMENTED_LANGS = frozenset({"ja", "zh"})
 SPM_FILE = "sentencepiece.bpe.model"
 ID_MAP_FILE = "id_map.json"
 SEGMENTATION_FILE = "rc3_segmentation.json"  # mBART-50's full tokenizer.json in a model directory (rc3.modeling.hf)
+
+
+def display_order(langs: Iterable[str]) -> list[str]:
+    """`langs` in LANG_DISPLAY_ORDER, any others after them alphabetically."""
+    rank = {lang: i for i, lang in enumerate(LANG_DISPLAY_ORDER)}
+    return sorted(set(langs), key=lambda lang: (rank.get(lang, len(rank)), lang))
 
 
 def check_lang(lang: str) -> str:
