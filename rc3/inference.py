@@ -65,7 +65,7 @@ from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, Tas
 from rc3.finetune.readers.xvnli import LABELS as XVNLI_LABELS
 from rc3.finetune.retrieval import FaissIndex, iter_reranked, rank_candidates
 from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
+from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir, run_directory_hint
 from rc3.modeling.visual import visual_mode
 from rc3.tokenization import RC3Tokenizer, check_lang
 
@@ -629,7 +629,8 @@ def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype
             raise ValueError(f"{names['detector_weights']}: {detector_weights} holds {found} weights, not {detector_kind}")
     d = Path(model_dir)
     if not (d / RC3_CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{d}: no {RC3_CONFIG_FILE}; give an RC3 model directory (pretrained or finetuned)")
+        raise FileNotFoundError(run_directory_hint(d) or
+                                f"{d}: no {RC3_CONFIG_FILE}; give an RC3 model directory (pretrained or finetuned)")
     if isinstance(dtype, str):
         names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                  "fp16": torch.float16, "float16": torch.float16}
