@@ -32,7 +32,6 @@ from typing import Any, Optional, Sequence
 from rc3 import atomic
 from rc3.finetune.common import IMAGE_SUFFIXES
 
-
 # How rc3.inference names the inputs in its errors, when they come from this command.
 CLI_ARG_NAMES = {"features": "--features FILE.h5", "detector_weights": "--detector WEIGHTS"}
 
@@ -194,7 +193,8 @@ def _regions_of_files(args: argparse.Namespace, m: Any, images: list[str],
               f"{regions.resumed} done earlier, {len(regions.skipped)} unreadable; kept in {store}",
               file=sys.stderr, flush=True)
         unreadable += sorted(regions.skipped.items())
-    inputs, names = [], []
+    inputs: list[Any] = []
+    names: list[str] = []
     for p in images:
         if regions is not None and p in regions.keys:
             item: dict[str, Any] = {**regions.regions(p), "name": p}

@@ -25,7 +25,6 @@ from rc3.data.schemas import SampleError
 from rc3.tokenization import display_order
 
 
-
 def expand(patterns: list[str]) -> list[Path]:
     """Brace patterns, then globs; a pattern that matches nothing is kept so it is reported."""
     paths: list[str] = []
