@@ -185,7 +185,8 @@ def _regions_of_files(args: argparse.Namespace, m: Any, images: list[str],
         try:
             regions = extract_folder(files, store, Path(args.detector), kind=args.detector_kind, device=args.device,
                                      num_boxes=m.num_regions, chunk_size=args.chunk_size,
-                                     loader_workers=args.loader_workers, progress=not args.quiet)
+                                     loader_workers=args.loader_workers, progress=not args.quiet,
+                                     batch_size=args.detector_batch_size)
         except (FileNotFoundError, ValueError) as err:
             raise type(err)(f"--detector {args.detector}: {err}") from None
         done = regions.extracted
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --detector: images per chunk of extracted regions (the most an interruption loses)")
     p.add_argument("--loader-workers", type=int, default=2,
                    help="with --detector: processes decoding images while the detector runs")
+    p.add_argument("--detector-batch-size", type=int, default=4,
+                   help="with --detector: images of equal size per detector pass (bottom-up-attention detector)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="images for text queries: FAISS candidates re-ranked by ITM")

@@ -1,7 +1,8 @@
 """Region features of a folder of one's own images, for `rc3 index --image-dir DIR --detector W`.
 
 The images go through the extraction of tools/extract_roi_features.py (`sharded_extract.run_worker`):
-decoded in `loader_workers` processes, one progress bar, features written in chunk files renamed into
+decoded in `loader_workers` processes, up to `batch_size` images of equal size per detector pass
+(the bottom-up-attention detector; the COCO one runs them one by one), one progress bar, features written in chunk files renamed into
 place when complete (``STORE.parts/``), then merged atomically into an IGLUE H5 store ``STORE``
 that is kept beside the index. A killed command, run again, reads the finished chunks and extracts
 only the rest; a later command over the same images reuses the finished store. Unreadable files
@@ -64,13 +65,13 @@ def _stored_keys(store: Path) -> tuple[set[str], dict[str, str]]:
 
 def extract_folder(paths: Sequence[str], store: Path, weights: Path, *, kind: Optional[str] = None,
                    device: str = "cpu", num_boxes: int = 36, chunk_size: int = 256, loader_workers: int = 0,
-                   progress: bool = True) -> FolderFeatures:
+                   progress: bool = True, batch_size: int = 4) -> FolderFeatures:
     """Regions of every image in `paths` in the H5 `store` (extracting what it lacks; see the module doc)."""
     from rc3.vision.extractors import open_extractor, weights_kind
     from rc3.vision.sharded_extract import fingerprint, merge_parts, parts_dir_for, run_worker
 
-    if chunk_size < 1:
-        raise ValueError(f"--chunk-size must be positive, got {chunk_size}")
+    if chunk_size < 1 or batch_size < 1:
+        raise ValueError(f"--chunk-size and --detector-batch-size must be positive, got {chunk_size}, {batch_size}")
     key_of = {p: path_key(p) for p in paths}
     if len(set(key_of.values())) != len(key_of):
         raise ValueError("the same image file is given twice")
@@ -92,7 +93,7 @@ def extract_folder(paths: Sequence[str], store: Path, weights: Path, *, kind: Op
                 "num_boxes": num_boxes}
     stats = run_worker(units, store, lambda: open_extractor(weights, found, device, num_boxes),
                        run_id=fingerprint(units, settings), key_style=KEY_STYLE, chunk_size=chunk_size,
-                       loader_workers=loader_workers, num_boxes=num_boxes, progress=progress)
+                       loader_workers=loader_workers, num_boxes=num_boxes, progress=progress, batch_size=batch_size)
     merged = merge_parts(store, attrs={"detector": found, "weights": Path(weights).name, "num_boxes": num_boxes,
                                        "key_style": KEY_STYLE})
     path_of = {k: p for p, k in key_of.items()}
