@@ -3,6 +3,7 @@
     rc3 embed MODEL --text "a dog" --text "ein Hund" --lang en de [--out emb.safetensors]
     rc3 embed MODEL --image photos/1.jpg --features feats.h5
     rc3 index MODEL --image-dir photos/ --features feats.h5 --out photos.index
+    rc3 index MODEL --image-dir photos/ --detector butd.safetensors --out photos.index   # resumable
     rc3 search MODEL --index photos.index --query "a dog on grass" --lang en --k 5 [--no-rerank] [--html top.html]
     rc3 classify MODEL --image 1.jpg --text "Two dogs play." --lang en     # XVNLI / xGQA head
     rc3 classify MODEL --image left.jpg --image2 right.jpg --text "..." --lang id   # MaRVL head
@@ -11,6 +12,11 @@
 Also `python -m rc3.cli ...`. Errors (missing files, wrong model kind, an empty --text/--query) print one
 line and exit 2; a text longer than the model reads prints a warning with its length in pieces. Files
 under --image-dir that are not images (or cannot be read) are listed on stderr and the rest is used.
+
+`rc3 index --detector W` over many image files extracts their regions first, with a progress bar
+and decoding in --loader-workers processes, into chunk files renamed into place when complete and
+merged into OUT.features.h5 beside the index (rc3.vision.image_folder): an interrupted command, run
+again, extracts only the images it had not finished, and a later one reuses the store.
 """
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ from typing import Any, Optional, Sequence
 
 from rc3 import atomic
 from rc3.finetune.common import IMAGE_SUFFIXES
+
+# How rc3.inference names the inputs in its errors, when they come from this command.
+CLI_ARG_NAMES = {"features": "--features FILE.h5", "detector_weights": "--detector WEIGHTS"}
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -107,7 +116,8 @@ def _load(args: argparse.Namespace):
     from rc3.inference import load
 
     return load(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size, features=args.features,
-                images=args.images_root, detector_weights=args.detector, progress=not args.quiet)
+                images=args.images_root, detector_weights=args.detector, progress=not args.quiet,
+                detector_kind=args.detector_kind, arg_names=CLI_ARG_NAMES)
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -135,16 +145,69 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:  # before hours of extraction, not after
+        raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it")
     m = _load(args)
     images = _images_of(args)
     if not images:
         raise ValueError("index: give --image/--image-list/--image-dir")
     unreadable: list[tuple[str, str]] = []
-    index = m.build_index(images, on_unreadable=lambda name, why: unreadable.append((name, why)))
+    inputs: list[Any] = list(images)
+    if args.detector and m.needs_roi:
+        inputs, images = _regions_of_files(args, m, images, unreadable)
+    index = m.build_index(inputs, names=images, on_unreadable=lambda name, why: unreadable.append((name, why)))
     _report_skipped(unreadable, "that could not be read")
-    index.save(args.out, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {len(index)} images, {index.embeddings.shape[1]}-d, visual mode {index.mode}"
+    index.save(out, overwrite=args.overwrite)
+    print(f"wrote {out}: {len(index)} images, {index.embeddings.shape[1]}-d, visual mode {index.mode}"
           + (f" ({len(unreadable)} unreadable skipped)" if unreadable else ""))
+
+
+def features_store_of(out: str | os.PathLike) -> Path:
+    """Where `rc3 index --detector` keeps the regions it extracts: beside the index, OUT.features.h5."""
+    out = Path(out)
+    return out.with_name(out.name + ".features.h5")
+
+
+def _regions_of_files(args: argparse.Namespace, m: Any, images: list[str],
+                      unreadable: list[tuple[str, str]]) -> tuple[list[Any], list[str]]:
+    """Extract the regions of the image files among `images` into a resumable store (rc3.vision.image_folder)
+    and return (inputs for build_index, their names); feature-store keys pass through unchanged."""
+    import time
+
+    from rc3.vision.image_folder import extract_folder
+
+    files = [p for p in images if Path(p).is_file()]
+    store = features_store_of(args.out)
+    regions = None
+    if files:
+        t0 = time.perf_counter()
+        try:
+            regions = extract_folder(files, store, Path(args.detector), kind=args.detector_kind, device=args.device,
+                                     num_boxes=m.num_regions, chunk_size=args.chunk_size,
+                                     loader_workers=args.loader_workers, progress=not args.quiet,
+                                     batch_size=args.detector_batch_size)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"--detector {args.detector}: {err}") from None
+        done = regions.extracted
+        print(f"regions: {done} images extracted ({done / max(time.perf_counter() - t0, 1e-9):.2f} images/s), "
+              f"{regions.resumed} done earlier, {len(regions.skipped)} unreadable; kept in {store}",
+              file=sys.stderr, flush=True)
+        unreadable += sorted(regions.skipped.items())
+    inputs: list[Any] = []
+    names: list[str] = []
+    for p in images:
+        if regions is not None and p in regions.keys:
+            item: dict[str, Any] = {**regions.regions(p), "name": p}
+            if m.needs_pixels:
+                item["image"] = p
+            inputs.append(item)
+        elif regions is None or p not in regions.skipped:
+            inputs.append(p)
+        else:
+            continue
+        names.append(p)
+    return inputs, names
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -247,7 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--features", nargs="*", default=[], help="ROI feature stores (H5 / LMDB) to look images up in")
         p.add_argument("--images-root", default=None, help="folder where image keys are resolved to files")
-        p.add_argument("--detector", default=None, help="local Faster R-CNN weights to extract ROI features of new images")
+        p.add_argument("--detector", default=None, metavar="WEIGHTS",
+                       help="detector weights to extract ROI features of images no --features store holds: the "
+                            "bottom-up-attention .safetensors of tools/convert_butd_weights.py (IGLUE's features; "
+                            "for models trained on them) or torchvision COCO fasterrcnn_resnet50_fpn weights "
+                            "(another feature space), told apart by the file")
+        p.add_argument("--detector-kind", default=None, choices=("butd", "torchvision-coco"),
+                       help="insist on one kind of --detector weights (default: whichever the file holds)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def images(p: argparse.ArgumentParser) -> None:
@@ -274,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     images(p)
     p.add_argument("--out", required=True, help="index directory to write")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="with --detector: images per chunk of extracted regions (the most an interruption loses)")
+    p.add_argument("--loader-workers", type=int, default=2,
+                   help="with --detector: processes decoding images while the detector runs")
+    p.add_argument("--detector-batch-size", type=int, default=4,
+                   help="with --detector: images of equal size per detector pass (bottom-up-attention detector)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="images for text queries: FAISS candidates re-ranked by ITM")

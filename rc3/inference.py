@@ -32,6 +32,11 @@ Visual inputs follow the model's visual mode: ROI features ({"roi"/"features": [
 [n, 5] normalised, or [n, 4] in pixels with "img_w"/"img_h"}), keys of a feature store (`features=`)
 or image files / PIL images whose features are looked up by file stem in the store or extracted by
 a local Faster R-CNN (`detector_weights=`); patch mode reads pixels from files or PIL images.
+`detector_weights` takes either detector of tools/extract_roi_features.py, told apart by the file's
+contents (rc3.vision.extractors.weights_kind): the bottom-up-attention R101-C4 that
+tools/convert_butd_weights.py writes, IGLUE's feature space, for models trained on IGLUE features;
+or torchvision's COCO fasterrcnn_resnet50_fpn, another feature space (`detector_kind=` insists on
+one). Features extracted here equal what the tool writes for the same image and weights.
 Long inputs show a progress bar. Nothing here imports the training code (DeepSpeed, the trainer).
 """
 from __future__ import annotations
@@ -60,7 +65,7 @@ from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, Tas
 from rc3.finetune.readers.xvnli import LABELS as XVNLI_LABELS
 from rc3.finetune.retrieval import FaissIndex, iter_reranked, rank_candidates
 from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
+from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir, run_directory_hint
 from rc3.modeling.visual import visual_mode
 from rc3.tokenization import RC3Tokenizer, check_lang
 
@@ -74,6 +79,9 @@ INDEX_FORMAT = 1
 class TextTruncatedWarning(UserWarning):
     """A text had more pieces than the model reads (max_text_len); only its beginning was used."""
 
+
+# How errors name the inputs: these Python names by default; the `rc3` command passes its flags.
+ARG_NAMES = {"features": "features=[store.h5]", "detector_weights": "detector_weights=<weights>"}
 
 # Label names of heads saved before the names were recorded in task_head.json.
 DEFAULT_LABELS = {"xvnli": list(XVNLI_LABELS), "marvl": ["false", "true"]}
@@ -207,7 +215,8 @@ class RC3Inference:
                  device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None, batch_size: int = 32,
                  max_text_len: int = 80, features: Sequence[str | os.PathLike] = (),
                  images: Optional[str | os.PathLike] = None, detector_weights: Optional[str | os.PathLike] = None,
-                 num_regions: int = 36, progress: bool = True, model_id: str = "") -> None:
+                 num_regions: int = 36, progress: bool = True, model_id: str = "",
+                 detector_kind: Optional[str] = None, arg_names: Optional[Mapping[str, str]] = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device = torch.device(device)
@@ -225,7 +234,8 @@ class RC3Inference:
         if features and self.needs_roi:
             self.source = VisualSource("roi", list(features), None, num_regions, rc3.cfg.image_size)
         self.locator = ImageLocator(images) if images is not None else None
-        self.detector_weights, self._detector = detector_weights, None
+        self.detector_weights, self.detector_kind, self._detector = detector_weights, detector_kind, None
+        self.arg_names = {**ARG_NAMES, **(arg_names or {})}
 
     # ---- inputs ------------------------------------------------------------------------------
     def _bar(self, iterable: Iterable, total: int, desc: str, items: Optional[int] = None) -> Iterable:
@@ -289,20 +299,27 @@ class RC3Inference:
             return self._extract(img)
         if self.source is not None:
             raise KeyError(f"{what}: no ROI features under key {key!r} in {self.source._stores_text()}; "
-                           "add the image to the store (tools/extract_roi_features.py) or pass detector_weights")
-        raise ValueError(f"{what}: visual mode {self.mode!r} needs ROI features: give features=[store.h5] (looked up "
-                         "by file stem), detector_weights=<Faster R-CNN safetensors> to extract them, or "
-                         "{'roi': [n, 2048], 'boxes': [n, 5]} dicts")
+                           "add the image to the store (tools/extract_roi_features.py) or give "
+                           f"{self.arg_names['detector_weights']} to extract it")
+        raise ValueError(f"{what}: visual mode {self.mode!r} needs ROI features: give {self.arg_names['features']} "
+                         f"(looked up by file name or stem) or {self.arg_names['detector_weights']} (a detector to "
+                         "extract them: tools/convert_butd_weights.py output, or torchvision COCO weights)")
+
+    @property
+    def detector(self) -> Any:
+        """The region extractor of `detector_weights`, built on first use."""
+        if self._detector is None:
+            from rc3.vision.extractors import open_extractor
+
+            try:
+                self._detector = open_extractor(self.detector_weights, self.detector_kind, str(self.device),
+                                                self.num_regions)
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"{self.arg_names['detector_weights']}: {err}") from None
+        return self._detector
 
     def _extract(self, img: Image.Image) -> dict[str, Tensor]:
-        if self._detector is None:
-            from rc3.vision.roi_extractor import RoIExtractor
-
-            self._detector = RoIExtractor.from_weights(self.detector_weights, num_boxes=self.num_regions,
-                                                       device=self.device)
-        from torchvision.transforms.functional import pil_to_tensor
-
-        r = self._detector.extract([pil_to_tensor(img).float() / 255.0])[0]
+        r = self.detector.extract_one(img)  # no region at all: every slot masked, as a store holding it gives
         return pad_regions(r.features, normalise_boxes(r.boxes, r.img_w, r.img_h), self.num_regions)
 
     def load_image(self, item: ImageInput) -> dict[str, Tensor]:
@@ -591,14 +608,29 @@ class RC3Inference:
 def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype: Optional[torch.dtype | str] = None,
          batch_size: int = 32, max_text_len: int = 80, features: Sequence[str | os.PathLike] = (),
          images: Optional[str | os.PathLike] = None, detector_weights: Optional[str | os.PathLike] = None,
-         num_regions: int = 36, progress: bool = True) -> RC3Inference:
+         num_regions: int = 36, progress: bool = True, detector_kind: Optional[str] = None,
+         arg_names: Optional[Mapping[str, str]] = None) -> RC3Inference:
     """Load any RC3 model directory (pretrained, or finetuned: task_head.json) on `device` in `dtype`.
 
     `features`: ROI feature stores to look images up in (by key or file stem); `images`: a folder image
-    keys are resolved in; `detector_weights`: a local Faster R-CNN to extract ROI features of new images."""
+    keys are resolved in; `detector_weights`: a local Faster R-CNN to extract ROI features of new images,
+    the bottom-up-attention one of tools/convert_butd_weights.py (IGLUE's features) or torchvision's COCO
+    fasterrcnn_resnet50_fpn, told apart by the file (`detector_kind` "butd" / "torchvision-coco" insists
+    on one); `arg_names`: how errors name these inputs (the `rc3` command passes its flags)."""
+    names = {**ARG_NAMES, **(arg_names or {})}
+    if detector_weights is not None:  # checked before the model loads: a wrong file fails at once
+        from rc3.vision.extractors import weights_kind
+
+        try:
+            found = weights_kind(detector_weights)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"{names['detector_weights']}: {err}") from None
+        if detector_kind is not None and detector_kind != found:
+            raise ValueError(f"{names['detector_weights']}: {detector_weights} holds {found} weights, not {detector_kind}")
     d = Path(model_dir)
     if not (d / RC3_CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{d}: no {RC3_CONFIG_FILE}; give an RC3 model directory (pretrained or finetuned)")
+        raise FileNotFoundError(run_directory_hint(d) or
+                                f"{d}: no {RC3_CONFIG_FILE}; give an RC3 model directory (pretrained or finetuned)")
     if isinstance(dtype, str):
         names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                  "fp16": torch.float16, "float16": torch.float16}
@@ -612,4 +644,4 @@ def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype
         raise ValueError(f"{d}: the model has {rc3.mbart.config.vocab_size} token embeddings but the tokenizer "
                          f"{tokenizer.vocab_size} ids; the directory mixes files of two models")
     return RC3Inference(rc3, tokenizer, task_model, device, dtype, batch_size, max_text_len, features, images,
-                        detector_weights, num_regions, progress, model_fingerprint(d))
+                        detector_weights, num_regions, progress, model_fingerprint(d), detector_kind, names)

@@ -68,18 +68,38 @@ def _save(fig: Any, out: Path) -> Path:
     return out
 
 
+def metrics_log(run: str | os.PathLike) -> Path:
+    """The metrics.jsonl of `run`: a run directory holding one, or the file itself."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    if (path / "metrics.jsonl").is_file():
+        return path / "metrics.jsonl"
+    raise FileNotFoundError(f"{path}: no metrics.jsonl" + ("" if path.exists() else " (no such path)")
+                            + "; give a run directory (pretraining run_dir or finetuning output_dir) or its metrics.jsonl")
+
+
 def plot_run(run_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None) -> tuple[Path, list[str]]:
-    """Draw RUN_DIR/metrics.jsonl to `out` (default RUN_DIR/curves.png); returns the path and the panel titles."""
+    """Draw a run's metrics.jsonl (`run_dir`: the run directory or the file) to `out` (default: curves.png
+    beside the log); returns the path and the panel titles."""
+    import matplotlib.pyplot as plt
+
+    log = metrics_log(run_dir)
+    fig, panels = run_figure(log)
+    path = _save(fig, Path(out) if out is not None else log.parent / "curves.png")
+    plt.close(fig)
+    return path, panels
+
+
+def run_figure(log: str | os.PathLike) -> tuple[Any, list[str]]:
+    """The matplotlib figure of a metrics.jsonl and its panel titles (the caller closes the figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(run_dir)
-    log = run / "metrics.jsonl"
-    if not log.is_file():
-        raise FileNotFoundError(f"{run}: no metrics.jsonl; give a run directory (pretraining run_dir or finetuning "
-                                "output_dir)")
+    log = Path(log)
+    run = log.parent
     records, bad = read_metrics(log)
     if not records:
         raise ValueError(f"{log}: no step records to plot" + (f" ({bad} unreadable lines)" if bad else ""))
@@ -96,7 +116,8 @@ def plot_run(run_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None
     panels = [(t, ks, logy) for t, ks, logy in panels if any(_series(records, k)[0] for k in ks)]
     cols = 2 if len(panels) > 1 else 1
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.4 * rows), squeeze=False)
+    # constrained layout keeps each panel's step label clear of the title of the panel below it
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     for ax, (title, ks, logy) in zip(axes.flat, panels):
         for k in ks:
             xs, ys = _series(records, k)
@@ -112,9 +133,7 @@ def plot_run(run_dir: str | os.PathLike, out: Optional[str | os.PathLike] = None
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{run.name}: {len(records)} logged steps" + (f", {bad} unreadable lines skipped" if bad else ""))
-    path = _save(fig, Path(out) if out is not None else run / "curves.png")
-    plt.close(fig)
-    return path, [t for t, _, _ in panels]
+    return fig, [t for t, _, _ in panels]
 
 
 def results_bar_chart(results: Mapping[str, Mapping[str, Any]], metric: str, out: str | os.PathLike,
@@ -130,7 +149,7 @@ def results_bar_chart(results: Mapping[str, Mapping[str, Any]], metric: str, out
     if not langs:
         return None
     values = [float(results[lang][metric]) for lang in langs]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(langs) + 1.5), 3.4))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(langs) + 1.5), 3.4), layout="constrained")
     bars = ax.bar(langs, values, color=["#d62728"] + ["#1f77b4"] * (len(langs) - 1))  # training language first
     ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], fontsize=8)
     ax.set_ylabel(metric)

@@ -1,13 +1,20 @@
 """mBART-50 tokenizer for RC3: language codes, the RC3 text formats and the reduced-vocabulary id map.
 
-Segmentation is always mBART-50's sentencepiece model, loaded through HF transformers
-(`MBart50Tokenizer`). RC3 only changes two things on top of it:
+Segmentation is mBART-50's sentencepiece (Unigram) model, loaded through HF transformers
+(`MBart50Tokenizer`). RC3 changes two things on top of it:
 
 * the formats: encoder text is ``[BOS] pieces [LANG]`` (paper Fig. 2) and decoder labels are
   ``[LANG] pieces [EOS]`` (the language tag first, as in mBART-50 generation);
 * the ids: an optional :class:`IdMap` remaps mBART-50's 250k ids onto a reduced vocabulary
-  (coverage >= 99.99% on the pretraining languages), unkept pieces becoming ``<unk>``. The model's
-  embedding rows are sliced with the same map, so model and tokenizer always agree.
+  (coverage >= 99.99% on the pretraining languages). The model's embedding rows are sliced with the
+  same map, so model and tokenizer always agree. With an id map, texts are segmented by the Unigram
+  model restricted to the kept pieces (`reduced_tokenizer_json`), the very model a model
+  directory's `tokenizer.json` holds for `AutoTokenizer`: the best segmentation into kept pieces,
+  a run of characters no kept piece covers becoming one ``<unk>``. One model for both is what makes
+  their ids equal on every text; mapping the full segmentation's dropped pieces to ``<unk>`` instead
+  cannot be written as a tokenizers model (it has no "known piece, unknown id"). On text whose full
+  segmentation uses only kept pieces (>= 99.99% of the selection corpora) both rules give the same
+  pieces: the full model's best path is a path of the restricted one and nothing scores higher.
 
 Loaders tokenise a whole batch with one call (`segment`, then `encoder_ids` / `target_ids` per
 text): the same Rust backend the per-text call uses, without its per-call Python, and the same ids
@@ -15,11 +22,12 @@ text): the same Rust backend the per-text call uses, without its per-call Python
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -30,11 +38,20 @@ LANG_CODES: dict[str, str] = {
     "ta": "ta_IN", "tr": "tr_TR",
 }
 PRETRAIN_LANGS: tuple[str, ...] = ("en", "cs", "de", "fr", "id", "ja", "zh")
+# The order languages are shown in, in every table and report (dataset_stats, the Dw builder's pair
+# table): the paper's Table 5 (en, de, fr, ja, zh, id), then Czech (Ds only); see `display_order`.
+LANG_DISPLAY_ORDER: tuple[str, ...] = ("en", "de", "fr", "ja", "zh", "id", "cs")
 # Languages written without spaces between words: every sentencepiece piece counts as a word for masking.
 UNSEGMENTED_LANGS = frozenset({"ja", "zh"})
 SPM_FILE = "sentencepiece.bpe.model"
 ID_MAP_FILE = "id_map.json"
 SEGMENTATION_FILE = "rc3_segmentation.json"  # mBART-50's full tokenizer.json in a model directory (rc3.modeling.hf)
+
+
+def display_order(langs: Iterable[str]) -> list[str]:
+    """`langs` in LANG_DISPLAY_ORDER, any others after them alphabetically."""
+    rank = {lang: i for i, lang in enumerate(LANG_DISPLAY_ORDER)}
+    return sorted(set(langs), key=lambda lang: (rank.get(lang, len(rank)), lang))
 
 
 def check_lang(lang: str) -> str:
@@ -92,6 +109,36 @@ class IdMap:
             raise ValueError(f"cannot read the id map {path}: {err}") from err
 
 
+def reduced_tokenizer_json(full: dict, kept_old_ids: Optional[Sequence[int]]) -> dict:
+    """The tokenizer.json of the kept pieces, their ids renumbered 0..K-1 in the order of `kept_old_ids`.
+
+    `full` is the tokenizer.json transformers writes for mBART-50 (Unigram model; special tokens and
+    language codes as added tokens). `kept_old_ids` None keeps every piece (ids unchanged). Both
+    `RC3Tokenizer` (with an id map) and a model directory's `tokenizer.json` segment with this model."""
+    out = copy.deepcopy(full)
+    model = out.get("model", {})
+    if model.get("type") != "Unigram":
+        raise ValueError(f"expected mBART-50's Unigram tokenizer.json, got a {model.get('type')!r} model")
+    vocab = model["vocab"]
+    kept = list(range(len(vocab))) if kept_old_ids is None else [int(i) for i in kept_old_ids]
+    new_of = {old: new for new, old in enumerate(kept)}
+    if max(kept) >= len(vocab):
+        raise ValueError(f"the id map keeps id {max(kept)} but the tokenizer has {len(vocab)} pieces")
+    model["vocab"] = [vocab[old] for old in kept]
+    if model.get("unk_id") not in new_of:
+        raise ValueError("the id map drops <unk>")
+    model["unk_id"] = new_of[model["unk_id"]]
+    added = []
+    for tok in out.get("added_tokens", []):
+        if tok["id"] in new_of:  # a dropped language code / special token no longer exists
+            added.append({**tok, "id": new_of[tok["id"]]})
+    out["added_tokens"] = added
+    # RC3's formats differ from mBART-50's `[lang] text </s>` template; callers add the tokens (rc3.modeling.hf).
+    out["post_processor"] = None
+    out["truncation"], out["padding"] = None, None
+    return out
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -125,6 +172,7 @@ class RC3Tokenizer:
             new([self._special_old[n]])[0] for n in ("pad", "bos", "eos", "unk", "mask"))
         self._lang_new = {short: new([old])[0] for short, old in self._lang_old.items()}
         self._word_start: dict[int, bool] = {}  # old id -> its piece opens a word (filled on use)
+        self._restricted: Any = None  # the Unigram model of the kept pieces (built on first use)
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike) -> RC3Tokenizer:
@@ -169,6 +217,9 @@ class RC3Tokenizer:
         return self._lang_new[lang]
 
     def pieces(self, text: str) -> list[str]:
+        """The piece strings of `text` (the segmentation `segment` gives; `tokenize` of transformers)."""
+        if self.id_map is not None:
+            return list(self._restricted_backend().encode(text, add_special_tokens=False).tokens)
         return self.hf.tokenize(text)
 
     def piece_ids(self, text: str) -> list[int]:
@@ -177,8 +228,9 @@ class RC3Tokenizer:
 
     # ---- segmentation, one backend call per list ---------------------------------------------
     def segment(self, texts: Sequence[str]) -> list[list[int]]:
-        """mBART-50 (not remapped) piece ids of each text, no special tokens: what
-        ``hf(text, add_special_tokens=False)["input_ids"]`` gives, for a whole list in one call.
+        """mBART-50 (not remapped) piece ids of each text, no special tokens, for a whole list in one
+        call. Without an id map: what ``hf(text, add_special_tokens=False)["input_ids"]`` gives; with
+        one: the restricted model's segmentation (see the module docstring), as old ids.
 
         transformers' tokenizer call spends ~45 us per text in Python around ~15 us in the Rust
         backend (argument checks, language-code post-processor switch, BatchEncoding); collators segment
@@ -190,11 +242,28 @@ class RC3Tokenizer:
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"segment() takes strings, got {type(t).__name__}: {t!r}")
+        if self.id_map is not None:
+            restricted = self._restricted_backend()
+            return [self.id_map.to_old(e.ids) for e in restricted.encode_batch_fast(texts, add_special_tokens=False)]
         backend = self._plain_backend()
         if backend is None:
             return [list(self.hf(t, add_special_tokens=False)["input_ids"]) for t in texts]
         encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch  # _fast: no offsets
         return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+    def _restricted_backend(self) -> Any:
+        """A tokenizers.Tokenizer of `reduced_tokenizer_json` over the id map's kept pieces."""
+        if self._restricted is None:
+            from tokenizers import Tokenizer
+
+            assert self.id_map is not None
+            backend = getattr(self.hf, "backend_tokenizer", None)
+            if backend is None:
+                raise ValueError("a reduced vocabulary needs the fast (tokenizers) mBART-50 tokenizer; "
+                                 "install the tokenizers package")
+            full = json.loads(backend.to_str())
+            self._restricted = Tokenizer.from_str(json.dumps(reduced_tokenizer_json(full, self.id_map.kept.tolist())))
+        return self._restricted
 
     def _plain_backend(self):
         backend = getattr(self.hf, "backend_tokenizer", None)

@@ -400,3 +400,19 @@ def test_empty_inputs_exit_non_zero_naming_the_file(tmp_path: Path, ds_inputs: d
         captured = capsys.readouterr()
         assert message in captured.err, (argv, captured.err)
         assert "0 shard(s)" not in captured.out and not out.exists(), argv
+
+
+def test_every_language_table_uses_one_order() -> None:
+    """dataset_stats and the Dw builder's pair table show languages in the paper's Table 5 order
+    (En De Fr Ja Zh Id), Czech after them and other languages after that alphabetically."""
+    from rc3.data.builders.dw import format_pair_table
+    from rc3.tools.dataset_stats import format_report
+
+    table5 = ["En", "De", "Fr", "Ja", "Zh", "Id"]  # the paper's Table 5 header
+    pairs = {("de", "en"): 3, ("ja", "zh"): 2}
+    assert format_pair_table(pairs).splitlines()[0].split() == table5
+    langs = ["zh", "cs", "ar", "en", "de", "id", "fr", "ja"]
+    report = {"shards": 1, "samples": {"ds": 8}, "languages": {lg: 1 for lg in langs}, "pairs": {"de-en": 3},
+              "broken_samples": {}, "broken_shards": []}
+    header = next(line for line in format_report(report).splitlines() if line.strip().startswith("En"))
+    assert header.split() == table5 + ["Cs", "Ar"]

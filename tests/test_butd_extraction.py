@@ -320,3 +320,20 @@ def test_weights_that_are_not_converted_are_a_clear_error(tmp_path: Path, images
     err = capsys.readouterr().err
     assert code == 1 and "cannot read" in err and "convert_butd_weights.py" in err, err
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_images_of_one_size_batch_to_the_same_regions(weights: Path) -> None:
+    """extract_many (equal resized sizes share a forward pass, no padding) gives what extract gives per image."""
+    extractor = ButdExtractor(load_detector(weights, min_size=96, max_size=160))
+    rng = np.random.default_rng(3)
+    shapes = [(120, 160), (60, 80), (120, 160), (160, 120), (90, 120), (120, 160)]  # 4 resize to 96 x 128
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+    batched = extractor.extract_many(images, batch_size=3)
+    assert len(batched) == len(images)
+    for image, got in zip(images, batched):
+        want = extractor.extract(image)
+        assert (got.img_w, got.img_h) == image.size and len(got.features) == len(want.features) > 0
+        for f in ("features", "boxes", "obj_conf", "attr_conf"):
+            np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=1e-4, atol=1e-4, err_msg=f)
+        for f in ("obj_id", "attr_id"):
+            np.testing.assert_array_equal(getattr(got, f), getattr(want, f), err_msg=f)

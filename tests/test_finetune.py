@@ -435,3 +435,26 @@ def test_itr_paper_protocol_is_a_cross_encoder_over_every_pair(world: Path, mode
     run_recipe("itr", world, model_dir, out, "itr.k=all", "itr.contrastive_weight=0", "itr.hard_negatives=false")
     results = read_results(out)
     assert list(results) == ["en", "de", "ja"] and all(0.0 <= r["mean_R@1"] <= 100.0 for r in results.values())
+
+
+def test_init_at_a_run_directory_says_to_run_zero_to_safetensors(tmp_path: Path) -> None:
+    """A pretraining run directory (or one of its DeepSpeed checkpoints) given as --init is named as such, with
+    the command that makes a model directory of it, before anything loads."""
+    from rc3.finetune.trainer import parse_cli
+    from rc3.inference import load
+
+    run = tmp_path / "runs" / "rc3"
+    tag = run / "checkpoints" / "step_00000100"
+    tag.mkdir(parents=True)
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (tag / "COMPLETE").write_text("")
+    config = str(REPO / "configs" / "finetune" / "xvnli.yaml")
+    with pytest.raises(ConfigError, match=r"--init: .* training run directory .* rc3-zero-to-safetensors "
+                                          + str(run) + " MODEL_DIR"):
+        parse_cli("xvnli", ["--config", config, "--init", str(run)])
+    with pytest.raises(ConfigError, match=f"rc3-zero-to-safetensors {run} MODEL_DIR --tag step_00000100"):
+        parse_cli("xvnli", ["--config", config, "--init", str(tag)])
+    with pytest.raises(FileNotFoundError, match="zero-to-safetensors"):
+        load(run)
+    cfg, _ = parse_cli("xvnli", ["--config", config, "--init", str(tmp_path)])  # not a run: checked later, on load
+    assert cfg.init == str(tmp_path)

@@ -171,3 +171,29 @@ def test_reduced_tokenizer_json_keeps_specials_and_rejects_a_broken_map(tokenize
     with pytest.raises(ValueError, match="Unigram"):
         reduced_tokenizer_json({"model": {"type": "BPE"}}, None)
     assert np.array_equal(np.array(kept), np.sort(kept))
+
+
+def test_export_loads_in_auto_model_with_no_unexpected_key(reduced_dir: Path, tmp_path: Path) -> None:
+    """AutoModel (MBartModel, no LM head) finds no key it does not know: the zero final_logits_bias is left
+    out, and MBartForConditionalGeneration rebuilds it as zeros; a nonzero one is kept for generation."""
+    from safetensors import safe_open
+    from transformers import AutoModel, MBartForConditionalGeneration
+
+    from rc3.tools.export_hf import export
+
+    out = export(reduced_dir, tmp_path / "export")
+    base, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert type(base).__name__ == "MBartModel"
+    assert not info["unexpected_keys"] and not info["missing_keys"], info
+    gen, info = MBartForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"], info
+    rc3 = RC3Model.from_pretrained(reduced_dir).eval()
+    assert torch.equal(gen.final_logits_bias, rc3.mbart.final_logits_bias) and not rc3.mbart.final_logits_bias.any()
+
+    rc3.mbart.final_logits_bias.normal_()  # a model whose LM head has a bias: kept, loaded as saved
+    biased = rc3.save_pretrained(tmp_path / "biased", tokenizer_dir=reduced_dir)
+    out = export(biased, tmp_path / "export-biased")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert "final_logits_bias" in set(f.keys())
+    gen = MBartForConditionalGeneration.from_pretrained(out)
+    assert torch.equal(gen.final_logits_bias, rc3.mbart.final_logits_bias)

@@ -89,3 +89,44 @@ def test_finetuning_writes_a_results_chart_and_its_log_plots(tmp_path: Path, tok
     png_ok(path)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["samples_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1 for r in records if "loss" in r)
+
+
+def _log(path: Path, steps: int = 60) -> None:
+    with path.open("w") as f:
+        for step in range(1, steps + 1):
+            f.write(json.dumps({"step": step, "lr": 1e-4 * step, "loss": 9.0 / step, "mclm": 5.0 / step,
+                                "itm": 0.7, "xtcl": 3.0 / step, "p_avg.xtcl": 0.01 * step, "samples_per_s": 40.0,
+                                "data_wait_share": 0.02, "itm_acc": 0.5, "dev_acc_en": 0.3}) + "\n")
+
+
+def test_plot_run_takes_the_log_file_and_no_text_overlaps(tmp_path: Path) -> None:
+    """Every text of curves.png (titles, axis labels, tick labels, legends' frames) is measured after layout:
+    no two texts of different panels intersect."""
+    import matplotlib.pyplot as plt
+
+    from rc3.plots import plot_run, run_figure
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _log(run / "metrics.jsonl")
+    path, panels = plot_run(run / "metrics.jsonl")  # the file itself, as well as its directory
+    assert path == run / "curves.png" and len(panels) == 7
+    png_ok(path)
+    fig, _ = run_figure(run / "metrics.jsonl")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []  # (panel index, bbox) of every drawn text
+
+    def drawn_ticks(axis) -> list:  # matplotlib keeps labels of ticks outside the view; they are not drawn
+        lo, hi = sorted(axis.get_view_interval())
+        return [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+
+    for i, ax in enumerate(fig.axes):
+        if not ax.axison:
+            continue
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *drawn_ticks(ax.xaxis), *drawn_ticks(ax.yaxis)]
+        boxes += [(i, t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+    boxes.append((-1, fig._suptitle.get_window_extent(renderer)))
+    clashes = [(i, j) for n, (i, a) in enumerate(boxes) for j, b in boxes[n + 1:] if i != j and a.overlaps(b)]
+    plt.close(fig)
+    assert not clashes, clashes

@@ -43,6 +43,7 @@ from rc3.finetune.config import FREEZABLE, FinetuneConfig, load_finetune_config,
 from rc3.finetune.heads import TaskModel, load_head, save_task_model
 from rc3.finetune.metrics import write_results
 from rc3.modeling import RC3Model
+from rc3.modeling.model import run_directory_hint
 from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.pretrain import fault_injection
 from rc3.run_log import RunLogger
@@ -60,6 +61,9 @@ def parse_cli(task: str, argv: Optional[Sequence[str]] = None) -> tuple[Finetune
     cfg = load_finetune_config(args.config, task, overrides)
     if cfg.init is None:
         raise ConfigError("--init", "give the RC3 model directory to finetune (--init DIR or `init:` in the config)")
+    hint = run_directory_hint(cfg.init)  # checked before anything loads
+    if hint is not None:
+        raise ConfigError("--init", hint)
     return cfg, args
 
 

@@ -15,17 +15,15 @@ one) also holds:
   `RC3Tokenizer`'s. Special tokens and language codes keep their strings; no template is applied
   (RC3's encoder format is `[BOS] pieces [LANG]`: add `<s>` and the language code, e.g. `de_DE`,
   around `tokenizer(text, add_special_tokens=False)`).
-  Where a reduced vocabulary dropped a piece that mBART-50's segmentation of a text would use,
-  RC3Tokenizer gives `<unk>` for it while the restricted segmentation picks the best kept pieces:
-  a tokenizers Unigram model cannot emit `<unk>` for a piece it knows. Texts of the languages the
-  vocabulary was selected on reach its coverage (>= 99.99% of pieces kept), and on those pieces the
-  two agree exactly (tests/test_hf_native.py).
+  `RC3Tokenizer` segments with this same restricted model, so the two give the same ids on every
+  text (tests/test_tokenizer_agreement.py), including texts that need a piece the vocabulary
+  dropped: both pick the best segmentation into kept pieces, and a run of characters no kept piece
+  covers becomes one `<unk>`.
 * `rc3_segmentation.json`: mBART-50's full segmentation (the tokenizer.json transformers writes for
   the full vocabulary), which `RC3Tokenizer.from_dir` reads before applying id_map.json.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.utils import ModelOutput
 
 from rc3 import atomic
-from rc3.tokenization import SEGMENTATION_FILE
+from rc3.tokenization import SEGMENTATION_FILE, reduced_tokenizer_json
 
 MODEL_TYPE = "rc3"
 HF_CONFIG_FILE = "config.json"
@@ -151,36 +149,6 @@ def write_hf_config(rc3_config: dict, directory: str | os.PathLike) -> Path:
     path = Path(directory) / HF_CONFIG_FILE
     _atomic_write(path, config.to_json_string(use_diff=False))
     return path
-
-
-def reduced_tokenizer_json(full: dict, kept_old_ids: Optional[list[int]]) -> dict:
-    """The tokenizer.json of the kept pieces, their ids renumbered 0..K-1 in the order of `kept_old_ids`.
-
-    `full` is the tokenizer.json transformers writes for mBART-50 (Unigram model; special tokens and
-    language codes as added tokens). `kept_old_ids` None keeps every piece (ids unchanged)."""
-    out = copy.deepcopy(full)
-    model = out.get("model", {})
-    if model.get("type") != "Unigram":
-        raise ValueError(f"expected mBART-50's Unigram tokenizer.json, got a {model.get('type')!r} model")
-    vocab = model["vocab"]
-    if kept_old_ids is None:
-        kept_old_ids = list(range(len(vocab)))
-    new_of = {old: new for new, old in enumerate(kept_old_ids)}
-    if max(kept_old_ids) >= len(vocab):
-        raise ValueError(f"the id map keeps id {max(kept_old_ids)} but the tokenizer has {len(vocab)} pieces")
-    model["vocab"] = [vocab[old] for old in kept_old_ids]
-    if model.get("unk_id") not in new_of:
-        raise ValueError("the id map drops <unk>")
-    model["unk_id"] = new_of[model["unk_id"]]
-    added = []
-    for tok in out.get("added_tokens", []):
-        if tok["id"] in new_of:  # a dropped language code / special token no longer exists
-            added.append({**tok, "id": new_of[tok["id"]]})
-    out["added_tokens"] = added
-    # RC3's formats differ from mBART-50's `[lang] text </s>` template; callers add the tokens (see module doc).
-    out["post_processor"] = None
-    out["truncation"], out["padding"] = None, None
-    return out
 
 
 def write_hf_tokenizer(directory: str | os.PathLike, full_tokenizer_json: dict,

@@ -40,6 +40,22 @@ RC3_CONFIG_FILE = "rc3_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def run_directory_hint(path: str | os.PathLike) -> Optional[str]:
+    """What to do when `path`, given where a model directory belongs, is a training run directory or one
+    of its DeepSpeed checkpoints (which only tools/zero_to_safetensors.py reads); None otherwise."""
+    path = Path(path)
+    if (path / RC3_CONFIG_FILE).is_file():
+        return None
+    if (path / "checkpoints").is_dir():
+        return (f"{path} is a training run directory (DeepSpeed checkpoints), not a model directory; make one "
+                f"with: rc3-zero-to-safetensors {path} MODEL_DIR (python tools/zero_to_safetensors.py), "
+                "then give MODEL_DIR")
+    if path.parent.name == "checkpoints" and (any(path.glob("*model_states.pt")) or (path / "COMPLETE").exists()):
+        return (f"{path} is a DeepSpeed checkpoint of a training run, not a model directory; make one with: "
+                f"rc3-zero-to-safetensors {path.parent.parent} MODEL_DIR --tag {path.name}, then give MODEL_DIR")
+    return None
+
+
 @dataclass
 class EncoderOutput:
     hidden: torch.Tensor  # [B, L, d] top encoder states
@@ -121,7 +137,7 @@ class RC3Model(nn.Module):
             if (path / "config.json").is_file():
                 raise FileNotFoundError(f"{path} looks like a plain HF model; use RC3Model.from_mbart or "
                                         "tools/convert_mbart50.py to make an RC3 model directory")
-            raise FileNotFoundError(f"{path}: no {RC3_CONFIG_FILE}; not an RC3 model directory")
+            raise FileNotFoundError(run_directory_hint(path) or f"{path}: no {RC3_CONFIG_FILE}; not an RC3 model directory")
         meta = json.loads(cfg_file.read_text())
         cfg = from_dict(ModelConfig, {**meta["model"], **overrides})
         mbart_cfg = MBartConfig(**meta["mbart"])

@@ -19,7 +19,8 @@ from pathlib import Path
 from rc3.data.builders.common import BuildStats
 from rc3.data.builders.ds import build_ds
 from rc3.data.builders.dt import CaptionPairsSource, DtSource, LineAlignedSource, WikiMatrixSource, build_dt
-from rc3.data.builders.dw import DW_LANGS, TABLE5_ORDER, TEXT_SOURCES, build_dw, format_pair_table
+from rc3.data.builders.dw import DW_LANGS, TEXT_SOURCES, build_dw, format_pair_table
+from rc3.tokenization import display_order
 
 
 def _lang_paths(items: list[str] | None, flag: str) -> dict[str, Path]:
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(stats.summary())
     if args.corpus == "dw" and stats.pair_table is not None:
         print("\nlanguage-pair tuples (as Table 5 of the paper):")
-        order = [lang for lang in TABLE5_ORDER if lang in langs] + [lang for lang in langs if lang not in TABLE5_ORDER]
-        print(format_pair_table(stats.pair_table, order))
+        print(format_pair_table(stats.pair_table, display_order(langs)))
     return 0
 
 

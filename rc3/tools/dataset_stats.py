@@ -22,9 +22,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from rc3.data.corpora import detect
 from rc3.data.schemas import SampleError
-
-# Display order of the pair table: the pretraining languages first.
-_LANG_ORDER = ("en", "cs", "de", "fr", "id", "ja", "zh")
+from rc3.tokenization import display_order
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -81,7 +79,7 @@ def collect(shards: list[Path], verify_images: bool = True) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"shards: {report['shards']}  samples: {sum(report['samples'].values())} " + str(report["samples"])]
-    langs = sorted(report["languages"], key=lambda lg: (_LANG_ORDER.index(lg) if lg in _LANG_ORDER else 99, lg))
+    langs = display_order(report["languages"])  # the order of the builders' tables
     lines.append("languages: " + ", ".join(f"{lg}={report['languages'][lg]:,}" for lg in langs))
     if langs:
         pair = {tuple(k.split("-")): v for k, v in report["pairs"].items()}

@@ -32,6 +32,7 @@ from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
 from rc3.tokenization import ID_MAP_FILE
 
 VISUAL_FILE = "rc3_visual.safetensors"
+BIAS_KEY = "final_logits_bias"
 # Files of an RC3 directory that are not tokenizer files (the HF export writes its own config and weights).
 NOT_TOKENIZER = {RC3_CONFIG_FILE, WEIGHTS_FILE, "config.json", "generation_config.json", "vocab_report.json",
                  "task_head.json", "task_head.safetensors"}
@@ -42,6 +43,21 @@ def visual_state(model: RC3Model) -> dict[str, torch.Tensor]:
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("mbart.")}
     if not state:
         raise ValueError("the model has no tensors outside the mBART backbone")
+    return state
+
+
+def text_state(model: RC3Model) -> dict[str, torch.Tensor]:
+    """The mBART backbone's state dict as the export saves it.
+
+    `final_logits_bias` is left out when it is zero, as in mBART-50 and every RC3 model (a buffer no
+    training step changes): MBartForConditionalGeneration rebuilds it as zeros without a word
+    (transformers lists it in `_keys_to_ignore_on_load_missing`), and `AutoModel` (MBartModel, no LM
+    head) then finds no key it does not know. A nonzero bias is kept: generation needs it, and
+    AutoModel reports it as unexpected because it belongs to the LM head MBartModel lacks."""
+    state = dict(model.mbart.state_dict())
+    bias = state.get(BIAS_KEY)
+    if bias is not None and not bool(bias.any()):
+        del state[BIAS_KEY]
     return state
 
 
@@ -59,7 +75,7 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
         model.mbart.config.architectures = ["MBartForConditionalGeneration"]
-        model.mbart.save_pretrained(str(tmp))
+        model.mbart.save_pretrained(str(tmp), state_dict=text_state(model))
         for f in sorted(rc3_dir.iterdir()):
             if f.is_file() and f.name not in NOT_TOKENIZER:
                 shutil.copy2(f, tmp / f.name)

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min-size", type=int, default=None, help="shorter side after resizing (butd: 800, as IGLUE)")
     parser.add_argument("--max-size", type=int, default=None, help="longer side cap (butd: 1333, as IGLUE)")
     parser.add_argument("--chunk-size", type=int, default=256, help="images per part file (the most a kill loses)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="butd: images of equal resized size per forward pass (no padding: same features)")
     parser.add_argument("--keep-parts", action="store_true", help="keep OUT.parts after merging")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if world > 1 and args.num_workers > 1:
         print("error: under torchrun / accelerate every rank is a worker; drop --num-workers", file=sys.stderr)
         return 2
-    if args.num_workers < 1 or args.chunk_size < 1 or args.num_boxes < 1:
-        print("error: --num-workers, --chunk-size and --num-boxes must be positive", file=sys.stderr)
+    if args.num_workers < 1 or args.chunk_size < 1 or args.num_boxes < 1 or args.batch_size < 1:
+        print("error: --num-workers, --chunk-size, --num-boxes and --batch-size must be positive", file=sys.stderr)
         return 2
     device = args.device
     if device == "cuda":
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 "options": spec.options}
     run_id = fingerprint(units, settings)
     kwargs = dict(run_id=run_id, key_style=args.key_style, chunk_size=args.chunk_size,
-                  loader_workers=args.loader_workers, num_boxes=args.num_boxes, progress=not args.quiet)
+                  loader_workers=args.loader_workers, num_boxes=args.num_boxes, progress=not args.quiet,
+                  batch_size=args.batch_size)
     try:
         if world > 1:
             stats = [run_worker(units, args.out, lambda: built, rank=rank, world=world, **kwargs)]

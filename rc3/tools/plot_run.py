@@ -1,9 +1,10 @@
 """Draw a run's curves to PNG: losses per task, p_avg, learning rate, data wait share, samples/s (and dev scores).
 
-    python tools/plot_run.py RUN_DIR [--out curves.png]
+    python tools/plot_run.py RUN_DIR_OR_METRICS_JSONL [--out curves.png]
 
-RUN_DIR is a pretraining run directory or a finetuning output directory (both hold metrics.jsonl);
-the picture goes to RUN_DIR/curves.png unless --out says otherwise. See rc3.plots.
+RUN is a pretraining run directory or a finetuning output directory (both hold metrics.jsonl), or
+that metrics.jsonl itself; the picture goes to curves.png beside the log unless --out says
+otherwise. See rc3.plots.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from rc3.plots import plot_run
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--out", type=Path, default=None, help="PNG to write (default RUN_DIR/curves.png)")
+    ap.add_argument("run", type=Path, help="run directory, or its metrics.jsonl")
+    ap.add_argument("--out", type=Path, default=None, help="PNG to write (default: curves.png beside metrics.jsonl)")
     args = ap.parse_args(argv)
     try:
-        path, panels = plot_run(args.run_dir, args.out)
+        path, panels = plot_run(args.run, args.out)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"wrote {path} ({', '.join(panels)})")

@@ -109,8 +109,12 @@ def discover_units(inputs: list[str], key_style: str = "name") -> list[Unit]:
 
 
 def file_key(path: str, key_style: str) -> str:
-    """The image key of a plain file: its name or its stem."""
+    """The image key of a plain file: its name, its stem, or ("path") its absolute path percent-quoted."""
     p = Path(path)
+    if key_style == "path":
+        from rc3.vision.image_folder import path_key
+
+        return path_key(p)
     return p.name if key_style == "name" else p.stem
 
 

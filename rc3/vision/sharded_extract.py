@@ -152,8 +152,12 @@ def run_worker(
     loader_workers: int = 0,
     num_boxes: int | None = None,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> WorkerStats:
-    """Extract this worker's share into chunk files, then mark it finished."""
+    """Extract this worker's share into chunk files, then mark it finished.
+
+    With `batch_size` > 1 and an extractor that has ``extract_many`` (the bottom-up-attention one),
+    up to that many decoded images go through the detector together (equal sizes in one pass)."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside world size {world}")
     parts = parts_dir_for(out)
@@ -172,37 +176,64 @@ def run_worker(
     chunk_skipped: dict[str, str] = {}
     start = time.perf_counter()
     seen: set[str] = set()
+    batched = batch_size > 1 and hasattr(extractor, "extract_many")
+    pending: list[tuple[str, Image.Image]] = []  # decoded images waiting for one batched detector pass
+
+    def extract(items: list[tuple[str, Image.Image]]) -> list[tuple[str, RegionFeatures | None, str]]:
+        if batched and len(items) > 1:
+            try:
+                found = extractor.extract_many([image for _, image in items], batch_size=batch_size)
+                return [(key, regions, "") for (key, _), regions in zip(items, found)]
+            except (RuntimeError, ValueError):
+                pass  # one image spoils the batch: run each alone to name it
+        out: list[tuple[str, RegionFeatures | None, str]] = []
+        for key, image in items:
+            try:
+                out.append((key, extractor.extract_one(image), ""))
+            except (RuntimeError, ValueError) as exc:
+                # e.g. an image a few pixels thin: the caffe max-pool has no output row. volta's
+                # script prints such an image and moves on; here it is listed with the reason.
+                out.append((key, None, f"detector failed ({type(exc).__name__}: {exc})"))
+        return out
+
+    def record(key: str, regions: RegionFeatures | None, error: str) -> None:
+        nonlocal seq, rows, chunk_skipped
+        if regions is None:
+            stats.skipped[key] = chunk_skipped[key] = error
+        else:
+            if num_boxes is not None and len(regions.features) < num_boxes:
+                stats.short[key] = len(regions.features)
+            rows.append((key, regions))
+            stats.written += 1
+        if len(rows) + len(chunk_skipped) >= chunk_size:
+            _write_chunk(parts, rank, seq, rows, chunk_skipped)
+            seq, rows, chunk_skipped = seq + 1, [], {}
+            maybe_kill_after_images(stats.written + len(stats.skipped), rank)
+
     with tqdm(total=total, unit="img", desc=f"worker {rank}/{world}", position=rank, disable=not progress,
               dynamic_ncols=True) as bar:
         for key, image, error in loader:
-            bar.update(1)
             if error == "__done__":
+                bar.update(1)
                 stats.resumed += 1
                 continue
             if key in seen:
                 error = "duplicate key (an earlier image of this worker has the same key)"
             seen.add(key)
             if image is None or error:
-                stats.skipped[key] = error
-                chunk_skipped[key] = error
+                bar.update(1)
+                record(key, None, error)
             else:
-                try:
-                    regions = extractor.extract_one(image)
-                except (RuntimeError, ValueError) as exc:
-                    # e.g. an image a few pixels thin: the caffe max-pool has no output row. volta's
-                    # script prints such an image and moves on; here it is listed with the reason.
-                    regions = None
-                    stats.skipped[key] = chunk_skipped[key] = f"detector failed ({type(exc).__name__}: {exc})"
-                if regions is not None:
-                    if num_boxes is not None and len(regions.features) < num_boxes:
-                        stats.short[key] = len(regions.features)
-                    rows.append((key, regions))
-                    stats.written += 1
-            if len(rows) + len(chunk_skipped) >= chunk_size:
-                _write_chunk(parts, rank, seq, rows, chunk_skipped)
-                seq, rows, chunk_skipped = seq + 1, [], {}
-                maybe_kill_after_images(stats.written + len(stats.skipped), rank)
+                pending.append((key, image))
+                if len(pending) >= (batch_size if batched else 1):
+                    for item in extract(pending):
+                        record(*item)
+                    bar.update(len(pending))
+                    pending = []
             bar.set_postfix(written=stats.written, skipped=len(stats.skipped), refresh=False)
+        for item in extract(pending):
+            record(*item)
+        bar.update(len(pending))
         if rows or chunk_skipped:
             _write_chunk(parts, rank, seq, rows, chunk_skipped)
     stats.seconds = time.perf_counter() - start

@@ -48,9 +48,10 @@ from rc3.data.builders.common import BuildStats, clean_text, open_text, require_
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.schemas import encode_dw
 from rc3.data.shard_writer import ShardWriter, encode_tar_sample
+from rc3.tokenization import LANG_DISPLAY_ORDER
 
 DW_LANGS = ("de", "en", "fr", "id", "ja", "zh")
-TABLE5_ORDER = ("en", "de", "fr", "ja", "zh", "id")  # row/column order of the paper's Table 5
+TABLE5_ORDER = tuple(lang for lang in LANG_DISPLAY_ORDER if lang in DW_LANGS)  # the paper's Table 5 order
 # (column, rank) per text source: lower rank wins when an image has several texts in one language.
 TEXT_SOURCES: dict[str, tuple[tuple[str, int], ...]] = {
     "reference": (("caption_reference_description", 0), ("caption_alt_text_description", 1),

@@ -1,4 +1,6 @@
-"""IGLUE's 36-box extraction with the bottom-up-attention detector, one image at a time.
+"""IGLUE's 36-box extraction with the bottom-up-attention detector, one image per forward pass as
+upstream runs it (`ButdExtractor.extract`), or images of equal resized size in one pass
+(`extract_many`: no padding, so the same features to float tolerance).
 
 Mirrors volta's ``features_extraction/detectron2_proposal_maxnms.py`` (``doit``), the script IGLUE's
 released H5 features come from:
@@ -28,7 +30,7 @@ from torchvision.ops import nms
 
 from rc3.vision.butd.boxes import apply_deltas, clip_boxes, nonempty
 from rc3.vision.butd.config import ButdConfig
-from rc3.vision.butd.model import ButdDetector
+from rc3.vision.butd.model import BoxHeadOutput, ButdDetector, Proposals
 from rc3.vision.roi_extractor import RegionFeatures
 
 
@@ -101,9 +103,34 @@ class ButdExtractor:
     @torch.inference_mode()
     def extract(self, rgb: Image.Image) -> RegionFeatures:
         """Regions of one RGB image, boxes in its own pixels."""
+        image, resized, original = preprocess(rgb, self.cfg)
+        proposals, head = self.detector(image.to(self.device), resized)
+        return self._regions(proposals, head, resized, original)
+
+    @torch.inference_mode()
+    def extract_many(self, images: list[Image.Image], batch_size: int = 8) -> list[RegionFeatures]:
+        """`extract` of each image, images of the same resized size batched (up to `batch_size` per pass).
+
+        Only equal sizes share a pass: padding a batch would change the features near the right and
+        bottom edges (the backbone's later layers would see the padding), and IGLUE's features are
+        unpadded. Photo collections have few distinct sizes (one per camera aspect), so most images batch."""
+        prepared = [preprocess(rgb, self.cfg) for rgb in images]
+        out: list[RegionFeatures | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (_, resized, _) in enumerate(prepared):
+            groups.setdefault(resized, []).append(i)
+        for resized, members in groups.items():
+            for start in range(0, len(members), batch_size):
+                part = members[start : start + batch_size]
+                batch = torch.cat([prepared[i][0] for i in part]).to(self.device)
+                for i, (proposals, head) in zip(part, self.detector.forward_many(batch, resized)):
+                    out[i] = self._regions(proposals, head, resized, prepared[i][2])
+        return [r for r in out if r is not None]
+
+    def _regions(self, proposals: Proposals, head: BoxHeadOutput, resized: tuple[int, int],
+                 original: tuple[int, int]) -> RegionFeatures:
         cfg = self.cfg
-        image, (new_h, new_w), (height, width) = preprocess(rgb, cfg)
-        proposals, head = self.detector(image.to(self.device), (new_h, new_w))
+        (new_h, new_w), (height, width) = resized, original
         count = len(proposals.boxes)
         if count == 0:  # every proposal was empty after clipping: nothing to describe
             return _no_regions(head.features.shape[1], width, height)

@@ -192,6 +192,19 @@ class BoxHead(nn.Module):
 
     def forward(self, features: Tensor, boxes: Tensor) -> BoxHeadOutput:
         pooled = pool_regions(features, boxes, self.cfg.pooler_resolution, self.cfg.feature_stride)
+        return self._head(pooled)
+
+    def forward_many(self, features: Tensor, boxes: list[Tensor]) -> list[BoxHeadOutput]:
+        """The head over several images' proposals in one pass: features [B, C, h, w], boxes[i] of image i."""
+        rois = torch.cat([torch.cat([b.new_full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)])
+        pooled = roi_pool(features, rois, output_size=self.cfg.pooler_resolution,
+                          spatial_scale=1.0 / self.cfg.feature_stride)
+        out = self._head(pooled)
+        counts = [len(b) for b in boxes]
+        parts = [t.split(counts) for t in (out.features, out.class_logits, out.box_deltas, out.attr_logits)]
+        return [BoxHeadOutput(*fields) for fields in zip(*parts)]
+
+    def _head(self, pooled: Tensor) -> BoxHeadOutput:
         region = self.res5(pooled).mean(dim=(2, 3))
         class_logits = self.cls_score(region)
         return BoxHeadOutput(
@@ -215,3 +228,11 @@ class ButdDetector(nn.Module):
         res4 = self.backbone(image)
         proposals = self.rpn(res4, image_size)
         return proposals, self.box_head(res4, proposals.boxes)
+
+    def forward_many(self, images: Tensor, image_size: tuple[int, int]) -> list[tuple[Proposals, BoxHeadOutput]]:
+        """Images of one size [B, 3, H, W] (no padding: equal sizes only) through the backbone and the box
+        head in one pass each; the RPN's selection runs per image, as in `forward`."""
+        res4 = self.backbone(images)
+        proposals = [self.rpn(res4[i : i + 1], image_size) for i in range(len(images))]
+        heads = self.box_head.forward_many(res4, [p.boxes for p in proposals])
+        return list(zip(proposals, heads))
