@@ -174,3 +174,41 @@ def test_settings_come_from_the_config_and_are_checked():
                 "data.shard_retry_budget_s=inf"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
             load_config(None, [bad])
+
+
+@pytest.mark.timeout(120)
+def test_a_pipe_command_that_stalls_is_a_counted_fetch_error_not_a_hang(ds_dir, tokenizer):
+    """`pipe:` commands (the s3 route, gs, users' own) get the same read timeout: a command that sends
+    part of a shard and then nothing is killed after `read_timeout_s` and retried by our policy; the
+    other shards arrive whole."""
+    files = sorted(ds_dir.glob("ds-*.tar"))
+    assert len(files) == SHARDS
+    local = keys_of(list(make_pipeline("ds", [str(f) for f in files], 3, collator("ds", tokenizer), seed=1,
+                                       shuffle_buffer=0)))
+    specs = [f"pipe:cat {f}" for f in files]
+    specs[1] = f"pipe:sh -c 'head -c 5000 {files[1]}; exec sleep 600'"
+    t0 = time.monotonic()
+    loader, got = read_once(specs, tokenizer, opener())
+    took = time.monotonic() - t0
+    assert loader.skips.as_dict() == {"shard_fetch_error": 1}
+    good = sorted(k for k in local if int(k[2:]) // PER_SHARD != 1)  # shard order follows the specs' names
+    assert sorted(k for k in got if int(k[2:]) // PER_SHARD != 1) == good and len(good) == 3 * PER_SHARD
+    assert 1.5 <= took < 30  # 3 tries x the 0.5 s read timeout, not the command's 600 s
+
+
+def test_a_pipe_command_read_times_out_and_its_command_is_killed(tmp_path):
+    stream = opener(read_timeout_s=0.3).open("pipe:exec sleep 600")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no byte for 0.3 s .*data.shard_read_timeout_s"):
+        stream.read(10)
+    assert time.monotonic() - t0 < 10
+    assert stream.proc.wait(timeout=10) != 0  # killed, not left running
+    stream.close()
+    ok = tmp_path / "x.bin"
+    ok.write_bytes(b"abc" * 1000)
+    stream = opener(read_timeout_s=5).open(f"pipe:cat {ok}")
+    assert stream.read() == b"abc" * 1000
+    stream.close()
+    failing = opener(read_timeout_s=5).open("pipe:exit 3")
+    with pytest.raises(OSError, match="exited with status 3"):
+        failing.read()

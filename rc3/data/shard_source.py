@@ -34,11 +34,12 @@ import io
 import math
 import os
 import random
+import select
 import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import braceexpand
@@ -182,13 +183,17 @@ class ShardOpener:
 
             return fsspec.open(spec, "rb").open()
         if command is not None:
-            return wds.gopen(command.replace("{url}", shlex.quote(spec)), "rb")
+            return TimedPipe(wds.gopen(command.replace("{url}", shlex.quote(spec)), "rb"),  # type: ignore[return-value]
+                             self.read_timeout_s if timeout is None else timeout)
         if scheme in HTTP_SCHEMES:
             from rc3.data.http_shards import open_http
 
             return open_http(spec, self.read_timeout_s if timeout is None else timeout)  # type: ignore[return-value]
         if scheme in GOPEN_SCHEMES:
-            return wds.gopen(spec, "rb")
+            stream = wds.gopen(spec, "rb")
+            if getattr(stream, "proc", None) is not None:  # pipe: and webdataset's own command routes
+                return TimedPipe(stream, self.read_timeout_s if timeout is None else timeout)  # type: ignore[return-value]
+            return stream
         raise ValueError(f"no way to open {spec!r}: set data.shard_commands, e.g. '{scheme}=pipe:mytool cat {{url}}' "
                          f"or '{scheme}=fsspec'")
 
@@ -223,6 +228,55 @@ def abort(stream: BinaryIO) -> None:
         stream.close()
     except OSError:
         pass
+
+
+class TimedPipe(io.RawIOBase):
+    """A `pipe:` command's stdout with a read timeout: no byte for `timeout` seconds kills the command
+    and raises TimeoutError (an OSError: a counted fetch error, retried by our policy), so a command
+    stuck on a silent server cannot hang the loader. webdataset's Pipe reads through a blocking
+    buffered stream with no timeout, hence this wrapper (select on the pipe's descriptor, then one
+    os.read of what is there). A command that exits non-zero raises OSError at end of stream, as
+    webdataset's Pipe does. Exposes the Pipe's `proc`, `args`, `ignore_status` and `ignore_errors`
+    for `transport_failure` and `abort`."""
+
+    def __init__(self, pipe: Any, timeout: float) -> None:
+        super().__init__()
+        self.pipe, self.timeout = pipe, float(timeout)
+        self.proc, self.args, self.ignore_status = pipe.proc, pipe.args, pipe.ignore_status
+        self._fd = pipe.stream.fileno()
+
+    @property
+    def ignore_errors(self) -> bool:
+        return bool(self.pipe.ignore_errors)
+
+    @ignore_errors.setter
+    def ignore_errors(self, value: bool) -> None:
+        self.pipe.ignore_errors = value
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # noqa: ANN001 (buffer protocol)
+        ready, _, _ = select.select([self._fd], [], [], self.timeout)
+        if not ready:
+            self.proc.kill()
+            self.pipe.ignore_errors = True
+            raise TimeoutError(f"no byte for {self.timeout:g} s from the command {self.args[0][0]!r} "
+                               "(data.shard_read_timeout_s)")
+        data = os.read(self._fd, len(b))
+        if not data:
+            status = self.proc.wait()
+            if status not in self.ignore_status and not self.pipe.ignore_errors:
+                raise OSError(f"the command {self.args[0][0]!r} exited with status {status}")
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.pipe.close()
+            finally:
+                super().close()
 
 
 class SeekWindow(io.RawIOBase):
