@@ -9,6 +9,7 @@ otherwise. See rc3.plots.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rc3.plots import plot_run
@@ -25,3 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from None
     print(f"wrote {path} ({', '.join(panels)})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
