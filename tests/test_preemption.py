@@ -146,3 +146,21 @@ def test_sigterm_saves_while_stepping_and_exits_with_a_reason_when_the_loader_st
     assert f"the newest complete checkpoint is {run_dir / 'checkpoints' / saved};" in lines[0]
     assert 20 <= took < 30
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == saved  # nothing half-written published
+
+
+def test_sigterm_during_setup_is_one_line_and_exit_143() -> None:
+    """Before the loop installs its handler (config, preflight, DeepSpeed start-up), SIGTERM ends the
+    process with one line saying nothing was trained, not silently by the default action."""
+    code = ("import os, signal, time, rc3.pretrain.cli as cli\n"
+            "def slow_setup(*a, **k):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(60)\n"
+            "cli.load_config = slow_setup\n"
+            "cli.main(['--config', 'unused.yaml'])\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the process did not exit within 300 s of SIGTERM during set-up: {exc.stderr!r}") from exc
+    lines = [line for line in done.stderr.splitlines() if "SIGTERM" in line]
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert len(lines) == 1 and "during set-up" in lines[0] and "nothing to save" in lines[0], done.stderr[-2000:]

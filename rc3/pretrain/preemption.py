@@ -57,6 +57,18 @@ def main_thread_wait() -> str:
     return f"{label or 'the step to finish (compute)'}" + (f" ({where})" if where else "")
 
 
+def exit_on_sigterm_during_setup() -> None:
+    """Until the loop installs `Preemption`: SIGTERM during set-up (config, preflight, DeepSpeed, the
+    loaders) says so in one line and exits EXIT_STATUS at once. Nothing has been trained by this
+    process yet, so there is nothing to save, and a checkpoint on disk is left as it is."""
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        print(f"SIGTERM during set-up, before the first step: nothing trained yet, nothing to save "
+              f"(checkpoints on disk are unchanged); exiting {EXIT_STATUS}", file=sys.stderr, flush=True)
+        os._exit(EXIT_STATUS)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 class Preemption:
     """The SIGTERM flag and its watchdog. `last_checkpoint()` names the newest complete checkpoint
     (or None); `step` is the last completed step (set by the loop through `boundary`)."""
