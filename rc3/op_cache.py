@@ -52,24 +52,24 @@ def use_environment_extension_dir() -> str | None:
     return os.environ[VARIABLE]
 
 
-def stale_locks(cache: Path, max_age_s: float = STALE_LOCK_S) -> list[Path]:
-    """Build locks under `cache` (<cache>/<op>/lock, torch's FileBaton) older than `max_age_s`."""
+def stale_locks(cache: Path, max_age_s: float = STALE_LOCK_S) -> list[tuple[Path, float]]:
+    """Build locks under `cache` (<cache>/<op>/lock, torch's FileBaton) older than `max_age_s`, with their age in s."""
     now = time.time()
     found = []
     for lock in sorted(cache.glob("*/lock")):
         try:
-            if now - lock.stat().st_mtime > max_age_s:
-                found.append(lock)
+            age = now - lock.stat().st_mtime
         except FileNotFoundError:  # the build finished while we looked
             continue
+        if age > max_age_s:
+            found.append((lock, age))
     return found
 
 
 def warn_stale_locks(cache: Path, max_age_s: float = STALE_LOCK_S) -> list[Path]:
     """One line on stderr per stale lock: torch would wait on it forever, silently."""
     found = stale_locks(cache, max_age_s)
-    for lock in found:
-        age = (time.time() - lock.stat().st_mtime) / 60
-        print(f"rc3: kernel build lock {lock} is {age:.0f} min old (an interrupted build); DeepSpeed will wait on "
+    for lock, age in found:
+        print(f"rc3: kernel build lock {lock} is {age / 60:.0f} min old (an interrupted build); DeepSpeed will wait on "
               f"it forever: if no build is running, remove it (rm {lock})", file=sys.stderr, flush=True)
-    return found
+    return [lock for lock, _ in found]

@@ -81,3 +81,17 @@ def tokenizer(tokenizer_dir: Path):
     from rc3.tokenization import RC3Tokenizer
 
     return RC3Tokenizer.from_dir(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> Path:
+    """A randomly initialised tiny RC3 model directory (torch seeded with 0), read-only for the tests."""
+    import torch
+
+    from rc3.modeling import RC3Model
+    from rc3.synthetic.tiny import tiny_model_config
+
+    torch.manual_seed(0)
+    model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,
+                                 tokenizer.eos_id)
+    return model.save_pretrained(tmp_path_factory.mktemp("tiny-model") / "rc3-tiny", tokenizer_dir=tokenizer_dir)

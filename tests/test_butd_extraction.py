@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_butd import TINY, save_tiny_butd
 
 from rc3.data.features import open_feature_store
-from rc3.vision.butd import ButdConfig, ButdDetector, ButdExtractor, load_detector, preprocess, save_rc3_weights
+from rc3.vision.butd import ButdExtractor, load_detector, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "extract_roi_features.py"
-TINY = ButdConfig(stem_channels=8, res2_bottleneck=8, res2_channels=256, blocks=(1, 1, 1), res5_blocks=1,
-                  rpn_channels=16, num_classes=12, num_attrs=6, rpn_post_nms_topk=64, pooler_resolution=4)
 SIZES = {"a.jpg": (160, 120), "b.png": (120, 160), "sub/c.jpg": (96, 64), "d.jpg": (200, 100)}
 KEYS = ["a.jpg", "b.png", "c.jpg", "d.jpg"]
 FAST = ["--min-size", "96", "--max-size", "160", "--threads", "1", "--quiet"]
@@ -50,10 +49,7 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "butd.safetensors"
-    save_rc3_weights(ButdDetector(TINY).state_dict(), TINY, path)
-    return path
+    return save_tiny_butd(tmp_path_factory.mktemp("w") / "butd.safetensors")
 
 
 @pytest.fixture(scope="module")

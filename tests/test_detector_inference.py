@@ -14,26 +14,19 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from tiny_butd import save_tiny_butd, tiny_butd
 
 from rc3 import cli
-from rc3.modeling import RC3Model
-from rc3.synthetic.tiny import tiny_model_config
-from rc3.vision.butd import ButdConfig, ButdDetector, save_rc3_weights
 from rc3.vision.extractors import weights_kind
 
 # The file's own resize (96 / 160) keeps the test fast; the tool and inference both take it from the file.
-TINY = ButdConfig(stem_channels=8, res2_bottleneck=8, res2_channels=256, blocks=(1, 1, 1), res5_blocks=1,
-                  rpn_channels=16, num_classes=12, num_attrs=6, rpn_post_nms_topk=64, pooler_resolution=4,
-                  min_size=96, max_size=160)
+TINY = tiny_butd(min_size=96, max_size=160)
 SIZES = {"a.jpg": (160, 120), "b.png": (120, 160), "c.jpg": (200, 100)}
 
 
 @pytest.fixture(scope="module")
 def butd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "butd.safetensors"
-    save_rc3_weights(ButdDetector(TINY).state_dict(), TINY, path)
-    return path
+    return save_tiny_butd(tmp_path_factory.mktemp("w") / "butd.safetensors", TINY)
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +36,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, (w, h) in SIZES.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
     return root
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> Path:
-    torch.manual_seed(0)
-    model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,
-                                 tokenizer.eos_id)
-    return model.save_pretrained(tmp_path_factory.mktemp("m") / "model", tokenizer_dir=tokenizer_dir)
 
 
 def run_tool(images: Path, weights: Path, out: Path, *extra: str) -> None:
@@ -68,12 +53,12 @@ def store_regions(h5: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
     return feats, np.stack([b[:, 0] / w, b[:, 1] / h, b[:, 2] / w, b[:, 3] / h, area], 1).astype(np.float32)
 
 
-def check_same_as_tool(model_dir: Path, images: Path, weights: Path, h5: Path, names: tuple[str, ...] = tuple(SIZES),
+def check_same_as_tool(tiny_model_dir: Path, images: Path, weights: Path, h5: Path, names: tuple[str, ...] = tuple(SIZES),
                        embeddings: bool = True) -> None:
     from rc3.inference import load
 
-    on_the_fly = load(model_dir, detector_weights=weights, progress=False)
-    from_store = load(model_dir, features=[h5], progress=False)
+    on_the_fly = load(tiny_model_dir, detector_weights=weights, progress=False)
+    from_store = load(tiny_model_dir, features=[h5], progress=False)
     for name in names:
         feats, boxes = store_regions(h5, name)
         n = len(feats)
@@ -90,11 +75,11 @@ def check_same_as_tool(model_dir: Path, images: Path, weights: Path, h5: Path, n
         torch.testing.assert_close(on_the_fly.embed_images(paths), from_store.embed_images(paths), rtol=1e-4, atol=1e-5)
 
 
-def test_butd_features_on_the_fly_equal_the_extraction_tool(model_dir: Path, images: Path, butd: Path,
+def test_butd_features_on_the_fly_equal_the_extraction_tool(tiny_model_dir: Path, images: Path, butd: Path,
                                                             tmp_path: Path) -> None:
     h5 = tmp_path / "feats.h5"
     run_tool(images, butd, h5)
-    check_same_as_tool(model_dir, images, butd, h5)
+    check_same_as_tool(tiny_model_dir, images, butd, h5)
 
 
 def coco_state(num_classes: int = 3) -> dict[str, torch.Tensor]:
@@ -107,7 +92,7 @@ def coco_state(num_classes: int = 3) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # a full-width R50-FPN at the tool's 800 x 1333 on CPU: minutes per image on a loaded machine
 @pytest.mark.timeout(1800)
-def test_torchvision_coco_features_on_the_fly_equal_the_extraction_tool(model_dir: Path, images: Path,
+def test_torchvision_coco_features_on_the_fly_equal_the_extraction_tool(tiny_model_dir: Path, images: Path,
                                                                         tmp_path: Path) -> None:
     weights = tmp_path / "coco.pth"
     torch.save(coco_state(), weights)
@@ -117,7 +102,7 @@ def test_torchvision_coco_features_on_the_fly_equal_the_extraction_tool(model_di
     (one / "a.jpg").write_bytes((images / "a.jpg").read_bytes())  # one image: each costs minutes here
     h5 = tmp_path / "coco.h5"
     run_tool(one, weights, h5, "--detector", "torchvision-coco")
-    check_same_as_tool(model_dir, one, weights, h5, names=("a.jpg",), embeddings=False)
+    check_same_as_tool(tiny_model_dir, one, weights, h5, names=("a.jpg",), embeddings=False)
 
 
 def test_weights_are_told_apart_by_their_contents(butd: Path, tmp_path: Path) -> None:
@@ -140,19 +125,19 @@ def test_weights_are_told_apart_by_their_contents(butd: Path, tmp_path: Path) ->
         weights_kind(tmp_path / "other.safetensors")
 
 
-def test_cli_runs_own_images_through_the_butd_detector(model_dir: Path, images: Path, butd: Path,
+def test_cli_runs_own_images_through_the_butd_detector(tiny_model_dir: Path, images: Path, butd: Path,
                                                        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from rc3.inference import load
 
     out = tmp_path / "emb.safetensors"
-    cli.main(["embed", str(model_dir), "--image", str(images / "a.jpg"), "--detector", str(butd), "--quiet",
+    cli.main(["embed", str(tiny_model_dir), "--image", str(images / "a.jpg"), "--detector", str(butd), "--quiet",
               "--out", str(out)])
     from safetensors.torch import load_file
 
-    want = load(model_dir, detector_weights=butd, progress=False).embed_images([images / "a.jpg"])
+    want = load(tiny_model_dir, detector_weights=butd, progress=False).embed_images([images / "a.jpg"])
     torch.testing.assert_close(load_file(str(out))["images"], want)
     capsys.readouterr()
-    cli.main(["embed", str(model_dir), "--image", str(images / "a.jpg"), "--detector", str(butd),
+    cli.main(["embed", str(tiny_model_dir), "--image", str(images / "a.jpg"), "--detector", str(butd),
               "--detector-kind", "butd", "--quiet"])
     assert "| image" in capsys.readouterr().out
 
@@ -163,13 +148,13 @@ def test_cli_runs_own_images_through_the_butd_detector(model_dir: Path, images: 
     (["--detector", "{butd}", "--detector-kind", "torchvision-coco"], "--detector WEIGHTS: {butd} holds butd weights"),
     (["--detector", "{missing}"], "--detector WEIGHTS: detector weights not found"),
 ])
-def test_cli_errors_name_the_flags(model_dir: Path, images: Path, butd: Path, tmp_path: Path,
+def test_cli_errors_name_the_flags(tiny_model_dir: Path, images: Path, butd: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture, extra: list[str], expected: str) -> None:
     other = tmp_path / "other.safetensors"
     save_file({"encoder.weight": torch.zeros(1)}, str(other))
     names = {"other": other, "butd": butd, "missing": tmp_path / "missing.safetensors"}
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["classify" if "kind" in " ".join(extra) else "embed", str(model_dir),
+        cli.main(["classify" if "kind" in " ".join(extra) else "embed", str(tiny_model_dir),
                   "--image", str(images / "a.jpg"), "--text", "a dog", "--quiet",
                   *[e.format(**names) for e in extra]])
     err = capsys.readouterr().err

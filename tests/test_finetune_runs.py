@@ -28,17 +28,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> Path:
-    from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
-
-    torch.manual_seed(0)
-    model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,
-                                 tokenizer.eos_id)
-    return model.save_pretrained(tmp_path_factory.mktemp("init") / "rc3-tiny", tokenizer_dir=tokenizer_dir)
-
-
 def test_batch_split_for_any_process_count() -> None:
     from rc3.finetune.config import load_finetune_config
     from rc3.finetune.trainer import split_batch
@@ -76,20 +65,20 @@ ITR_RUN = ["train.epochs=2", "train.max_steps=null", "train.batch_size=8", "trai
            "train.save_every=2", "data.dev=flickr30k/annotations/train_ann.jsonl", "itr.k=all", "data.test_langs=[de]"]
 
 
-def recipe_cmd(task: str, world: Path, model_dir: Path, out: Path, *extra: str) -> list[str]:
+def recipe_cmd(task: str, world: Path, tiny_model_dir: Path, out: Path, *extra: str) -> list[str]:
     sets = [*COMMON, f"data.root={world}", "data.features=[features.h5]", "data.images=images", *DATA[task], *extra]
-    cmd = [str(REPO / "finetune" / f"{task}.py"), "--init", str(model_dir), "--output-dir", str(out)]
+    cmd = [str(REPO / "finetune" / f"{task}.py"), "--init", str(tiny_model_dir), "--output-dir", str(out)]
     for s in sets:
         cmd += [s] if s.startswith("--") else ["--set", s]
     return cmd
 
 
 @pytest.mark.slow  # starts Python processes that import torch
-def test_killed_run_resumes_exactly(world: Path, model_dir: Path, tmp_path: Path) -> None:
+def test_killed_run_resumes_exactly(world: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     """ITR (its negatives are random draws, so the RNG state matters): killed at the start of step 5, resumed from
     the step-4 checkpoint (mid-epoch), it logs the same losses and ends with the same weights as an uninterrupted run."""
     whole = tmp_path / "whole"
-    run_recipe("itr", world, model_dir, whole, *ITR_RUN)
+    run_recipe("itr", world, tiny_model_dir, whole, *ITR_RUN)
     log = losses_by_step(whole)
     assert sorted(log) == list(range(1, 7))  # 18 captions, 2 x 4 per step: 3 steps per epoch, 2 epochs
 
@@ -98,12 +87,12 @@ def test_killed_run_resumes_exactly(world: Path, model_dir: Path, tmp_path: Path
     # suite may have changed it in-process), or the comparison below cannot be bit-exact
     env = dict(os.environ, RC3_KILL_AT="5", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.run([sys.executable, *recipe_cmd("itr", world, model_dir, cut, *ITR_RUN)], capture_output=True,
+    proc = subprocess.run([sys.executable, *recipe_cmd("itr", world, tiny_model_dir, cut, *ITR_RUN)], capture_output=True,
                           text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (cut / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert sorted(losses_by_step(cut)) == list(range(1, 5))
-    run_recipe("itr", world, model_dir, cut, *ITR_RUN, "--resume")
+    run_recipe("itr", world, tiny_model_dir, cut, *ITR_RUN, "--resume")
     resumed = losses_by_step(cut)
     for step in range(1, 7):
         assert resumed[step] == log[step], step  # bit-exact: same batches, same negatives, same updates
@@ -112,13 +101,13 @@ def test_killed_run_resumes_exactly(world: Path, model_dir: Path, tmp_path: Path
     assert read_results(cut) == read_results(whole)
     assert len(list((cut / "checkpoints").glob("step_*"))) == 2  # train.keep_checkpoints
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        run_recipe("itr", world, model_dir, tmp_path / "fresh", *ITR_RUN, "--resume")
+        run_recipe("itr", world, tiny_model_dir, tmp_path / "fresh", *ITR_RUN, "--resume")
 
 
-def test_best_dev_epoch_is_kept_and_tested(world: Path, model_dir: Path, tmp_path: Path) -> None:
+def test_best_dev_epoch_is_kept_and_tested(world: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "best"
     extra = ["train.epochs=4", "train.max_steps=null", "optim.lr=0.003", "data.max_train_examples=6"]
-    run_recipe("xvnli", world, model_dir, out, *extra)
+    run_recipe("xvnli", world, tiny_model_dir, out, *extra)
     dev = [r for r in metrics(out) if "dev_accuracy" in r]
     assert [r["epoch"] for r in dev] == [0, 1, 2, 3]
     scores = [r["dev_accuracy"] for r in dev]
@@ -137,7 +126,7 @@ def test_best_dev_epoch_is_kept_and_tested(world: Path, model_dir: Path, tmp_pat
     assert again == read_results(out)
     # eval.select=last tests the last epoch's weights instead (those of the last checkpoint).
     last = tmp_path / "last"
-    run_recipe("xvnli", world, model_dir, last, *extra, "eval.select=last")
+    run_recipe("xvnli", world, tiny_model_dir, last, *extra, "eval.select=last")
     assert json.loads((last / "selection.json").read_text())["epoch"] == 3
     final = load_file(str(last / "checkpoints" / "step_00000008" / "model.safetensors"))
     saved = load_file(str(last / "model" / "model.safetensors"))
@@ -216,13 +205,13 @@ def test_itr_contrastive_negatives_are_gathered_across_processes(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_itr_on_two_processes_equals_one_process_evaluation(world: Path, model_dir: Path, tmp_path: Path) -> None:
+def test_itr_on_two_processes_equals_one_process_evaluation(world: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     """accelerate launch with 2 CPU processes: training with gathered negatives, dev and test evaluation
     sharded over both; the test rows equal a one-process evaluation of the saved model."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
            "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29733",
-           *recipe_cmd("itr", world, model_dir, out, "itr.k=all", "data.dev=flickr30k/annotations/train_ann.jsonl",
+           *recipe_cmd("itr", world, tiny_model_dir, out, "itr.k=all", "data.dev=flickr30k/annotations/train_ann.jsonl",
                        "train.batch_size=8", "train.micro_batch_size=8")]
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO, env=env)
@@ -238,7 +227,7 @@ def test_itr_on_two_processes_equals_one_process_evaluation(world: Path, model_d
 
 
 @pytest.mark.slow(seconds=75)
-def test_two_process_classification_killed_and_resumed_equals_uninterrupted(world: Path, model_dir: Path,
+def test_two_process_classification_killed_and_resumed_equals_uninterrupted(world: Path, tiny_model_dir: Path,
                                                                           tmp_path: Path) -> None:
     """XVNLI under accelerate launch with 2 processes: one process is killed at the start of step 5, the
     job resumes from the step-4 checkpoint (mid-epoch, every process's RNG state and data position) and
@@ -248,7 +237,7 @@ def test_two_process_classification_killed_and_resumed_equals_uninterrupted(worl
     def launch(out: Path, *more: str, kill: str | None = None, port: int) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(port), *recipe_cmd("xvnli", world, model_dir, out, *extra, *more)]
+               str(port), *recipe_cmd("xvnli", world, tiny_model_dir, out, *extra, *more)]
         env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
         if kill:
             env["RC3_KILL_AT"] = kill

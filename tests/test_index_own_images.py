@@ -15,27 +15,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_butd import save_tiny_butd, tiny_butd
 
 from rc3 import cli
-from rc3.modeling import RC3Model
-from rc3.synthetic.tiny import tiny_model_config
-from rc3.vision.butd import ButdConfig, ButdDetector, save_rc3_weights
 
-TINY = ButdConfig(stem_channels=8, res2_bottleneck=8, res2_channels=256, blocks=(1, 1, 1), res5_blocks=1,
-                  rpn_channels=16, num_classes=12, num_attrs=6, rpn_post_nms_topk=64, pooler_resolution=4,
-                  min_size=64, max_size=100)
+TINY = tiny_butd(min_size=64, max_size=100)
 N_GOOD = 9
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> dict[str, Path]:
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("own")
-    torch.manual_seed(0)
-    weights = root / "butd.safetensors"
-    save_rc3_weights(ButdDetector(TINY).state_dict(), TINY, weights)
-    model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,
-                                 tokenizer.eos_id)
-    model_dir = model.save_pretrained(root / "model", tokenizer_dir=tokenizer_dir)
+    weights = save_tiny_butd(root / "butd.safetensors", TINY)
     photos = root / "photos"
     (photos / "trip").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -47,7 +38,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Pa
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
     (photos / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # passes the header check
     (photos / "notes.txt").write_text("not an image")
-    return {"weights": weights, "model": model_dir, "photos": photos}
+    return {"weights": weights, "model": tiny_model_dir, "photos": photos}
 
 
 def good_files(photos: Path) -> list[Path]:

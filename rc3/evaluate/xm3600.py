@@ -21,18 +21,18 @@ class XM3600Error(ValueError):
 
 def read_captions(path: Path) -> list[dict]:
     """The records of captions.jsonl; a broken line or a record without image/key names its line."""
+    from rc3.finetune.readers import AnnotationError, iter_jsonl
+
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise XM3600Error(f"{path}:{lineno}: not JSON ({err.msg}); is this XM3600's captions.jsonl?") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("image/key"), str):
+    try:
+        for lineno, obj in iter_jsonl(path):
+            if not isinstance(obj.get("image/key"), str):
                 raise XM3600Error(f"{path}:{lineno}: no 'image/key'; is this XM3600's captions.jsonl?")
             records.append(obj)
+    except XM3600Error:
+        raise
+    except AnnotationError as err:
+        raise XM3600Error(f"{err}; is this XM3600's captions.jsonl?") from None
     return records
 
 
