@@ -164,3 +164,96 @@ def test_sigterm_during_setup_is_one_line_and_exit_143() -> None:
     lines = [line for line in done.stderr.splitlines() if "SIGTERM" in line]
     assert done.returncode == 143, done.stderr[-2000:]
     assert len(lines) == 1 and "during set-up" in lines[0] and "nothing to save" in lines[0], done.stderr[-2000:]
+
+
+def start_rank(config: Path, log: Path, rank: int, port: int, *extra: str) -> subprocess.Popen:
+    """One rank of a 2-rank run, started as torchrun or a scheduler's srun starts it (RANK / WORLD_SIZE /
+    MASTER_* in the environment, no launcher in between), so SIGTERM reaches each rank directly."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "RC3_NO_PROGRESS": "1", "PYTHONPATH": path, "RANK": str(rank), "LOCAL_RANK": str(rank),
+           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, str(REPO / "pretrain" / "main.py"), "--config", str(config), *extra],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow(seconds=120)  # two ranks of a tiny pretraining run (python pretrain/main.py each)
+def test_sigterm_with_one_rank_stalled_on_a_read_and_the_other_in_a_collective(tmp_path, tokenizer_dir):
+    """Rank 1 reads its Ds shards from a server that stalls after the headers; rank 0 reads them whole,
+    computes its first step and waits for rank 1 in an all-reduce (native code: a Python signal handler
+    would run only when the wait ends, at the collective timeout). SIGTERM to rank 0 alone (its peer
+    stays alive and silent), then to rank 1: each exits 143 within 30 s of its own SIGTERM with one line
+    naming what it waited on."""
+    write_tiny_shards(tmp_path / "shards")
+    (tmp_path / "shards" / "stall").symlink_to(tmp_path / "shards")  # /stall/... : the same files, stalled
+    faults = lambda path, n: "stall" if path.startswith("/stall/") else None  # noqa: E731
+    with FaultServer(tmp_path / "shards", faults=faults, lifetime=600) as server:
+        shards = {c: f"{server.url}/{c}/{c}-{{000000..000003}}.tar" for c in ("ds", "dw", "dt")}
+        run_dir = tmp_path / "run"
+        config = write_config(tmp_path / "run.yaml", tokenizer_dir, shards, run_dir, total_steps=1000,
+                              save_every=1000, collective_timeout_s=600.0)
+        cfg = yaml.safe_load(config.read_text())
+        cfg["data"].update(shard_read_timeout_s=600, shard_outage_s=900)  # the stall outlasts the test
+        config.write_text(yaml.safe_dump(cfg))
+        port = free_port()
+        logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
+        stalled = f"data.ds_shards={server.url}/stall/ds/ds-{{000000..000003}}.tar"
+        procs = [start_rank(config, logs[0], 0, port), start_rank(config, logs[1], 1, port, "--set", stalled)]
+        took = []
+        try:
+            wait_for(procs[1], logs[1], "rank 1's stalled Ds request",
+                     lambda: any(w == "stall" for _, w in server.answered), timeout=300)
+            # rank 0 has its batches (every request it made was answered whole) and is in its first step;
+            # give it time to reach the all-reduce, where it waits for rank 1
+            wait_for(procs[0], logs[0], "rank 0's Ds, Dw and Dt reads",
+                     lambda: {p.split("/")[1] for p, w in server.answered if w == "ok"} >= {"ds", "dw", "dt"},
+                     timeout=300)
+            time.sleep(10)
+            assert all(p.poll() is None for p in procs) and max_step(run_dir) == 0
+            for p, log in zip(procs, logs):
+                t0 = time.monotonic()
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=90)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"{log.name}: no exit within 90 s of SIGTERM: {log.read_text()[-4000:]}") \
+                        from None
+                took.append(time.monotonic() - t0)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+    texts = [log.read_text() for log in logs]
+    print(f"SIGTERM to rank 0 in a collective, then to rank 1 on a stalled read: exits "
+          f"{[p.returncode for p in procs]} after {[round(t, 1) for t in took]} s")
+    for rank, (p, text, wait) in enumerate(zip(procs, texts, ("a collective with the other ranks",
+                                                               "the data loader"))):
+        lines = [line for line in text.splitlines() if line.startswith("error:")]
+        assert p.returncode == EXIT_STATUS and len(lines) == 1, f"rank {rank}: {text[-4000:]}"
+        assert lines[0].startswith("error: SIGTERM: no step boundary within train.sigterm_grace_s = 20 s, the run "
+                                   f"is waiting on {wait}"), f"rank {rank}: {lines[0]}"
+        assert "the newest complete checkpoint is none (no checkpoint was saved)" in lines[0], lines[0]
+    assert all(20 <= t < 30 for t in took), took
+    assert not (run_dir / "checkpoints" / "latest").exists()  # nothing half-written published
+
+
+def test_a_peer_failing_after_sigterm_ends_the_rank_with_the_sigterm_line(capfd):
+    """Both ranks got SIGTERM; the first watchdog to fire ends its rank, and the other's collective fails
+    ("Connection closed by peer"): that rank ends with the SIGTERM line and 143, not a traceback."""
+    exited = []
+    p = Preemption(60, lambda: None, backstop_s=None, exit=exited.append)
+    p.boundary(3)
+    try:
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:4242")
+    except RuntimeError as err:
+        p.failed(err)  # before SIGTERM: the error is the run's own
+        assert exited == [] and capfd.readouterr().err == ""
+        p._on_sigterm(signal.SIGTERM, None)
+        p.failed(err)
+    err_lines = capfd.readouterr().err.strip().splitlines()
+    assert exited == [EXIT_STATUS] and len(err_lines) == 1, err_lines
+    assert err_lines[0].startswith("error: SIGTERM: no step boundary after 0 s, the run was waiting on the step to "
+                                   "finish (compute), which failed"), err_lines[0]
+    assert "which failed (RuntimeError: Connection closed by peer [127.0.0.1]:4242); nothing consistent can be " \
+           "saved since step 3;" in err_lines[0]

@@ -255,6 +255,9 @@ def _init_worker(_worker_id: int, owner_pid: int) -> None:
     # Schedulers send SIGTERM to every process of a job on preemption; the training process then
     # saves a checkpoint and needs its workers until it is done. Workers exit with their owner.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A forked worker inherits the owner's signal wakeup fd (rc3.pretrain.preemption.on_signal): its own
+    # signals must not be written into the owner's socket and read there as the owner's.
+    signal.set_wakeup_fd(-1)
     if os.getppid() != owner_pid:
         # Started by a forkserver: torch's own watchdog watches the parent, i.e. the forkserver, which
         # in turn stays up as long as its children do; a killed training process would leave both

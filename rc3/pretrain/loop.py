@@ -74,6 +74,12 @@ def train(cfg: RC3Config, resume: bool = False, restore_rng: bool = True) -> int
                 return run.step
         run.checkpointer.save(run.step)
         return run.step
+    except Exception as err:
+        # after SIGTERM, a collective fails when a peer rank has already exited on its own SIGTERM: this
+        # rank then ends with the SIGTERM line and status too, not a traceback (rc3.pretrain.preemption)
+        if run.checkpointer.preemption is not None:
+            run.checkpointer.preemption.failed(err)
+        raise
     finally:
         run.streams.close()
         run.logger.close()

@@ -20,10 +20,12 @@ import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, Optional
 
 log = logging.getLogger("rc3.train")
@@ -43,7 +45,19 @@ WAITS = (
 
 def main_thread_wait() -> str:
     """What the main thread is doing, from its stack: a label and the innermost rc3 frame."""
-    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    return describe_wait(sys._current_frames().get(threading.main_thread().ident or -1))
+
+
+def raised_wait(err: BaseException) -> str:
+    """What the main thread was waiting on when `err` was raised: the innermost frame of its traceback."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return describe_wait(tb.tb_frame if tb is not None else None)
+
+
+def describe_wait(frame: Optional[FrameType]) -> str:
+    """A label (WAITS) and the innermost rc3 frame of the stack that ends in `frame`."""
     label, where = None, None
     while frame is not None:
         name = frame.f_code.co_filename.replace(os.sep, "/")
@@ -57,16 +71,50 @@ def main_thread_wait() -> str:
     return f"{label or 'the step to finish (compute)'}" + (f" ({where})" if where else "")
 
 
+_callbacks: dict[int, Callable[[], None]] = {}
+_reader: Optional[threading.Thread] = None
+
+
+def on_signal(signum: int, callback: Callable[[], None]) -> None:
+    """Run `callback` when `signum` arrives, even while the main thread is blocked in native code.
+
+    A `signal.signal` handler runs only when the main thread next executes Python bytecode; a rank
+    waiting in a collective (gloo's or NCCL's wait) or in DeepSpeed's native code would act on SIGTERM
+    only when that wait ends, i.e. at the collective timeout. Python's C-level handler, however, writes
+    the signal number to the wakeup fd (`signal.set_wakeup_fd`) at once, from whichever thread the
+    signal interrupts; a daemon thread reads it and runs the callback. The `signal.signal` handler stays
+    installed (it is what makes the C-level handler write) and runs the same callback later on the main
+    thread, so callbacks must be idempotent. Must be called from the main thread."""
+    global _reader
+    _callbacks[signum] = callback
+    signal.signal(signum, lambda s, _f: _callbacks[s]())
+    if _reader is not None:
+        return
+    r, w = socket.socketpair()
+    w.setblocking(False)  # the C-level handler must never block
+    signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+
+    def read() -> None:
+        with r, w:  # both ends live as long as the process reads from them
+            while data := r.recv(64):
+                for number in data:
+                    if (cb := _callbacks.get(number)) is not None:
+                        cb()
+
+    _reader = threading.Thread(target=read, name="rc3-signal-reader", daemon=True)
+    _reader.start()
+
+
 def exit_on_sigterm_during_setup() -> None:
     """Until the loop installs `Preemption`: SIGTERM during set-up (config, preflight, DeepSpeed, the
     loaders) says so in one line and exits EXIT_STATUS at once. Nothing has been trained by this
     process yet, so there is nothing to save, and a checkpoint on disk is left as it is."""
-    def on_sigterm(_signum: int, _frame: Any) -> None:
+    def on_sigterm() -> None:
         print(f"SIGTERM during set-up, before the first step: nothing trained yet, nothing to save "
               f"(checkpoints on disk are unchanged); exiting {EXIT_STATUS}", file=sys.stderr, flush=True)
         os._exit(EXIT_STATUS)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    on_signal(signal.SIGTERM, on_sigterm)
 
 
 class Preemption:
@@ -84,15 +132,17 @@ class Preemption:
         self.step = 0
         self.saved: Optional[str] = None  # the checkpoint saved after SIGTERM
         self._finished = threading.Event()
+        self._lock = threading.Lock()
         self._at = 0.0
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        on_signal(signal.SIGTERM, lambda: self._on_sigterm(signal.SIGTERM, None))
 
     def _on_sigterm(self, _signum: int, _frame: Any) -> None:
-        if self.requested:
-            return  # already counting down
-        self.requested, self._at = True, time.monotonic()
+        with self._lock:  # the signal reader thread and the main thread's handler may both run it
+            if self.requested:
+                return  # already counting down
+            self.requested, self._at = True, time.monotonic()
         log.warning("SIGTERM at step %d: saving at the end of this step (or exiting in %g s)", self.step, self.grace_s)
         threading.Thread(target=self._watch, name="rc3-sigterm-watchdog", daemon=True).start()
         if self.backstop_s is not None:
@@ -110,20 +160,39 @@ class Preemption:
         if self.requested and self.backstop_s is not None:
             faulthandler.cancel_dump_traceback_later()
 
+    def failed(self, err: BaseException) -> None:
+        """The step raised after SIGTERM: most often a collective whose peer has already exited on its own
+        SIGTERM (the other rank's watchdog fired first; gloo says "Connection closed by peer"). This rank
+        ends as its watchdog would have, with the same one line naming what it waited on and what failed,
+        instead of a traceback and status 1. Does nothing before SIGTERM (the error is the run's own)."""
+        if not self.requested:
+            return
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        self._report(raised_wait(err), failure=f"{type(err).__name__}: {first[:200]}")
+
     def _watch(self) -> None:
         if self._finished.wait(self.grace_s):
             return
-        waiting = main_thread_wait()
+        self._report(main_thread_wait())
+
+    def _report(self, waiting: str, failure: Optional[str] = None) -> None:
+        """The one line on stderr, then the exit (`self.exit`). `waiting`: what the main thread waits on;
+        `failure`: the error that wait ended in (None: it is still waiting, the grace period is over)."""
+        if failure is None:
+            when = f"within train.sigterm_grace_s = {self.grace_s:g} s"
+            how = f"is waiting on {waiting}"
+        else:
+            when = f"after {time.monotonic() - self._at:.0f} s"
+            how = f"was waiting on {waiting}, which failed ({failure})"
         if self.saved is not None:
-            message = (f"SIGTERM: checkpoint {self.saved} was saved, but shutting down did not finish within "
-                       f"train.sigterm_grace_s = {self.grace_s:g} s (waiting on {waiting}); exiting now")
+            message = (f"SIGTERM: checkpoint {self.saved} was saved, but shutting down did not finish {when} "
+                       f"(the run {how}); exiting now")
             status = 0
         else:
             newest = self.last_checkpoint()
-            message = (f"SIGTERM: no step boundary within train.sigterm_grace_s = {self.grace_s:g} s, the run is "
-                       f"waiting on {waiting}; nothing consistent can be saved since step {self.step}; the newest "
-                       f"complete checkpoint is {newest or 'none (no checkpoint was saved)'}; exiting with status "
-                       f"{self.exit_status}")
+            message = (f"SIGTERM: no step boundary {when}, the run {how}; nothing consistent can be saved since "
+                       f"step {self.step}; the newest complete checkpoint is "
+                       f"{newest or 'none (no checkpoint was saved)'}; exiting with status {self.exit_status}")
             status = self.exit_status
         print(f"error: {message}", file=sys.stderr, flush=True)  # the one line (the run's errors go to stderr)
         for handler in logging.getLogger().handlers:
