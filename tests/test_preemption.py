@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,3 +258,33 @@ def test_a_peer_failing_after_sigterm_ends_the_rank_with_the_sigterm_line(capfd)
                                    "finish (compute), which failed"), err_lines[0]
     assert "which failed (RuntimeError: Connection closed by peer [127.0.0.1]:4242); nothing consistent can be " \
            "saved since step 3;" in err_lines[0]
+
+
+@pytest.mark.slow(seconds=60)  # one tiny pretraining run (python pretrain/main.py, one rank)
+def test_sigterm_while_the_save_hangs_exits_with_the_checkpoint_left_incomplete(tmp_path, tokenizer_dir, monkeypatch):
+    """SIGTERM while stepping; the checkpoint it asks for hangs after the rank's files are written (a stuck
+    file system, RC3_STALL_IN_SAVE): exit 143 within 30 s naming the save, no COMPLETE, no `latest`."""
+    shards = write_tiny_shards(tmp_path / "shards")
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "run.yaml", tokenizer_dir, shards, run_dir, total_steps=1000, save_every=1000)
+    monkeypatch.setenv("RC3_STALL_IN_SAVE", "1+")  # every save from step 1 on
+    log = tmp_path / "save.log"
+    proc = start(config, log, "--set", "train.sigterm_grace_s=20")
+    try:
+        wait_for(proc, log, "step 3", lambda: max_step(run_dir) >= 3)
+        took, err = terminate(proc, log, timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    print(f"SIGTERM, then a save that hangs: exit {proc.returncode} after {took:.1f} s")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == EXIT_STATUS and len(lines) == 1, err[-4000:]
+    assert re.match(r"error: SIGTERM: the checkpoint of step (\d+) was not saved within train\.sigterm_grace_s = 20 s, "
+                    r"the run is waiting on saving a checkpoint \(rc3/pretrain/\w+\.py:\d+ in \w+\); it is "
+                    r"left incomplete; the newest complete checkpoint is none \(no checkpoint was saved\); exiting "
+                    r"with status 143$", lines[0]), lines[0]
+    step = int(re.search(r"step (\d+)", lines[0]).group(1))
+    assert step >= 3 and (run_dir / "checkpoints" / f"step_{step:08d}").is_dir()  # its files were being written
+    assert not list(run_dir.glob("checkpoints/*/COMPLETE")) and not (run_dir / "checkpoints" / "latest").exists()
+    assert 20 <= took < 30

@@ -162,6 +162,7 @@ class CheckpointManager:
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={**client_state, "step": step, "world_size": world},
                                save_latest=False)
         fault_injection.maybe_crash_in_save(step, rank)
+        fault_injection.maybe_stall_in_save(step, rank)
         rng.save(path / f"rng_rank{rank:05d}.safetensors")
         _write_atomic(path / f"data_rank{rank:05d}.json", json.dumps(data_state))
         comm.barrier()  # every rank's part is on disk

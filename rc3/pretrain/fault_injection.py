@@ -6,6 +6,8 @@
                                  micro-batch of step STEP (STEP+ as above)
     RC3_KILL_AT=STEP:RANK        that rank SIGKILLs itself when step STEP begins
     RC3_CRASH_IN_SAVE=STEP:RANK  that rank dies right after writing its part of step STEP's checkpoint
+    RC3_STALL_IN_SAVE=STEP:RANK  that rank blocks for good right after writing its part of step STEP's
+                                 checkpoint (a save stuck on a slow or hung file system)
     RC3_KILL_AFTER_IMAGES=N:RANK feature extraction: that worker SIGKILLs itself once N images are in
                                  its finished chunks (tools/extract_roi_features.py)
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -61,3 +64,9 @@ def maybe_crash_in_save(step: int, rank: int) -> None:
 def maybe_kill_after_images(done: int, rank: int) -> None:
     if _matches("RC3_KILL_AFTER_IMAGES", done, rank):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_stall_in_save(step: int, rank: int) -> None:
+    if _matches("RC3_STALL_IN_SAVE", step, rank):
+        while True:
+            time.sleep(3600)

@@ -190,8 +190,12 @@ class Preemption:
             status = 0
         else:
             newest = self.last_checkpoint()
-            message = (f"SIGTERM: no step boundary {when}, the run {how}; nothing consistent can be saved since "
-                       f"step {self.step}; the newest complete checkpoint is "
+            if waiting.startswith("saving a checkpoint"):  # the step ended; its save did not
+                head = f"the checkpoint of step {self.step} was not saved {when}, the run {how}; it is left incomplete"
+            else:
+                head = (f"no step boundary {when}, the run {how}; nothing consistent can be saved since step "
+                        f"{self.step}")
+            message = (f"SIGTERM: {head}; the newest complete checkpoint is "
                        f"{newest or 'none (no checkpoint was saved)'}; exiting with status {self.exit_status}")
             status = self.exit_status
         print(f"error: {message}", file=sys.stderr, flush=True)  # the one line (the run's errors go to stderr)
