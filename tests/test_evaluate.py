@@ -285,7 +285,12 @@ def test_every_task_and_language_of_the_synthetic_world(world: Path, model_dir: 
     assert ran["init"] == str(out / "runs/xgqa/seed0/model")  # continues from the English-finetuned model
     assert ran["data"]["train"].endswith("xGQA/annotations/few_shot/de/train_5.json") and ran["data"]["train_lang"] == "de"
     assert ran["data"]["dev"].endswith("xGQA/annotations/few_shot/de/dev.json") and ran["data"]["test_langs"] == ["de"]
-    assert ("xvnli", "ar", "few_shot_1") in missing and ("marvl", "*", "few_shot") in missing
+    assert ("xvnli", "ar", "few_shot_1") in missing
+    # MaRVL few-shot: the world's languages with IGLUE's splits at 1 shot; it has no 5-shot split (IGLUE's are 1 2 4 10 10x2)
+    marvl_few = {(r["language"], r["split"]) for r in board["rows"] if r["task"] == "marvl" and r["split"].startswith("few_shot_")
+                 and r["metric"] == "accuracy"}
+    assert marvl_few == {(lang, "few_shot_1") for lang in ("id", "tr", "zh")}
+    assert {("marvl", lang, "few_shot_5") for lang in ("id", "tr", "zh")} | {("marvl", "sw", "few_shot_1")} <= missing
     # provenance
     import hashlib
 
@@ -298,6 +303,45 @@ def test_every_task_and_language_of_the_synthetic_world(world: Path, model_dir: 
     assert sorted(board["charts"]) == ["marvl", "mmt", "xflickrco", "xgqa", "xm3600", "xvnli"]
     for path in board["charts"].values():
         assert (out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow(seconds=25)
+@pytest.mark.timeout(900)
+def test_marvl_few_shot_on_the_synthetic_world(world: Path, model_dir: Path, tmp_path: Path) -> None:
+    """IGLUE's MaRVL protocol: from the NLVR2-finetuned model, each language's MaRVL-format split with its LMDB
+    features, NLVR2 dev picking the learning rate; languages without splits are listed, not dropped."""
+    import yaml
+
+    out = tmp_path / "out"
+    board = evaluate(EvalOptions(model_dir, world / "downstream", out, SYNTHETIC_RECIPES, tasks=["marvl"], few_shot=True,
+                                 shots=[1, "10x2"], few_shot_lrs=[5e-4], few_shot_epochs=1,
+                                 overrides=[o for o in TINY if not o.startswith(("itr.", "mmt."))], log=lambda _: None))
+    few = {(r["language"], r["split"]): r for r in board["rows"] if r["task"] == "marvl" and r["split"].startswith("few_shot_")
+           and r["metric"] == "accuracy"}
+    assert sorted(few) == sorted((lang, f"few_shot_{n}") for lang in ("id", "tr", "zh") for n in ("1", "10x2"))
+    missing = {(m["language"], m["split"]): m["reason"] for m in board["missing"] if m["task"] == "marvl"}
+    for lang in ("sw", "ta"):  # the world has MaRVL tests in these languages, IGLUE no few-shot splits
+        for n in ("1", "10x2"):
+            assert missing[(lang, f"few_shot_{n}")].endswith(f"marvl/few_shot/annotations/marvl-{lang}_train{n}.jsonl")
+    for lang in ("id", "tr", "zh"):
+        for n, batch in (("1", 16), ("10x2", 32)):  # IGLUE's batch sizes
+            cell = json.loads((out / f"cells/marvl/few_shot_{n}/{lang}/seed0.json").read_text())
+            assert [g["lr"] for g in cell["grid"]] == [5e-4] and cell["grid"][0]["dev"] is not None  # scored on NLVR2 dev
+            assert cell["lr_selection"] == "best dev score"
+            run = out / f"runs/marvl/seed0/few_shot/{lang}/{n}/lr{cell['lr']:g}"
+            assert few[(lang, f"few_shot_{n}")]["values"] == [json.loads((run / "results.json").read_text())["results"][lang]["accuracy"]]
+            ran = yaml.safe_load((run / "finetune_config.yaml").read_text())
+            assert ran["init"] == str(out / "runs/marvl/seed0/model")  # continues from the NLVR2-finetuned model
+            assert ran["data"]["train"] == str(world / f"downstream/marvl/few_shot/annotations/marvl-{lang}_train{n}.jsonl")
+            assert ran["data"]["train_lang"] == lang and ran["data"]["test_langs"] == [lang]
+            assert ran["data"]["dev"] == str(world / "downstream/nlvr2/annotations/dev.jsonl")
+            assert ran["data"]["features"] == [str(world / "downstream/features.h5"),
+                                               str(world / f"downstream/marvl/few_shot/features/marvl-{lang}_fewshot_boxes36.lmdb")]
+            assert ran["train"]["batch_size"] == batch and ran["train"]["epochs"] == 1
+    assert board["few_shot_protocol"]["tasks"]["marvl"]["iglue"]["shots"] == [1, 2, 4, 10, "10x2"]
+    md = (out / "leaderboard.md").read_text()
+    assert "| language | 0 | 1 | 10x2 |" in md
+    assert (out / board["charts"]["marvl"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow(seconds=15)
@@ -321,7 +365,9 @@ def test_eval_sets_leave_every_other_world_file_byte_identical(tmp_path: Path, m
     assert {k: with_sets.get(k) for k in without} == without
     added = sorted(set(with_sets) - set(without))
     assert "world_eval.json" in added and "downstream/xm3600/captions.jsonl" in added
-    assert all(a.startswith(("downstream/xm3600/", "downstream/xGQA/", "downstream/images/xgqa_few_shot/", "world_eval.json"))
+    assert "world_marvl_few_shot.json" in added and "downstream/marvl/few_shot/annotations/marvl-id_train10x2.jsonl" in added
+    assert all(a.startswith(("downstream/xm3600/", "downstream/xGQA/", "downstream/images/xgqa_few_shot/", "world_eval.json",
+                             "downstream/marvl/few_shot/", "downstream/images/marvl_few_shot/", "world_marvl_few_shot.json"))
                for a in added), added
 
 

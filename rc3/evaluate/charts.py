@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from rc3.evaluate.tasks import TASKS
+from rc3.evaluate.tasks import TASKS, shot_order
 
 
 def task_chart(board: Mapping[str, Any], pub: Mapping[str, Any], name: str, out: Path) -> Optional[Path]:
@@ -57,11 +57,18 @@ def task_chart(board: Mapping[str, Any], pub: Mapping[str, Any], name: str, out:
         ax2 = axes[1][0]
         zero_by = {r["language"]: r["value"] for r in zero if r["split"] == "test"}
         for lang in dict.fromkeys(r["language"] for r in few):
-            pts = sorted((int(r["split"].split("_")[-1]), r["value"]) for r in few if r["language"] == lang)
+            shots = sorted((shot_order(r["split"][len("few_shot_"):]), r["value"]) for r in few if r["language"] == lang)
+            # the curve over shot counts; a "<N>x<C>" split (MaRVL's 10x2: N concepts, C captions each) is a
+            # marked point at N beside it, labelled
+            pts = [(n, v) for (n, c), v in shots if c == 1]
             if lang in zero_by:
                 pts = [(0, zero_by[lang]), *pts]
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lang)
-        ax2.set_xlabel("shots (0 = zero-shot)")
+            line = ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lang)[0]
+            for (n, c), v in shots:
+                if c > 1:
+                    ax2.plot([n], [v], marker="x", markersize=8, color=line.get_color(), linestyle="none")
+                    ax2.annotate(f"{n}x{c}", (n, v), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax2.set_xlabel("shots (0 = zero-shot; NxC = N shots with C captions each)")
         ax2.set_ylabel(t.metric)
         ax2.set_title(f"{name}: few-shot", fontsize=10)
         ax2.grid(alpha=0.3)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from rc3.evaluate.tasks import NO_FEW_SHOT, TASKS, available_langs
+from rc3.evaluate.tasks import NO_FEW_SHOT, TASKS, Shot, available_langs
 
 
 class LayoutError(FileNotFoundError):
@@ -26,7 +26,7 @@ class TaskPlan:
     cfg: Any
     config_file: Path
     langs: dict[str, list[str]] = field(default_factory=dict)  # split -> languages to evaluate
-    few_shot: dict[str, list[int]] = field(default_factory=dict)  # language -> shot counts with a file
+    few_shot: dict[str, list[Shot]] = field(default_factory=dict)  # language -> shot counts with a file
     missing: list[dict[str, str]] = field(default_factory=list)  # {"language", "split", "reason"}
     xm3600_dir: Optional[Path] = None
     overrides: list[str] = field(default_factory=list)  # the `--set` settings this recipe has (itr.*, mmt.* only where they exist)
@@ -53,7 +53,7 @@ def check_files(name: str, cfg: Any, problems: list[str]) -> None:
         _need(problems, name, cfg.data_path(d.images), "data.images")
 
 
-def plan_languages(plan: TaskPlan, requested: Optional[list[str]], few_shot: bool, shots: Optional[list[int]]) -> None:
+def plan_languages(plan: TaskPlan, requested: Optional[list[str]], few_shot: bool, shots: Optional[list[Shot]]) -> None:
     """Fill plan.langs / plan.few_shot / plan.missing from what the data folder has."""
     task = TASKS[plan.name]
     for split in task.splits:

@@ -18,7 +18,7 @@ import yaml
 from rc3 import atomic
 from rc3.config import to_dict
 from rc3.evaluate import cells
-from rc3.evaluate.tasks import IGLUE_FEW_SHOT_SOURCE, TASKS
+from rc3.evaluate.tasks import IGLUE_FEW_SHOT_SOURCE, TASKS, shot_order
 from rc3.provenance import git_commit
 
 SCHEMA = "rc3-leaderboard/1"
@@ -91,7 +91,8 @@ def build(ev: Any, elapsed_s: float) -> dict[str, Any]:
         fs = TASKS[name].few_shot
         if ev.o.few_shot and fs is not None:
             protocol[name] = {"iglue": {"shots": list(fs.shots), "lrs": list(fs.lrs), "epochs": fs.epochs,
-                                        "batch_size": fs.batch_size, "note": fs.note},
+                                        "batch_size": fs.batch_size, "batch_sizes": {str(k): v for k, v in fs.batch_sizes},
+                                        "note": fs.note},
                               "this_run": {"shots": list(ev.o.shots or fs.shots), "lrs": list(ev.o.few_shot_lrs or fs.lrs),
                                            "epochs": fs.epochs if ev.o.few_shot_epochs is None else ev.o.few_shot_epochs}}
     return {
@@ -153,9 +154,9 @@ def markdown(board: Mapping[str, Any], pub: Mapping[str, Any]) -> str:
             lines += ["", f"Split(s): {', '.join(splits)}."]
         few = [r for r in board["rows"] if r["task"] == name and r["metric"] == t.metric and r["split"].startswith("few_shot_")]
         if few:
-            shots = sorted({int(r["split"].split("_")[-1]) for r in few})
+            shots = sorted({r["split"][len("few_shot_"):] for r in few}, key=shot_order)  # 1, 2, 4, 10, 10x2
             langs = list(dict.fromkeys(r["language"] for r in few))
-            by = {(r["language"], int(r["split"].split("_")[-1])): r for r in few}
+            by = {(r["language"], r["split"][len("few_shot_"):]): r for r in few}
             zero = {r["language"]: r for r in ours}
             lines += ["", f"Few-shot ({t.metric}; 0 = zero-shot; learning rate picked on dev per cell):", "",
                       "| language | 0 | " + " | ".join(str(n) for n in shots) + " |", "|---|---|" + "---|" * len(shots)]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from rc3.evaluate import cells
 from rc3.evaluate.layout import LayoutError, TaskPlan, check_files, check_xm3600, plan_languages
-from rc3.evaluate.tasks import TASKS
+from rc3.evaluate.tasks import TASKS, FewShot, Shot
 
 
 @dataclass
@@ -37,7 +37,7 @@ class EvalOptions:
     few_shot: bool = False
     seeds: int = 1
     overrides: Sequence[str] = ()  # `--set key=value` for every recipe (e.g. train.max_steps=2)
-    shots: Optional[Sequence[int]] = None  # default: IGLUE's shot counts of each task
+    shots: Optional[Sequence[Shot]] = None  # default: IGLUE's shot counts of each task (MaRVL: 1 2 4 10 10x2)
     few_shot_lrs: Optional[Sequence[float]] = None  # default: IGLUE's grid
     few_shot_epochs: Optional[int] = None  # default: IGLUE's 20
     xm3600: Optional[Path] = None  # default: DATA/xm3600
@@ -264,8 +264,8 @@ class Evaluation:
                                     f"data.train={_q(str(fs.train(plan.cfg, lang, n)))}", f"data.train_lang={lang}",
                                     f"data.dev={_q(str(dev)) if dev is not None and dev.is_file() else 'null'}",
                                     f"data.test_langs=[{lang}]", f"optim.lr={lr}", f"train.epochs={epochs}",
-                                    f"train.batch_size={fs.batch_size}", f"train.micro_batch_size={fs.batch_size}",
-                                    f"data.features=[{','.join(_q(f) for f in _few_shot_features(plan.cfg, fs.features))}]"]
+                                    f"train.batch_size={fs.batch_size_of(n)}", f"train.micro_batch_size={fs.batch_size_of(n)}",
+                                    f"data.features=[{','.join(_q(f) for f in _few_shot_features(plan.cfg, fs, lang))}]"]
                             self.o.log(f"[evaluate] {name} few-shot {lang} {n} shot(s), lr {lr:g}, seed {seed} -> {out_dir}")
                             resume = (out_dir / "checkpoints" / "latest").is_file()  # killed while training
                             run_recipe(task.recipe, _argv(plan.config_file, english / "model", out_dir, sets, resume, save=False))
@@ -281,11 +281,10 @@ class Evaluation:
                         grid=[{"lr": t["lr"], "dev": t["dev"], "test": t["test"].get(task.metric)} for t in tried]))
 
 
-def _few_shot_features(cfg: Any, extra: Sequence[str]) -> list[str]:
-    """The recipe's feature stores, then those of the few-shot images that exist (FewShot.features)."""
+def _few_shot_features(cfg: Any, fs: FewShot, lang: str) -> list[str]:
+    """The recipe's feature stores, then those of `lang`'s few-shot images that exist (FewShot.features)."""
     stores = [str(cfg.data_path(f)) for f in cfg.data.features]
-    test = cfg.data_path(cfg.data.test)
-    return stores + [str(test / f) for f in extra if test is not None and (test / f).exists()]
+    return stores + [str(f) for f in fs.features(cfg, lang) if f.exists()]
 
 
 def _own_overrides(recipe: str, overrides: Sequence[str]) -> list[str]:

@@ -2,8 +2,10 @@
 
 Input (paper, Appendix B): `[CLS] image1 [SEP'] image2 [BOS] text [LANG]`, the second image passed
 through the model's visual dict as roi2/boxes2/roi_mask2/pixels2; the [CLS] state goes to a binary
-head. `data.train` / `data.dev` are NLVR2 jsonl files, `data.english_test` NLVR2's Test-P (the
-English row), `data.test` the folder of `marvl-<lang>.jsonl` files. Image keys: NLVR2's
+head. `data.train` / `data.dev` are NLVR2 or MaRVL jsonl files, each file's format told from its
+records (English NLVR2 for the zero-shot recipe; IGLUE's MaRVL few-shot splits, continued from the
+NLVR2-finetuned model, with NLVR2 dev), tagged `data.train_lang`. `data.english_test` is NLVR2's
+Test-P (the "en" row), `data.test` the folder of `marvl-<lang>.jsonl` files. Image keys: NLVR2's
 `<split>-<set>-<pair>-img0/1`, MaRVL's file stem ("82-6"). Metric: accuracy.
 """
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any, Optional, Sequence
 from rc3.finetune.classification import label_accuracy, pick_langs, run_classification
 from rc3.finetune.config import FinetuneConfig
 from rc3.finetune.datasets import TaskItem, limit
-from rc3.finetune.readers.marvl import PairExample, marvl_langs, marvl_path, read_marvl, read_nlvr2
+from rc3.finetune.readers.marvl import PairExample, marvl_langs, marvl_path, read_marvl, read_nlvr2, read_pairs
 from rc3.finetune.trainer import FinetuneRun, parse_cli
+
+ENGLISH = "en"  # NLVR2 is English: its Test-P is the "en" row whatever data.train_lang a few-shot run sets
 
 
 def items_of(examples: Sequence[PairExample]) -> list[TaskItem]:
@@ -29,26 +33,26 @@ class MaRVLTask:
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
 
-    def _nlvr2(self, path_value: str, limit_to: Optional[int]) -> list[TaskItem]:
-        return limit(items_of(read_nlvr2(self.cfg.data_path(path_value), self.cfg.data.train_lang)), limit_to)
+    def _pairs(self, path_value: str, limit_to: Optional[int]) -> list[TaskItem]:
+        return limit(items_of(read_pairs(self.cfg.data_path(path_value), self.cfg.data.train_lang)), limit_to)
 
     def train_items(self) -> list[TaskItem]:
-        return self._nlvr2(self.cfg.data.train, self.cfg.data.max_train_examples)
+        return self._pairs(self.cfg.data.train, self.cfg.data.max_train_examples)
 
     def dev_items(self) -> Optional[list[TaskItem]]:
-        return self._nlvr2(self.cfg.data.dev, self.cfg.data.max_eval_examples) if self.cfg.data.dev else None
+        return self._pairs(self.cfg.data.dev, self.cfg.data.max_eval_examples) if self.cfg.data.dev else None
 
     def test_sets(self) -> dict[str, list[TaskItem]]:
         root = self.cfg.data_path(self.cfg.data.test)
         available = marvl_langs(root)
         english = self.cfg.data.english_test
         if english:
-            available = [self.cfg.data.train_lang, *available]
+            available = [ENGLISH, *available]
         langs = pick_langs(self.cfg, available, f"{root}/marvl-<lang>.jsonl (English: data.english_test)")
         out = {}
         for lang in langs:
-            if english and lang == self.cfg.data.train_lang:
-                out[lang] = self._nlvr2(english, self.cfg.data.max_eval_examples)
+            if english and lang == ENGLISH:
+                out[lang] = limit(items_of(read_nlvr2(self.cfg.data_path(english), ENGLISH)), self.cfg.data.max_eval_examples)
             else:
                 out[lang] = limit(items_of(read_marvl(marvl_path(root, lang), lang)), self.cfg.data.max_eval_examples)
         return out

@@ -12,6 +12,8 @@ Layout (all paths relative to `out`, also listed in `world.json`):
   world.json   sizes, languages, seed, weak overlap, build statistics, chance level of each task
   world_eval.json  the evaluation-only sets written after the tokenizer (downstream_eval.py): XM3600
                (downstream/xm3600/) and xGQA's few-shot training splits; every file above is unchanged by them
+  world_marvl_few_shot.json  MaRVL's few-shot training splits and their LMDB features (downstream/marvl/few_shot/),
+               written after those, in its own summary file so that world_eval.json keeps its bytes
 """
 from __future__ import annotations
 

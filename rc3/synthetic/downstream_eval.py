@@ -11,6 +11,15 @@ and feature stores, so that every file the earlier parts write stays byte-identi
 - xGQA few-shot training splits in the release's layout: `xGQA/annotations/few_shot/<lang>/train_<N>.json`
   for IGLUE's shot counts N (distinct images; each split contains the smaller ones), GQA question
   records as in dev/test. Their images go to `images/xgqa_few_shot/` and `xGQA/features_few_shot.h5`.
+- MaRVL few-shot training splits in the release's layout, for the world's languages that IGLUE has
+  them for (id, tr, zh): `marvl/few_shot/annotations/marvl-<lang>_train<N>.jsonl`, MaRVL records as in
+  zero_shot/. A shot is a concept: four distinct pairs of a concept's four images, two statements true and
+  two false; `10x2` adds a second group of four pairs to each of the ten concepts of `train10`. Splits
+  are nested (each is the first rows of `train10x2`, as released). Images are `<concept id>-n-<j>.jpg`
+  (concept ids 100 and up, disjoint from zero-shot's), written to `images/marvl_few_shot/`, their ROI
+  features to one volta LMDB per language, `marvl/few_shot/features/marvl-<lang>_fewshot_boxes36.lmdb`
+  (the release ships them so). Its summary is `world_marvl_few_shot.json`, so that `world_eval.json`
+  keeps its bytes.
 """
 from __future__ import annotations
 
@@ -19,14 +28,23 @@ from typing import Any
 
 import numpy as np
 
+from rc3.data.volta_lmdb import write_volta_lmdb
+from rc3.evaluate.tasks import Shot, shot_order
 from rc3.synthetic.downstream import XGQA_LANGS, _ask, _gqa_entry, _questions, gqa_answer
-from rc3.synthetic.grammar import Asker, Captioner, captioner, languages_with
+from rc3.synthetic.downstream_pairs import MARVL_LANGS, make_statement, realise
+from rc3.synthetic.grammar import Asker, Captioner, PairStater, captioner, languages_with, pair_stater
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
-from rc3.synthetic.world import sample_scene, shuffled, stream
+from rc3.synthetic.world import SHAPES, sample_scene, shuffled, stream
 from rc3.synthetic.writer import H5FeatureWriter, write_json, write_jsonl
 
 # IGLUE's xGQA few-shot splits (number of distinct images; e-bug/iglue experiments/few_shot/*/xgqa/<lang>/<N>).
 XGQA_SHOTS = (1, 5, 10, 20, 25, 48)
+# IGLUE's MaRVL few-shot splits (concepts; "10x2": ten concepts, two captions each) and their languages
+# (e-bug/iglue datasets/marvl/few_shot/annotations/marvl-<lang>_train<N>.jsonl).
+MARVL_SHOTS: tuple[Shot, ...] = (1, 2, 4, 10, "10x2")
+MARVL_FEW_SHOT_LANGS = ("id", "tr", "zh")
+# images per concept (the release has about eight; four keep the uncompressed LMDB stores at ~12 MB a language)
+MARVL_FEW_SHOT_IMAGES = 4
 
 
 def write_xm3600(root: Path, encoder: RoiEncoder, rng: np.random.Generator, n_images: int) -> dict[str, Any]:
@@ -87,9 +105,81 @@ def write_xgqa_few_shot(root: Path, encoder: RoiEncoder, rng: np.random.Generato
             "images_dir": "downstream/images/xgqa_few_shot", "questions_per_image": 4}
 
 
+def _concept_groups(rng: np.random.Generator, lang: str, scenes: list[Any], groups: int) -> list[list[dict[str, Any]]]:
+    """`groups` groups of four statements about distinct (left, right) pairs of a concept's images, two
+    true and two false (MaRVL's balance), each phrased in `lang`."""
+    ordered = [(a, b) for a in range(len(scenes)) for b in range(len(scenes)) if a != b]
+    out = []
+    for _ in range(groups):
+        pairs = [ordered[int(i)] for i in rng.choice(len(ordered), size=4, replace=False)]
+        wants = [bool(w) for w in rng.permutation([True, True, False, False])]
+        rows = []
+        for (a, b), want in zip(pairs, wants):
+            made = make_statement(rng, scenes[a], scenes[b], want)
+            if made is None:  # "contains" can always take either truth value: never reached
+                raise RuntimeError(f"no statement of truth {want} for a pair of {lang} few-shot images")
+            rows.append({"a": a, "b": b, "caption": realise(lang, *made), "label": want})
+        out.append(rows)
+    return out
+
+
+def write_marvl_few_shot(root: Path, encoder: RoiEncoder, rng: np.random.Generator,
+                         shots: tuple[Shot, ...] = MARVL_SHOTS) -> dict[str, Any]:
+    """marvl-<lang>_train<N>.jsonl and marvl-<lang>_fewshot_boxes36.lmdb per language (module docstring)."""
+    langs = tuple(lang for lang in MARVL_FEW_SHOT_LANGS if lang in MARVL_LANGS and lang in languages_with(PairStater))
+    n_concepts = max(shot_order(n)[0] for n in shots)
+    n_groups = max(shot_order(n)[1] for n in shots)
+    base = root / "downstream" / "marvl" / "few_shot"
+    images = root / "downstream" / "images" / "marvl_few_shot"
+    images.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, dict[str, int]] = {}
+    for lang in langs:
+        fields: dict[str, dict[str, Any]] = {}
+        concepts = []  # per concept: (name, image keys, groups of statements)
+        for k in range(n_concepts):
+            cid = 100 * (MARVL_LANGS.index(lang) + 1) + k
+            shape = SHAPES[k % len(SHAPES)]
+            scenes, keys = [], []
+            for j in range(MARVL_FEW_SHOT_IMAGES):
+                key = f"{cid}-n-{j}"
+                scene = sample_scene(rng, 1, 3, must=shape)
+                fields[key] = encoder.encode(scene, rng)
+                (images / f"{key}.jpg").write_bytes(jpeg_bytes(render(scene)))
+                scenes.append(scene)
+                keys.append(key)
+            concepts.append((f"{cid}-{pair_stater(lang).noun(shape)}", keys, _concept_groups(rng, lang, scenes, n_groups)))
+        # the largest split, group by group over the concepts (as train10x2 is train10 then the second captions)
+        records: list[tuple[tuple[int, int], dict[str, Any]]] = []
+        for g in range(n_groups):
+            for k, (concept, keys, groups) in enumerate(concepts):
+                for st in groups[g]:
+                    records.append(((k, g), {
+                        "concept": concept, "language": lang, "caption": st["caption"],
+                        "left_img": f"{concept}/{keys[st['a']]}.jpg", "right_img": f"{concept}/{keys[st['b']]}.jpg",
+                        "annotator_info": {"annotator_id": f"{lang}_01", "country_of_birth": "synthetic",
+                                           "country_of_residence": "synthetic", "gender": "n/a", "age": 0},
+                        "chapter": "Shapes", "id": f"{lang}-{len(records)}", "label": st["label"]}))
+        counts[lang] = {}
+        for n in shots:
+            concepts_n, groups_n = shot_order(n)
+            rows = [r for (k, g), r in records if k < concepts_n and g < groups_n]
+            write_jsonl(base / "annotations" / f"marvl-{lang}_train{n}.jsonl", rows)
+            counts[lang][str(n)] = len(rows)
+        size = sum(np.asarray(v).nbytes for f in fields.values() for v in f.values())
+        write_volta_lmdb(base / "features" / f"marvl-{lang}_fewshot_boxes36.lmdb", sorted(fields.items()),
+                         map_size=2 * size + (1 << 22))
+    return {"dir": "downstream/marvl/few_shot/annotations", "files": "marvl-<lang>_train<N>.jsonl",
+            "shots": [str(n) for n in shots], "langs": list(langs), "statements": counts,
+            "features": "downstream/marvl/few_shot/features/marvl-<lang>_fewshot_boxes36.lmdb",
+            "images_dir": "downstream/images/marvl_few_shot", "key": "image file stem (e.g. 100-n-3)"}
+
+
 def write_eval_sets(root: Path, seed: int, encoder: RoiEncoder, n_xm3600: int) -> dict[str, Any]:
-    """Both sets, from their own random streams; returns the summary written to world_eval.json."""
+    """The sets above, each from its own random stream; returns the summaries written to world_eval.json
+    (XM3600, xGQA few-shot) and world_marvl_few_shot.json."""
     out = {"xm3600": write_xm3600(root, encoder, stream(seed, "xm3600"), n_xm3600),
            "xgqa_few_shot": write_xgqa_few_shot(root, encoder, stream(seed, "xgqa-few-shot"))}
     write_json(root / "world_eval.json", out, indent=1)
-    return out
+    marvl = write_marvl_few_shot(root, encoder, stream(seed, "marvl-few-shot"))
+    write_json(root / "world_marvl_few_shot.json", marvl, indent=1)
+    return {**out, "marvl_few_shot": marvl}

@@ -16,7 +16,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from rc3.evaluate.tasks import TASKS
+from rc3.evaluate.tasks import TASKS, Shot, parse_shot
+
+
+def _shot(text: str) -> Shot:
+    try:
+        return parse_shot(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"tasks to run (default: all of {', '.join(TASKS)})")
     p.add_argument("--langs", nargs="+", metavar="LANG", help="languages (default: every language of each task)")
     p.add_argument("--few-shot", action="store_true", help="also IGLUE's few-shot protocol where the data has its splits")
-    p.add_argument("--shots", nargs="+", type=int, help="few-shot counts (default: IGLUE's per task)")
+    p.add_argument("--shots", nargs="+", type=_shot, metavar="N", help="few-shot counts, e.g. 1 5 or MaRVL's 10x2 "
+                   "(default: IGLUE's per task)")
     p.add_argument("--few-shot-lrs", nargs="+", type=float, help="few-shot learning rates (default: IGLUE's grid)")
     p.add_argument("--few-shot-epochs", type=int, help="few-shot epochs (default: IGLUE's 20)")
     p.add_argument("--seeds", type=int, default=1, help="finetuning seeds per cell (default 1)")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rc3 import atomic
+from rc3.data.volta_lmdb import write_volta_lmdb
 from rc3.pretrain.fault_injection import maybe_kill_after_images
 from rc3.vision.image_sources import Unit, decode_image, iter_unit
 from rc3.vision.roi_extractor import RegionFeatures, write_regions
@@ -336,25 +336,16 @@ def merge_parts(out: Path, *, fmt: str = "h5", attrs: dict[str, Any] | None = No
 
 
 def _write_lmdb(path: Path, where: dict[str, tuple[Path, str]]) -> None:
-    """volta ``h5_to_lmdb.py`` layout: key -> pickled dict of the H5 datasets (+ img_id); b"keys" -> id list."""
-    import lmdb
+    """The chunks' images as one volta LMDB (`write_volta_lmdb`)."""
+    def items() -> Iterator[tuple[str, dict[str, Any]]]:
+        for chunk, keys in _by_chunk(where):
+            with h5py.File(chunk, "r") as src:
+                for key in keys:
+                    group = src[key]
+                    yield key, {name: group[name][()] for name in group.keys()}
 
-    path.mkdir(parents=True)
     size = sum(chunk.stat().st_size for chunk in {c for c, _ in where.values()})
-    env = lmdb.open(str(path), map_size=max(1 << 24, 4 * size), subdir=True)
-    try:
-        with env.begin(write=True) as txn:
-            for chunk, keys in _by_chunk(where):
-                with h5py.File(chunk, "r") as src:
-                    for key in keys:
-                        group = src[key]
-                        item = {name: group[name][()] for name in group.keys()}
-                        item["img_id"] = key
-                        # Writing a pickle is how volta stores items; RC3 reads them back with a restricted unpickler.
-                        txn.put(key.encode(), pickle.dumps(item))
-            txn.put(b"keys", pickle.dumps([k.encode() for k in sorted(where)]))
-    finally:
-        env.close()
+    write_volta_lmdb(path, items(), map_size=max(1 << 24, 4 * size))
 
 
 def _replace(tmp: Path, out: Path) -> None:

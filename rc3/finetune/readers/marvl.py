@@ -7,7 +7,9 @@ NLVR2 (English training data and the English test, Test-P, `nlvr2/annotations/te
 `{"identifier":"test1-0-1-0","sentence","label":"True"|"False","left_url","right_url",...}`. NLVR2
 names its images after the identifier without its last (sentence) field: `test1-0-1-0` shows
 `test1-0-1-img0` (left) and `test1-0-1-img1` (right), which are also the feature keys.
-Both give `PairExample`s with label 1 = true, 0 = false.
+Both give `PairExample`s with label 1 = true, 0 = false. `read_pairs` reads either, telling them apart
+by the first record (IGLUE's MaRVL few-shot training splits, `few_shot/annotations/marvl-<lang>_train<N>.jsonl`,
+are MaRVL records; NLVR2 is the English training data).
 """
 from __future__ import annotations
 
@@ -117,3 +119,26 @@ def read_nlvr2(path: Path | str, lang: str = "en") -> Examples[PairExample]:
             concept=obj.get("synset"),
         ))
     return out
+
+
+def pair_format(path: Path | str) -> str:
+    """The format of a two-image statement file, "nlvr2" or "marvl", from its first record.
+
+    NLVR2 rows have `identifier`/`sentence`, MaRVL rows `caption`/`left_img`; a row with neither pair is
+    an AnnotationError naming the file and line. The later rows are held to the same format by its reader.
+    """
+    first = next(iter_jsonl(path), None)  # only the first record is read (the generator closes with it)
+    if first is not None:
+        lineno, obj = first
+        if "identifier" in obj and "sentence" in obj:
+            return "nlvr2"
+        if "caption" in obj and "left_img" in obj:
+            return "marvl"
+        raise AnnotationError(f"{path}:{lineno}: neither an NLVR2 row (identifier, sentence) nor a MaRVL row "
+                              f"(caption, left_img); keys {sorted(obj)[:8]}: give an NLVR2 or MaRVL jsonl file")
+    raise AnnotationError(f"{path}: no records; give an NLVR2 or MaRVL jsonl file")
+
+
+def read_pairs(path: Path | str, lang: str) -> Examples[PairExample]:
+    """An NLVR2 or MaRVL file (`pair_format`), every statement tagged with `lang`."""
+    return read_marvl(path, lang) if pair_format(path) == "marvl" else read_nlvr2(path, lang)
