@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from rc3.synthetic.downstream import XGQA_LANGS, _ask, _gqa_entry, _questions, gqa_answer
-from rc3.synthetic.grammar import Asker, Captioner, captioner, languages_with
+from rc3.synthetic.grammar import Asker, Captioner
+from rc3.synthetic.languages import captioner, languages_with
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
 from rc3.synthetic.world import sample_scene, shuffled, stream
 from rc3.synthetic.writer import H5FeatureWriter, write_json, write_jsonl
