@@ -282,7 +282,7 @@ def test_sigterm_while_the_save_hangs_exits_with_the_checkpoint_left_incomplete(
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == EXIT_STATUS and len(lines) == 1, err[-4000:]
     assert re.match(r"error: SIGTERM: the checkpoint of step (\d+) was not saved within train\.sigterm_grace_s = 20 s, "
-                    r"the run is waiting on saving a checkpoint \(rc3/pretrain/\w+\.py:\d+ in \w+\); it is "
+                    r"the run is waiting on saving a checkpoint \(rc3/fault_injection\.py:\d+ in maybe_stall_in_save\); it is "
                     r"left incomplete; the newest complete checkpoint is none \(no checkpoint was saved\); exiting "
                     r"with status 143$", lines[0]), lines[0]
     step = int(re.search(r"step (\d+)", lines[0]).group(1))
