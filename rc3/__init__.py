@@ -10,18 +10,12 @@ The library, by workflow:
 * `rc3.inference`: using a trained model; `rc3.synthetic`: the synthetic world and reproduction jobs.
 
 Scripts in pretrain/, finetune/ and tools/ are thin layers over it.
+
+`import rc3` (and `import rc3.config`) imports neither torch nor transformers: a command's `--help` or a
+tool that never builds a model starts in a fraction of a second. Model directories carry a transformers
+`config.json` (model_type "rc3"); transformers' AutoConfig / AutoModel know that type once
+`rc3.modeling.register_auto_classes()` has run in the process, which loading or saving a model
+(`RC3Model.from_pretrained` / `save_pretrained`) does.
 """
 
 __version__ = "0.1.0"
-
-from rc3.heap import collector_paused as _collector_paused  # noqa: E402
-
-# torch, transformers and mBART are imported with the cyclic garbage collector paused and their
-# objects frozen: a third of every RC3 process's start and exit went to collecting them (rc3.heap).
-# RC3_GC_FREEZE=0 keeps Python's default.
-with _collector_paused():
-    # Model directories hold a config.json with model_type "rc3": make transformers' AutoConfig /
-    # AutoModel know it in this process (no remote code). See rc3.modeling.hf.
-    from rc3.modeling.hf import register as _register_with_transformers
-
-    _register_with_transformers()

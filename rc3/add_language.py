@@ -53,10 +53,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from rc3 import safe_load
+from rc3 import fault_injection, safe_load
 from rc3.data.collate import pad_batch
 from rc3.modeling import RC3Model
-from rc3.pretrain import fault_injection
 from rc3.tokenization import ID_MAP_FILE, SEGMENTATION_FILE, SPM_FILE, IdMap, RC3Tokenizer, check_lang
 
 INFO_FILE = "add_language.json"

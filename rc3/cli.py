@@ -29,8 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rc3 import atomic
-from rc3.finetune.common import IMAGE_SUFFIXES
+from rc3 import atomic, heap
 
 # How rc3.inference names the inputs in its errors, when they come from this command.
 CLI_ARG_NAMES = {"features": "--features FILE.h5", "detector_weights": "--detector WEIGHTS"}
@@ -236,6 +235,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 def write_search_html(path: str | os.PathLike, queries: Sequence[str], hits: Sequence[Sequence[Any]], score: str) -> Path:
     """A self-contained page: per query, its top results (image thumbnail when the name is a file, name, scores)."""
     out = Path(path)
+    from rc3.finetune.common import IMAGE_SUFFIXES  # torch: only once there are hits to show
+
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>RC3 search results</title><style>",
              "body{font-family:sans-serif;margin:1em} section{margin-bottom:2em} .hits{display:flex;flex-wrap:wrap;gap:12px}",
              "figure.hit{margin:0;width:180px} figure.hit img{width:180px;height:135px;object-fit:cover;background:#ddd}",
@@ -391,7 +392,8 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
-    from rc3.inference import TextTruncatedWarning
+    with heap.collector_paused():  # torch, transformers and the model, once the command line is known
+        from rc3.inference import TextTruncatedWarning
 
     try:
         with warnings.catch_warnings():

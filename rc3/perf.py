@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from rc3.config import PerfConfig
+from rc3.pretrain.config import PerfConfig
 
 log = logging.getLogger("rc3.perf")
 

@@ -20,12 +20,14 @@ import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
-import torch
 
 from rc3.tokenization import LANG_CODES, RC3Tokenizer, check_lang
+
+if TYPE_CHECKING:  # torch is imported by the one function that slices tensors (a tool's --help stays light)
+    import torch
 
 # HF MBartForConditionalGeneration tensors with one row per vocabulary id (all tied to `model.shared`).
 EMBEDDING_KEYS = ("model.shared.weight", "model.encoder.embed_tokens.weight",
@@ -191,6 +193,8 @@ def slice_vocab_tensors(state: Mapping[str, torch.Tensor], kept: np.ndarray, old
     The embedding matrices are all tied to `model.shared` in mBART-50; they are checked to be equal
     and then sliced once, so the result keeps them as one tensor. `final_logits_bias` is sliced too.
     Every other tensor is passed through."""
+    import torch
+
     index = torch.as_tensor(np.asarray(kept, dtype=np.int64))
     if index.numel() == 0 or int(index.max()) >= old_vocab or bool((index[1:] <= index[:-1]).any()):
         raise ValueError("kept ids must be sorted, unique and inside the old vocabulary")

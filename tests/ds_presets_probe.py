@@ -25,8 +25,8 @@ def main() -> None:
     import deepspeed
 
     from rc3 import distributed
-    from rc3.config import load_config
     from rc3.modeling import RC3Model
+    from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
     from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer

@@ -32,8 +32,8 @@ def main() -> None:
     import deepspeed
 
     from rc3 import distributed
-    from rc3.config import load_config
     from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
+    from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer, resolve_ds_config
 
     distributed.init_from_launcher(120.0)

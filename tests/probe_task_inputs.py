@@ -13,9 +13,9 @@ import sys
 
 import torch
 
-from rc3.config import load_config
 from rc3.modeling import RC3Model
 from rc3.pretrain import objectives
+from rc3.pretrain.config import load_config
 from rc3.pretrain.loop import train
 from rc3.tokenization import RC3Tokenizer
 

@@ -275,7 +275,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(base: dict[str, Path], t
 
 
 def test_world_parallel_text_is_translations_of_one_meaning() -> None:
-    from rc3.synthetic.grammar import language
+    from rc3.synthetic.languages import language
     from rc3.synthetic.repro.add_language import world_parallel
     from rc3.synthetic.world import COLOURS, SHAPES
 

@@ -50,8 +50,8 @@ def test_kernel_cache_lives_in_the_environment_unless_the_user_chose_one(monkeyp
     import torch
 
     from rc3 import distributed
-    from rc3.config import load_config
     from rc3.op_cache import use_environment_extension_dir
+    from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer
     from rc3.tools import build_ops
 

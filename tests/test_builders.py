@@ -19,7 +19,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from rc3.data import schemas
+from rc3.data import corpora, schemas
 from rc3.data.builders.ds import build_ds
 from rc3.data.builders.dt import CaptionPairsSource, LineAlignedSource, WikiMatrixSource, build_dt
 from rc3.data.builders.dw import build_dw, format_pair_table
@@ -249,7 +249,7 @@ def test_build_dt_multi30k(tmp_path: Path, release_data: Path) -> None:
 
 def test_decode_rejects_broken_fields() -> None:
     good = schemas.encode_ds("k", np.zeros((36, 2048)), np.zeros((36, 5)), {"en": "x"}, jpg=jpeg((0, 0, 0)))
-    assert schemas.decode(good).captions == {"en": "x"}
+    assert corpora.decode(good).captions == {"en": "x"}
     cases = {
         "roi.npy": b"garbage",
         "captions.json": b"{not json",

@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from rc3.data.builders.float16 import CHUNK, all_finite_float16, rois_float16
-from rc3.data.features import open_feature_store
+from rc3.data.features_open import open_feature_store
 from rc3.data.schemas import _npy_bytes
 from rc3.data.shard_writer import encode_tar_sample
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tiny_butd import TINY, save_tiny_butd
 
-from rc3.data.features import open_feature_store
+from rc3.data.features_open import open_feature_store
 from rc3.vision.butd import ButdExtractor, load_detector, preprocess
 
 REPO = Path(__file__).resolve().parents[1]

@@ -138,7 +138,7 @@ def test_prior_is_added_to_the_classifier_loss() -> None:
 
 def test_world_dictionaries_are_muse_files_of_every_language(tmp_path: Path) -> None:
     from rc3.synthetic.dictionaries import write_muse_dictionaries
-    from rc3.synthetic.grammar import language
+    from rc3.synthetic.languages import language
 
     info = write_muse_dictionaries(tmp_path)
     assert set(info["files"]) >= {"de", "es", "ru", "tr", "bn", "ko", "pt", "zh", "ja", "ar", "sw", "ta"}

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rc3.config import ConfigError, load_config, save_config
+from rc3.config import ConfigError, save_config
+from rc3.pretrain.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = ["data.ds_shards=a.tar", "data.dw_shards=b.tar", "data.dt_shards=c.tar"]

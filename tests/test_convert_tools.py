@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import MBartConfig, MBartForConditionalGeneration
 
-from rc3.config import ModelConfig
 from rc3.modeling import RC3Model, build_model, load_tokenizer
+from rc3.modeling.config import ModelConfig
 from rc3.tokenization import IdMap, RC3Tokenizer
 from rc3.vocab import (
     always_kept_ids,

@@ -12,7 +12,7 @@ import sys
 import pytest
 from engine_fixtures import REPO, free_port
 
-from rc3.config import load_config
+from rc3.pretrain.config import load_config
 from rc3.pretrain.engine import optimizer_offloaded, resolve_ds_config
 
 PRESETS = sorted((REPO / "ds_configs").glob("*.json"))

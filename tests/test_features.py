@@ -12,7 +12,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from rc3.data.features import FeatureStore, open_feature_store, restricted_loads
+from rc3.data.features import FeatureStore, restricted_loads
+from rc3.data.features_open import open_feature_store
 
 # Hand-checked geometry: a 200x100 image, box (10,20)-(110,70) is 100x50 px = 1/4 of the image.
 IMG_W, IMG_H = 200, 100

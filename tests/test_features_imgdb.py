@@ -17,8 +17,8 @@ import pytest
 
 from rc3.data import schemas
 from rc3.data.builders.ds import build_ds
-from rc3.data.features import open_feature_store
 from rc3.data.features_imgdb import ImgDbFeatureStore
+from rc3.data.features_open import open_feature_store
 
 # A 200 x 100 image; box (10, 20)-(110, 70) is 100 x 50 px: norm_bb (0.05, 0.2, 0.55, 0.7, 0.5, 0.5),
 # and the 5-d location of the other readers is (0.05, 0.2, 0.55, 0.7, 0.25).

@@ -440,7 +440,7 @@ def test_itr_paper_protocol_is_a_cross_encoder_over_every_pair(world: Path, mode
 def test_init_at_a_run_directory_says_to_run_zero_to_safetensors(tmp_path: Path) -> None:
     """A pretraining run directory (or one of its DeepSpeed checkpoints) given as --init is named as such, with
     the command that makes a model directory of it, before anything loads."""
-    from rc3.finetune.trainer import parse_cli
+    from rc3.finetune.cli import parse_cli
     from rc3.inference import load
 
     run = tmp_path / "runs" / "rc3"

@@ -1,19 +1,45 @@
-"""rc3.heap: imports run with the cyclic collector paused and leave it as they found it, frozen objects
+"""rc3.heap: the model's imports run with the cyclic collector paused and leave it as they found it, frozen objects
 are out of later collections, and RC3_GC_FREEZE=0 leaves Python's default alone."""
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from rc3 import heap
 
+REPO = Path(__file__).resolve().parents[1]
 
-def test_importing_rc3_leaves_the_collector_on_with_its_imports_frozen() -> None:
-    import rc3  # noqa: F401  (imported by conftest's fixtures already; the state it left is what counts)
 
-    assert gc.isenabled()
-    assert gc.get_freeze_count() > 100_000  # torch, transformers and mBART's objects
+LAZY_MODEL_IMPORT = """
+import gc, json, sys
+import rc3
+light = {"torch": "torch" in sys.modules, "frozen": gc.get_freeze_count()}
+from rc3.modeling import RC3Model  # the package's lazy names import the model with the collector paused
+print(json.dumps({"light": light, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+"""
+
+
+def test_the_model_is_imported_with_the_collector_paused_and_frozen() -> None:
+    """`import rc3` imports no torch and freezes nothing; the first model import (rc3.modeling's lazy
+    names, what the commands use) leaves the collector on with torch's and transformers' objects frozen."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("RC3_GC_FREEZE", None)
+    try:
+        proc = subprocess.run([sys.executable, "-c", LAZY_MODEL_IMPORT], capture_output=True, text=True, env=env,
+                              timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the process importing rc3.modeling.RC3Model did not finish in 300 s") from exc
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads(proc.stdout.splitlines()[-1])
+    assert state["light"] == {"torch": False, "frozen": 0}
+    assert state["enabled"]
+    assert state["frozen"] > 100_000  # torch, transformers and mBART's objects
 
 
 def test_collector_paused_restores_the_previous_state_and_freezes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,8 @@ def reduced_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, texts: dict
 def test_auto_config_and_auto_model_load_every_model_directory(reduced_dir: Path) -> None:
     from transformers import AutoConfig, AutoModel
 
-    from rc3.modeling.hf import RC3Config, RC3HFModel
+    from rc3.modeling.hf import RC3Config
+    from rc3.modeling.model import RC3HFModel
 
     config = json.loads((reduced_dir / "config.json").read_text())
     assert config["model_type"] == "rc3" and "auto_map" not in config  # nothing for trust_remote_code to run
@@ -74,6 +75,36 @@ def test_auto_config_and_auto_model_load_every_model_directory(reduced_dir: Path
         patch = hf(ids, pixels=visual["pixels"], visual_mode="patch").pooled  # non-persistent constants restored
         torch.testing.assert_close(patch, ref.vtr(ids, torch.ones_like(ids, dtype=torch.bool), visual, "patch"))
         torch.testing.assert_close(hf(ids).pooled, ref.tr(ids, torch.ones_like(ids, dtype=torch.bool)))
+
+
+AUTO_IN_FRESH_PROCESS = """
+import sys
+from transformers import AutoConfig, AutoModel
+import rc3
+d = sys.argv[1]
+try:
+    AutoConfig.from_pretrained(d)
+    print("known before registration")
+except (KeyError, ValueError):
+    print("unknown before registration")
+from rc3.modeling import register_auto_classes
+register_auto_classes()
+register_auto_classes()  # idempotent
+print(type(AutoModel.from_pretrained(d)).__name__)
+"""
+
+
+def test_auto_classes_are_registered_on_demand_not_by_import_rc3(reduced_dir: Path) -> None:
+    """`import rc3` leaves transformers alone; `register_auto_classes()` (which loading or saving a model
+    calls) makes AutoModel read the directory, and calling it again is harmless."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run([sys.executable, "-c", AUTO_IN_FRESH_PROCESS, str(reduced_dir)], capture_output=True,
+                              text=True, env=env, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the process loading {reduced_dir} with AutoModel did not finish in 600 s") from exc
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["unknown before registration", "RC3HFModel"], proc.stdout + proc.stderr[-2000:]
 
 
 def test_finetuned_directories_are_hf_native_too(reduced_dir: Path, tmp_path: Path) -> None:

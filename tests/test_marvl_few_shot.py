@@ -136,7 +136,7 @@ def test_shot_labels() -> None:
 
 
 def test_synthetic_world_writes_marvl_few_shot_splits_in_the_released_layout(tmp_path: Path) -> None:
-    from rc3.data.features import open_feature_store
+    from rc3.data.features_open import open_feature_store
     from rc3.synthetic.downstream_eval import write_marvl_few_shot
     from rc3.synthetic.render import RoiEncoder
     from rc3.synthetic.world import stream

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rc3.config import ObjectivesConfig, TaskConfig
 from rc3.modeling import RC3Model
+from rc3.pretrain.config import ObjectivesConfig, TaskConfig
 from rc3.pretrain.objectives import ObjectiveState, compute_losses, plan_triplets, rxvtcl
 from rc3.synthetic.tiny import random_task_batches, reference_rxvtcl, tiny_model_config
 
@@ -236,7 +236,7 @@ def test_literal_switches_train_together(batches):
 
 
 def test_plain_adam_when_asked():
-    from rc3.config import load_config
+    from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer
     shards = ["data.ds_shards=a", "data.dw_shards=b", "data.dt_shards=c"]
     model = RC3Model.from_config(tiny_model_config(), VOCAB)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from rc3 import perf
-from rc3.config import ConfigError, ObjectivesConfig, PerfConfig, TaskConfig, load_config
+from rc3.config import ConfigError
 from rc3.modeling import RC3Model, flops
+from rc3.pretrain.config import ObjectivesConfig, PerfConfig, TaskConfig, load_config
 from rc3.pretrain.losses import chunked_lm_cross_entropy
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.synthetic.tiny import random_task_batches, tiny_model_config

@@ -18,7 +18,8 @@ import yaml
 from engine_fixtures import REPO, events, free_port, write_config, write_tiny_shards
 from fault_server import FaultServer
 
-from rc3.config import ConfigError, load_config
+from rc3.config import ConfigError
+from rc3.pretrain.config import load_config
 from rc3.pretrain.preemption import EXIT_STATUS, Preemption
 
 
@@ -152,11 +153,11 @@ def test_sigterm_saves_while_stepping_and_exits_with_a_reason_when_the_loader_st
 def test_sigterm_during_setup_is_one_line_and_exit_143() -> None:
     """Before the loop installs its handler (config, preflight, DeepSpeed start-up), SIGTERM ends the
     process with one line saying nothing was trained, not silently by the default action."""
-    code = ("import os, signal, time, rc3.pretrain.cli as cli\n"
+    code = ("import os, signal, time, rc3.pretrain.cli as cli, rc3.pretrain.config as config\n"
             "def slow_setup(*a, **k):\n"
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "    time.sleep(60)\n"
-            "cli.load_config = slow_setup\n"
+            "config.load_config = slow_setup\n"  # the command imports it once its arguments are parsed
             "cli.main(['--config', 'unused.yaml'])\n")
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -281,7 +282,7 @@ def test_sigterm_while_the_save_hangs_exits_with_the_checkpoint_left_incomplete(
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == EXIT_STATUS and len(lines) == 1, err[-4000:]
     assert re.match(r"error: SIGTERM: the checkpoint of step (\d+) was not saved within train\.sigterm_grace_s = 20 s, "
-                    r"the run is waiting on saving a checkpoint \(rc3/pretrain/\w+\.py:\d+ in \w+\); it is "
+                    r"the run is waiting on saving a checkpoint \(rc3/fault_injection\.py:\d+ in maybe_stall_in_save\); it is "
                     r"left incomplete; the newest complete checkpoint is none \(no checkpoint was saved\); exiting "
                     r"with status 143$", lines[0]), lines[0]
     step = int(re.search(r"step (\d+)", lines[0]).group(1))

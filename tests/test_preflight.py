@@ -19,8 +19,9 @@ import pytest
 import yaml
 from engine_fixtures import REPO, free_port, launch, write_config
 
-from rc3.config import ConfigError, load_config
+from rc3.config import ConfigError
 from rc3.pretrain import cli
+from rc3.pretrain.config import load_config
 from rc3.pretrain.preflight import preflight
 
 

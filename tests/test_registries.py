@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rc3.config import ConfigError, DataConfig, ObjectivesConfig, load_config
+from rc3.config import ConfigError
+from rc3.data.config import DataConfig
 from rc3.data.corpora import CORPORA, Corpus
 from rc3.data.pipeline import make_pipeline
 from rc3.data.schemas import SampleError, decode_json
 from rc3.modeling import RC3Model
+from rc3.pretrain.config import ObjectivesConfig, load_config
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.pretrain.registry import OBJECTIVES, STREAMS, Objective, ObjectiveResult, Stream, TaskConfig
 from rc3.synthetic.tiny import random_task_batches, tiny_model_config

@@ -15,10 +15,11 @@ import pytest
 import torch
 from test_pipeline import PER_SHARD, captions, collator, keys_of, write_corpus  # noqa: F401 (captions: fixture)  # noqa: F401 (captions: fixture)
 
-from rc3.config import ConfigError, load_config
+from rc3.config import ConfigError
 from rc3.data.faults import NoUsableData
 from rc3.data.pipeline import count_samples, make_pipeline
 from rc3.data.shard_source import SeekWindow, ShardOpener, expand_shards, parse_commands
+from rc3.pretrain.config import load_config
 from rc3.pretrain.streams import estimate_batches_per_epoch
 
 SHARDS = 4

@@ -209,7 +209,7 @@ def test_missing_weights_is_a_clear_error(tmp_path: Path, images: Path, capsys: 
 
 
 def test_output_reads_through_feature_store(extracted: tuple[Path, str]) -> None:
-    from rc3.data.features import open_feature_store
+    from rc3.data.features_open import open_feature_store
 
     out, _ = extracted
     store = open_feature_store(out)

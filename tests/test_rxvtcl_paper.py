@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rc3.config import ObjectivesConfig
 from rc3.data.collate import DsCollator, DwCollator
 from rc3.data.schemas import DsSample, DwSample
 from rc3.modeling import RC3Model
+from rc3.pretrain.config import ObjectivesConfig
 from rc3.pretrain.objectives import choose_others, rxvtcl
 from rc3.synthetic.tiny import tiny_model_config
 

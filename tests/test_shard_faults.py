@@ -10,12 +10,13 @@ import pytest
 from fault_server import FaultServer
 from test_pipeline import PER_SHARD, captions, collator, keys_of, write_corpus  # noqa: F401, F811 (captions: fixture)
 
-from rc3.config import ConfigError, RC3Config, load_config
+from rc3.config import ConfigError
 from rc3.data.faults import FaultTracker
 from rc3.data.http_shards import ShardFetchError, parse_retry_after
 from rc3.data.pipeline import make_pipeline
 from rc3.data.shard_reading import ShardsUnreachable, read_samples
 from rc3.data.shard_source import ShardOpener
+from rc3.pretrain.config import RC3Config, load_config
 from rc3.pretrain.streams import estimate_batches_per_epoch, shard_opener
 
 SHARDS = 4

@@ -13,13 +13,14 @@ import h5py
 import numpy as np
 import pytest
 
-from rc3.data.features import open_feature_store
+from rc3.data.features_open import open_feature_store
 from rc3.data.schemas import decode_ds, decode_dt, decode_dw
 from rc3.synthetic.build import SIZES, make_world
 from rc3.synthetic.corpora import WIT_COLUMNS, shared_count, weak_mentions
 from rc3.synthetic.downstream import gqa_answer, nli_label
 from rc3.synthetic.downstream_pairs import pair_label
-from rc3.synthetic.grammar import Asker, Captioner, Claimer, PairStater, captioner, language, languages_with
+from rc3.synthetic.grammar import Asker, Captioner, Claimer, PairStater
+from rc3.synthetic.languages import captioner, language, languages_with
 from rc3.synthetic.world import CENTRES, COLOURS, POSITIONS, SHAPES, Obj, Scene, sample_scene, stream
 from rc3.tokenization import RC3Tokenizer
 

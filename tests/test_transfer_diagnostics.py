@@ -55,8 +55,8 @@ def test_questions_are_compared_with_their_own_translations(world: Path, monkeyp
 
 
 def test_random_init_vtr_is_collapsed(world: Path, tmp_path: Path) -> None:
-    from rc3.config import load_config
     from rc3.modeling import build_model, load_tokenizer
+    from rc3.pretrain.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic-tiny.yaml",
                       [f"model.tokenizer={world / 'tokenizer'}"])

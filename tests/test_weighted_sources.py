@@ -108,7 +108,8 @@ def test_bad_sources_are_refused(sources, tokenizer):
 
 
 def test_run_config_sources_reach_the_training_streams(sources, tokenizer, tmp_path):
-    from rc3.config import ConfigError, config_from_dict
+    from rc3.config import ConfigError
+    from rc3.pretrain.config import config_from_dict
     from rc3.pretrain.streams import TaskStreams, corpus_shards, estimate_batches_per_epoch
 
     off = {"enabled": False}

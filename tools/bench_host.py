@@ -82,9 +82,9 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
 
     from rc3 import distributed as dist
     from rc3 import perf
-    from rc3.config import load_config
     from rc3.modeling import RC3Model
     from rc3.pretrain import loop
+    from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer, resolve_ds_config
     from rc3.pretrain.objectives import ObjectiveState
     from rc3.run_log import RunLogger

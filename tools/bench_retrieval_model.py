@@ -29,11 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from rc3.finetune.classification import visual_source
+from rc3.finetune.cli import parse_cli
 from rc3.finetune.heads import HEAD_META, load_head
 from rc3.finetune.itr import RetrievalEvaluator, build_itr_model
 from rc3.finetune.readers.xflickrco import caption_table, read_retrieval
 from rc3.finetune.retrieval import itr_recall
-from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.finetune.trainer import FinetuneRun
 from rc3.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from datetime import date
 
 import torch
 
-from rc3.config import ObjectivesConfig
 from rc3.modeling import RC3Model
+from rc3.pretrain.config import ObjectivesConfig
 from rc3.pretrain.objectives import rxvtcl
 from rc3.provenance import git_commit
 from rc3.synthetic.tiny import random_task_batches, reference_rxvtcl, tiny_model_config

@@ -3,7 +3,8 @@
 (imports with the collector paused, long-lived objects frozen), measured side by side.
 
 Each repeat runs, alternating RC3_GC_FREEZE=0 (Python's default) and =1 (the default of this package):
-* `python -c "import rc3"`: the import every RC3 process pays (a DeepSpeed rank, a loader forkserver, a
+* `python -c "from rc3.modeling import RC3Model"`: the model import (torch, transformers, mBART) every
+  RC3 process that trains or uses a model pays (a DeepSpeed rank, a loader forkserver, a
   finetuning job, a tool), and the interpreter's exit;
 * with --pretrain-steps N (> 0): `python pretrain/main.py` (one process) on the tiny synthetic world
   (configs/repro/synthetic.yaml, made once in --tmp by tools/make_synthetic.py), N steps and a checkpoint.
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_", dir=args.tmp))
     py = sys.executable
-    cases: dict[str, list[str]] = {"import rc3": [py, "-c", "import rc3"]}
+    cases: dict[str, list[str]] = {"import the model": [py, "-c", "from rc3.modeling import RC3Model"]}
     world = tmp / "world"
     if args.pretrain_steps > 0:
         subprocess.run([py, "tools/make_synthetic.py", "--out", str(world), "--size", "tiny"], cwd=ROOT, check=True,

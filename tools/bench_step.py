@@ -33,9 +33,9 @@ import torch
 
 from rc3 import distributed as dist
 from rc3 import perf
-from rc3.config import load_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
+from rc3.pretrain.config import load_config
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
 from rc3.pretrain.loop import to_device
 from rc3.pretrain.objectives import ObjectiveState, compute_losses

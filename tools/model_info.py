@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 
-from rc3.config import load_config
 from rc3.modeling import RC3Model, build_model, load_tokenizer
+from rc3.pretrain.config import load_config
 
 
 def main() -> None:

@@ -154,8 +154,8 @@ def random_init(world: Path, out: Path, seed: int) -> None:
         return
     import torch
 
-    from rc3.config import load_config
     from rc3.modeling import build_model, load_tokenizer
+    from rc3.pretrain.config import load_config
 
     cfg = load_config(ROOT / "configs/repro/synthetic.yaml", [f"model.tokenizer={world / 'tokenizer'}"])
     torch.manual_seed(seed)

@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not (random_model / "model.safetensors").is_file():
         import torch
 
-        from rc3.config import load_config
         from rc3.modeling import build_model, load_tokenizer
+        from rc3.pretrain.config import load_config
 
         cfg = load_config(ROOT / "configs/repro/text.yaml", [f"model.tokenizer={tok}"])
         torch.manual_seed(args.seed)

@@ -63,6 +63,13 @@ def detect(raw: dict[str, Any]) -> Corpus:
                               raw.get("__key__"))
 
 
+def decode(raw: dict[str, Any], corpus: str | None = None) -> Any:
+    """Decode a raw sample with every member verified (images too), by the named corpus or the detected one."""
+    if corpus is not None and corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; expected one of {', '.join(CORPORA.names())}")
+    return (CORPORA.get(corpus) if corpus is not None else detect(raw)).inspect(raw)
+
+
 # ---- the three corpora of the paper ----------------------------------------------------------
 
 def _decode_ds(raw: dict[str, Any], needs_image: bool, draft_size: int | None) -> schemas.DsSample:

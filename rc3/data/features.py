@@ -1,6 +1,6 @@
 """Read-only access to pre-extracted ROI feature stores (IGLUE H5, volta LMDB, UNITER img_db).
 
-`open_feature_store(path)` returns a `FeatureStore`: a read-only mapping from an image key (str)
+`open_feature_store(path)` (rc3.data.features_open, which picks the layout) returns a `FeatureStore`: a read-only mapping from an image key (str)
 to `(features, boxes)` with features [n, 2048] float32 and boxes [n, 5] float32 =
 (x1/w, y1/h, x2/w, y2/h, relative area), the location encoding volta uses for IGLUE.
 
@@ -342,33 +342,3 @@ class LmdbFeatureStore(FeatureStore):
         img_w = _scalar(item, ("img_w", "image_w", "image_width"), what)
         img_h = _scalar(item, ("img_h", "image_h", "image_height"), what)
         return _assemble(item["features"], item["boxes"], img_w, img_h, what)
-
-
-def _is_lmdb_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "data.mdb").is_file()
-
-
-def open_feature_store(path: str | os.PathLike[str]) -> FeatureStore:
-    """Open an IGLUE H5 file, a volta LMDB store (directory with data.mdb, or the .mdb file) or a
-    UNITER / UC2 img_db folder (rc3.data.features_imgdb)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"feature store {p} does not exist; pass an IGLUE .h5 file or a volta LMDB directory")
-    from rc3.data.features_imgdb import ImgDbFeatureStore, find_img_db
-
-    if find_img_db(p) is not None:
-        return ImgDbFeatureStore(p)
-    if _is_lmdb_dir(p):
-        return LmdbFeatureStore(p)
-    if p.is_file():
-        import h5py
-
-        if h5py.is_hdf5(p):
-            return H5FeatureStore(p)
-        if p.suffix == ".mdb":
-            return LmdbFeatureStore(p)
-    raise ValueError(
-        f"unknown feature store format at {p}: expected an HDF5 file (IGLUE release), an LMDB "
-        "directory containing data.mdb (volta h5_to_lmdb / npy_to_lmdb) or a UNITER / UC2 img_db folder "
-        "(feat_th0.2_max100_min10[_compressed]/ + nbb_th0.2_max100_min10.json)"
-    )

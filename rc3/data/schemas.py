@@ -264,20 +264,3 @@ def decode_dt(sample: dict[str, Any]) -> DtSample:
             raise SampleError("pair.json", f"{name!r} missing or not a non-empty string", key)
         values[name] = value
     return DtSample(key=key, **values)
-
-
-def detect_schema(sample: dict[str, Any]) -> str:
-    """The name of the corpus (rc3.data.corpora) whose marker member the sample holds; SampleError when none."""
-    from rc3.data.corpora import detect  # the corpus records import this module
-
-    return detect(sample).name
-
-
-def decode(sample: dict[str, Any], schema: str | None = None) -> Any:
-    """Decode a raw sample with every member verified (images too), by the named corpus or the detected one."""
-    from rc3.data.corpora import CORPORA
-
-    kind = schema or detect_schema(sample)
-    if kind not in CORPORA:
-        raise ValueError(f"unknown schema {schema!r}; expected one of {', '.join(CORPORA.names())}")
-    return CORPORA.get(kind).inspect(sample)

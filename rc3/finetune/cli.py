@@ -5,10 +5,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
+from rc3 import heap
+from rc3.config import ConfigError
+from rc3.finetune.config import FinetuneConfig, load_finetune_config
 from rc3.finetune.registry import DOWNSTREAM
+from rc3.modeling.files import run_directory_hint
 
 
 def build_parser(task: str, prog: str | None = None) -> argparse.ArgumentParser:
@@ -29,14 +34,33 @@ def build_parser(task: str, prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def parse_cli(task: str, argv: Sequence[str] | None = None) -> tuple[FinetuneConfig, argparse.Namespace]:
+    """Parse the recipe's command line (`build_parser`) into a validated config."""
+    args = build_parser(task).parse_args(argv)
+    overrides = list(args.overrides)
+    if args.init is not None:
+        overrides.append(f"init={json.dumps(args.init)}")
+    if args.output_dir is not None:
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    cfg = load_finetune_config(args.config, task, overrides)
+    if cfg.init is None:
+        raise ConfigError("--init", "give the RC3 model directory to finetune (--init DIR or `init:` in the config)")
+    hint = run_directory_hint(cfg.init)  # checked before anything loads
+    if hint is not None:
+        raise ConfigError("--init", hint)
+    return cfg, args
+
+
 def run_task(task: str, argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Run the TASK recipe on ARGV (default sys.argv[1:]); usage errors exit before torch is imported."""
     args = list(sys.argv[1:] if argv is None else argv)
     build_parser(task, prog).parse_args(args)  # --help and usage errors before the heavy imports
-    from rc3.finetune.registry import resolve
-    from rc3.finetune.trainer import run_main
+    # torch, transformers and the recipe, with the cyclic collector paused while they import (rc3.heap)
+    with heap.collector_paused():
+        from rc3.finetune.registry import resolve
+        from rc3.finetune.trainer import run_main
 
-    recipe = resolve(DOWNSTREAM.get(task).recipe)
+        recipe = resolve(DOWNSTREAM.get(task).recipe)
     run_main(lambda _argv: recipe(args))
 
 
@@ -53,3 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: unknown task {args[0]!r}; choose one of {tasks}", file=sys.stderr)
         sys.exit(2)
     run_task(args[0], args[1:], prog=f"rc3-finetune {args[0]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rc3.data.features import open_feature_store
+from rc3.data.features_open import open_feature_store
 from rc3.data.images import load_image, resize_uint8
 from rc3.modeling.visual import visual_mode
 

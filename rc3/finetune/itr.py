@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from rc3 import distributed
 from rc3.data.collate import pad_batch
 from rc3.finetune.classification import pick_langs, visual_source
+from rc3.finetune.cli import parse_cli
 from rc3.finetune.code_switch import switch_items
 from rc3.finetune.common import VisualSource, collate_visual
 from rc3.finetune.config import ITRFinetuneConfig
@@ -30,7 +31,7 @@ from rc3.finetune.datasets import TaskItem, TextCollator, VisualTextDataset, ima
 from rc3.finetune.itr_model import ITRModel
 from rc3.finetune.readers.xflickrco import CaptionTable, caption_table, read_retrieval, xflickrco_langs, xflickrco_path
 from rc3.finetune.retrieval import itr_recall
-from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.finetune.trainer import FinetuneRun
 from rc3.modeling import RC3Model
 
 METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R@1", "dual_mean_R@1",

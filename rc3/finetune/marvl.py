@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from rc3.finetune.classification import label_accuracy, pick_langs, run_classification
+from rc3.finetune.cli import parse_cli
 from rc3.finetune.config import FinetuneConfig
 from rc3.finetune.datasets import TaskItem, limit
 from rc3.finetune.readers.marvl import PairExample, marvl_langs, marvl_path, read_marvl, read_nlvr2, read_pairs
-from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.finetune.trainer import FinetuneRun
 
 ENGLISH = "en"  # NLVR2 is English: its Test-P is the "en" row whatever data.train_lang a few-shot run sets
 

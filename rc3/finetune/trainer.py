@@ -22,7 +22,6 @@ Results (rc3.finetune.metrics.write_results) and the finetuned model leave no ha
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -36,35 +35,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rc3 import atomic, heap, run_log, safe_load
+from rc3 import atomic, fault_injection, heap, run_log, safe_load
 from rc3.config import ConfigError
-from rc3.finetune.cli import build_parser
-from rc3.finetune.config import FREEZABLE, FinetuneConfig, load_finetune_config, save_finetune_config
+from rc3.finetune.config import FREEZABLE, FinetuneConfig, save_finetune_config
 from rc3.finetune.heads import TaskModel, load_head, save_task_model
 from rc3.finetune.metrics import write_results
 from rc3.modeling import RC3Model
-from rc3.modeling.model import run_directory_hint
 from rc3.optim import lr_factor, param_groups, use_bf16
-from rc3.pretrain import fault_injection
 from rc3.run_log import RunLogger
 from rc3.tokenization import RC3Tokenizer
-
-
-def parse_cli(task: str, argv: Optional[Sequence[str]] = None) -> tuple[FinetuneConfig, argparse.Namespace]:
-    """Parse the recipe's command line into a validated config (see rc3.finetune.cli)."""
-    args = build_parser(task).parse_args(argv)
-    overrides = list(args.overrides)
-    if args.init is not None:
-        overrides.append(f"init={json.dumps(args.init)}")
-    if args.output_dir is not None:
-        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
-    cfg = load_finetune_config(args.config, task, overrides)
-    if cfg.init is None:
-        raise ConfigError("--init", "give the RC3 model directory to finetune (--init DIR or `init:` in the config)")
-    hint = run_directory_hint(cfg.init)  # checked before anything loads
-    if hint is not None:
-        raise ConfigError("--init", hint)
-    return cfg, args
 
 
 def _precision(cfg: FinetuneConfig) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from rc3.finetune.classification import pick_langs, run_classification
+from rc3.finetune.cli import parse_cli
 from rc3.finetune.config import FinetuneConfig
 from rc3.finetune.datasets import TaskItem, limit
 from rc3.finetune.readers.xgqa import XGQAExample, label_to_answer, load_answer_vocab, read_xgqa, xgqa_accuracy, xgqa_langs, xgqa_path
-from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.finetune.trainer import FinetuneRun
 
 
 def items_of(examples: Sequence[XGQAExample]) -> list[TaskItem]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from rc3.finetune.classification import label_accuracy, pick_langs, run_classification
+from rc3.finetune.cli import parse_cli
 from rc3.finetune.config import FinetuneConfig
 from rc3.finetune.datasets import TaskItem, limit
 from rc3.finetune.readers.xvnli import LABELS, XVNLIExample, read_xvnli, xvnli_langs, xvnli_path
-from rc3.finetune.trainer import FinetuneRun, parse_cli
+from rc3.finetune.trainer import FinetuneRun
 
 
 def items_of(examples: Sequence[XVNLIExample]) -> list[TaskItem]:

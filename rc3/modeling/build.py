@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rc3.config import ModelConfig
+from rc3.modeling.config import ModelConfig
 from rc3.modeling.model import RC3_CONFIG_FILE, RC3Model
 from rc3.tokenization import RC3Tokenizer
 

@@ -4,11 +4,14 @@ Every RC3 model directory (`RC3Model.save_pretrained`, hence every pretrained, c
 one) also holds:
 
 * `config.json` with `model_type: "rc3"` (the RC3 model config and the mBART config inside it), which
-  `AutoConfig.from_pretrained` reads and `AutoModel.from_pretrained` turns into `RC3HFModel` once
-  `import rc3` has registered both classes in the process (`AutoConfig.register` /
-  `AutoModel.register`; no remote code is ever run). `RC3HFModel` holds the same modules under the
-  same names as `RC3Model` (so `model.safetensors` loads as is) and gives the `RC3Model` with
-  `.rc3` for encode / vtr / tr / generate.
+  `AutoConfig.from_pretrained` reads and `AutoModel.from_pretrained` turns into
+  `rc3.modeling.model.RC3HFModel` once `rc3.modeling.register_auto_classes()` has registered both
+  classes in the process (`AutoConfig.register` / `AutoModel.register`; no remote code is ever run).
+  Loading or saving an RC3 model (`RC3Model.from_pretrained` / `save_pretrained`, hence every task
+  model) registers them; `import rc3` does not, so that a process which never builds a model does
+  not import transformers. `RC3HFModel` holds the same modules under the same names as `RC3Model`
+  (so `model.safetensors` loads as is) and gives the `RC3Model` with `.rc3` for encode / vtr / tr /
+  generate.
 * `tokenizer.json` + `tokenizer_config.json` that `AutoTokenizer.from_pretrained` loads with plain
   transformers (`PreTrainedTokenizerFast`): mBART-50's Unigram segmentation restricted to the
   pieces the model kept (`id_map.json`), their ids being the model's reduced ids, so its ids are
@@ -26,18 +29,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import PretrainedConfig
 
 from rc3 import atomic
 from rc3.tokenization import SEGMENTATION_FILE, reduced_tokenizer_json
 
 MODEL_TYPE = "rc3"
+HF_MODEL_CLASS = "RC3HFModel"  # rc3.modeling.model.RC3HFModel, named in config.json's `architectures`
 HF_CONFIG_FILE = "config.json"
 HF_TOKENIZER_FILE = "tokenizer.json"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -61,91 +62,13 @@ class RC3Config(PretrainedConfig):
         self.hidden_size = self.mbart.get("d_model")
 
 
-@dataclass
-class RC3HFOutput(ModelOutput):
-    """`last_hidden_state`: top encoder states of `[CLS] visual [BOS] text [LANG]` (or the text alone);
-    `pooled`: the state at position 0 (VtR with an image, TR without); `itm_logits` with an image."""
-
-    last_hidden_state: Optional[torch.Tensor] = None
-    pooled: Optional[torch.Tensor] = None
-    itm_logits: Optional[torch.Tensor] = None
-
-
-class RC3HFModel(PreTrainedModel):
-    """The RC3 model as a transformers model. Its modules are those of an `RC3Model` (`.rc3`), under the
-    same names, so the directory's `model.safetensors` loads unchanged."""
-
-    config_class = RC3Config
-    base_model_prefix = "rc3_hf"
-    main_input_name = "input_ids"
-    # Tied as in RC3Model (mBART-50's shared embeddings, saved once by save_model).
-    _tied_weights_keys = {"mbart.lm_head.weight": "mbart.model.shared.weight",
-                          "mbart.model.encoder.embed_tokens.weight": "mbart.model.shared.weight",
-                          "mbart.model.decoder.embed_tokens.weight": "mbart.model.shared.weight"}
-
-    def __init__(self, config: RC3Config) -> None:
-        super().__init__(config)
-        from transformers import MBartConfig, MBartForConditionalGeneration
-
-        from rc3.config import ModelConfig, from_dict
-        from rc3.modeling.model import RC3Model
-
-        cfg = from_dict(ModelConfig, config.rc3)
-        core = RC3Model(cfg, MBartForConditionalGeneration(MBartConfig(**config.mbart)))
-        self.mbart, self.visual, self.itm_head = core.mbart, core.visual, core.itm_head
-        # The RC3Model shares these modules; kept out of the module tree so that names stay RC3Model's.
-        object.__setattr__(self, "_rc3", core)
-        self.post_init()
-
-    @property
-    def rc3(self) -> Any:
-        """The RC3Model over this model's modules (encode, vtr, tr, itm_logits, generate)."""
-        return self._rc3
-
-    def _init_weights(self, module: torch.nn.Module) -> None:
-        from rc3.modeling.visual import PatchEmbedding
-
-        # Non-persistent constants are not in the checkpoint: transformers re-creates them empty.
-        if isinstance(module, PatchEmbedding):
-            with torch.no_grad():
-                module.mean.copy_(torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
-                module.std.copy_(torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
-
-    def get_input_embeddings(self) -> torch.nn.Module:
-        return self.mbart.get_input_embeddings()
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                visual_mode: Optional[str] = None, **visual: torch.Tensor) -> RC3HFOutput:
-        """Encode text (`input_ids` in RC3's `[BOS] pieces [LANG]`) with the image in `visual` tensors
-        (roi/boxes/roi_mask, pixels, and the *2 keys of a second image) when given."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        vis = {k: v for k, v in visual.items() if v is not None} or None
-        enc = self.rc3.encode(input_ids, attention_mask, vis, visual_mode)
-        pooled = enc.hidden[:, 0]
-        return RC3HFOutput(last_hidden_state=enc.hidden, pooled=pooled,
-                           itm_logits=self.rc3.itm_logits(pooled) if vis is not None else None)
-
-
-def register() -> None:
-    """Make AutoConfig / AutoModel know `model_type: "rc3"` in this process (idempotent)."""
-    try:
-        AutoConfig.register(MODEL_TYPE, RC3Config)
-    except ValueError:  # already registered (a reload of this module)
-        pass
-    try:
-        AutoModel.register(RC3Config, RC3HFModel)
-    except ValueError:
-        pass
-
-
 # ---- writing the files ---------------------------------------------------------------------
 _atomic_write = atomic.write_text
 
 
 def write_hf_config(rc3_config: dict, directory: str | os.PathLike) -> Path:
     """`config.json` from the content of rc3_config.json ({"model": ..., "mbart": ...})."""
-    config = RC3Config(rc3=rc3_config["model"], mbart=rc3_config["mbart"], architectures=[RC3HFModel.__name__])
+    config = RC3Config(rc3=rc3_config["model"], mbart=rc3_config["mbart"], architectures=[HF_MODEL_CLASS])
     path = Path(directory) / HF_CONFIG_FILE
     _atomic_write(path, config.to_json_string(use_diff=False))
     return path
@@ -165,14 +88,13 @@ def write_hf_tokenizer(directory: str | os.PathLike, full_tokenizer_json: dict,
     return d / HF_TOKENIZER_FILE
 
 
-def write_hf_files(directory: str | os.PathLike) -> None:
-    """Add config.json and (when the directory has a tokenizer) the transformers tokenizer files to a
-    finished RC3 model directory's contents (rc3_config.json, tokenizer files)."""
-    from rc3.modeling.model import RC3_CONFIG_FILE
+def write_hf_files(directory: str | os.PathLike, rc3_config: dict) -> None:
+    """Add config.json (from `rc3_config`, the content of rc3_config.json) and, when the directory has a
+    tokenizer, the transformers tokenizer files to a finished RC3 model directory's contents."""
     from rc3.tokenization import SPM_FILE, RC3Tokenizer
 
     d = Path(directory)
-    write_hf_config(json.loads((d / RC3_CONFIG_FILE).read_text()), d)
+    write_hf_config(rc3_config, d)
     if not (d / SPM_FILE).is_file():
         return  # no tokenizer saved with the model (a bare architecture card)
     tok = RC3Tokenizer.from_dir(d)

@@ -12,7 +12,9 @@ is the same tied head on decoder states.
 
 A model directory (`save_pretrained`) holds `rc3_config.json`, `model.safetensors` and the
 tokenizer files, and loads back with `RC3Model.from_pretrained` without DeepSpeed; it also holds
-`config.json` and transformers' tokenizer files, so that the Auto classes load it (rc3.modeling.hf).
+`config.json` and transformers' tokenizer files (rc3.modeling.hf), so that transformers' Auto classes
+load it as an `RC3HFModel` once `register_auto_classes()` has run in the process: loading or saving a
+model directory here calls it (`import rc3` does not, so that it stays free of transformers).
 """
 from __future__ import annotations
 
@@ -28,32 +30,17 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
-from transformers import MBartConfig, MBartForConditionalGeneration
+from transformers import AutoConfig, AutoModel, MBartConfig, MBartForConditionalGeneration, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
 
 from rc3 import atomic
-from rc3.config import ModelConfig, from_dict
+from rc3.config import from_dict
 from rc3.modeling import flops
-from rc3.modeling.visual import VisualFrontEnd
-
-RC3_CONFIG_FILE = "rc3_config.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-def run_directory_hint(path: str | os.PathLike) -> Optional[str]:
-    """What to do when `path`, given where a model directory belongs, is a training run directory or one
-    of its DeepSpeed checkpoints (which only tools/zero_to_safetensors.py reads); None otherwise."""
-    path = Path(path)
-    if (path / RC3_CONFIG_FILE).is_file():
-        return None
-    if (path / "checkpoints").is_dir():
-        return (f"{path} is a training run directory (DeepSpeed checkpoints), not a model directory; make one "
-                f"with: rc3-zero-to-safetensors {path} MODEL_DIR (python tools/zero_to_safetensors.py), "
-                "then give MODEL_DIR")
-    if path.parent.name == "checkpoints" and (any(path.glob("*model_states.pt")) or (path / "COMPLETE").exists()):
-        return (f"{path} is a DeepSpeed checkpoint of a training run, not a model directory; make one with: "
-                f"rc3-zero-to-safetensors {path.parent.parent} MODEL_DIR --tag {path.name}, then give MODEL_DIR")
-    return None
+from rc3.modeling.config import ModelConfig
+from rc3.modeling.files import RC3_CONFIG_FILE, WEIGHTS_FILE, run_directory_hint
+from rc3.modeling.hf import MODEL_TYPE, RC3Config, write_hf_files
+from rc3.modeling.visual import PatchEmbedding, VisualFrontEnd
 
 
 @dataclass
@@ -131,6 +118,7 @@ class RC3Model(nn.Module):
         e.g. to receive weights consolidated from a DeepSpeed checkpoint."""
         from safetensors.torch import load_model
 
+        register_auto_classes()  # a loaded directory can be read with AutoModel too in this process
         path = Path(directory)
         cfg_file = path / RC3_CONFIG_FILE
         if not cfg_file.is_file():
@@ -172,6 +160,7 @@ class RC3Model(nn.Module):
         so that its DeepSpeed checkpoints can be turned back into a model directory."""
         from safetensors.torch import save_model
 
+        register_auto_classes()  # the directory written is readable with AutoModel in this process
         out = Path(directory)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
@@ -185,9 +174,7 @@ class RC3Model(nn.Module):
                 for f in Path(tokenizer_dir).iterdir():
                     if f.is_file() and f.name not in (RC3_CONFIG_FILE, WEIGHTS_FILE):
                         shutil.copy2(f, tmp / f.name)
-            from rc3.modeling.hf import write_hf_files  # config.json and transformers' tokenizer files (rc3.modeling.hf)
-
-            write_hf_files(tmp)
+            write_hf_files(tmp, json.loads((tmp / RC3_CONFIG_FILE).read_text()))
             replace_dir(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -331,6 +318,87 @@ class RC3Model(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+# ---- the transformers face: RC3HFModel and the Auto classes (files: rc3.modeling.hf) ------
+@dataclass
+class RC3HFOutput(ModelOutput):
+    """`last_hidden_state`: top encoder states of `[CLS] visual [BOS] text [LANG]` (or the text alone);
+    `pooled`: the state at position 0 (VtR with an image, TR without); `itm_logits` with an image."""
+
+    last_hidden_state: Optional[torch.Tensor] = None
+    pooled: Optional[torch.Tensor] = None
+    itm_logits: Optional[torch.Tensor] = None
+
+
+class RC3HFModel(PreTrainedModel):  # named by rc3.modeling.hf.HF_MODEL_CLASS
+    """The RC3 model as a transformers model. Its modules are those of an `RC3Model` (`.rc3`), under the
+    same names, so the directory's `model.safetensors` loads unchanged."""
+
+    config_class = RC3Config
+    base_model_prefix = "rc3_hf"
+    main_input_name = "input_ids"
+    # Tied as in RC3Model (mBART-50's shared embeddings, saved once by save_model).
+    _tied_weights_keys = {"mbart.lm_head.weight": "mbart.model.shared.weight",
+                          "mbart.model.encoder.embed_tokens.weight": "mbart.model.shared.weight",
+                          "mbart.model.decoder.embed_tokens.weight": "mbart.model.shared.weight"}
+
+    def __init__(self, config: RC3Config) -> None:
+        super().__init__(config)
+        cfg = from_dict(ModelConfig, config.rc3)
+        core = RC3Model(cfg, MBartForConditionalGeneration(MBartConfig(**config.mbart)))
+        self.mbart, self.visual, self.itm_head = core.mbart, core.visual, core.itm_head
+        # The RC3Model shares these modules; kept out of the module tree so that names stay RC3Model's.
+        object.__setattr__(self, "_rc3", core)
+        self.post_init()
+
+    @property
+    def rc3(self) -> Any:
+        """The RC3Model over this model's modules (encode, vtr, tr, itm_logits, generate)."""
+        return self._rc3
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # Non-persistent constants are not in the checkpoint: transformers re-creates them empty.
+        if isinstance(module, PatchEmbedding):
+            with torch.no_grad():
+                module.mean.copy_(torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255)
+                module.std.copy_(torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.mbart.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                visual_mode: Optional[str] = None, **visual: torch.Tensor) -> RC3HFOutput:
+        """Encode text (`input_ids` in RC3's `[BOS] pieces [LANG]`) with the image in `visual` tensors
+        (roi/boxes/roi_mask, pixels, and the *2 keys of a second image) when given."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        vis = {k: v for k, v in visual.items() if v is not None} or None
+        enc = self.rc3.encode(input_ids, attention_mask, vis, visual_mode)
+        pooled = enc.hidden[:, 0]
+        return RC3HFOutput(last_hidden_state=enc.hidden, pooled=pooled,
+                           itm_logits=self.rc3.itm_logits(pooled) if vis is not None else None)
+
+
+def register_auto_classes() -> None:
+    """Make AutoConfig / AutoModel know `model_type: "rc3"` in this process (idempotent, cheap after the
+    first call). Called where a model directory is loaded or saved (`RC3Model.from_pretrained`,
+    `save_pretrained`); a process that reads a directory only through `AutoModel` calls it first."""
+    global _auto_registered
+    if _auto_registered:
+        return
+    try:
+        AutoConfig.register(MODEL_TYPE, RC3Config)
+    except ValueError:  # already registered (a reload of this module)
+        pass
+    try:
+        AutoModel.register(RC3Config, RC3HFModel)
+    except ValueError:
+        pass
+    _auto_registered = True
+
+
+_auto_registered = False
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

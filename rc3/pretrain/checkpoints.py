@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from rc3 import atomic, rng, safe_load
+from rc3 import atomic, fault_injection, rng, safe_load
 from rc3 import distributed as comm
-from rc3.pretrain import checkpoint_manifest, fault_injection
+from rc3.pretrain import checkpoint_manifest
 from rc3.pretrain.preemption import Preemption
 
 log = logging.getLogger("rc3.checkpoint")

@@ -12,12 +12,7 @@ import logging
 import os
 import sys
 
-from rc3.config import ConfigError, load_config
-from rc3.data.faults import DataPipelineError
-from rc3.pretrain.checkpoints import CheckpointError
-from rc3.pretrain.loop import NonFiniteError, train
-from rc3.pretrain.preemption import exit_on_sigterm_during_setup
-from rc3.pretrain.preflight import preflight
+from rc3 import heap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-rng-restore", action="store_true", help=argparse.SUPPRESS)  # negative control in tests
     ap.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = ap.parse_args(argv)
+    # torch, transformers and the loop are imported once the command line is known (`--help` and usage
+    # errors answer at once), with the cyclic collector paused (rc3.heap)
+    with heap.collector_paused():
+        from rc3.config import ConfigError
+        from rc3.data.faults import DataPipelineError
+        from rc3.pretrain.checkpoints import CheckpointError
+        from rc3.pretrain.config import load_config
+        from rc3.pretrain.loop import NonFiniteError, train
+        from rc3.pretrain.preemption import exit_on_sigterm_during_setup
+        from rc3.pretrain.preflight import preflight
+
     exit_on_sigterm_during_setup()  # the training loop replaces it with its save-then-exit handler
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     rank = int(os.environ.get("RANK", "0"))  # set by the launcher

@@ -10,9 +10,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from rc3.config import ConfigError, RC3Config
+from rc3.config import ConfigError
 from rc3.op_cache import use_environment_extension_dir
 from rc3.optim import lr_factor, param_groups, use_bf16
+from rc3.pretrain.config import RC3Config
 
 log = logging.getLogger("rc3.train")
 

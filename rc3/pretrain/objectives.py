@@ -31,9 +31,10 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import Tensor
 
-from rc3.config import ConfigError, ObjectivesConfig
+from rc3.config import ConfigError
 from rc3.modeling import RC3Model, flops
 from rc3.pretrain import losses
+from rc3.pretrain.config import ObjectivesConfig
 from rc3.pretrain.registry import OBJECTIVES, Objective, ObjectiveContext, ObjectiveResult
 
 VISUAL_KEYS = ("roi", "boxes", "roi_mask", "pixels")

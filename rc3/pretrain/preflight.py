@@ -4,7 +4,7 @@
 imported; a problem is one line naming the config key and what to do (`ConfigError`), and the run exits
 2 within seconds instead of failing on every rank after minutes of start-up. Checked:
 
-- the config's own ranges (rc3.config.validate: optim.lr, betas, eps, steps, batch sizes, ...), and the
+- the config's own ranges (rc3.pretrain.config.validate: optim.lr, betas, eps, steps, batch sizes, ...), and the
   batch-size identity and DeepSpeed preset at the launcher's world size;
 - every enabled corpus's shard patterns (`data.<corpus>_shards` or each `data.<corpus>_sources[i]`) match
   files (remote URLs and `pipe:` commands are listed, not fetched: they are checked when opened);
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from rc3.config import ConfigError, RC3Config, validate
+from rc3.config import ConfigError
 from rc3.data.shard_source import expand_shards
+from rc3.pretrain.config import RC3Config, validate
 from rc3.pretrain.engine import resolve_ds_config
 from rc3.pretrain.registry import OBJECTIVES, STREAMS
 

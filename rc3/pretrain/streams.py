@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from rc3.config import RC3Config
 from rc3.data.collate import DsCollator
 from rc3.data.corpora import CORPORA
 from rc3.data.faults import NoUsableData, SkipCounter, log
 from rc3.data.pipeline import Source, count_samples, make_pipeline, start_forkserver
 from rc3.data.shard_source import ShardOpener, expand_shards, parse_commands
 from rc3.pretrain.checkpoints import CheckpointError
+from rc3.pretrain.config import RC3Config
 from rc3.pretrain.registry import OBJECTIVES, STREAMS, Stream, objective_corpus
 from rc3.tokenization import RC3Tokenizer
 
@@ -301,7 +301,7 @@ class TaskStreams:
             collate = (stream.collator(cfg, tokenizer, on) if stream.collator is not None
                        else corpus.collator(cfg, tokenizer, seed + stream.seed_offset))
             shards = corpus_shards(cfg, stream.corpus)
-            assert shards is not None  # rc3.config.validate requires them for an enabled objective
+            assert shards is not None  # rc3.pretrain.config.validate requires them for an enabled objective
             batch = max(cfg.task_batch_size(t) for t in on)
             bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener, stream.corpus)
             loader = make_pipeline(

@@ -31,7 +31,8 @@ from rc3.synthetic.downstream import ImageBank, write_xgqa, write_xvnli
 from rc3.synthetic.downstream_captions import write_multi30k, write_retrieval
 from rc3.synthetic.downstream_eval import write_eval_sets
 from rc3.synthetic.downstream_pairs import write_marvl, write_nlvr2
-from rc3.synthetic.grammar import Asker, Captioner, Claimer, PairStater, languages_with
+from rc3.synthetic.grammar import Asker, Captioner, Claimer, PairStater
+from rc3.synthetic.languages import languages_with
 from rc3.synthetic.render import RoiEncoder
 from rc3.synthetic.texts import world_texts
 from rc3.synthetic.world import COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, stream

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from rc3.synthetic.grammar import Asker, Claimer, PairStater, asker, captioner, claimer, languages_with, pair_stater
+from rc3.synthetic.grammar import Asker, Claimer, PairStater
+from rc3.synthetic.languages import asker, captioner, claimer, languages_with, pair_stater
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
 from rc3.synthetic.world import (
     COLOURS,

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rc3.synthetic.grammar import all_languages
+from rc3.synthetic.languages import all_languages
 from rc3.synthetic.world import COLOURS, POSITIONS, SHAPES
 
 GERMAN_ENDINGS = ("e", "er", "es", "en")

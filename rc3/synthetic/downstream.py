@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from rc3.synthetic.grammar import Asker, Claimer, asker, captioner, claimer, languages_with
+from rc3.synthetic.grammar import Asker, Claimer
+from rc3.synthetic.languages import asker, captioner, claimer, languages_with
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
 from rc3.synthetic.world import COLOURS, POSITIONS, SHAPES, Scene, absent_shape, other, pick, sample_scene, shuffled
 from rc3.synthetic.writer import H5FeatureWriter, write_json, write_jsonl

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from rc3.synthetic.downstream import ImageBank
-from rc3.synthetic.grammar import Captioner, captioner, languages_with
+from rc3.synthetic.grammar import Captioner
+from rc3.synthetic.languages import captioner, languages_with
 from rc3.synthetic.world import sample_scene, shuffled
 from rc3.synthetic.writer import write_jsonl, write_maybe_gz, write_text
 

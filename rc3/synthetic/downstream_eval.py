@@ -32,7 +32,8 @@ from rc3.data.volta_lmdb import write_volta_lmdb
 from rc3.evaluate.tasks import Shot, shot_order
 from rc3.synthetic.downstream import XGQA_LANGS, _ask, _gqa_entry, _questions, gqa_answer
 from rc3.synthetic.downstream_pairs import MARVL_LANGS, make_statement, realise
-from rc3.synthetic.grammar import Asker, Captioner, PairStater, captioner, languages_with, pair_stater
+from rc3.synthetic.grammar import Asker, Captioner, PairStater
+from rc3.synthetic.languages import captioner, languages_with, pair_stater
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
 from rc3.synthetic.world import SHAPES, sample_scene, shuffled, stream
 from rc3.synthetic.writer import H5FeatureWriter, write_json, write_jsonl

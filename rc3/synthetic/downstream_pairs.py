@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from rc3.synthetic.downstream import ImageBank
-from rc3.synthetic.grammar import PairStater, languages_with, other_side, pair_stater
+from rc3.synthetic.grammar import PairStater, other_side
+from rc3.synthetic.languages import languages_with, pair_stater
 from rc3.synthetic.world import COLOURS, SHAPES, Scene, pick, sample_scene
 from rc3.synthetic.writer import write_jsonl
 

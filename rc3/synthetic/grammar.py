@@ -8,12 +8,13 @@ colour adjectives with agreement, position phrases) and realising four kinds of 
 - `Claimer`: XVNLI hypotheses about one shape ("The circle is red.", "The circle is on the left.").
 - `Asker`: xGQA questions (colour of a shape, position of a shape, shape at a position, existence).
 - `PairStater`: MaRVL / NLVR2 statements about an image pair (more shapes, contains, both contain).
-A language implements only the kinds its tasks need; `languages_with(kind)` lists who can.
+A language implements only the kinds its tasks need. The languages themselves (rc3.synthetic.langs_latin,
+langs_nonlatin) register with `register`; rc3.synthetic.languages looks them up (`languages_with(kind)`, ...).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Sequence
 
 from rc3.synthetic.world import Obj
 
@@ -103,59 +104,12 @@ def other_side(side: str) -> str:
     return "right" if side == "left" else "left"
 
 
-_REGISTRY: dict[str, Language] = {}
+LANGUAGES: dict[str, Language] = {}  # code -> the one instance of its class (filled by `register`)
 
 
 def register(cls: type[Language]) -> type[Language]:
     """Class decorator: one instance per language code."""
-    if not cls.code or cls.code in _REGISTRY:
+    if not cls.code or cls.code in LANGUAGES:
         raise ValueError(f"language class {cls.__name__} has an empty or duplicate code {cls.code!r}")
-    _REGISTRY[cls.code] = cls()
+    LANGUAGES[cls.code] = cls()
     return cls
-
-
-def all_languages() -> dict[str, Language]:
-    """Every registered synthetic language by code."""
-    # Importing the modules runs their @register decorators.
-    from rc3.synthetic import (
-        langs_latin,  # noqa: F401
-        langs_nonlatin,  # noqa: F401
-    )
-
-    return _REGISTRY
-
-
-def language(code: str) -> Language:
-    langs = all_languages()
-    if code not in langs:
-        raise KeyError(f"the synthetic world has no grammar for {code!r}; available: {', '.join(sorted(langs))}")
-    return langs[code]
-
-
-def languages_with(kind: type[Language]) -> tuple[str, ...]:
-    """Codes of the languages implementing `kind` (Captioner, Claimer, Asker, PairStater), sorted."""
-    return tuple(sorted(c for c, lang in all_languages().items() if isinstance(lang, kind)))
-
-
-def captioner(code: str) -> Captioner:
-    return _as(code, Captioner)
-
-
-def claimer(code: str) -> Claimer:
-    return _as(code, Claimer)
-
-
-def asker(code: str) -> Asker:
-    return _as(code, Asker)
-
-
-def pair_stater(code: str) -> PairStater:
-    return _as(code, PairStater)
-
-
-def _as(code: str, kind: type) -> Any:
-    lang = language(code)
-    if not isinstance(lang, kind):
-        raise KeyError(f"language {code!r} has no {kind.__name__} grammar; "
-                       f"languages with one: {', '.join(languages_with(kind))}")
-    return lang

@@ -18,7 +18,7 @@ def train_tiny_spm(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size:
 
 def tiny_model_config(**overrides):
     """A ModelConfig small enough for unit tests (2+2 layers, d=32) with the paper's input shapes."""
-    from rc3.config import ModelConfig
+    from rc3.modeling.config import ModelConfig
 
     base = dict(d_model=32, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=64,
                 max_position_embeddings=256, dropout=0.0, patch_dim=48)

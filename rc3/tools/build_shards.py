@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from rc3.data.builders.common import BuildStats
-from rc3.data.builders.ds import build_ds
 from rc3.data.builders.dt import CaptionPairsSource, DtSource, LineAlignedSource, WikiMatrixSource, build_dt
 from rc3.data.builders.dw import DW_LANGS, TEXT_SOURCES, build_dw, format_pair_table
 from rc3.tokenization import display_order
@@ -107,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats: BuildStats
         if args.corpus == "ds":
+            from rc3.data.builders.ds import build_ds  # ROI features: numpy/torch, not needed by `--help`
+
             stats = build_ds(_lang_paths(args.captions, "--captions"), args.features, args.out,
                              images_dir=args.images_dir, min_langs=args.min_langs, workers=args.workers, **common)
         elif args.corpus == "dw":

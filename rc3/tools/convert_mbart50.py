@@ -17,13 +17,12 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from rc3.config import ModelConfig
-from rc3.modeling import RC3Model
+from rc3.modeling.config import ModelConfig
 from rc3.tokenization import ID_MAP_FILE, SPM_FILE, IdMap, RC3Tokenizer
 from rc3.vocab import CorpusFile, always_kept_ids, count_pieces, coverage_of, iter_lines, parse_corpus_spec, select_vocabulary, slice_vocab_tensors
 
@@ -33,8 +32,13 @@ TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_star
                    "forced_bos_token_id", "forced_eos_token_id")
 
 
+if TYPE_CHECKING:  # torch and the model are imported where used, so that `--help` answers at once
+    import torch
+
+
 def load_mbart_state(directory: Path) -> dict[str, torch.Tensor]:
     """The weights of an HF model directory: model.safetensors (single or sharded) or pytorch_model.bin."""
+    import torch
     from safetensors.torch import load_file
 
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
@@ -55,6 +59,7 @@ def load_mbart_state(directory: Path) -> dict[str, torch.Tensor]:
 
 def reduced_mbart(config, state: dict[str, torch.Tensor]):
     """An MBartForConditionalGeneration holding `state` (already sliced), tied, in fp32, without a random init."""
+    import torch
     from transformers import MBartForConditionalGeneration
 
     with torch.device("meta"):  # the weights come from `state`: skip allocating and initialising 600M parameters
@@ -144,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     corpora = check_inputs(args)
     from transformers import MBartConfig
+
+    from rc3.modeling import RC3Model
 
     tokenizer = RC3Tokenizer.from_dir(args.mbart)
     config = MBartConfig.from_json_file(str(args.mbart / "config.json"))

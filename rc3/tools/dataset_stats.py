@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from braceexpand import braceexpand
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from rc3.data.corpora import detect
 from rc3.data.schemas import SampleError
 from rc3.tokenization import display_order
 
@@ -36,12 +34,16 @@ def expand(patterns: list[str]) -> list[Path]:
 
 
 def _samples(path: Path) -> Any:
+    from webdataset.tariterators import group_by_keys, tar_file_iterator  # imports torch: not for `--help`
+
     with open(path, "rb") as fh:
         files = ({**f, "__url__": str(path)} for f in tar_file_iterator(fh))
         yield from group_by_keys(files)
 
 
 def collect(shards: list[Path], verify_images: bool = True) -> dict[str, Any]:
+    from rc3.data.corpora import detect  # the corpora decode images with torch: not for `--help`
+
     samples: Counter[str] = Counter()
     langs: Counter[str] = Counter()
     pairs: Counter[tuple[str, str]] = Counter()

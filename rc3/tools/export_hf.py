@@ -24,12 +24,16 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
+from rc3 import atomic
+from rc3.modeling.files import RC3_CONFIG_FILE, WEIGHTS_FILE
 from rc3.tokenization import ID_MAP_FILE
+
+if TYPE_CHECKING:  # torch and the model are imported by `export`, so that `--help` answers at once
+    import torch
+
+    from rc3.modeling import RC3Model
 
 VISUAL_FILE = "rc3_visual.safetensors"
 BIAS_KEY = "final_logits_bias"
@@ -65,6 +69,8 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """Write OUT_DIR from the RC3 model directory RC3_DIR (temp dir renamed into place)."""
     from safetensors.torch import save_file
 
+    from rc3.modeling import RC3Model
+
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     if not (rc3_dir / RC3_CONFIG_FILE).is_file():
@@ -81,7 +87,7 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
                 shutil.copy2(f, tmp / f.name)
         meta = {"rc3_config": (rc3_dir / RC3_CONFIG_FILE).read_text(), "format": "pt"}
         save_file(visual_state(model), str(tmp / VISUAL_FILE), metadata=meta)
-        replace_dir(tmp, out_dir)
+        atomic.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -8,7 +8,7 @@
 One H5 group per image (key: file name, its stem with --key-style stem, or the sample key of a
 tar / parquet shard) holding `features` [36,2048] float32, `boxes` [36,4] (x1,y1,x2,y2 in the
 image's pixels), `obj_id`, `obj_conf`, `attr_id`, `attr_conf`, `img_w`, `img_h`: what IGLUE ships
-and what `rc3.data.features.open_feature_store` and `build_shards.py ds --features` read.
+and what `rc3.data.features_open.open_feature_store` and `build_shards.py ds --features` read.
 
 Detectors:
   butd (default)    the bottom-up-attention Faster R-CNN R101-C4 with attributes that made IGLUE's

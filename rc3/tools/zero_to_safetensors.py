@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from rc3.modeling.files import RC3_CONFIG_FILE
 
-from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE
-from rc3.pretrain.checkpoints import CheckpointManager
-from rc3.safe_load import UnsafeCheckpointError, weights_only_loading
+if TYPE_CHECKING:  # torch, DeepSpeed and the model are imported where used, so that `--help` answers at once
+    import torch
+
+    from rc3.modeling import RC3Model
 
 
 class CheckpointError(ValueError):
@@ -37,6 +38,8 @@ def warn(message: str) -> None:
 def resolve_tag(run_dir: Path, tag: str | None) -> Path:
     """The checkpoint directory to read: RUN_DIR/checkpoints/<tag>, checked to look complete and, when its
     COMPLETE holds a manifest, to match it."""
+    from rc3.pretrain.checkpoints import CheckpointManager
+
     ckpt_root = run_dir / "checkpoints"
     if not ckpt_root.is_dir():
         raise CheckpointError(f"{run_dir}: no checkpoints/ directory; is this a pretraining run directory?")
@@ -78,6 +81,8 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     """DeepSpeed's fp32 consolidation of a ZeRO 1/2/3 checkpoint, errors naming the checkpoint."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from rc3.safe_load import UnsafeCheckpointError, weights_only_loading
+
     try:
         with weights_only_loading():
             return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
@@ -116,6 +121,8 @@ def convert(run_dir: Path, out_dir: Path, tag: str | None = None, overwrite: boo
     if not (card / RC3_CONFIG_FILE).is_file():
         raise CheckpointError(f"{card}/{RC3_CONFIG_FILE} is missing: the run directory needs its model card "
                               "(written by the training engine at start-up)")
+    from rc3.modeling import RC3Model
+
     tag_dir = resolve_tag(run_dir, tag)
     model = RC3Model.from_pretrained(card, load_weights=False)
     load_into(model, consolidated_state_dict(tag_dir), tag_dir)

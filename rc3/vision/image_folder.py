@@ -17,19 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
-from urllib.parse import quote
 
 import h5py
 import numpy as np
 
-from rc3.vision.image_sources import Unit
+from rc3.vision.image_sources import Unit, path_key
 
 KEY_STYLE = "path"
-
-
-def path_key(path: str | Path) -> str:
-    """The store key of an image file: its absolute path, percent-quoted."""
-    return quote(str(Path(path).resolve()), safe="")
 
 
 @dataclass

@@ -24,6 +24,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
@@ -108,12 +109,16 @@ def discover_units(inputs: list[str], key_style: str = "name") -> list[Unit]:
     return ordered
 
 
+def path_key(path: str | Path) -> str:
+    """The store key of an image file in the "path" key style (`rc3 index --image-dir`, where two photos
+    with one name in different folders must stay apart): its absolute path, percent-quoted."""
+    return quote(str(Path(path).resolve()), safe="")
+
+
 def file_key(path: str, key_style: str) -> str:
     """The image key of a plain file: its name, its stem, or ("path") its absolute path percent-quoted."""
     p = Path(path)
     if key_style == "path":
-        from rc3.vision.image_folder import path_key
-
         return path_key(p)
     return p.name if key_style == "name" else p.stem
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from rc3 import atomic
 from rc3.data.volta_lmdb import write_volta_lmdb
-from rc3.pretrain.fault_injection import maybe_kill_after_images
+from rc3.fault_injection import maybe_kill_after_images
 from rc3.vision.image_sources import Unit, decode_image, iter_unit
 from rc3.vision.roi_extractor import RegionFeatures, write_regions
 

@@ -25,7 +25,7 @@ import numpy as np
 from rc3.data.builders.common import BuildStats, CaptionJoin, caption_format, require_input, safe_key, start_progress, to_jpeg_bytes
 from rc3.data.builders.float16 import all_finite_float16, rois_float16
 from rc3.data.builders.parallel import ordered_map
-from rc3.data.features import open_feature_store
+from rc3.data.features_open import open_feature_store
 from rc3.data.schemas import BOX_DIM, FEATURE_DIM, NUM_ROIS, encode_ds
 from rc3.data.shard_writer import ShardWriter, encode_tar_sample
 

@@ -42,8 +42,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from webdataset.tariterators import base_plus_ext
-
 from rc3.data.builders.common import BuildStats, clean_text, open_text, require_file, require_input, start_progress, to_jpeg_bytes
 from rc3.data.builders.parallel import ordered_map
 from rc3.data.schemas import encode_dw
@@ -155,6 +153,8 @@ class _TarImages:
 
 def _index_tar(tar_path: Path) -> list[tuple[str, str, int, int]]:
     """(url, tar, offset, size) of every image of one img2dataset tar that has a url in its json."""
+    from webdataset.tariterators import base_plus_ext  # webdataset imports torch: not at import of the builders
+
     urls: dict[str, str] = {}
     spans: dict[str, tuple[int, int]] = {}
     with tarfile.open(tar_path, "r:") as tf:

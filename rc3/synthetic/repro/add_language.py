@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from rc3.synthetic.grammar import Asker, Claimer, language
+from rc3.synthetic.grammar import Asker, Claimer
+from rc3.synthetic.languages import language
 from rc3.synthetic.world import COLOURS, POSITIONS, sample_scene, shuffled, stream
 
 
