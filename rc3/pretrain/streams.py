@@ -35,7 +35,7 @@ from rc3.data.pipeline import Source, count_samples, make_pipeline, start_forkse
 from rc3.data.shard_source import ShardOpener, expand_shards, parse_commands
 from rc3.pretrain.checkpoints import CheckpointError
 from rc3.pretrain.config import RC3Config
-from rc3.pretrain.registry import OBJECTIVES, STREAMS, Stream, objective_corpus
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, Stream, load_builtin, objective_corpus
 from rc3.tokenization import RC3Tokenizer
 
 
@@ -62,6 +62,7 @@ class MultiTaskLoader:
     def __init__(self, loaders: Mapping[str, Any]) -> None:
         if not loaders:
             raise ValueError("MultiTaskLoader needs at least one task")
+        load_builtin()  # the objectives' names, whether or not rc3.pretrain.objectives was imported yet
         unknown = sorted(set(loaders) - set(OBJECTIVES.names()))
         if unknown:
             raise ValueError(f"unknown objective(s) {unknown}; registered: {OBJECTIVES.names()}")
