@@ -210,7 +210,7 @@ def test_trainable_switch_trains_what_it_names(base: dict[str, Path], trainable:
     src = base["reduced"]
     before = sha(src)
     pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
-    opts = AddLanguageOptions(lang="ru", trainable=trainable, extend_vocab=True, new_vocab_size=60, steps=40,
+    opts = AddLanguageOptions(lang="ru", trainable=trainable, extend_vocab=True, new_vocab_size=60, steps=40, warmup_steps=2,
                               batch_size=16, lr=3e-3, save_every=0)
     out = add_language(src, pairs, tmp_path / "out", opts, progress=False, log=lambda s: None)
     assert sha(src) == before  # the input model directory is untouched
@@ -302,7 +302,7 @@ def test_new_rows_only_keeps_every_other_language_bit_identical(base: dict[str, 
     src = base["full"]
     pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
     opts = AddLanguageOptions(lang="ru", trainable="embeddings", embedding_rows="new", extend_vocab=True,
-                              new_vocab_size=60, steps=40, batch_size=16, lr=3e-3, save_every=0)
+                              new_vocab_size=60, steps=40, warmup_steps=2, batch_size=16, lr=3e-3, save_every=0)
     out = add_language(src, pairs, tmp_path / "out", opts, progress=False, log=lambda s: None)
     assert tr_gap(out, src) < 0.5 * tr_gap(src, src)
     old, new = RC3Model.from_pretrained(src).eval(), RC3Model.from_pretrained(out).eval()
@@ -331,7 +331,7 @@ def test_kept_languages_stay_where_they_were(base: dict[str, Path], tmp_path: Pa
 
     src = base["full"]
     pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
-    opts = AddLanguageOptions(lang="ru", trainable="embeddings", steps=40, batch_size=16, lr=3e-3, save_every=0)
+    opts = AddLanguageOptions(lang="ru", trainable="embeddings", steps=40, warmup_steps=2, batch_size=16, lr=3e-3, save_every=0)
     keep_files = []
     for lang in ("de", "fr"):
         path = tmp_path / f"{lang}.txt"
@@ -373,7 +373,7 @@ def test_new_rows_with_keep_hold_the_kept_languages_exactly(base: dict[str, Path
     shared = (pieces(ES_TEXTS) & (pieces(TEXTS["de"]) | pieces(TEXTS["fr"]))) - pieces(TEXTS["en"])
     assert shared, "the test needs Spanish pieces shared with German/French but not English"
     pairs = list(zip(TEXTS["en"], ES_TEXTS))
-    opts = AddLanguageOptions(lang="es", trainable="embeddings", embedding_rows="new", steps=40, batch_size=16,
+    opts = AddLanguageOptions(lang="es", trainable="embeddings", embedding_rows="new", steps=40, warmup_steps=2, batch_size=16,
                               lr=3e-3, save_every=0)
     keep_files = []
     for lang in ("de", "fr"):

@@ -260,3 +260,76 @@ def test_two_process_classification_killed_and_resumed_equals_uninterrupted(worl
     assert read_results(cut) == read_results(whole)
     a, b = load_file(str(whole / "model" / "model.safetensors")), load_file(str(cut / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Stopped(Exception):
+    """Raised in place of the SIGKILL of RC3_KILL_AT, so that the run stops in this process."""
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    from rc3.finetune import trainer
+
+    def kill(step: int, rank: int) -> None:
+        if step == at:
+            raise Stopped(step)
+
+    monkeypatch.setattr(trainer.fault_injection, "maybe_kill", kill)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+@pytest.mark.slow(seconds=40)
+def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Path, tiny_model_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Through the shared checkpoint directory (rc3.checkpoints.store): a run stopped as step 5 begins has
+    checkpoints 3 (epoch end) and 4, each sealed by COMPLETE with its manifest. (1) Step 4's weights changed
+    after the save: the resume warns naming the file, resumes from step 3 and ends with the uninterrupted
+    run's weights. (2) The same checkpoints in the layout an older version wrote (no COMPLETE, the old
+    trainer_state.json fields) resume from step 4 with the same result."""
+    whole = tmp_path / "whole"
+    run_recipe("itr", world, tiny_model_dir, whole, *ITR_RUN)
+    reference = final_weights(whole)
+
+    def stopped_run(out: Path) -> Path:
+        with monkeypatch.context() as m:
+            stop_at(m, 5)
+            with pytest.raises(Stopped):
+                run_recipe("itr", world, tiny_model_dir, out, *ITR_RUN)
+        ckpt = out / "checkpoints"
+        assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000003", "step_00000004"]
+        for tag in ("step_00000003", "step_00000004"):
+            manifest = json.loads((ckpt / tag / "COMPLETE").read_text())["files"]
+            assert {"model.safetensors", "optimizer.bin", "trainer_state.json"} <= set(manifest)
+        return ckpt
+
+    damaged = tmp_path / "damaged"
+    ckpt = stopped_run(damaged)
+    weights = ckpt / "step_00000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # same size, other contents
+    weights.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="rc3.checkpoint"):
+        run_recipe("itr", world, tiny_model_dir, damaged, *ITR_RUN, "--resume")
+    assert any(f"checkpoint {ckpt / 'step_00000004'} is damaged: model.safetensors has other contents" in r.message
+               and "falling back to step_00000003" in r.message for r in caplog.records), caplog.text
+    got = final_weights(damaged)
+    assert set(got) == set(reference) and all(torch.equal(got[k], reference[k]) for k in reference)
+
+    older = tmp_path / "older"
+    ckpt = stopped_run(older)
+    for tag_dir in ckpt.glob("step_*"):  # what the previous version wrote: no COMPLETE, its own window fields
+        (tag_dir / "COMPLETE").unlink()
+        state = json.loads((tag_dir / "trainer_state.json").read_text())
+        window = state.pop("window")
+        state.update(running=window["sums"], window=window["steps"], samples=window["samples"], wait=window["wait"])
+        (tag_dir / "trainer_state.json").write_text(json.dumps(state))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rc3.checkpoint"):
+        run_recipe("itr", world, tiny_model_dir, older, *ITR_RUN, "--resume")
+    assert any(f"checkpoint {ckpt / 'step_00000004'} has no file manifest" in r.message for r in caplog.records), caplog.text
+    got = final_weights(older)
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    assert read_results(older) == read_results(whole)
