@@ -45,8 +45,8 @@ from rc3.finetune.cli import build_parser
 from rc3.finetune.config import FREEZABLE, FinetuneConfig, load_finetune_config, save_finetune_config
 from rc3.finetune.heads import TaskModel, load_head, save_task_model
 from rc3.finetune.metrics import write_results
-from rc3.modeling import RC3Model
 from rc3.metrics_window import MetricsWindow, StepDone
+from rc3.modeling import RC3Model
 from rc3.modeling.model import run_directory_hint
 from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.pretrain import fault_injection

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -175,9 +174,7 @@ class RC3Model(nn.Module):
         out = Path(directory)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-        try:
+        with atomic.produced_dir(out) as tmp:
             self.save_config(tmp)
             if weights:
                 save_model(self, str(tmp / WEIGHTS_FILE))
@@ -188,9 +185,6 @@ class RC3Model(nn.Module):
             from rc3.modeling.hf import write_hf_files  # config.json and transformers' tokenizer files (rc3.modeling.hf)
 
             write_hf_files(tmp)
-            replace_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -331,11 +325,6 @@ class RC3Model(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory `tmp` to `out`, replacing an existing `out` only once `tmp` is complete."""
-    atomic.replace(tmp, out)
 
 
 def _tied_aliases(model: RC3Model) -> set[str]:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from rc3 import atomic
 from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir
+from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE
 from rc3.tokenization import ID_MAP_FILE
 
 VISUAL_FILE = "rc3_visual.safetensors"
@@ -71,9 +71,7 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
         raise FileNotFoundError(f"{rc3_dir}: no {RC3_CONFIG_FILE}; give an RC3 model directory "
                                 "(from convert_mbart50.py, zero_to_safetensors.py or save_pretrained)")
     model = RC3Model.from_pretrained(rc3_dir).eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
-    try:
+    with atomic.produced_dir(out_dir) as tmp:
         model.mbart.config.architectures = ["MBartForConditionalGeneration"]
         model.mbart.save_pretrained(str(tmp), state_dict=text_state(model))
         for f in sorted(rc3_dir.iterdir()):
@@ -81,9 +79,6 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
                 shutil.copy2(f, tmp / f.name)
         meta = {"rc3_config": (rc3_dir / RC3_CONFIG_FILE).read_text(), "format": "pt"}
         save_file(visual_state(model), str(tmp / VISUAL_FILE), metadata=meta)
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
