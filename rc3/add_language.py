@@ -363,10 +363,13 @@ RNG_STATE = "rng.safetensors"
 def _single_group_optimizer_state(old: dict[str, Any], params: Sequence[nn.Parameter],
                                   optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """An optimizer state saved with all of `params` in one group (older versions), for `optimizer` whose
-    groups are rc3.optim.param_groups of the same parameters: each parameter's state moves to its new index,
-    the hyperparameters stay those of the new groups."""
+    groups are rc3.optim.param_groups of the same parameters: each parameter's state moves to its new index;
+    every group takes the saved group's hyperparameters (the lr of the step reached) but its own weight decay."""
     index = {id(p): j for j, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
     new = optimizer.state_dict()
+    (saved,) = old["param_groups"]
+    hyper = {k: v for k, v in saved.items() if k not in ("params", "weight_decay")}
+    new["param_groups"] = [{**g, **hyper} for g in new["param_groups"]]
     new["state"] = {index[id(params[int(i)])]: s for i, s in old["state"].items()}
     return new
 
