@@ -251,8 +251,9 @@ def test_two_process_classification_killed_and_resumed_equals_uninterrupted(worl
     proc = launch(cut, kill="5:1", port=29743)
     assert proc.returncode != 0
     assert (cut / "checkpoints" / "latest").read_text().strip() == "step_00000004"
-    assert {p.name for p in (cut / "checkpoints" / "step_00000004").iterdir()} >= {
-        "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"}
+    assert {p.name for p in (cut / "checkpoints" / "step_00000004").iterdir()} == {  # no pickle
+        "model.safetensors", "optimizer.safetensors", "rng_rank00000.safetensors", "rng_rank00001.safetensors",
+        "trainer_state.json", "COMPLETE"}
     proc = launch(cut, "--resume", port=29745)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = losses_by_step(cut)
@@ -280,15 +281,43 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "model" / "model.safetensors"))
 
 
+def older_version_layout(tag_dir: Path) -> None:
+    """Rewrite a checkpoint as the previous version wrote it through Accelerate's save_state: torch files
+    optimizer.bin and random_states_0.pkl (Accelerate's keys), no COMPLETE, its own metrics-window fields."""
+    import numpy as np
+    from safetensors import safe_open
+
+    state = json.loads((tag_dir / "trainer_state.json").read_text())
+    window = state.pop("window")
+    state.update(running=window["sums"], window=window["steps"], samples=window["samples"], wait=window["wait"])
+    step = state.pop("accumulation_step")
+    (tag_dir / "trainer_state.json").write_text(json.dumps(state))
+    from rc3.checkpoints import tensor_state
+
+    torch.save(tensor_state.load(tag_dir / "optimizer.safetensors"), tag_dir / "optimizer.bin")
+    rng_path = tag_dir / "rng_rank00000.safetensors"
+    with safe_open(str(rng_path), framework="pt") as f:
+        meta = f.metadata()
+    rng = load_file(str(rng_path))
+    version, gauss = json.loads(meta["python"])
+    np_name, np_pos, np_has_gauss, np_gauss = json.loads(meta["numpy"])
+    torch.save({"step": step, "random_state": (version, tuple(int(x) for x in rng["python"].tolist()), gauss),
+                "numpy_random_seed": (np_name, rng["numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss),
+                "torch_manual_seed": rng["torch_cpu"]}, tag_dir / "random_states_0.pkl")
+    for name in ("COMPLETE", "optimizer.safetensors", "rng_rank00000.safetensors"):
+        (tag_dir / name).unlink()
+
+
 @pytest.mark.slow(seconds=40)
 def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Path, tiny_model_dir: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """Through the shared checkpoint directory (rc3.checkpoints.store): a run stopped as step 5 begins has
-    checkpoints 3 (epoch end) and 4, each sealed by COMPLETE with its manifest. (1) Step 4's weights changed
-    after the save: the resume warns naming the file, resumes from step 3 and ends with the uninterrupted
-    run's weights. (2) The same checkpoints in the layout an older version wrote (no COMPLETE, the old
-    trainer_state.json fields) resume from step 4 with the same result."""
+    checkpoints 3 (epoch end) and 4, each sealed by COMPLETE with its manifest, no pickle in them. (1) Step
+    4's weights changed after the save: the resume warns naming the file, resumes from step 3 and ends with
+    the uninterrupted run's weights. (2) The same checkpoints in the layout an older version wrote
+    (Accelerate's torch files, no COMPLETE, the old trainer_state.json fields) resume from step 4, read
+    weights-only, with the same result."""
     whole = tmp_path / "whole"
     run_recipe("itr", world, tiny_model_dir, whole, *ITR_RUN)
     reference = final_weights(whole)
@@ -302,7 +331,8 @@ def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Pa
         assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000003", "step_00000004"]
         for tag in ("step_00000003", "step_00000004"):
             manifest = json.loads((ckpt / tag / "COMPLETE").read_text())["files"]
-            assert {"model.safetensors", "optimizer.bin", "trainer_state.json"} <= set(manifest)
+            assert set(manifest) == {"model.safetensors", "optimizer.safetensors", "rng_rank00000.safetensors",
+                                     "trainer_state.json"}  # no pickle
         return ckpt
 
     damaged = tmp_path / "damaged"
@@ -320,12 +350,8 @@ def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Pa
 
     older = tmp_path / "older"
     ckpt = stopped_run(older)
-    for tag_dir in ckpt.glob("step_*"):  # what the previous version wrote: no COMPLETE, its own window fields
-        (tag_dir / "COMPLETE").unlink()
-        state = json.loads((tag_dir / "trainer_state.json").read_text())
-        window = state.pop("window")
-        state.update(running=window["sums"], window=window["steps"], samples=window["samples"], wait=window["wait"])
-        (tag_dir / "trainer_state.json").write_text(json.dumps(state))
+    for tag_dir in ckpt.glob("step_*"):
+        older_version_layout(tag_dir)
     caplog.clear()
     with caplog.at_level("WARNING", logger="rc3.checkpoint"):
         run_recipe("itr", world, tiny_model_dir, older, *ITR_RUN, "--resume")

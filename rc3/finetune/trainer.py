@@ -11,15 +11,16 @@ size below it that does (`split_batch`): the shipped configs run unchanged on 1,
 
 `FinetuneRun` owns one run: it loads the model and tokenizer, seeds everything, writes the resolved
 config, `metrics.jsonl` (one line per log step and per dev evaluation) and TensorBoard events in
-`tb/`, checkpoints (`checkpoints/step_XXXXXXXX`: Accelerate's `save_state` - model, optimizer, every
-process's RNG states - plus `trainer_state.json` with the step, the data position, the schedule, the
-open metrics window and the dev history; every `train.save_every` steps and at each epoch's end, in the
-checkpoint directory every loop shares: rc3.checkpoints.store, staged and renamed into place with its
-COMPLETE manifest, published through `checkpoints/latest`), and `--resume` continues from the newest
-intact checkpoint exactly where the run stopped (the epoch's shuffle comes from a seeded sampler, the
-batches already seen are skipped; a checkpoint whose files differ from its manifest is passed over with
-a warning naming the file; Accelerate's torch files are read weights-only, rc3.safe_load). The log
-records come from the metrics window (rc3.metrics_window) every loop shares. After
+`tb/`, checkpoints (`checkpoints/step_XXXXXXXX`: the model and the optimizer state as safetensors
+(rc3.checkpoints.tensor_state), every process's RNG states (rc3.rng), and `trainer_state.json` with
+the step, the data position, the schedule, the open metrics window and the dev history; nothing is
+pickled. Every `train.save_every` steps and at each epoch's end, in the checkpoint directory every loop
+shares: rc3.checkpoints.store, staged and renamed into place with its COMPLETE manifest, published
+through `checkpoints/latest`), and `--resume` continues from the newest intact checkpoint exactly where
+the run stopped (the epoch's shuffle comes from a seeded sampler, the batches already seen are skipped;
+a checkpoint whose files differ from its manifest is passed over with a warning naming the file; one
+written by an older version through Accelerate's `save_state` is read weights-only, rc3.safe_load).
+The log records come from the metrics window (rc3.metrics_window) every loop shares. After
 each epoch the dev score is computed; the weights of the best epoch are kept in `checkpoints/best/`
 and loaded back before the test evaluation (`eval.select=last` tests the last epoch instead).
 Results (rc3.finetune.metrics.write_results) and the finetuned model leave no half-written file behind.
@@ -38,8 +39,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rc3 import atomic, heap, run_log, safe_load
-from rc3.checkpoints import CheckpointError, CheckpointStore, tag_for
+from rc3 import atomic, heap, rng, run_log, safe_load
+from rc3.checkpoints import CheckpointError, CheckpointStore, tag_for, tensor_state
 from rc3.config import ConfigError
 from rc3.finetune.cli import build_parser
 from rc3.finetune.config import FREEZABLE, FinetuneConfig, load_finetune_config, save_finetune_config
@@ -218,7 +219,7 @@ class FinetuneRun:
         window = MetricsWindow(world=1)
         state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "dev": [], "best": None}
         if self.resume:
-            state = self.load_checkpoint(scheduler)
+            state = self.load_checkpoint(model, optimizer, scheduler)
             window.load_state_dict(state.pop("window"))
         self.print(f"[{cfg.task}] {len(dataset)} training examples, {steps_per_epoch} steps/epoch, {total} steps "
                    f"({cfg.optim.warmup_steps} of warmup)"
@@ -324,24 +325,42 @@ class FinetuneRun:
     def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> Path:
         """checkpoints/step_XXXXXXXX from every process: staged, sealed with its COMPLETE manifest, renamed
         into place and published through `latest` (rc3.checkpoints.store)."""
+        from safetensors.torch import save_model
+
+        acc = self.accelerator
         tag = tag_for(state["step"])
         tmp = self.store.begin(tag, staged=True)
-        self.accelerator.save_state(str(tmp))  # model (safetensors), optimizer, each process's RNG states
-        self.accelerator.wait_for_everyone()
+        rng.save(tmp / rng_file(acc.process_index))
         if self.is_main:
-            atomic.write_json(tmp / TRAINER_STATE, {**state, "scheduler": scheduler.state_dict()}, indent=1)
+            save_model(acc.unwrap_model(model), str(tmp / MODEL_STATE))  # tied weights stored once
+            tensor_state.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
+            # acc.step counts micro-batches: it places the accumulation boundaries of the epochs to come
+            atomic.write_json(tmp / TRAINER_STATE, {**state, "scheduler": scheduler.state_dict(),
+                                                    "accumulation_step": acc.step}, indent=1)
         return self.store.publish(tag, {"step": state["step"]}, staged=True)
 
-    def load_checkpoint(self, scheduler: Any) -> dict[str, Any]:
+    def load_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         """Restore the checkpoint chosen at start-up into the prepared objects; returns the trainer state
-        saved with it (a checkpoint written before the metrics window was saved starts an empty window)."""
+        saved with it."""
+        from safetensors.torch import load_model
+
         assert self.resume_from is not None
+        acc = self.accelerator
         path = self.ckpt_dir / self.resume_from
-        # Accelerate unpickles custom states with weights_only=False and skips unreadable RNG states
-        # silently: load weights-only (rc3.safe_load), a tampered file stops the resume naming it
-        with safe_load.weights_only_loading():
-            self.accelerator.load_state(str(path))
         state = json.loads((path / TRAINER_STATE).read_text())
+        if (path / OPTIMIZER_STATE).is_file():
+            unwrapped = acc.unwrap_model(model)
+            load_model(unwrapped, str(path / MODEL_STATE), device=str(acc.device))
+            unwrapped.rc3.mbart.tie_weights()
+            optimizer.load_state_dict(tensor_state.load(path / OPTIMIZER_STATE))
+            rng.load(path / rng_file(acc.process_index))
+            acc.step = state.pop("accumulation_step")
+        else:
+            # written by an older version through Accelerate's save_state, which unpickles its files with
+            # weights_only=False and skips unreadable RNG states silently: read them weights-only
+            # (rc3.safe_load), a tampered file stops the resume naming it
+            with safe_load.weights_only_loading():
+                acc.load_state(str(path))
         scheduler.load_state_dict(state.pop("scheduler"))
         if "running" in state:  # written by an older version: its own running sums become the open window
             state["window"] = {"sums": state.pop("running"), "steps": state["window"], "samples": state.pop("samples"),
@@ -386,6 +405,13 @@ class FinetuneRun:
 
 METRICS_FILE = run_log.METRICS_FILE
 TRAINER_STATE = "trainer_state.json"
+MODEL_STATE = "model.safetensors"
+OPTIMIZER_STATE = "optimizer.safetensors"  # rc3.checkpoints.tensor_state
+
+
+def rng_file(process: int) -> str:
+    """Each process's RNG states in a finetuning checkpoint (rc3.rng)."""
+    return f"rng_rank{process:05d}.safetensors"
 
 
 def split_batch(global_batch: int, micro_batch: int, world: int) -> tuple[int, int]:
