@@ -409,11 +409,20 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
     save (a warning names the file), and from the state.pt an older version wrote (one optimizer group), it
     ends with the uninterrupted run's weights. A state.pt carrying a pickled payload is refused naming the
     file, and the payload never runs."""
-    import rc3.add_language as al
+    import dataclasses
 
+    import rc3.add_language as al
+    from rc3.synthetic.tiny import tiny_model_config
+
+    # dropout on: each step draws from the RNG, so a resume must restore its state too
+    tok = RC3Tokenizer.from_dir(base["full"])
+    torch.manual_seed(0)
+    model = RC3Model.from_config(dataclasses.replace(tiny_model_config(), dropout=0.1), tok.vocab_size, tok.pad_id,
+                                 tok.bos_id, tok.eos_id)
+    src = model.save_pretrained(tmp_path / "model-dropout", tokenizer_dir=base["full"])
     pairs = list(zip(TEXTS["en"][:8], TEXTS["ru"][:8]))
     opts = AddLanguageOptions(lang="ru", trainable="encoder", steps=4, warmup_steps=1, batch_size=4, save_every=1)
-    whole = weights(add_language(base["full"], pairs, tmp_path / "whole", opts, progress=False, log=lambda s: None))
+    whole = weights(add_language(src, pairs, tmp_path / "whole", opts, progress=False, log=lambda s: None))
 
     def stopped(work: Path) -> Path:
         def kill(step: int, rank: int) -> None:
@@ -423,7 +432,7 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
         with monkeypatch.context() as m:
             m.setattr(al.fault_injection, "maybe_kill", kill)
             with pytest.raises(Stopped):
-                add_language(base["full"], pairs, tmp_path / "out", opts, work_dir=work, progress=False,
+                add_language(src, pairs, tmp_path / "out", opts, work_dir=work, progress=False,
                              log=lambda s: None)
         ckpt = work / "checkpoints"
         assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000002", "step_00000003"]
@@ -434,7 +443,7 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
 
     def resumed(work: Path, out: str) -> tuple[dict[str, torch.Tensor], list[str]]:
         logs: list[str] = []
-        done = add_language(base["full"], pairs, tmp_path / out, opts, work_dir=work, resume=True, progress=False,
+        done = add_language(src, pairs, tmp_path / out, opts, work_dir=work, resume=True, progress=False,
                             log=logs.append)
         return weights(done), logs
 
@@ -492,6 +501,6 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
     tamper(legacy, marker)
     with pytest.raises(ValueError, match=rf"^{legacy}: refuses to unpickle posix\.system \(not a tensor/allowed "
                                          r"type\); this file may have been tampered with — use an intact checkpoint$"):
-        add_language(base["full"], pairs, tmp_path / "r4", opts, work_dir=work, resume=True, progress=False,
+        add_language(src, pairs, tmp_path / "r4", opts, work_dir=work, resume=True, progress=False,
                      log=lambda s: None)
     assert not marker.exists()
