@@ -318,15 +318,16 @@ def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Pa
     the uninterrupted run's weights. (2) The same checkpoints in the layout an older version wrote
     (Accelerate's torch files, no COMPLETE, the old trainer_state.json fields) resume from step 4, read
     weights-only, with the same result."""
+    run = [*ITR_RUN, "eval.select=last"]  # the saved model is the last step's, not an earlier best epoch's
     whole = tmp_path / "whole"
-    run_recipe("itr", world, tiny_model_dir, whole, *ITR_RUN)
-    reference = final_weights(whole)
+    run_recipe("itr", world, tiny_model_dir, whole, *run)
+    reference, log = final_weights(whole), losses_by_step(whole)
 
     def stopped_run(out: Path) -> Path:
         with monkeypatch.context() as m:
             stop_at(m, 5)
             with pytest.raises(Stopped):
-                run_recipe("itr", world, tiny_model_dir, out, *ITR_RUN)
+                run_recipe("itr", world, tiny_model_dir, out, *run)
         ckpt = out / "checkpoints"
         assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000003", "step_00000004"]
         for tag in ("step_00000003", "step_00000004"):
@@ -342,11 +343,12 @@ def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Pa
     data[-1] ^= 0x01  # same size, other contents
     weights.write_bytes(bytes(data))
     with caplog.at_level("WARNING", logger="rc3.checkpoint"):
-        run_recipe("itr", world, tiny_model_dir, damaged, *ITR_RUN, "--resume")
+        run_recipe("itr", world, tiny_model_dir, damaged, *run, "--resume")
     assert any(f"checkpoint {ckpt / 'step_00000004'} is damaged: model.safetensors has other contents" in r.message
                and "falling back to step_00000003" in r.message for r in caplog.records), caplog.text
     got = final_weights(damaged)
     assert set(got) == set(reference) and all(torch.equal(got[k], reference[k]) for k in reference)
+    assert losses_by_step(damaged) == log  # steps 4-6 logged again after the resume, as uninterrupted
 
     older = tmp_path / "older"
     ckpt = stopped_run(older)
@@ -354,8 +356,9 @@ def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Pa
         older_version_layout(tag_dir)
     caplog.clear()
     with caplog.at_level("WARNING", logger="rc3.checkpoint"):
-        run_recipe("itr", world, tiny_model_dir, older, *ITR_RUN, "--resume")
+        run_recipe("itr", world, tiny_model_dir, older, *run, "--resume")
     assert any(f"checkpoint {ckpt / 'step_00000004'} has no file manifest" in r.message for r in caplog.records), caplog.text
     got = final_weights(older)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
+    assert losses_by_step(older) == log
     assert read_results(older) == read_results(whole)

@@ -260,7 +260,7 @@ class FinetuneRun:
                 window.add(StepDone(losses, time.time() - t_step, wait, samples=samples))
                 losses, samples, wait = {}, 0, 0.0
                 if step % cfg.train.log_every == 0 or step == total:
-                    self.log(window.flush(step, scheduler.get_last_lr()[0], epoch=epoch,
+                    self.log(window.flush(step, float(scheduler.get_last_lr()[0]), epoch=epoch,
                                           elapsed_s=round(time.time() - t0, 2)))
                 if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
                     state["elapsed"] = time.time() - t0
