@@ -290,7 +290,6 @@ def older_version_layout(tag_dir: Path) -> None:
     state = json.loads((tag_dir / "trainer_state.json").read_text())
     window = state.pop("window")
     state.update(running=window["sums"], window=window["steps"], samples=window["samples"], wait=window["wait"])
-    step = state.pop("accumulation_step")
     (tag_dir / "trainer_state.json").write_text(json.dumps(state))
     from rc3.checkpoints import tensor_state
 
@@ -301,7 +300,8 @@ def older_version_layout(tag_dir: Path) -> None:
     rng = load_file(str(rng_path))
     version, gauss = json.loads(meta["python"])
     np_name, np_pos, np_has_gauss, np_gauss = json.loads(meta["numpy"])
-    torch.save({"step": step, "random_state": (version, tuple(int(x) for x in rng["python"].tolist()), gauss),
+    # "step": Accelerate's micro-batch counter, 0 modulo the accumulation steps at a checkpoint
+    torch.save({"step": 0, "random_state": (version, tuple(int(x) for x in rng["python"].tolist()), gauss),
                 "numpy_random_seed": (np_name, rng["numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss),
                 "torch_manual_seed": rng["torch_cpu"]}, tag_dir / "random_states_0.pkl")
     for name in ("COMPLETE", "optimizer.safetensors", "rng_rank00000.safetensors"):

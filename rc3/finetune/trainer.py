@@ -334,9 +334,9 @@ class FinetuneRun:
         if self.is_main:
             save_model(acc.unwrap_model(model), str(tmp / MODEL_STATE))  # tied weights stored once
             tensor_state.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
-            # acc.step counts micro-batches: it places the accumulation boundaries of the epochs to come
-            atomic.write_json(tmp / TRAINER_STATE, {**state, "scheduler": scheduler.state_dict(),
-                                                    "accumulation_step": acc.step}, indent=1)
+            # Accelerate's micro-batch counter is not saved: a checkpoint is taken at an accumulation boundary,
+            # where it is 0 modulo the accumulation steps (and it restarts at every epoch's end)
+            atomic.write_json(tmp / TRAINER_STATE, {**state, "scheduler": scheduler.state_dict()}, indent=1)
         return self.store.publish(tag, {"step": state["step"]}, staged=True)
 
     def load_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
@@ -354,7 +354,6 @@ class FinetuneRun:
             unwrapped.rc3.mbart.tie_weights()
             optimizer.load_state_dict(tensor_state.load(path / OPTIMIZER_STATE))
             rng.load(path / rng_file(acc.process_index))
-            acc.step = state.pop("accumulation_step")
         else:
             # written by an older version through Accelerate's save_state, which unpickles its files with
             # weights_only=False and skips unreadable RNG states silently: read them weights-only
