@@ -432,7 +432,7 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
     started = {"options": dataclasses.asdict(opts), "pairs": len(pairs), "keep": len(keep)}
     step = 0
     if resume:
-        step, record = _resume(store, work_dir, started, trained, params, optimizer, sched, window)
+        step, record = _resume(store, work_dir, started, trained, params, optimizer, sched, window, total)
         log(f"[add_language] resumed at step {step} of {total}")
 
     def save(step: int) -> None:
@@ -463,13 +463,20 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
 
 def _resume(store: CheckpointStore, work_dir: Path, started: dict[str, Any], trained: dict[str, nn.Parameter],
             params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer, sched: Any,
-            window: MetricsWindow) -> tuple[int, dict[str, Any]]:
+            window: MetricsWindow, total: int) -> tuple[int, dict[str, Any]]:
     """Restore the newest intact checkpoint (or an older version's state.pt) into the run; (step, record)."""
     legacy = work_dir / LEGACY_STATE
     legacy_rng: Optional[Tensor] = None
     if not store.has_any() and legacy.is_file():
         state = safe_load.load(legacy)  # weights-only: a tampered state.pt is refused, naming it, not run
         run, legacy_rng = {**state, "window": {}}, state["rng"]
+        if "warmup_ratio" in run["options"]:  # older versions warmed up over a fraction of the run
+            run["options"] = dict(run["options"])
+            warmup = int(run["options"].pop("warmup_ratio") * total)
+            if warmup != started["options"]["warmup_steps"]:
+                raise ValueError(f"resume: {legacy} warmed up over {warmup} of its {total} steps; resume it with "
+                                 f"--warmup-steps {warmup}")
+            run["options"]["warmup_steps"] = warmup
         tensors = {"params": state["params"], "scheduler": state["scheduler"],
                    "optimizer": _single_group_optimizer_state(state["optimizer"], params, optimizer)}
         source: Path = legacy

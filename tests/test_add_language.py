@@ -482,14 +482,20 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
     group = {k: v for k, v in optim["param_groups"][0].items() if k != "params"}
     legacy_optim = {"state": {names.index(n): optim["state"][j] for j, n in enumerate(grouped)},
                     "param_groups": [{**group, "weight_decay": opts.weight_decay, "params": list(range(len(names)))}]}
+    # it stated warmup as a fraction of the run: 0.25 of 4 steps is the 1 step this run warms up over
+    legacy_options = {**{k: v for k, v in run["options"].items() if k != "warmup_steps"}, "warmup_ratio": 0.25}
     legacy = work / "checkpoint" / "state.pt"
     legacy.parent.mkdir()
     torch.save({"params": tensors["params"], "optimizer": legacy_optim, "scheduler": tensors["scheduler"],
                 "rng": load_file(str(tag / "rng.safetensors"))["torch_cpu"], "step": run["step"], "record": run["record"],
-                "options": run["options"], "pairs": run["pairs"], "keep": run["keep"]}, legacy)
+                "options": legacy_options, "pairs": run["pairs"], "keep": run["keep"]}, legacy)
     import shutil
     shutil.rmtree(ckpt)
     intact = legacy.read_bytes()
+    with pytest.raises(ValueError, match=rf"^resume: {legacy} warmed up over 1 of its 4 steps; resume it with "
+                                         r"--warmup-steps 1$"):
+        add_language(src, pairs, tmp_path / "r3", dataclasses.replace(opts, warmup_steps=2), work_dir=work,
+                     resume=True, progress=False, log=lambda s: None)
     got, logs = resumed(work, "r3")
     assert any("resumed at step 3 of 4" in line for line in logs), logs
     assert same(got)
