@@ -350,7 +350,7 @@ class FinetuneRun:
         state = json.loads((path / TRAINER_STATE).read_text())
         if (path / OPTIMIZER_STATE).is_file():
             unwrapped = acc.unwrap_model(model)
-            load_model(unwrapped, str(path / MODEL_STATE), device=str(acc.device))
+            load_model(unwrapped, str(path / MODEL_STATE))  # read on the CPU, copied onto the parameters' device
             unwrapped.rc3.mbart.tie_weights()
             optimizer.load_state_dict(tensor_state.load(path / OPTIMIZER_STATE))
             rng.load(path / rng_file(acc.process_index))
