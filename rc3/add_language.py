@@ -32,9 +32,15 @@ MSE(S(k), T(k)) for sentences k of the covered languages; ``embedding_rows="new"
 trains only the rows the new language uses that neither the English side nor any kept sentence uses
 (with ``trainable="embeddings"`` the kept languages then keep their TR exactly, not approximately).
 
-Checkpoints (`work_dir/checkpoint/`, every `save_every` steps, atomically replaced) hold the trained
-weights, the optimizer, the step and the RNG state; `resume=True` continues one and ends with the
-same weights as an uninterrupted run (the batch order is a function of (seed, epoch)).
+The loop is the one pretraining and finetuning use: parameter groups and the warmup-then-linear
+schedule of rc3.optim (warmup counted in optimizer steps), the metrics window (rc3.metrics_window) and
+RunLogger (`work_dir/metrics.jsonl`; the same records go into `add_language.json`). Checkpoints
+(`work_dir/checkpoints/step_XXXXXXXX`, every `save_every` steps, in the checkpoint directory every loop
+shares: rc3.checkpoints.store, COMPLETE with its manifest, `latest`) hold the trained weights, the
+optimizer and scheduler (safetensors, rc3.checkpoints.tensor_state), the RNG states (rc3.rng) and the
+step, log and options (JSON); nothing is unpickled. `resume=True` continues the newest intact one (or
+the `checkpoint/state.pt` an older version wrote, read weights-only) and ends with the same weights as
+an uninterrupted run (the batch order is a function of (seed, epoch)).
 """
 from __future__ import annotations
 
@@ -53,9 +59,13 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from rc3 import fault_injection, safe_load
+from rc3 import atomic, fault_injection, rng, safe_load
+from rc3.checkpoints import CheckpointStore, tag_for, tensor_state
 from rc3.data.collate import pad_batch
+from rc3.metrics_window import MetricsWindow, StepDone
 from rc3.modeling import RC3Model
+from rc3.optim import lr_factor, param_groups
+from rc3.run_log import RunLogger
 from rc3.tokenization import ID_MAP_FILE, SEGMENTATION_FILE, SPM_FILE, IdMap, RC3Tokenizer, check_lang
 
 INFO_FILE = "add_language.json"
@@ -255,7 +265,7 @@ class AddLanguageOptions:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
+    warmup_steps: int = 100  # optimizer steps of linear warmup, as in every RC3 loop (rc3.optim.lr_factor)
     max_len: int = 64
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -278,8 +288,8 @@ class AddLanguageOptions:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.steps is not None and self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
-        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or self.save_every < 0:
-            raise ValueError("lr must be positive, warmup_ratio in [0, 1) and save_every >= 0")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.save_every < 0:
+            raise ValueError("lr must be positive, warmup_steps >= 0 and save_every >= 0")
         if self.max_len < 3:
             raise ValueError("max_len must leave room for [BOS], a piece and [LANG] (>= 3)")
 
@@ -343,11 +353,24 @@ def _encode(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) ->
     return pad_batch(tok.encode_many(list(texts), [lang] * len(texts), max_len), tok.pad_id)
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+LEGACY_STATE = Path("checkpoint") / "state.pt"  # the single checkpoint an older version wrote (a torch file)
+TRAINED_STATE = "state.safetensors"  # trained parameters, optimizer, scheduler (rc3.checkpoints.tensor_state)
+RUN_STATE = "run_state.json"  # step, training record, metrics window, what the run was started with
+RNG_STATE = "rng.safetensors"
+
+
+def _single_group_optimizer_state(old: dict[str, Any], params: Sequence[nn.Parameter],
+                                  optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """An optimizer state saved with all of `params` in one group (older versions), for `optimizer` whose
+    groups are rc3.optim.param_groups of the same parameters: each parameter's state moves to its new index;
+    every group takes the saved group's hyperparameters (the lr of the step reached) but its own weight decay."""
+    index = {id(p): j for j, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    new = optimizer.state_dict()
+    (saved,) = old["param_groups"]
+    hyper = {k: v for k, v in saved.items() if k not in ("params", "weight_decay")}
+    new["param_groups"] = [{**g, **hyper} for g in new["param_groups"]]
+    new["state"] = {index[id(params[int(i)])]: s for i, s in old["state"].items()}
+    return new
 
 
 def _order(n: int, seed: int, epoch: int) -> list[int]:
@@ -372,8 +395,6 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
     student's TR of a batch of them onto the teacher's (Reimers & Gurevych anchor every language the
     student must keep; the pairs only anchor English). Returns the training record (steps, first and
     last losses). Checkpoints under `work_dir`."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(opts.seed)
     teacher.eval()
     for p in teacher.parameters():
@@ -399,45 +420,98 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
     # With only the unprotected embedding rows training, the kept sentences' TR cannot move: their anchor
     # term would be a constant (zero gradient) costing two forward passes a step, so it is left out.
     anchor = keep if not (rows_fixed and opts.trainable == "embeddings") else ()
-    optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(student.named_parameters(), opts.weight_decay), lr=opts.lr)
     per_epoch = math.ceil(len(pairs) / opts.batch_size)
     total = opts.steps if opts.steps is not None else per_epoch * opts.epochs
-    warmup = int(opts.warmup_ratio * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-    ckpt = work_dir / "checkpoint" / "state.pt"
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("linear", opts.warmup_steps, total))
+    store = CheckpointStore(work_dir / "checkpoints", keep_last=2)
     trained = {n: p for n, p in student.named_parameters() if p.requires_grad}
     record: dict[str, Any] = {"steps": total, "trainable_embedding_rows": record_rows, "log": []}
+    window = MetricsWindow(world=1)
+    started = {"options": dataclasses.asdict(opts), "pairs": len(pairs), "keep": len(keep)}
     step = 0
     if resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {ckpt}; start without --resume")
-        state = safe_load.load(ckpt)  # weights-only: a tampered state.pt is refused, naming it, not run
-        if state["options"] != dataclasses.asdict(opts) or state["pairs"] != len(pairs):
-            raise ValueError(f"resume: {ckpt} was written with other options or another parallel text "
-                             f"({state['pairs']} pairs, {state['options']}); start without --resume")
-        if state.get("keep", 0) != len(keep):
-            raise ValueError(f"resume: {ckpt} was written with {state.get('keep', 0)} sentences to keep, not "
-                             f"{len(keep)}; start without --resume")
-        with torch.no_grad():
-            for n, t in state["params"].items():
-                trained[n].copy_(t)
-        optimizer.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        step, record = state["step"], state["record"]
+        step, record = _resume(store, work_dir, started, trained, params, optimizer, sched, window, total)
         log(f"[add_language] resumed at step {step} of {total}")
 
-    def save() -> None:
-        _atomic_torch_save({"params": {n: p.detach().clone() for n, p in trained.items()},
-                            "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(),
-                            "rng": torch.get_rng_state(), "step": step, "record": record,
-                            "options": dataclasses.asdict(opts), "pairs": len(pairs), "keep": len(keep)}, ckpt)
+    def save(step: int) -> None:
+        tag = tag_for(step)
+        path = store.begin(tag)
+        tensor_state.save({"params": {n: p.detach() for n, p in trained.items()}, "optimizer": optimizer.state_dict(),
+                           "scheduler": sched.state_dict()}, path / TRAINED_STATE)
+        rng.save(path / RNG_STATE)
+        atomic.write_json(path / RUN_STATE, {"step": step, "record": record, "window": window.state_dict(), **started},
+                          indent=1)
+        store.publish(tag, {"step": step})
 
     student.train()
-    bar = tqdm(total=total, initial=step, desc=f"add {opts.lang}", disable=not progress, dynamic_ncols=True)
-    running, window, t0 = [0.0, 0.0, 0.0], 0, time.time()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    logger = RunLogger(work_dir, enabled=True, tensorboard=False, fresh=not resume, progress_bar=progress)
+    logger.progress(total, step, desc=f"add {opts.lang}")
+    t0 = time.time()
+    try:
+        _train(student, teacher, new_tok, old_tok, pairs, opts, anchor, optimizer, sched, window, logger, record,
+               step, total, save, t0)
+    finally:
+        logger.close()
+    student.eval()
+    if opts.trainable == "lora":
+        _merge_lora(student)
+    return record
+
+
+def _resume(store: CheckpointStore, work_dir: Path, started: dict[str, Any], trained: dict[str, nn.Parameter],
+            params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer, sched: Any,
+            window: MetricsWindow, total: int) -> tuple[int, dict[str, Any]]:
+    """Restore the newest intact checkpoint (or an older version's state.pt) into the run; (step, record)."""
+    legacy = work_dir / LEGACY_STATE
+    legacy_rng: Optional[Tensor] = None
+    if not store.has_any() and legacy.is_file():
+        state = safe_load.load(legacy)  # weights-only: a tampered state.pt is refused, naming it, not run
+        run, legacy_rng = {**state, "window": {}}, state["rng"]
+        if "warmup_ratio" in run["options"]:  # older versions warmed up over a fraction of the run
+            run["options"] = dict(run["options"])
+            warmup = int(run["options"].pop("warmup_ratio") * total)
+            if warmup != started["options"]["warmup_steps"]:
+                raise ValueError(f"resume: {legacy} warmed up over {warmup} of its {total} steps; resume it with "
+                                 f"--warmup-steps {warmup}")
+            run["options"]["warmup_steps"] = warmup
+        tensors = {"params": state["params"], "scheduler": state["scheduler"],
+                   "optimizer": _single_group_optimizer_state(state["optimizer"], params, optimizer)}
+        source: Path = legacy
+    elif store.has_any():
+        tag = store.resume_tag(start_over="start without --resume")
+        source = store.dir / tag
+        run = json.loads((source / RUN_STATE).read_text())
+        tensors = tensor_state.load(source / TRAINED_STATE)
+    else:
+        raise FileNotFoundError(f"resume: no checkpoint in {store.dir}; start without --resume")
+    if run["options"] != started["options"] or run["pairs"] != started["pairs"]:
+        raise ValueError(f"resume: {source} was written with other options or another parallel text "
+                         f"({run['pairs']} pairs, {run['options']}); start without --resume")
+    if run.get("keep", 0) != started["keep"]:
+        raise ValueError(f"resume: {source} was written with {run.get('keep', 0)} sentences to keep, not "
+                         f"{started['keep']}; start without --resume")
+    with torch.no_grad():
+        for n, t in tensors["params"].items():
+            trained[n].copy_(t)
+    optimizer.load_state_dict(tensors["optimizer"])
+    sched.load_state_dict(tensors["scheduler"])
+    if legacy_rng is not None:
+        torch.set_rng_state(legacy_rng)
+    else:
+        rng.load(source / RNG_STATE)
+    window.load_state_dict(run["window"])
+    return int(run["step"]), run["record"]
+
+
+def _train(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok: RC3Tokenizer,
+           pairs: Sequence[tuple[str, str]], opts: AddLanguageOptions, anchor: Sequence[tuple[str, str]],
+           optimizer: torch.optim.Optimizer, sched: Any, window: MetricsWindow, logger: RunLogger,
+           record: dict[str, Any], step: int, total: int, save: Callable[[int], None], t0: float) -> None:
+    """Optimizer steps from `step` to `total`; log records go to `logger` and record["log"]."""
     while step < total:
+        t_step = time.time()
         batch = _step_batch(pairs, opts.batch_size, opts.seed, step)
         fault_injection.maybe_kill(step + 1, 0)  # tests kill the run here, between two steps
         en_texts, x_texts = [p for p, _ in batch], [q for _, q in batch]
@@ -453,22 +527,15 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         optimizer.step()
         sched.step()
         step += 1
-        bar.update(1)
-        running = [r + float(v.detach()) for r, v in zip(running, (loss, l_en, l_x))]
-        window += 1
+        logger.step()
+        window.add(StepDone({k: float(v.detach()) for k, v in (("loss", loss), ("loss_en", l_en), ("loss_x", l_x))},
+                            time.time() - t_step, 0.0, samples=len(batch)))
         if step % opts.log_every == 0 or step == total or step == 1:
-            row = {"step": step, "loss": running[0] / window, "loss_en": running[1] / window,
-                   "loss_x": running[2] / window, "elapsed_s": round(time.time() - t0, 1)}
+            row = window.flush(step, sched.get_last_lr()[0], elapsed_s=round(time.time() - t0, 1))
             record["log"].append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", x=f"{row['loss_x']:.4f}")
-            running, window = [0.0, 0.0, 0.0], 0
+            logger.write(row)
         if opts.save_every and step % opts.save_every == 0 and step < total:
-            save()
-    bar.close()
-    student.eval()
-    if opts.trainable == "lora":
-        _merge_lora(student)
-    return record
+            save(step)
 
 
 def _keep_loss(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok: RC3Tokenizer,

@@ -78,6 +78,20 @@ def produced_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def produced_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers of a directory (a model, an index, a world): yields a new empty temporary directory
+    next to `path`; on success it replaces `path` (`replace`), on error it is removed."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    try:
+        yield tmp
+        replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def replace(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move the finished `tmp` (file or directory) to `out`. An existing directory `out` is renamed
     aside first and removed only after `tmp` is in place, so `out` is never missing a complete copy."""

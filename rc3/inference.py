@@ -44,8 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +55,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from rc3 import atomic
 from rc3.data.collate import pad_batch
 from rc3.data.features import normalise_boxes
 from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, load_image, resize_uint8
@@ -65,7 +64,7 @@ from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, Tas
 from rc3.finetune.readers.xvnli import LABELS as XVNLI_LABELS
 from rc3.finetune.retrieval import FaissIndex, iter_reranked, rank_candidates
 from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, replace_dir, run_directory_hint
+from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, run_directory_hint
 from rc3.modeling.visual import visual_mode
 from rc3.tokenization import RC3Tokenizer, check_lang
 
@@ -129,18 +128,13 @@ class ImageIndex:
         out = Path(directory)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-        try:
+        with atomic.produced_dir(out) as tmp:
             self.faiss.save(tmp / INDEX_FAISS)
             stacked = {k: torch.stack([v[k] for v in self.visual]).contiguous() for k in self.visual[0]}
             save_file(stacked, str(tmp / INDEX_VISUAL))
             meta = {"format": INDEX_FORMAT, "names": self.names, "mode": self.mode, "model": self.model_id,
                     "dim": int(self.embeddings.shape[1])}
             (tmp / INDEX_META).write_text(json.dumps(meta, ensure_ascii=False))
-            replace_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     @classmethod

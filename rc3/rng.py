@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from rc3 import atomic
 
 
 def capture() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -41,12 +42,10 @@ def restore(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
 
 
 def save(path: str | os.PathLike) -> None:
-    """Write this process's RNG states to `path` (temp file + rename)."""
+    """Write this process's RNG states to `path` atomically."""
     tensors, meta = capture()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic.produced_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load(path: str | os.PathLike) -> None:

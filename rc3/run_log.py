@@ -1,6 +1,7 @@
 """What a run tells its user: a progress bar, `metrics.jsonl` and TensorBoard scalars (main process only).
 
-One logger for pretraining (rc3.pretrain.loop) and finetuning (rc3.finetune.trainer): the same file
+One logger for pretraining (rc3.pretrain.loop), finetuning (rc3.finetune.trainer) and add_language
+(rc3.add_language): the same file
 format (non-finite numbers written as null, so every line is valid JSON), the same TensorBoard layout
 (`a.b` and `dev_x` become the groups `a/b` and `dev/x`), the same progress bar.
 """
@@ -28,11 +29,13 @@ def tensorboard_tag(key: str) -> str:
 
 class RunLogger:
     """`total_steps` starts the progress bar now (else `progress` starts it); `fresh` empties an
-    existing metrics.jsonl (a resumed run appends to it)."""
+    existing metrics.jsonl (a resumed run appends to it); `progress_bar=False` shows none."""
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool, total_steps: Optional[int] = None,
-                 start_step: int = 0, tensorboard: bool = True, desc: str = "pretrain", fresh: bool = False) -> None:
+                 start_step: int = 0, tensorboard: bool = True, desc: str = "pretrain", fresh: bool = False,
+                 progress_bar: bool = True) -> None:
         self.enabled = enabled
+        self.progress_bar = progress_bar
         self.bar: Any = None
         self.tb = None
         self.file: TextIO | None = None  # set when enabled
@@ -48,7 +51,7 @@ class RunLogger:
 
     def progress(self, total_steps: int, start_step: int = 0, desc: str = "pretrain") -> None:
         """Start (or restart) the progress bar at `start_step` of `total_steps`."""
-        if not self.enabled:
+        if not self.enabled or not self.progress_bar:
             return
         from tqdm.auto import tqdm
 

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from rc3 import atomic
+
 # Short code -> mBART-50 language code, for the 7 pretraining languages and every downstream test language.
 LANG_CODES: dict[str, str] = {
     "en": "en_XX", "cs": "cs_CZ", "de": "de_DE", "fr": "fr_XX", "id": "id_ID", "ja": "ja_XX", "zh": "zh_CN",
@@ -96,7 +98,7 @@ class IdMap:
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory) / ID_MAP_FILE
         payload = {"old_vocab_size": self.old_vocab_size, "unk_old_id": self.unk_old_id, "kept": self.kept.tolist()}
-        _atomic_write_text(path, json.dumps(payload))
+        atomic.write_text(path, json.dumps(payload))
         return path
 
     @classmethod
@@ -137,13 +139,6 @@ def reduced_tokenizer_json(full: dict, kept_old_ids: Optional[Sequence[int]]) ->
     out["post_processor"] = None
     out["truncation"], out["padding"] = None, None
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class RC3Tokenizer:
@@ -362,5 +357,5 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
             input=str(corpus), model_prefix=str(prefix), vocab_size=vocab_size, model_type="unigram",
             character_coverage=character_coverage, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             hard_vocab_limit=False, minloglevel=2, num_threads=2)
-        os.replace(f"{prefix}.model", out / SPM_FILE)
+        atomic.write_bytes(out / SPM_FILE, Path(f"{prefix}.model").read_bytes())
     return out / SPM_FILE

@@ -210,7 +210,7 @@ def test_trainable_switch_trains_what_it_names(base: dict[str, Path], trainable:
     src = base["reduced"]
     before = sha(src)
     pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
-    opts = AddLanguageOptions(lang="ru", trainable=trainable, extend_vocab=True, new_vocab_size=60, steps=40,
+    opts = AddLanguageOptions(lang="ru", trainable=trainable, extend_vocab=True, new_vocab_size=60, steps=40, warmup_steps=2,
                               batch_size=16, lr=3e-3, save_every=0)
     out = add_language(src, pairs, tmp_path / "out", opts, progress=False, log=lambda s: None)
     assert sha(src) == before  # the input model directory is untouched
@@ -302,7 +302,7 @@ def test_new_rows_only_keeps_every_other_language_bit_identical(base: dict[str, 
     src = base["full"]
     pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
     opts = AddLanguageOptions(lang="ru", trainable="embeddings", embedding_rows="new", extend_vocab=True,
-                              new_vocab_size=60, steps=40, batch_size=16, lr=3e-3, save_every=0)
+                              new_vocab_size=60, steps=40, warmup_steps=2, batch_size=16, lr=3e-3, save_every=0)
     out = add_language(src, pairs, tmp_path / "out", opts, progress=False, log=lambda s: None)
     assert tr_gap(out, src) < 0.5 * tr_gap(src, src)
     old, new = RC3Model.from_pretrained(src).eval(), RC3Model.from_pretrained(out).eval()
@@ -331,7 +331,7 @@ def test_kept_languages_stay_where_they_were(base: dict[str, Path], tmp_path: Pa
 
     src = base["full"]
     pairs = list(zip(TEXTS["en"], TEXTS["ru"]))
-    opts = AddLanguageOptions(lang="ru", trainable="embeddings", steps=40, batch_size=16, lr=3e-3, save_every=0)
+    opts = AddLanguageOptions(lang="ru", trainable="embeddings", steps=40, warmup_steps=2, batch_size=16, lr=3e-3, save_every=0)
     keep_files = []
     for lang in ("de", "fr"):
         path = tmp_path / f"{lang}.txt"
@@ -373,7 +373,7 @@ def test_new_rows_with_keep_hold_the_kept_languages_exactly(base: dict[str, Path
     shared = (pieces(ES_TEXTS) & (pieces(TEXTS["de"]) | pieces(TEXTS["fr"]))) - pieces(TEXTS["en"])
     assert shared, "the test needs Spanish pieces shared with German/French but not English"
     pairs = list(zip(TEXTS["en"], ES_TEXTS))
-    opts = AddLanguageOptions(lang="es", trainable="embeddings", embedding_rows="new", steps=40, batch_size=16,
+    opts = AddLanguageOptions(lang="es", trainable="embeddings", embedding_rows="new", steps=40, warmup_steps=2, batch_size=16,
                               lr=3e-3, save_every=0)
     keep_files = []
     for lang in ("de", "fr"):
@@ -392,33 +392,121 @@ def test_new_rows_with_keep_hold_the_kept_languages_exactly(base: dict[str, Path
     assert 0 < rows < json.loads((english_only / "add_language.json").read_text())["training"]["trainable_embedding_rows"]
 
 
-def test_resume_reads_state_weights_only(base: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run stopped after its last checkpoint resumes from it; a state.pt carrying a pickled payload is
-    refused naming the file, and the payload never runs."""
+class Stopped(Exception):
+    """Raised in place of the SIGKILL of RC3_KILL_AT, so that the run stops in this process."""
+
+
+def decays(name: str, p: torch.Tensor) -> bool:
+    """The weight-decay rule every loop states (matrices decay; biases, norms do not), written out here."""
+    return p.ndim >= 2 and "norm" not in name.lower()
+
+
+def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped as step 4 of 4 begins, a run has checkpoints 2 and 3 (safetensors and JSON, sealed by COMPLETE
+    with a manifest, no pickle). Resumed from step 3, from step 2 when step 3's state was changed after the
+    save (a warning names the file), and from the state.pt an older version wrote (one optimizer group), it
+    ends with the uninterrupted run's weights. A state.pt carrying a pickled payload is refused naming the
+    file, and the payload never runs."""
+    import dataclasses
+
+    import rc3.add_language as al
+    from rc3.synthetic.tiny import tiny_model_config
+
+    # dropout on: each step draws from the RNG, so a resume must restore its state too
+    tok = RC3Tokenizer.from_dir(base["full"])
+    torch.manual_seed(0)
+    model = RC3Model.from_config(dataclasses.replace(tiny_model_config(), dropout=0.1), tok.vocab_size, tok.pad_id,
+                                 tok.bos_id, tok.eos_id)
+    src = model.save_pretrained(tmp_path / "model-dropout", tokenizer_dir=base["full"])
     pairs = list(zip(TEXTS["en"][:8], TEXTS["ru"][:8]))
-    opts = AddLanguageOptions(lang="ru", steps=2, batch_size=4, save_every=1)
-    work, out = tmp_path / "work", tmp_path / "out"
+    opts = AddLanguageOptions(lang="ru", trainable="encoder", steps=4, warmup_steps=1, batch_size=4, save_every=1)
+    whole = weights(add_language(src, pairs, tmp_path / "whole", opts, progress=False, log=lambda s: None))
 
-    def stop(*args, **kwargs):
-        raise KeyboardInterrupt  # killed after training, before the model directory is written
+    def stopped(work: Path) -> Path:
+        def kill(step: int, rank: int) -> None:
+            if step == 4:
+                raise Stopped()
 
-    with monkeypatch.context() as m:
-        m.setattr(RC3Model, "save_pretrained", stop)
-        with pytest.raises(KeyboardInterrupt):
-            add_language(base["full"], pairs, out, opts, work_dir=work, progress=False, log=lambda s: None)
-    state = work / "checkpoint" / "state.pt"
-    intact = state.read_bytes()
-    logs: list[str] = []
-    add_language(base["full"], pairs, out, opts, work_dir=work, resume=True, progress=False, log=logs.append)
-    # the real state.pt (the last save is at step 1) loads weights-only and training goes on from it
-    assert any("resumed at step 1 of 2" in line for line in logs), logs
+        with monkeypatch.context() as m:
+            m.setattr(al.fault_injection, "maybe_kill", kill)
+            with pytest.raises(Stopped):
+                add_language(src, pairs, tmp_path / "out", opts, work_dir=work, progress=False,
+                             log=lambda s: None)
+        ckpt = work / "checkpoints"
+        assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000002", "step_00000003"]
+        files = {p.name for p in (ckpt / "step_00000003").iterdir()}
+        assert files == {"COMPLETE", "state.safetensors", "rng.safetensors", "run_state.json"}
+        assert set(json.loads((ckpt / "step_00000003" / "COMPLETE").read_text())["files"]) == files - {"COMPLETE"}
+        return ckpt
+
+    def resumed(work: Path, out: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+        logs: list[str] = []
+        done = add_language(src, pairs, tmp_path / out, opts, work_dir=work, resume=True, progress=False,
+                            log=logs.append)
+        return weights(done), logs
+
+    def same(got: dict[str, torch.Tensor]) -> bool:
+        return got.keys() == whole.keys() and all(torch.equal(got[k], whole[k]) for k in whole)
+
+    stopped(tmp_path / "w1")
+    got, logs = resumed(tmp_path / "w1", "r1")
+    assert any("resumed at step 3 of 4" in line for line in logs), logs
+    assert same(got)
+
+    ckpt = stopped(tmp_path / "w2")
+    state = ckpt / "step_00000003" / "state.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0x01
+    state.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="rc3.checkpoint"):
+        got, logs = resumed(tmp_path / "w2", "r2")
+    assert any(f"checkpoint {ckpt / 'step_00000003'} is damaged: state.safetensors has other contents" in r.message
+               and "falling back to step_00000002" in r.message for r in caplog.records), caplog.text
+    assert any("resumed at step 2 of 4" in line for line in logs), logs
+    assert same(got)
+
+    # the single checkpoint an older version wrote: work/checkpoint/state.pt, every trained parameter in one
+    # optimizer group in the model's order, the torch RNG state
+    work = tmp_path / "w3"
+    ckpt = stopped(work)
+    from safetensors.torch import load_file
+
+    from rc3.checkpoints import tensor_state
+    tag = ckpt / "step_00000003"
+    tensors, run = tensor_state.load(tag / "state.safetensors"), json.loads((tag / "run_state.json").read_text())
+    names = list(tensors["params"])
+    grouped = [n for n in names if decays(n, tensors["params"][n])] + [n for n in names if not decays(n, tensors["params"][n])]
+    optim = tensors["optimizer"]
+    group = {k: v for k, v in optim["param_groups"][0].items() if k != "params"}
+    legacy_optim = {"state": {names.index(n): optim["state"][j] for j, n in enumerate(grouped)},
+                    "param_groups": [{**group, "weight_decay": opts.weight_decay, "params": list(range(len(names)))}]}
+    # it stated warmup as a fraction of the run: 0.25 of 4 steps is the 1 step this run warms up over
+    legacy_options = {**{k: v for k, v in run["options"].items() if k != "warmup_steps"}, "warmup_ratio": 0.25}
+    legacy = work / "checkpoint" / "state.pt"
+    legacy.parent.mkdir()
+    torch.save({"params": tensors["params"], "optimizer": legacy_optim, "scheduler": tensors["scheduler"],
+                "rng": load_file(str(tag / "rng.safetensors"))["torch_cpu"], "step": run["step"], "record": run["record"],
+                "options": legacy_options, "pairs": run["pairs"], "keep": run["keep"]}, legacy)
+    import shutil
+    shutil.rmtree(ckpt)
+    intact = legacy.read_bytes()
+    with pytest.raises(ValueError, match=rf"^resume: {legacy} warmed up over 1 of its 4 steps; resume it with "
+                                         r"--warmup-steps 1$"):
+        add_language(src, pairs, tmp_path / "r3", dataclasses.replace(opts, warmup_steps=2), work_dir=work,
+                     resume=True, progress=False, log=lambda s: None)
+    got, logs = resumed(work, "r3")
+    assert any("resumed at step 3 of 4" in line for line in logs), logs
+    assert same(got)
+
     work.mkdir()
-    (work / "checkpoint").mkdir()
-    state.write_bytes(intact)
+    legacy.parent.mkdir()
+    legacy.write_bytes(intact)
     marker = tmp_path / "ran"
-    tamper(state, marker)
-    with pytest.raises(ValueError, match=rf"^{state}: refuses to unpickle posix\.system \(not a tensor/allowed "
+    tamper(legacy, marker)
+    with pytest.raises(ValueError, match=rf"^{legacy}: refuses to unpickle posix\.system \(not a tensor/allowed "
                                          r"type\); this file may have been tampered with — use an intact checkpoint$"):
-        add_language(base["full"], pairs, tmp_path / "out2", opts, work_dir=work, resume=True, progress=False,
+        add_language(src, pairs, tmp_path / "r4", opts, work_dir=work, resume=True, progress=False,
                      log=lambda s: None)
     assert not marker.exists()

@@ -396,6 +396,17 @@ def test_config_defaults_and_validation() -> None:
         finetune_config_from_dict({"task": "xgqa"}, "xvnli", base)
     with pytest.raises(ConfigError, match="answer_vocab"):
         finetune_config_from_dict({}, "xgqa", base)
+    # one warmup convention (optimizer steps) in every loop: the older spelling stops in one line, by name
+    assert finetune_config_from_dict({}, "itr", base + ["optim.warmup_steps=7"]).optim.warmup_steps == 7
+    for given in ({"optim": {"warmup_ratio": 0.1}}, {}):
+        overrides = base + ([] if given else ["optim.warmup_ratio=0.1"])
+        with pytest.raises(ConfigError) as err:
+            finetune_config_from_dict(given, "itr", overrides)
+        assert str(err.value) == ("config error: optim.warmup_ratio: warmup is counted in optimizer steps in every RC3 "
+                                  "loop; write optim.warmup_steps instead (e.g. 10% of the run's optimizer steps, which "
+                                  "the run prints as it starts)")
+    with pytest.raises(ConfigError, match="optim.warmup_steps: must be >= 0"):
+        finetune_config_from_dict({}, "itr", base + ["optim.warmup_steps=-1"])
 
 
 @pytest.mark.slow  # a process per task importing rc3 (transformers)

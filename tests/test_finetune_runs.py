@@ -251,8 +251,9 @@ def test_two_process_classification_killed_and_resumed_equals_uninterrupted(worl
     proc = launch(cut, kill="5:1", port=29743)
     assert proc.returncode != 0
     assert (cut / "checkpoints" / "latest").read_text().strip() == "step_00000004"
-    assert {p.name for p in (cut / "checkpoints" / "step_00000004").iterdir()} >= {
-        "model.safetensors", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"}
+    assert {p.name for p in (cut / "checkpoints" / "step_00000004").iterdir()} == {  # no pickle
+        "model.safetensors", "optimizer.safetensors", "rng_rank00000.safetensors", "rng_rank00001.safetensors",
+        "trainer_state.json", "COMPLETE"}
     proc = launch(cut, "--resume", port=29745)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = losses_by_step(cut)
@@ -260,3 +261,104 @@ def test_two_process_classification_killed_and_resumed_equals_uninterrupted(worl
     assert read_results(cut) == read_results(whole)
     a, b = load_file(str(whole / "model" / "model.safetensors")), load_file(str(cut / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Stopped(Exception):
+    """Raised in place of the SIGKILL of RC3_KILL_AT, so that the run stops in this process."""
+
+
+def stop_at(monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    from rc3.finetune import trainer
+
+    def kill(step: int, rank: int) -> None:
+        if step == at:
+            raise Stopped(step)
+
+    monkeypatch.setattr(trainer.fault_injection, "maybe_kill", kill)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def older_version_layout(tag_dir: Path) -> None:
+    """Rewrite a checkpoint as the previous version wrote it through Accelerate's save_state: torch files
+    optimizer.bin and random_states_0.pkl (Accelerate's keys), no COMPLETE, its own metrics-window fields."""
+    import numpy as np
+    from safetensors import safe_open
+
+    state = json.loads((tag_dir / "trainer_state.json").read_text())
+    window = state.pop("window")
+    state.update(running=window["sums"], window=window["steps"], samples=window["samples"], wait=window["wait"])
+    (tag_dir / "trainer_state.json").write_text(json.dumps(state))
+    from rc3.checkpoints import tensor_state
+
+    torch.save(tensor_state.load(tag_dir / "optimizer.safetensors"), tag_dir / "optimizer.bin")
+    rng_path = tag_dir / "rng_rank00000.safetensors"
+    with safe_open(str(rng_path), framework="pt") as f:
+        meta = f.metadata()
+    rng = load_file(str(rng_path))
+    version, gauss = json.loads(meta["python"])
+    np_name, np_pos, np_has_gauss, np_gauss = json.loads(meta["numpy"])
+    # "step": Accelerate's micro-batch counter, 0 modulo the accumulation steps at a checkpoint
+    torch.save({"step": 0, "random_state": (version, tuple(int(x) for x in rng["python"].tolist()), gauss),
+                "numpy_random_seed": (np_name, rng["numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss),
+                "torch_manual_seed": rng["torch_cpu"]}, tag_dir / "random_states_0.pkl")
+    for name in ("COMPLETE", "optimizer.safetensors", "rng_rank00000.safetensors"):
+        (tag_dir / name).unlink()
+
+
+@pytest.mark.slow(seconds=40)
+def test_resume_skips_a_damaged_checkpoint_and_reads_an_older_versions(world: Path, tiny_model_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Through the shared checkpoint directory (rc3.checkpoints.store): a run stopped as step 5 begins has
+    checkpoints 3 (epoch end) and 4, each sealed by COMPLETE with its manifest, no pickle in them. (1) Step
+    4's weights changed after the save: the resume warns naming the file, resumes from step 3 and ends with
+    the uninterrupted run's weights. (2) The same checkpoints in the layout an older version wrote
+    (Accelerate's torch files, no COMPLETE, the old trainer_state.json fields) resume from step 4, read
+    weights-only, with the same result."""
+    run = [*ITR_RUN, "eval.select=last"]  # the saved model is the last step's, not an earlier best epoch's
+    whole = tmp_path / "whole"
+    run_recipe("itr", world, tiny_model_dir, whole, *run)
+    reference, log = final_weights(whole), losses_by_step(whole)
+
+    def stopped_run(out: Path) -> Path:
+        with monkeypatch.context() as m:
+            stop_at(m, 5)
+            with pytest.raises(Stopped):
+                run_recipe("itr", world, tiny_model_dir, out, *run)
+        ckpt = out / "checkpoints"
+        assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000003", "step_00000004"]
+        for tag in ("step_00000003", "step_00000004"):
+            manifest = json.loads((ckpt / tag / "COMPLETE").read_text())["files"]
+            assert set(manifest) == {"model.safetensors", "optimizer.safetensors", "rng_rank00000.safetensors",
+                                     "trainer_state.json"}  # no pickle
+        return ckpt
+
+    damaged = tmp_path / "damaged"
+    ckpt = stopped_run(damaged)
+    weights = ckpt / "step_00000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # same size, other contents
+    weights.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="rc3.checkpoint"):
+        run_recipe("itr", world, tiny_model_dir, damaged, *run, "--resume")
+    assert any(f"checkpoint {ckpt / 'step_00000004'} is damaged: model.safetensors has other contents" in r.message
+               and "falling back to step_00000003" in r.message for r in caplog.records), caplog.text
+    got = final_weights(damaged)
+    assert set(got) == set(reference) and all(torch.equal(got[k], reference[k]) for k in reference)
+    assert losses_by_step(damaged) == log  # steps 4-6 logged again after the resume, as uninterrupted
+
+    older = tmp_path / "older"
+    ckpt = stopped_run(older)
+    for tag_dir in ckpt.glob("step_*"):
+        older_version_layout(tag_dir)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rc3.checkpoint"):
+        run_recipe("itr", world, tiny_model_dir, older, *run, "--resume")
+    assert any(f"checkpoint {ckpt / 'step_00000004'} has no file manifest" in r.message for r in caplog.records), caplog.text
+    got = final_weights(older)
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    assert losses_by_step(older) == log
+    assert read_results(older) == read_results(whole)

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Keys are rc3's top-level modules and packages (a package covers all its submodules).
 LAYERS: dict[str, int] = {
     # 0 foundations: the config engine, registries, files, tokenizer, process plumbing; no model, no data
-    **dict.fromkeys(["rc3", "rc3.atomic", "rc3.config", "rc3.distributed", "rc3.fault_injection", "rc3.heap",
-                     "rc3.op_cache", "rc3.optim", "rc3.plots", "rc3.provenance", "rc3.registry", "rc3.rng",
+    **dict.fromkeys(["rc3", "rc3.atomic", "rc3.checkpoints", "rc3.config", "rc3.distributed", "rc3.fault_injection",
+                     "rc3.heap", "rc3.metrics_window", "rc3.op_cache", "rc3.optim", "rc3.plots", "rc3.provenance", "rc3.registry", "rc3.rng",
                      "rc3.run_log", "rc3.safe_load", "rc3.tokenization", "rc3.vocab"], 0),
     # 1 inputs: corpora, shards, features, images, region extraction
     **dict.fromkeys(["rc3.data", "rc3.vision"], 1),

@@ -2,8 +2,9 @@
 
 Each reader of a checkpoint gets a file carrying a pickled object whose unpickling would run a shell
 command creating a marker file: pretraining resume (DeepSpeed's model and ZeRO optimizer state files,
-one CPU rank in its own process, see tests/ds_resume_probe.py), finetune resume (Accelerate's
-load_state: optimizer state and RNG states), add_language's state.pt and direct loads. The load must be
+one CPU rank in its own process, see tests/ds_resume_probe.py), finetune resume of a checkpoint an older
+version wrote (Accelerate's load_state: optimizer state and RNG states; checkpoints written now hold no
+pickle), add_language's state.pt (also an older version's) and direct loads. The load must be
 refused with one line naming the file, the marker must not exist, and intact files must still load.
 """
 from __future__ import annotations
@@ -56,6 +57,7 @@ def test_loading_context_overrides_weights_only_false_and_resurfaces_swallowed_r
 # ----------------------------------------------------------------------------- finetune resume (Accelerate)
 
 def _finetune_checkpoint(root: Path):
+    """A finetuning checkpoint as an older version wrote it: Accelerate's save_state (torch files)."""
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
@@ -71,25 +73,25 @@ def _finetune_checkpoint(root: Path):
     (ckpt / "step_00000001" / "trainer_state.json").write_text(json.dumps({"step": 1, "scheduler": scheduler.state_dict()}))
     (ckpt / "latest").write_text("step_00000001")
     run = types.SimpleNamespace(ckpt_dir=ckpt, accelerator=acc, print=lambda *a: None,
-                                cfg=types.SimpleNamespace(task="itr"))
-    return run, model, scheduler, ckpt / "step_00000001"
+                                cfg=types.SimpleNamespace(task="itr"), resume_from="step_00000001")
+    return run, model, optimizer, scheduler, ckpt / "step_00000001"
 
 
 @pytest.mark.parametrize("name", ["optimizer.bin", "random_states_0.pkl"])
 def test_finetune_resume_refuses_a_tampered_state_file(tmp_path: Path, name: str) -> None:
     from rc3.finetune.trainer import FinetuneRun
 
-    run, model, scheduler, step_dir = _finetune_checkpoint(tmp_path)
+    run, model, optimizer, scheduler, step_dir = _finetune_checkpoint(tmp_path)
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-    assert FinetuneRun.load_checkpoint(run, scheduler)["step"] == 1  # the intact checkpoint loads
+    assert FinetuneRun.load_checkpoint(run, model, optimizer, scheduler)["step"] == 1  # the intact checkpoint loads
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     marker = tmp_path / "ran"
     tamper(step_dir / name, marker)
     with pytest.raises(safe_load.UnsafeCheckpointError, match=rf"{step_dir / name}: {LINE}"):
-        FinetuneRun.load_checkpoint(run, scheduler)
+        FinetuneRun.load_checkpoint(run, model, optimizer, scheduler)
     assert not marker.exists()
 
 

@@ -46,6 +46,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=d.epochs)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                    help="optimizer steps of linear warmup to --lr (then linear decay to 0)")
     ap.add_argument("--max-len", type=int, default=d.max_len)
     ap.add_argument("--lora-rank", type=int, default=d.lora_rank)
     ap.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> Path:
                                   embedding_rows=args.embedding_rows,
                                   new_vocab_size=args.new_vocab_size, max_new_pieces=args.max_new_pieces,
                                   steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  warmup_steps=args.warmup_steps,
                                   max_len=args.max_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                                   seed=args.seed, save_every=args.save_every)
         opts.check()

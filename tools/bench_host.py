@@ -45,6 +45,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from rc3 import atomic
+
 REPO = Path(__file__).resolve().parents[1]
 # Every size of configs/paper.yaml shrunk; layers, losses, sequence lengths and engine as the paper's.
 SHRUNK = ["model.vocab_size=512", "model.d_model=8", "model.attention_heads=1", "model.ffn_dim=8",
@@ -309,9 +311,7 @@ def main() -> int:
             print(f"{name} / this checkout, CPU per step: {ratio:.2f}x")
     print(f"load average {figures['load_average']}")
     if args.json:
-        tmp_json = args.json.with_name(f".{args.json.name}.tmp")
-        tmp_json.write_text(json.dumps(figures, indent=2))
-        os.replace(tmp_json, args.json)
+        atomic.write_json(args.json, figures, indent=2)
     return 0
 
 

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from rc3 import atomic
+
 REPO = Path(__file__).resolve().parents[1]
 
 BASE = ["--config", "configs/paper.yaml", "--set", "model.vocab_size=100000",
@@ -137,9 +139,7 @@ def free_port() -> int:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic.write_json(path, data, indent=2)
 
 
 def largest_micro(rows: dict[str, dict], base_micro: int, cpu: bool) -> int:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import platform
 import time
 import warnings
@@ -31,8 +29,8 @@ from typing import Any
 
 import torch
 
+from rc3 import atomic, perf
 from rc3 import distributed as dist
-from rc3 import perf
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
 from rc3.pretrain.config import load_config
@@ -198,10 +196,7 @@ def main() -> None:
             continue
         print(f"{k:28s} {v:.4g}" if isinstance(v, float) else f"{k:28s} {v}")
     if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(figures, f, indent=2)
-        os.replace(tmp, args.json)
+        atomic.write_json(args.json, figures, indent=2)
 
 
 def count_step_syncs(on_gpu: bool, forward, backward, step) -> dict[str, list[str]]:

@@ -21,6 +21,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from rc3 import atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Multi30K: the first N lines of every split (text in each language and the image list alike).
@@ -104,10 +106,7 @@ def write_archive(files: dict[str, bytes], out: Path) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(files[name]), 0o644, 0
             tar.addfile(info, io.BytesIO(files[name]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(gzip.compress(buf.getvalue(), compresslevel=9, mtime=0))
-    tmp.replace(out)
+    atomic.write_bytes(out, gzip.compress(buf.getvalue(), compresslevel=9, mtime=0))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rc3 import atomic
 from rc3.synthetic.repro.jobs import Job, run_jobs
 from rc3.synthetic.repro.report import fmt, read_results, table
 
@@ -215,9 +216,7 @@ def summarise(args: argparse.Namespace, where: dict[str, Any], times: dict[str, 
     name = "tables.md" if args.synthetic and args.text else ("tables-synthetic.md" if args.synthetic else "tables-text.md")
     for fname, content in ((name, text), (name.replace("tables", "summary").replace(".md", ".json"),
                                           json.dumps(summary, indent=1, default=str))):
-        tmp = args.out / f".{fname}.tmp"
-        tmp.write_text(content, encoding="utf-8")
-        tmp.replace(args.out / fname)
+        atomic.write_text(args.out / fname, content)
     print(text)
     return summary
 

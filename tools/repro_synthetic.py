@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rc3 import atomic
 from rc3.synthetic.repro.jobs import Job, run_jobs
 from rc3.synthetic.repro.report import fmt, lang_mean, read_results, table
 
@@ -338,13 +339,8 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
     md.append(f"\nWall time: {wall / 60:.1f} min for the whole graph ({args.parallel} jobs at a time); "
               f"job seconds: " + ", ".join(f"{n} {t:.0f}" for n, t in times.items()) + ".\n")
     text = "".join(md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / "tables.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(args.out / "tables.md")
-    tmp = args.out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(args.out / "summary.json")
+    atomic.write_text(args.out / "tables.md", text)
+    atomic.write_json(args.out / "summary.json", summary, indent=1)
     print(text)
     return summary
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rc3 import atomic
 from rc3.synthetic.repro.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,9 +106,7 @@ def split_xflickrco(xf: dict[str, dict[str, str]], holdout: int) -> tuple[list[s
 
 
 def write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, "".join(line.replace("\n", " ") + "\n" for line in lines))
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -226,9 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["wall_s"] = time.perf_counter() - t0
     text = "".join(md)
     for name, content in (("tables.md", text), ("summary.json", json.dumps(summary, indent=1))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(out / name)
+        atomic.write_text(out / name, content)
     print(text)
     return summary
 

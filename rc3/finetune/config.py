@@ -68,7 +68,7 @@ class FTOptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
+    warmup_steps: int = 0  # optimizer steps of linear warmup, as in every RC3 loop (rc3.optim.lr_factor)
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float = 1.0
     head_lr_mult: float = 1.0  # freshly initialised heads may learn faster than the pretrained body
@@ -183,6 +183,11 @@ def task_defaults(task: str) -> dict[str, Any]:
             "data": {"max_text_len": t["max_text_len"]}}
 
 
+# Every loop counts warmup in optimizer steps (README, "One warmup convention").
+WARMUP_RATIO_GONE = ("warmup is counted in optimizer steps in every RC3 loop; write optim.warmup_steps instead "
+                     "(e.g. 10% of the run's optimizer steps, which the run prints as it starts)")
+
+
 def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
     """Table 6 defaults <- `data` <- overrides, typed and validated for `task`."""
     if task not in DOWNSTREAM:
@@ -191,6 +196,8 @@ def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = 
     if given.get("task", task) != task:
         raise ConfigError("task", f"this config is for {given['task']!r} but the recipe is {task!r}")
     merged = apply_overrides(merge_dicts(task_defaults(task), given), overrides)
+    if isinstance(merged.get("optim"), dict) and "warmup_ratio" in merged["optim"]:
+        raise ConfigError("optim.warmup_ratio", WARMUP_RATIO_GONE)
     itr = merged.get("itr")
     if isinstance(itr, dict) and isinstance(itr.get("k"), int) and not isinstance(itr.get("k"), bool):
         itr["k"] = str(itr["k"])  # k is an int or "all"; kept as text so both fit one typed field
@@ -242,8 +249,8 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise ConfigError("data.num_workers", f"must be >= 0, got {d.num_workers}")
     if o.lr <= 0:
         raise ConfigError("optim.lr", f"must be positive, got {o.lr}")
-    if not 0.0 <= o.warmup_ratio < 1.0:
-        raise ConfigError("optim.warmup_ratio", f"must lie in [0, 1), got {o.warmup_ratio}")
+    if o.warmup_steps < 0:
+        raise ConfigError("optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
         raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
     if o.grad_clip < 0 or o.weight_decay < 0 or o.head_lr_mult <= 0:

@@ -11,11 +11,16 @@ size below it that does (`split_batch`): the shipped configs run unchanged on 1,
 
 `FinetuneRun` owns one run: it loads the model and tokenizer, seeds everything, writes the resolved
 config, `metrics.jsonl` (one line per log step and per dev evaluation) and TensorBoard events in
-`tb/`, checkpoints (`checkpoints/step_XXXXXXXX`: Accelerate's `save_state` - model, optimizer, every
-process's RNG states - plus `trainer_state.json` with the step, the data position, the schedule and
-the dev history; every `train.save_every` steps and at each epoch's end, published through
-`checkpoints/latest` once complete), and `--resume` continues from `latest` exactly where the run
-stopped (the epoch's shuffle comes from a seeded sampler, the batches already seen are skipped). After
+`tb/`, checkpoints (`checkpoints/step_XXXXXXXX`: the model and the optimizer state as safetensors
+(rc3.checkpoints.tensor_state), every process's RNG states (rc3.rng), and `trainer_state.json` with
+the step, the data position, the schedule, the open metrics window and the dev history; nothing is
+pickled. Every `train.save_every` steps and at each epoch's end, in the checkpoint directory every loop
+shares: rc3.checkpoints.store, staged and renamed into place with its COMPLETE manifest, published
+through `checkpoints/latest`), and `--resume` continues from the newest intact checkpoint exactly where
+the run stopped (the epoch's shuffle comes from a seeded sampler, the batches already seen are skipped;
+a checkpoint whose files differ from its manifest is passed over with a warning naming the file; one
+written by an older version through Accelerate's `save_state` is read weights-only, rc3.safe_load).
+The log records come from the metrics window (rc3.metrics_window) every loop shares. After
 each epoch the dev score is computed; the weights of the best epoch are kept in `checkpoints/best/`
 and loaded back before the test evaluation (`eval.select=last` tests the last epoch instead).
 Results (rc3.finetune.metrics.write_results) and the finetuned model leave no half-written file behind.
@@ -24,8 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,11 +38,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rc3 import atomic, fault_injection, heap, run_log, safe_load
+from rc3 import atomic, fault_injection, heap, rng, run_log, safe_load
+from rc3.checkpoints import CheckpointError, CheckpointStore, tag_for, tensor_state
 from rc3.config import ConfigError
 from rc3.finetune.config import FREEZABLE, FinetuneConfig, save_finetune_config
 from rc3.finetune.heads import TaskModel, load_head, save_task_model
 from rc3.finetune.metrics import write_results
+from rc3.metrics_window import MetricsWindow, StepDone
 from rc3.modeling import RC3Model
 from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.run_log import RunLogger
@@ -94,11 +99,18 @@ class FinetuneRun:
         set_seed(cfg.seed)
         self.out_dir = Path(cfg.output_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
+        # checkpoints written before COMPLETE markers were renamed into place whole, trainer_state.json included
+        self.store = CheckpointStore(self.ckpt_dir, cfg.train.keep_checkpoints, legacy_marker=TRAINER_STATE)
         self.tokenizer = RC3Tokenizer.from_dir(cfg.model.tokenizer or cfg.init)
         self.selection: dict[str, Any] = {}
-        if resume and not (self.ckpt_dir / "latest").is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir} (checkpoints/latest is missing); "
-                                    "start without --resume")
+        self.resume_from: Optional[str] = None
+        if resume:
+            if not self.store.has_any():
+                raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir}; start without --resume")
+            try:  # every process verifies a share of the newest checkpoint's files and takes the same decision
+                self.resume_from = self.store.resume_tag(start_over="start without --resume")
+            except CheckpointError as err:
+                raise FileNotFoundError(str(err)) from None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_finetune_config(cfg, self.out_dir / "finetune_config.yaml")
@@ -178,27 +190,31 @@ class FinetuneRun:
         total = steps_per_epoch * cfg.train.epochs
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
-        schedule = lr_factor(cfg.optim.schedule, int(cfg.optim.warmup_ratio * total), total)
+        schedule = lr_factor(cfg.optim.schedule, cfg.optim.warmup_steps, total)
         # Stepped per optimizer step by hand (not prepared: Accelerate would step it once per process), and
         # checkpointed in trainer_state.json (a LambdaLR state is a few numbers).
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        state = {"step": 0, "epoch": 0, "batch": 0, "running": {}, "window": 0, "elapsed": 0.0, "dev": [],
-                 "best": None, "samples": 0, "wait": 0.0}
+        # this process's losses (world 1); samples are counted for every process
+        window = MetricsWindow(world=1)
+        state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "elapsed": 0.0, "dev": [], "best": None}
         if self.resume:
-            state = self.load_checkpoint(scheduler)
-        self.print(f"[{cfg.task}] {len(dataset)} training examples, {steps_per_epoch} steps/epoch, {total} steps"
+            state = self.load_checkpoint(model, optimizer, scheduler)
+            window.load_state_dict(state.pop("window"))
+        self.print(f"[{cfg.task}] {len(dataset)} training examples, {steps_per_epoch} steps/epoch, {total} steps "
+                   f"({cfg.optim.warmup_steps} of warmup)"
                    + (f"; resumed at step {state['step']} (epoch {state['epoch'] + 1})" if self.resume else ""))
         t0 = time.time() - state["elapsed"]
         self.logger.progress(total, state["step"], desc=f"{cfg.task} train")
-        t_window = time.time()
         while state["epoch"] < cfg.train.epochs and state["step"] < total:
             epoch = state["epoch"]
             loader.set_epoch(epoch)
             batches = acc.skip_first_batches(loader, state["batch"]) if state["batch"] else loader
             model.train()
-            t_fetch = time.time()
+            losses: dict[str, float] = {}  # of the optimizer step under way, summed over its micro-batches
+            samples, wait = 0, 0.0
+            t_step = t_fetch = time.time()
             for batch in batches:
-                state["wait"] += time.time() - t_fetch
+                wait += time.time() - t_fetch
                 if state["batch"] % self.grad_accum == 0:  # an optimizer step begins (tests kill the run here)
                     fault_injection.maybe_kill(state["step"] + 1, acc.process_index)
                 with acc.accumulate(model):
@@ -209,33 +225,28 @@ class FinetuneRun:
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 state["batch"] += 1
-                state["samples"] += int(batch["input_ids"].shape[0]) * acc.num_processes
+                samples += int(batch["input_ids"].shape[0]) * acc.num_processes
                 for k, v in out.items():
                     if k == "loss" or k.startswith("loss_") or k.startswith("acc_"):
-                        state["running"][k] = state["running"].get(k, 0.0) + float(v.detach()) / self.grad_accum
+                        losses[k] = losses.get(k, 0.0) + float(v.detach()) / self.grad_accum
                 if not acc.sync_gradients:
                     t_fetch = time.time()
                     continue
                 scheduler.step()
                 state["step"] += 1
-                state["window"] += 1
                 self.logger.step()
                 step = state["step"]
+                window.add(StepDone(losses, time.time() - t_step, wait, samples=samples))
+                losses, samples, wait = {}, 0, 0.0
                 if step % cfg.train.log_every == 0 or step == total:
-                    now = time.time()
-                    means = {k: round(v / state["window"], 5) for k, v in state["running"].items()}  # this rank's
-                    span = max(now - t_window, 1e-9)
-                    self.log({"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                              "elapsed_s": round(now - t0, 2), "samples_per_s": round(state["samples"] / span, 3),
-                              "data_wait_share": round(min(1.0, state["wait"] / span), 4), **means})
-                    state["running"], state["window"], state["samples"], state["wait"] = {}, 0, 0, 0.0
-                    t_window = now
+                    self.log(window.flush(step, float(scheduler.get_last_lr()[0]), epoch=epoch,
+                                          elapsed_s=round(time.time() - t0, 2)))
                 if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total:
                     state["elapsed"] = time.time() - t0
-                    self.save_checkpoint(model, optimizer, scheduler, state)
+                    self.save_checkpoint(model, optimizer, scheduler, {**state, "window": window.state_dict()})
                 if step >= total:
                     break
-                t_fetch = time.time()
+                t_step = t_fetch = time.time()
             state["epoch"], state["batch"] = epoch + 1, 0
             if after_epoch is not None and cfg.eval.dev_every_epoch:
                 dev = dict(after_epoch(model, epoch))
@@ -244,7 +255,7 @@ class FinetuneRun:
                     self.log({"step": state["step"], "epoch": epoch, **{f"dev_{k}": v for k, v in dev.items()}})
                     self._track_best(model, state, epoch, dev)
             state["elapsed"] = time.time() - t0
-            self.save_checkpoint(model, optimizer, scheduler, state)
+            self.save_checkpoint(model, optimizer, scheduler, {**state, "window": window.state_dict()})
         self._select(model, state)
         return model
 
@@ -268,7 +279,7 @@ class FinetuneRun:
             best_dir.mkdir(parents=True, exist_ok=True)
             with atomic.produced_path(best_dir / "model.safetensors") as tmp:
                 save_model(self.accelerator.unwrap_model(model), str(tmp))
-            _atomic_write_json(best_dir / "best.json", state["best"])
+            atomic.write_json(best_dir / "best.json", state["best"], indent=1)
         self.accelerator.wait_for_everyone()
 
     def _select(self, model: nn.Module, state: dict[str, Any]) -> None:
@@ -291,40 +302,47 @@ class FinetuneRun:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> Path:
-        """checkpoints/step_XXXXXXXX from every process, published through `latest` once complete."""
-        acc = self.accelerator
-        name = f"step_{state['step']:08d}"
-        final, tmp = self.ckpt_dir / name, self.ckpt_dir / f".{name}.tmp"
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # model (safetensors), optimizer, each process's RNG states
-        acc.wait_for_everyone()
-        if self.is_main:
-            _atomic_write_json(tmp / TRAINER_STATE, {**state, "scheduler": scheduler.state_dict()})
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            _atomic_write_text(self.ckpt_dir / "latest", name)
-            old = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p.name != name)
-            for p in old[: max(0, len(old) - (self.cfg.train.keep_checkpoints - 1))]:
-                shutil.rmtree(p, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
+        """checkpoints/step_XXXXXXXX from every process: staged, sealed with its COMPLETE manifest, renamed
+        into place and published through `latest` (rc3.checkpoints.store)."""
+        from safetensors.torch import save_model
 
-    def load_checkpoint(self, scheduler: Any) -> dict[str, Any]:
-        """Restore `latest` into the prepared objects; returns the trainer state saved with it."""
-        name = (self.ckpt_dir / "latest").read_text().strip()
-        path = self.ckpt_dir / name
-        if not (path / TRAINER_STATE).is_file():
-            raise FileNotFoundError(f"--resume: {path} is incomplete (no {TRAINER_STATE}); delete it and "
-                                    "point checkpoints/latest at an earlier step_* directory")
-        # Accelerate unpickles custom states with weights_only=False and skips unreadable RNG states
-        # silently: load weights-only (rc3.safe_load), a tampered file stops the resume naming it
-        with safe_load.weights_only_loading():
-            self.accelerator.load_state(str(path))
+        acc = self.accelerator
+        tag = tag_for(state["step"])
+        tmp = self.store.begin(tag, staged=True)
+        rng.save(tmp / rng_file(acc.process_index))
+        if self.is_main:
+            save_model(acc.unwrap_model(model), str(tmp / MODEL_STATE))  # tied weights stored once
+            tensor_state.save(optimizer.state_dict(), tmp / OPTIMIZER_STATE)
+            # Accelerate's micro-batch counter is not saved: a checkpoint is taken at an accumulation boundary,
+            # where it is 0 modulo the accumulation steps (and it restarts at every epoch's end)
+            atomic.write_json(tmp / TRAINER_STATE, {**state, "scheduler": scheduler.state_dict()}, indent=1)
+        return self.store.publish(tag, {"step": state["step"]}, staged=True)
+
+    def load_checkpoint(self, model: nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+        """Restore the checkpoint chosen at start-up into the prepared objects; returns the trainer state
+        saved with it."""
+        from safetensors.torch import load_model
+
+        assert self.resume_from is not None
+        acc = self.accelerator
+        path = self.ckpt_dir / self.resume_from
         state = json.loads((path / TRAINER_STATE).read_text())
+        if (path / OPTIMIZER_STATE).is_file():
+            unwrapped = acc.unwrap_model(model)
+            load_model(unwrapped, str(path / MODEL_STATE))  # read on the CPU, copied onto the parameters' device
+            unwrapped.rc3.mbart.tie_weights()
+            optimizer.load_state_dict(tensor_state.load(path / OPTIMIZER_STATE))
+            rng.load(path / rng_file(acc.process_index))
+        else:
+            # written by an older version through Accelerate's save_state, which unpickles its files with
+            # weights_only=False and skips unreadable RNG states silently: read them weights-only
+            # (rc3.safe_load), a tampered file stops the resume naming it
+            with safe_load.weights_only_loading():
+                acc.load_state(str(path))
         scheduler.load_state_dict(state.pop("scheduler"))
+        if "running" in state:  # written by an older version: its own running sums become the open window
+            state["window"] = {"sums": state.pop("running"), "steps": state["window"], "samples": state.pop("samples"),
+                               "wait": state.pop("wait")}
         self.print(f"[{self.cfg.task}] resumed from {path}")
         return state
 
@@ -351,7 +369,7 @@ class FinetuneRun:
         if self.is_main:
             json_path, md_path = write_results(self.out_dir, self.cfg.task, results, metrics)
             if self.selection:
-                _atomic_write_json(self.out_dir / "selection.json", self.selection)
+                atomic.write_json(self.out_dir / "selection.json", self.selection, indent=1)
             self._results_chart(results, metrics)
             self.print(results_markdown(results, metrics))
             self.print(f"[{self.cfg.task}] results: {json_path} {md_path}")
@@ -365,6 +383,13 @@ class FinetuneRun:
 
 METRICS_FILE = run_log.METRICS_FILE
 TRAINER_STATE = "trainer_state.json"
+MODEL_STATE = "model.safetensors"
+OPTIMIZER_STATE = "optimizer.safetensors"  # rc3.checkpoints.tensor_state
+
+
+def rng_file(process: int) -> str:
+    """Each process's RNG states in a finetuning checkpoint (rc3.rng)."""
+    return f"rng_rank{process:05d}.safetensors"
 
 
 def split_batch(global_batch: int, micro_batch: int, world: int) -> tuple[int, int]:
@@ -380,13 +405,6 @@ def split_batch(global_batch: int, micro_batch: int, world: int) -> tuple[int, i
     while share % micro:
         micro -= 1
     return micro, share // micro
-
-
-_atomic_write_text = atomic.write_text
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 # The paper's number of each task, drawn per language next to results.md (default: the first metric).

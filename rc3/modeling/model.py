@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
@@ -164,9 +163,7 @@ class RC3Model(nn.Module):
         out = Path(directory)
         if out.exists() and any(out.iterdir()) and not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-        try:
+        with atomic.produced_dir(out) as tmp:
             self.save_config(tmp)
             if weights:
                 save_model(self, str(tmp / WEIGHTS_FILE))
@@ -175,9 +172,6 @@ class RC3Model(nn.Module):
                     if f.is_file() and f.name not in (RC3_CONFIG_FILE, WEIGHTS_FILE):
                         shutil.copy2(f, tmp / f.name)
             write_hf_files(tmp, json.loads((tmp / RC3_CONFIG_FILE).read_text()))
-            replace_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     def forward(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -399,11 +393,6 @@ def register_auto_classes() -> None:
 
 
 _auto_registered = False
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory `tmp` to `out`, replacing an existing `out` only once `tmp` is complete."""
-    atomic.replace(tmp, out)
 
 
 def _tied_aliases(model: RC3Model) -> set[str]:

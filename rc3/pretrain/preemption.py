@@ -34,6 +34,7 @@ EXIT_STATUS = 143  # as a process ended by SIGTERM
 # Innermost frame of the main thread -> what the run is waiting on (first match from the innermost out).
 WAITS = (
     ("rc3/pretrain/checkpoints.py", "saving a checkpoint"),
+    ("rc3/checkpoints/", "saving a checkpoint"),
     ("deepspeed/runtime/checkpoint_engine", "saving a checkpoint"),
     ("rc3/distributed.py", "a collective with the other ranks"),
     ("torch/distributed/", "a collective with the other ranks"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rc3 import atomic
 from rc3.synthetic.corpora import DS_LANGS, ENGLISH_WEIGHT, GENERAL_SHARE, WIKIMATRIX_MIN_SCORE, write_ds, write_dt, write_dw
 from rc3.synthetic.dictionaries import write_muse_dictionaries
 from rc3.synthetic.downstream import ImageBank, write_xgqa, write_xvnli
@@ -196,9 +197,7 @@ def make_world(out: Path, seed: int = 0, sizes: Sizes | None = None, weak_overla
             "dictionaries": dictionaries,
         }
         write_json(staging / "world.json", world, indent=1)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        atomic.replace(staging, out)  # an older world stays whole until the new one is in place
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

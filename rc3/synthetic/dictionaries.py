@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rc3 import atomic
 from rc3.synthetic.languages import all_languages
 from rc3.synthetic.world import COLOURS, POSITIONS, SHAPES
 
@@ -75,8 +76,6 @@ def write_muse_dictionaries(out_dir: str | os.PathLike) -> dict[str, Any]:
         if not pairs:
             continue
         name = f"en-{code}.txt"
-        tmp = out / f".{name}.tmp"
-        tmp.write_text("".join(f"{s} {t}\n" for s, t in dict.fromkeys(pairs)), encoding="utf-8")
-        os.replace(tmp, out / name)
+        atomic.write_text(out / name, "".join(f"{s} {t}\n" for s, t in dict.fromkeys(pairs)))
         files[code] = name
     return {"dir": out.name, "files": files}

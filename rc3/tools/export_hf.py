@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,9 +76,7 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
         raise FileNotFoundError(f"{rc3_dir}: no {RC3_CONFIG_FILE}; give an RC3 model directory "
                                 "(from convert_mbart50.py, zero_to_safetensors.py or save_pretrained)")
     model = RC3Model.from_pretrained(rc3_dir).eval()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
-    try:
+    with atomic.produced_dir(out_dir) as tmp:
         model.mbart.config.architectures = ["MBartForConditionalGeneration"]
         model.mbart.save_pretrained(str(tmp), state_dict=text_state(model))
         for f in sorted(rc3_dir.iterdir()):
@@ -87,9 +84,6 @@ def export(rc3_dir: Path, out_dir: Path, overwrite: bool = False) -> Path:
                 shutil.copy2(f, tmp / f.name)
         meta = {"rc3_config": (rc3_dir / RC3_CONFIG_FILE).read_text(), "format": "pt"}
         save_file(visual_state(model), str(tmp / VISUAL_FILE), metadata=meta)
-        atomic.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -28,7 +28,6 @@ stores ``argmax(cls_prob[:, 1:])``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +43,8 @@ from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn
 from torchvision.ops import FrozenBatchNorm2d, batched_nms, clip_boxes_to_image, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
+
+from rc3 import atomic
 
 C5_STRIDE = 32
 CLS_SCORE_KEY = "roi_heads.box_predictor.cls_score.weight"
@@ -372,13 +373,11 @@ def extract_to_h5(
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     loader = torch.utils.data.DataLoader(
         _ImageFiles(items), batch_size=batch_size, num_workers=workers, collate_fn=list
     )
     stats = ExtractionStats(written=0, skipped={})
-    try:
+    with atomic.produced_path(out_path) as tmp:
         with h5py.File(tmp, "w") as h5, tqdm(total=len(items), unit="img", disable=not progress) as bar:
             for key, value in (attrs or {}).items():
                 h5.attrs[key] = value
@@ -395,7 +394,4 @@ def extract_to_h5(
                 bar.set_postfix(written=stats.written, skipped=len(stats.skipped))
         if stats.written == 0:
             raise ValueError(f"none of the {len(items)} images could be decoded; nothing written to {out_path}")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return stats

@@ -106,15 +106,10 @@ def _check_run(parts: Path, run_id: str) -> None:
 def _write_chunk(parts: Path, rank: int, seq: int, rows: list[tuple[str, RegionFeatures]],
                  skipped: dict[str, str]) -> None:
     final = parts / f"part-r{rank:05d}-{seq:06d}.h5"
-    tmp = parts / f".{final.name}.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as h5:
-            h5.attrs[SKIPPED_ATTR] = json.dumps(skipped)
-            for key, regions in rows:
-                write_regions(h5.create_group(key), regions)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic.produced_path(final) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs[SKIPPED_ATTR] = json.dumps(skipped)
+        for key, regions in rows:
+            write_regions(h5.create_group(key), regions)
 
 
 class _UnitImages(torch.utils.data.IterableDataset):
@@ -309,8 +304,8 @@ def merge_parts(out: Path, *, fmt: str = "h5", attrs: dict[str, Any] | None = No
     where, skipped, duplicates = _read_chunks(parts)
     if not where:
         raise ValueError(f"no image could be read and extracted; nothing written to {out} (see {parts})")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    # a store replacing an older one of the other format (file <-> LMDB directory) too (rc3.atomic.replace)
+    with atomic.produced_path(out) as tmp:
         if fmt == "h5":
             with h5py.File(tmp, "w") as dst:
                 for name, value in (attrs or {}).items():
@@ -321,12 +316,6 @@ def merge_parts(out: Path, *, fmt: str = "h5", attrs: dict[str, Any] | None = No
                             src.copy(src[key], dst, name=key)
         else:
             _write_lmdb(tmp, where)
-        _replace(tmp, out)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
     listing = out.with_name(out.name + ".skipped.tsv")
     lines = [f"{key}\t{why}\n" for key, why in sorted(skipped.items())]
     atomic.write_text(listing, "".join(lines))

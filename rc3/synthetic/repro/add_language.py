@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from rc3 import atomic
 from rc3.synthetic.grammar import Asker, Claimer
 from rc3.synthetic.languages import language
 from rc3.synthetic.world import COLOURS, POSITIONS, sample_scene, shuffled, stream
@@ -55,11 +56,7 @@ def world_parallel(lang: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 def write_tsv(path: Path, pairs: Sequence[tuple[str, str]]) -> Path:
     """english<TAB>X lines, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic.write_text(path, "".join(f"{a}\t{b}\n" for a, b in pairs))
 
 
 def text_alignment(model_dir: Path, en: Sequence[str], others: dict[str, Sequence[str]]) -> dict[str, float]:

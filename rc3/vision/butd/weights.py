@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from rc3 import atomic
 from rc3.data.features import _RestrictedUnpickler
 from rc3.vision.butd.boxes import cell_anchors
 from rc3.vision.butd.config import ButdConfig
@@ -164,15 +165,9 @@ def convert_state(state: Mapping[str, np.ndarray], cfg: ButdConfig) -> dict[str,
 
 def save_rc3_weights(tensors: Mapping[str, Tensor], cfg: ButdConfig, path: str | Path) -> None:
     """safetensors with the config in its metadata, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic.produced_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata={CONFIG_KEY: cfg.to_json(), FORMAT_KEY: FORMAT})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_detector(path: str | Path, **overrides: object) -> ButdDetector:

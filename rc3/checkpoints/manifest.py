@@ -1,9 +1,9 @@
 """The file manifest of a checkpoint: every file of a tag with its size and SHA-256, and its verification.
 
-The manifest lives in the tag's COMPLETE marker (rc3.pretrain.checkpoints), written once every rank has
+The manifest lives in the tag's COMPLETE marker (rc3.checkpoints.store), written once every rank has
 finished its part, so it describes exactly what a resume will read. Verifying it finds a file that was
 truncated, removed or changed after the save (a full disk during a copy, a partial rsync, bit rot)
-before DeepSpeed reads it, and names that file.
+before DeepSpeed, Accelerate or a loop reads it, and names that file.
 
 SHA-256 rather than a faster non-cryptographic hash: hashlib's SHA-256 runs in OpenSSL, which uses the
 CPU's SHA extensions (x86 SHA-NI, ARMv8 SHA2); on the development machine it reads 750 MB/s against
