@@ -284,6 +284,10 @@ def test_every_task_and_language_of_the_synthetic_world(world: Path, model_dir: 
     assert ran["optim"]["lr"] == 5e-4 and ran["train"]["epochs"] == 1 and ran["train"]["batch_size"] == 8  # IGLUE's xGQA batch
     assert ran["init"] == str(out / "runs/xgqa/seed0/model")  # continues from the English-finetuned model
     assert ran["data"]["train"].endswith("xGQA/annotations/few_shot/de/train_5.json") and ran["data"]["train_lang"] == "de"
+    # IGLUE's warmup: 10 % of the few-shot run's optimizer steps (questions of the split / batch 8, 1 epoch),
+    # not the recipe's own warmup_steps, sized for the full English training set
+    questions = len(json.loads(Path(ran["data"]["train"]).read_text()))
+    assert ran["optim"]["warmup_steps"] == int(0.1 * -(-questions // 8) * 1)
     assert ran["data"]["dev"].endswith("xGQA/annotations/few_shot/de/dev.json") and ran["data"]["test_langs"] == ["de"]
     assert ("xvnli", "ar", "few_shot_1") in missing
     # MaRVL few-shot: the world's languages with IGLUE's splits at 1 shot; it has no 5-shot split (IGLUE's are 1 2 4 10 10x2)

@@ -167,3 +167,18 @@ def test_synthetic_world_writes_marvl_few_shot_splits_in_the_released_layout(tmp
         for key in wanted:
             assert (tmp_path / "downstream/images/marvl_few_shot" / f"{key}.jpg").is_file()
             assert int(key.split("-")[0]) >= 100  # disjoint from the zero-shot concepts' images
+
+
+def test_few_shot_warmup_is_a_tenth_of_the_runs_steps_counted_from_the_split_file(tmp_path: Path) -> None:
+    """IGLUE's --warmup_proportion 0.1, in optimizer steps, from the raw split files of each layout."""
+    from rc3.evaluate.runner import few_shot_warmup
+
+    marvl = tmp_path / "marvl-id_train10.jsonl"  # 40 MaRVL statements, one per line
+    marvl.write_text("".join(json.dumps({"caption": f"c{i}", "label": True}) + "\n" for i in range(40)))
+    assert few_shot_warmup(marvl, 16, 20) == int(0.1 * 3 * 20)  # ceil(40 / 16) = 3 steps an epoch
+    xgqa = tmp_path / "train_48.json"  # questions by id
+    xgqa.write_text(json.dumps({str(i): {"question": "q"} for i in range(192)}))
+    assert few_shot_warmup(xgqa, 8, 20) == int(0.1 * 24 * 20)
+    flickr = tmp_path / "train_5.jsonl"  # xFlickr&CO: an image a line, its captions in `sentences`
+    flickr.write_text("".join(json.dumps({"img_path": f"{i}.jpg", "sentences": ["a", "b"]}) + "\n" for i in range(5)))
+    assert few_shot_warmup(flickr, 4, 20) == int(0.1 * 3 * 20)  # 10 captions: ceil(10 / 4) = 3

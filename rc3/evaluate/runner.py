@@ -265,6 +265,7 @@ class Evaluation:
                                     f"data.dev={_q(str(dev)) if dev is not None and dev.is_file() else 'null'}",
                                     f"data.test_langs=[{lang}]", f"optim.lr={lr}", f"train.epochs={epochs}",
                                     f"train.batch_size={fs.batch_size_of(n)}", f"train.micro_batch_size={fs.batch_size_of(n)}",
+                                    f"optim.warmup_steps={few_shot_warmup(fs.train(plan.cfg, lang, n), fs.batch_size_of(n), epochs)}",
                                     f"data.features=[{','.join(_q(f) for f in _few_shot_features(plan.cfg, fs, lang))}]"]
                             self.o.log(f"[evaluate] {name} few-shot {lang} {n} shot(s), lr {lr:g}, seed {seed} -> {out_dir}")
                             resume = (out_dir / "checkpoints" / "latest").is_file()  # killed while training
@@ -279,6 +280,28 @@ class Evaluation:
                         plan, english / "few_shot" / lang / str(n), lr=best["lr"], epochs=epochs, shots=n,
                         lr_selection="best dev score" if scored else "no dev score: first learning rate of the grid",
                         grid=[{"lr": t["lr"], "dev": t["dev"], "test": t["test"].get(task.metric)} for t in tried]))
+
+
+def count_examples(path: Path) -> int:
+    """Training examples of a released split file: JSON lines (a line with a `sentences` list, as
+    xFlickr&CO's, counts each caption), or a JSON object / list (xGQA's questions by id)."""
+    if path.suffix == ".jsonl":
+        n = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                record = json.loads(line)
+                sentences = record.get("sentences") if isinstance(record, dict) else None
+                n += len(sentences) if isinstance(sentences, list) else 1
+        return n
+    return len(json.loads(path.read_text(encoding="utf-8")))
+
+
+def few_shot_warmup(path: Path, batch_size: int, epochs: int, proportion: float = 0.1) -> int:
+    """IGLUE's few-shot warmup (`--warmup_proportion 0.1` in its train scripts) in optimizer steps, the unit
+    of every RC3 loop: a recipe's own `optim.warmup_steps` is sized for its full training set and would
+    leave a few-shot run of a few dozen steps in warmup throughout."""
+    steps = -(-count_examples(path) // batch_size) * epochs
+    return int(proportion * steps)
 
 
 def _few_shot_features(cfg: Any, fs: FewShot, lang: str) -> list[str]:
