@@ -256,6 +256,7 @@ class Evaluation:
                         continue
                     english = self.english_model(name, i)
                     tried: list[dict[str, Any]] = []
+                    warmup = few_shot_warmup(fs.train(plan.cfg, lang, n), fs.batch_size_of(n), epochs)
                     for lr in lrs:
                         out_dir = english / "few_shot" / lang / str(n) / f"lr{lr:g}"
                         dev = fs.dev(plan.cfg, lang)
@@ -265,7 +266,7 @@ class Evaluation:
                                     f"data.dev={_q(str(dev)) if dev is not None and dev.is_file() else 'null'}",
                                     f"data.test_langs=[{lang}]", f"optim.lr={lr}", f"train.epochs={epochs}",
                                     f"train.batch_size={fs.batch_size_of(n)}", f"train.micro_batch_size={fs.batch_size_of(n)}",
-                                    f"optim.warmup_steps={few_shot_warmup(fs.train(plan.cfg, lang, n), fs.batch_size_of(n), epochs)}",
+                                    f"optim.warmup_steps={warmup}",
                                     f"data.features=[{','.join(_q(f) for f in _few_shot_features(plan.cfg, fs, lang))}]"]
                             self.o.log(f"[evaluate] {name} few-shot {lang} {n} shot(s), lr {lr:g}, seed {seed} -> {out_dir}")
                             resume = (out_dir / "checkpoints" / "latest").is_file()  # killed while training
@@ -286,13 +287,10 @@ def count_examples(path: Path) -> int:
     """Training examples of a released split file: JSON lines (a line with a `sentences` list, as
     xFlickr&CO's, counts each caption), or a JSON object / list (xGQA's questions by id)."""
     if path.suffix == ".jsonl":
-        n = 0
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                sentences = record.get("sentences") if isinstance(record, dict) else None
-                n += len(sentences) if isinstance(sentences, list) else 1
-        return n
+        from rc3.finetune.readers import iter_jsonl
+
+        counts = (len(s) if isinstance(s := record.get("sentences"), list) else 1 for _, record in iter_jsonl(path))
+        return sum(counts)
     return len(json.loads(path.read_text(encoding="utf-8")))
 
 
