@@ -473,7 +473,7 @@ def _resolve_sources(corpus: str, shards: str | Sequence[str] | Sequence[Source]
     if not all(isinstance(x, Source) for x in shards):
         raise ValueError(f"{corpus}: give either shard specs or Source objects, not both")
     out: list[_Source] = []
-    for src in shards:  # type: ignore[union-attr]
+    for src in [x for x in shards if isinstance(x, Source)]:  # every item (checked above); narrows the type
         if not (isinstance(src.weight, (int, float)) and src.weight > 0 and src.weight < float("inf")):
             raise ValueError(f"{corpus} source {src.name!r}: weight must be a positive number, got {src.weight!r}")
         out.append(_Source(str(src.name), expand_shards(src.shards), float(src.weight)))

@@ -211,7 +211,8 @@ def transport_failure(stream: BinaryIO, wait_s: float = 2.0) -> str | None:
         return None
     if status in getattr(stream, "ignore_status", [0]):
         return None
-    return f"the command {stream.args[0][0]!r} exited with status {status}"
+    pipe: Any = stream  # a stream with a `proc` is a pipe (webdataset's Pipe or TimedPipe): it has `args`
+    return f"the command {pipe.args[0][0]!r} exited with status {status}"
 
 
 def abort(stream: BinaryIO) -> None:
@@ -223,7 +224,8 @@ def abort(stream: BinaryIO) -> None:
             proc.kill()
         except OSError:
             pass
-        stream.ignore_errors = True
+        pipe: Any = stream  # a stream with a `proc` is a pipe (webdataset's Pipe or TimedPipe)
+        pipe.ignore_errors = True
     try:
         stream.close()
     except OSError:
@@ -287,7 +289,7 @@ class SeekWindow(io.RawIOBase):
     because neither webdataset nor the standard library offers it: webdataset's own tar reader gives
     no way to tell a shard cut at a member boundary from a complete one."""
 
-    def __init__(self, raw: BinaryIO, window: int = 1 << 16) -> None:
+    def __init__(self, raw: BinaryIO | io.BufferedIOBase, window: int = 1 << 16) -> None:
         super().__init__()
         self.raw, self.window = raw, window
         self.pos = 0  # logical position

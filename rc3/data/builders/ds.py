@@ -77,7 +77,7 @@ class Img2DatasetImages:
             spans: dict[str, tuple[int, int]] = {}
             with tarfile.open(tar_path, "r:") as tf:
                 for member in tf:
-                    tf.members = []
+                    tf.members = []  # type: ignore[attr-defined]  # not in tarfile's stubs; the list is not needed
                     stem, _, ext = member.name.rpartition("/")[2].partition(".")
                     if not member.isfile() or not stem:
                         continue

@@ -159,7 +159,7 @@ def _index_tar(tar_path: Path) -> list[tuple[str, str, int, int]]:
     spans: dict[str, tuple[int, int]] = {}
     with tarfile.open(tar_path, "r:") as tf:
         for member in tf:
-            tf.members = []  # the member list is not needed and grows with the tar
+            tf.members = []  # type: ignore[attr-defined]  # not in tarfile's stubs; the list is not needed and grows with the tar
             key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
             if key is None:
                 continue
