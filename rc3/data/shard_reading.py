@@ -186,7 +186,7 @@ def tar_samples(url: str, fields: frozenset[str], opener: ShardOpener, timeout: 
             raise OSError(f"{failure} ({type(exc).__name__}: {exc})") from exc
         length, received = getattr(raw, "length", None), getattr(raw, "received", None)
         if length is not None and received == length:  # an http(s) shard that arrived whole, as the server has it
-            exc.transfer_complete = True  # type: ignore[union-attr]
+            setattr(exc, "transfer_complete", True)  # noqa: B010 (an attribute of ours on a library's exception)
         raise
     finally:
         if not finished:

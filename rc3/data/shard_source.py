@@ -183,16 +183,19 @@ class ShardOpener:
 
             return fsspec.open(spec, "rb").open()
         if command is not None:
-            return TimedPipe(wds.gopen(command.replace("{url}", shlex.quote(spec)), "rb"),  # type: ignore[return-value]
+            pipe = TimedPipe(wds.gopen(command.replace("{url}", shlex.quote(spec)), "rb"),
                              self.read_timeout_s if timeout is None else timeout)
+            return pipe  # type: ignore[return-value]  # an io.RawIOBase, which typeshed does not count as a BinaryIO
         if scheme in HTTP_SCHEMES:
             from rc3.data.http_shards import open_http
 
-            return open_http(spec, self.read_timeout_s if timeout is None else timeout)  # type: ignore[return-value]
+            http = open_http(spec, self.read_timeout_s if timeout is None else timeout)
+            return http  # type: ignore[return-value]  # an io.RawIOBase, which typeshed does not count as a BinaryIO
         if scheme in GOPEN_SCHEMES:
             stream = wds.gopen(spec, "rb")
             if getattr(stream, "proc", None) is not None:  # pipe: and webdataset's own command routes
-                return TimedPipe(stream, self.read_timeout_s if timeout is None else timeout)  # type: ignore[return-value]
+                pipe = TimedPipe(stream, self.read_timeout_s if timeout is None else timeout)
+                return pipe  # type: ignore[return-value]  # an io.RawIOBase, which typeshed does not count as a BinaryIO
             return stream
         raise ValueError(f"no way to open {spec!r}: set data.shard_commands, e.g. '{scheme}=pipe:mytool cat {{url}}' "
                          f"or '{scheme}=fsspec'")

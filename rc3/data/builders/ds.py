@@ -84,8 +84,10 @@ class Img2DatasetImages:
                     if ext == "jpg":
                         spans[stem] = (member.offset_data, member.size)
                     elif ext == "json":
+                        data = tf.extractfile(member)
+                        assert data is not None  # a regular file (isfile above)
                         try:
-                            meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                            meta = json.loads(data.read().decode("utf-8"))
                         except (ValueError, UnicodeDecodeError):
                             continue
                         url = meta.get("url") if isinstance(meta, dict) else None

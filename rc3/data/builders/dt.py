@@ -118,7 +118,7 @@ class CaptionPairsSource(DtSource):
 
     def _pairs_wanted(self) -> list[tuple[str, str]]:
         if self.lang_pairs is not None:
-            return [tuple(p) for p in self.lang_pairs]  # type: ignore[misc]
+            return [(a, b) for a, b in self.lang_pairs]
         driver = "en" if "en" in self.captions else next(iter(self.captions))
         return [(driver, lang) for lang in self.captions if lang != driver]
 

@@ -164,8 +164,10 @@ def _index_tar(tar_path: Path) -> list[tuple[str, str, int, int]]:
             if key is None:
                 continue
             if ext == "json":
+                data = tf.extractfile(member)
+                assert data is not None  # a regular file (isfile above)
                 try:
-                    meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                    meta = json.loads(data.read().decode("utf-8"))
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     continue
                 if isinstance(meta, dict) and isinstance(meta.get("url"), str):
