@@ -36,7 +36,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q $(XDIST) -m "not slow" tests
 
-# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) on everything, mypy on rc3/ (pyproject.toml).
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) on everything, mypy on rc3/ and the pretrain/ finetune/ scripts (pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -87,7 +87,7 @@ def _read_text_lines(path: Path) -> list[str]:
         gz = raw.read(2) == b"\x1f\x8b"
     opener = gzip.open if gz else open
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:
             return [line.rstrip("\r\n") for line in fh]
     except UnicodeDecodeError as err:
         raise ParallelTextError(f"{path} is not UTF-8 text ({err})") from None
@@ -195,7 +195,7 @@ def extend_tokenizer(old_dir: Path, pieces: Sequence[tuple[str, float]], out_dir
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     for piece, score in pieces:
-        proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=score, type=1))  # type: ignore[attr-defined]
+        proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=score, type=1))  # type: ignore[attr-defined]  # protobuf, no stubs
     full["model"]["vocab"] = vocab[:insert_at] + [[p, s] for p, s in pieces] + vocab[insert_at:]
     for tok in full.get("added_tokens", []):
         tok["id"] = ext.shift(tok["id"])

@@ -21,7 +21,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence, cast
 
 import yaml
 
@@ -46,6 +46,8 @@ class RegistrySection:
     The dataclass written below holds the keys of its own; `resolved()` is that class extended with the
     registry's keys (rebuilt when the registry changes). Constructing the written class gives an instance
     of the resolved one, so `ObjectivesConfig()` has every objective's section."""
+
+    _resolved_cache: ClassVar[dict[int, type]]  # per written class (set in its own __dict__ by resolved())
 
     @classmethod
     def registry_fields(cls) -> list[tuple[str, Any, Any]]:
@@ -76,7 +78,8 @@ class RegistrySection:
 
     def __reduce__(self) -> Any:  # the resolved class is not importable by name: rebuild from plain values
         base = next(c for c in type(self).__mro__ if not c.__dict__.get("_registry_extension"))
-        return (_rebuild_section, (base, dataclasses.asdict(self)))
+        # An instance is always of the resolved class, a dataclass (__new__ above).
+        return (_rebuild_section, (base, dataclasses.asdict(cast(Any, self))))
 
 
 def _rebuild_section(base: type, values: dict) -> Any:

@@ -305,6 +305,7 @@ class RC3Inference:
         if self._detector is None:
             from rc3.vision.extractors import open_extractor
 
+            assert self.detector_weights is not None  # asked for only when weights were given (_roi_of)
             try:
                 self._detector = open_extractor(self.detector_weights, self.detector_kind, str(self.device),
                                                 self.num_regions)
@@ -318,6 +319,7 @@ class RC3Inference:
 
     def load_image(self, item: ImageInput) -> dict[str, Tensor]:
         """One image's visual tensors for this model's mode: roi/boxes/roi_mask and/or pixels (uint8, resized)."""
+        img: Optional[Image.Image]  # the decoded image, when there is one
         if isinstance(item, Mapping):
             return self._from_mapping(item)
         if isinstance(item, Image.Image):
@@ -344,6 +346,7 @@ class RC3Inference:
             key = path.name if path.is_file() else str(item)
             out = self._roi_of(key, img, f"image {str(item)!r}") if self.needs_roi else {}
             if self.needs_pixels:
+                assert img is not None  # a missing file raised above; an existing one was read
                 out["pixels"] = self._pixels_of(img)
             return out
         raise TypeError(f"an image is a file path, a PIL image or a dict of ROI features, not {type(item).__name__}")
@@ -380,8 +383,10 @@ class RC3Inference:
     def image_name(item: ImageInput, i: int) -> str:
         if isinstance(item, (str, os.PathLike)):
             return str(item)
-        if isinstance(item, Image.Image) and getattr(item, "filename", ""):
-            return str(item.filename)
+        if isinstance(item, Image.Image):
+            filename = getattr(item, "filename", "")  # set on images opened from a file
+            if filename:
+                return str(filename)
         if isinstance(item, Mapping) and item.get("name"):
             return str(item["name"])
         return f"image{i}"
@@ -555,6 +560,8 @@ class RC3Inference:
                  lang: str | Sequence[str]) -> list[Prediction]:
         """Label of each (image, text) example (a pair of images per example for MaRVL) by the finetuned head."""
         labels = self.labels
+        task_model = self.task_model
+        assert task_model is not None  # self.labels raised if the model has no classifier head
         images = list(images)
         ids = self.encode_texts(texts, lang)
         if len(images) != len(ids):
@@ -566,14 +573,17 @@ class RC3Inference:
         for idx in self._batches(len(ids), f"classify ({self.task})"):
             batch: dict[str, Any] = {}
             if two and two[0]:
-                if any(len(images[j]) != 2 for j in idx):
+                # every example is a pair (`two`, checked above): the filter only narrows the type
+                pairs = [p for p in (images[j] for j in idx) if isinstance(p, (tuple, list))]
+                if any(len(p) != 2 for p in pairs):
                     raise ValueError("classify: a pair of images per example means exactly two")
-                batch.update(self._visual_batch([self.load_image(images[j][0]) for j in idx]))
-                batch.update(self._visual_batch([self.load_image(images[j][1]) for j in idx], suffix="2"))
+                batch.update(self._visual_batch([self.load_image(p[0]) for p in pairs]))
+                batch.update(self._visual_batch([self.load_image(p[1]) for p in pairs], suffix="2"))
             else:
-                batch.update(self._visual_batch([self.load_image(images[j]) for j in idx]))
+                singles = [x for x in (images[j] for j in idx) if not isinstance(x, (tuple, list))]  # all (`two`)
+                batch.update(self._visual_batch([self.load_image(x) for x in singles]))
             batch["input_ids"], batch["attention_mask"] = self._text_batch([ids[j] for j in idx])
-            probs = torch.softmax(self.task_model(batch)["logits"].float(), dim=-1).cpu()
+            probs = torch.softmax(task_model(batch)["logits"].float(), dim=-1).cpu()
             for row in probs:
                 best = int(row.argmax())
                 out.append(Prediction(labels[best], best, float(row[best]),
@@ -626,11 +636,11 @@ def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu", dtype
         raise FileNotFoundError(run_directory_hint(d) or
                                 f"{d}: no {RC3_CONFIG_FILE}; give an RC3 model directory (pretrained or finetuned)")
     if isinstance(dtype, str):
-        names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                 "fp16": torch.float16, "float16": torch.float16}
-        if dtype not in names:
-            raise ValueError(f"dtype {dtype!r}: one of {', '.join(names)}")
-        dtype = names[dtype]
+        dtypes = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                  "fp16": torch.float16, "float16": torch.float16}
+        if dtype not in dtypes:
+            raise ValueError(f"dtype {dtype!r}: one of {', '.join(dtypes)}")
+        dtype = dtypes[dtype]
     tokenizer = RC3Tokenizer.from_dir(d)
     task_model = TaskModel.from_pretrained(d) if (d / HEAD_META).is_file() else None
     rc3 = task_model.rc3 if task_model is not None else RC3Model.from_pretrained(d)

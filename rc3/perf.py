@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from rc3.pretrain.config import PerfConfig
+
+if TYPE_CHECKING:
+    from rc3.modeling.model import RC3Model
 
 log = logging.getLogger("rc3.perf")
 
@@ -82,7 +85,7 @@ def pin(batches: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return {task: done[id(batch)] for task, batch in batches.items()}
 
 
-def compile_model(model: torch.nn.Module, scope: str, mode: str = "default", dynamic: bool | None = None,
+def compile_model(model: RC3Model, scope: str, mode: str = "default", dynamic: bool | None = None,
                   backend: str | None = None) -> None:
     """torch.compile the model's encoder and decoder in place: `scope` "layers" (each layer) or
     "passes" (the whole encoder, the whole decoder and the visual front end). `dynamic=False` when the
@@ -92,11 +95,11 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str = "default", dyn
     backend = backend or os.environ.get("RC3_COMPILE_BACKEND", "inductor")
     if scope == "off":
         return
-    mbart = model.mbart.model  # type: ignore[attr-defined]
+    mbart = model.mbart.model
     if scope == "layers":
         modules = [*mbart.encoder.layers, *mbart.decoder.layers]
     elif scope == "passes":
-        modules = [mbart.encoder, mbart.decoder, model.visual]  # type: ignore[attr-defined]
+        modules = [mbart.encoder, mbart.decoder, model.visual]
     else:
         raise ValueError(f"perf.compile: {scope!r} is not one of off, layers, passes")
     # One step calls the encoder with ~6 shapes (each task, with and without gradients); the default
@@ -108,10 +111,10 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str = "default", dyn
         module.compile(dynamic=dynamic, backend=backend, **options)
 
 
-def apply(model: torch.nn.Module, perf: PerfConfig) -> None:
+def apply(model: RC3Model, perf: PerfConfig) -> None:
     """Set the model-side levers of `perf` on `model` (before it is wrapped by an engine)."""
-    model.lm_loss_chunk = perf.lm_loss_chunk  # type: ignore[assignment]
-    model.prebuilt_masks = perf.sync_free  # type: ignore[assignment]
+    model.lm_loss_chunk = perf.lm_loss_chunk
+    model.prebuilt_masks = perf.sync_free
     if perf.compile != "off":
         compile_model(model, perf.compile, perf.compile_mode, dynamic=False if perf.fixed_shapes else None)
 
@@ -186,7 +189,12 @@ class HostSyncCounter(TorchFunctionMode):
 
         key = id(t)
         if host:
-            self._host[key] = weakref.ref(t, lambda _, k=key, h=self._host: h.pop(k, None))
+            host_refs = self._host
+
+            def forget(_: object) -> None:  # the tensor is gone: so is its id's entry
+                host_refs.pop(key, None)
+
+            self._host[key] = weakref.ref(t, forget)
         else:
             self._host.pop(key, None)
 

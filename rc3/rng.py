@@ -21,7 +21,9 @@ def capture() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     tensors: dict[str, torch.Tensor] = {"torch_cpu": torch.get_rng_state()}
     version, state, gauss = random.getstate()
     tensors["python"] = torch.tensor(state, dtype=torch.int64)
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy layout of the global MT19937 generator (a dict only for other generators)
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np_state
     tensors["numpy"] = torch.from_numpy(np_keys.astype(np.int64))
     meta = {"python": json.dumps([version, gauss]), "numpy": json.dumps([np_name, int(np_pos), int(np_has_gauss), float(np_gauss)])}
     if torch.cuda.is_available():

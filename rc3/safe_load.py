@@ -119,11 +119,11 @@ def weights_only_loading() -> Iterator[None]:
             refused.append(err)
             raise
 
-    guarded._unguarded = original  # type: ignore[attr-defined]
-    torch.load = guarded  # type: ignore[assignment]
+    setattr(guarded, "_unguarded", original)  # noqa: B010 (an attribute of ours on a function object)
+    torch.load = guarded
     try:
         yield
     finally:
-        torch.load = previous  # type: ignore[assignment]
+        torch.load = previous
     if refused:
         raise refused[0]

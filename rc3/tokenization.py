@@ -71,7 +71,7 @@ class IdMap:
     the new id of ``<unk>``.
     """
 
-    def __init__(self, kept_old_ids: Sequence[int], old_vocab_size: int, unk_old_id: int) -> None:
+    def __init__(self, kept_old_ids: Iterable[int], old_vocab_size: int, unk_old_id: int) -> None:
         kept = np.asarray(sorted(set(int(i) for i in kept_old_ids)), dtype=np.int64)
         if len(kept) == 0 or kept[-1] >= old_vocab_size or kept[0] < 0:
             raise ValueError("IdMap: kept ids must be non-empty and inside the old vocabulary")
@@ -177,7 +177,7 @@ class RC3Tokenizer:
         directory = Path(path)
         if not (directory / SPM_FILE).is_file():
             raise FileNotFoundError(f"{directory}: no {SPM_FILE}; point at a local mBART-50 (or RC3 model) directory")
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if (directory / SEGMENTATION_FILE).is_file():
             # A model directory's tokenizer.json is the transformers-facing one of the reduced vocabulary
             # (rc3.modeling.hf); mBART-50's full segmentation, which id_map.json applies to, is kept beside it.

@@ -407,6 +407,12 @@ def test_config_defaults_and_validation() -> None:
                                   "the run prints as it starts)")
     with pytest.raises(ConfigError, match="optim.warmup_steps: must be >= 0"):
         finetune_config_from_dict({}, "itr", base + ["optim.warmup_steps=-1"])
+    # MMT reads its test splits from data.test, else from data.train's folder: with neither it stops up front, by name
+    mmt_eval = ["train.epochs=0", "data.features=[f.h5]"]
+    with pytest.raises(ConfigError, match="data.test: the folder of the Multi30K test splits is required"):
+        finetune_config_from_dict({}, "mmt", mmt_eval)
+    assert finetune_config_from_dict({}, "mmt", mmt_eval + ["data.train=m30k"]).data.test is None
+    assert finetune_config_from_dict({}, "mmt", mmt_eval + ["data.test=m30k"]).data.train is None
 
 
 @pytest.mark.slow  # a process per task importing rc3 (transformers)

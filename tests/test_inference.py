@@ -307,6 +307,18 @@ def test_bf16_and_progress_on_long_inputs(dirs: dict[str, Path], capsys: pytest.
     torch.testing.assert_close(emb[:6], full, rtol=0, atol=5e-2)  # bf16 stays near fp32
 
 
+def test_errors_name_the_callers_arguments_with_a_dtype_given_by_name(dirs: dict[str, Path], data: Path) -> None:
+    """The `rc3` command passes its flags as arg_names and --dtype as a name; errors must still say the flags."""
+    from rc3.inference import load
+
+    names = {"features": "--features STORE.h5", "detector_weights": "--detector-weights FILE"}
+    for dtype in (None, torch.float32, "fp32", "bf16"):
+        m = load(dirs["itr"], dtype=dtype, arg_names=names)
+        with pytest.raises(ValueError) as err:  # a roi model with neither a feature store nor a detector
+            m.load_image(data / "img" / "im0.jpg")
+        assert "give --features STORE.h5" in str(err.value) and "or --detector-weights FILE" in str(err.value), dtype
+
+
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rc3.cli", *argv], capture_output=True, text=True, cwd=REPO, timeout=300)
 

@@ -243,9 +243,10 @@ def check_samples(items: Iterable[Any], corpus: str, collate_fn: Any, needs_imag
         try:
             sample = decode_sample(corpus, raw, needs_image, draft_size)
         except schemas.SampleError as err:
-            reason = skip_reason(err.field, err.reason, raw.get(err.field))
-            tracker.skip(reason, raw["__url__"], raw["__key__"], str(err))
+            skipped = skip_reason(err.field, err.reason, raw.get(err.field))
+            tracker.skip(skipped, raw["__url__"], raw["__key__"], str(err))
             continue
+        reason: str | None
         try:
             for text in CORPORA.get(corpus).texts(sample):
                 text.encode("utf-8")  # JSON escapes can smuggle in lone surrogates

@@ -179,7 +179,7 @@ class FeatureStore(Mapping[str, tuple[np.ndarray, np.ndarray]]):
         return {"path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+        type(self).__init__(self, state["path"])  # as unpickled: a fresh store of the same class
 
     def __del__(self) -> None:
         try:

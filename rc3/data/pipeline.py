@@ -469,11 +469,13 @@ def make_pipeline(corpus: str, shards: str | Sequence[str] | Sequence[Source], b
 
 def _resolve_sources(corpus: str, shards: str | Sequence[str] | Sequence[Source]) -> list[_Source]:
     if isinstance(shards, (str, os.PathLike)) or not any(isinstance(x, Source) for x in shards):
-        return [_Source(corpus, expand_shards(shards), 1.0)]  # type: ignore[arg-type]
+        # no item is a Source here: the filter only narrows the type
+        specs = shards if isinstance(shards, (str, os.PathLike)) else [x for x in shards if not isinstance(x, Source)]
+        return [_Source(corpus, expand_shards(specs), 1.0)]
     if not all(isinstance(x, Source) for x in shards):
         raise ValueError(f"{corpus}: give either shard specs or Source objects, not both")
     out: list[_Source] = []
-    for src in shards:  # type: ignore[union-attr]
+    for src in [x for x in shards if isinstance(x, Source)]:  # every item (checked above); narrows the type
         if not (isinstance(src.weight, (int, float)) and src.weight > 0 and src.weight < float("inf")):
             raise ValueError(f"{corpus} source {src.name!r}: weight must be a positive number, got {src.weight!r}")
         out.append(_Source(str(src.name), expand_shards(src.shards), float(src.weight)))

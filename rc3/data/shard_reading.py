@@ -159,7 +159,7 @@ def tar_samples(url: str, fields: frozenset[str], opener: ShardOpener, timeout: 
         f = raw if seekable else stream_for_tar(raw)
         with tarfile.open(fileobj=f, mode="r:*" if seekable else "r:") as tar:
             for info in tar:
-                tar.members = []  # iteration does not need the member list; a shard's can be long
+                tar.members = []  # type: ignore[attr-defined]  # not in tarfile's stubs; iteration does not need the list, a shard's can be long
                 m = _MEMBER.match(info.name) if info.isreg() else None
                 if m is None:
                     continue
@@ -173,7 +173,9 @@ def tar_samples(url: str, fields: frozenset[str], opener: ShardOpener, timeout: 
                 if field in current:
                     current["__duplicate__"] = field
                 else:
-                    current[field] = tar.extractfile(info).read()
+                    member = tar.extractfile(info)
+                    assert member is not None  # a regular file (isreg above) always has a file object
+                    current[field] = member.read()
             _check_archive_end(tar)
         finished = True
         raw.close()  # a pipe reports its command's exit status here (an OSError when it failed)
@@ -184,7 +186,7 @@ def tar_samples(url: str, fields: frozenset[str], opener: ShardOpener, timeout: 
             raise OSError(f"{failure} ({type(exc).__name__}: {exc})") from exc
         length, received = getattr(raw, "length", None), getattr(raw, "received", None)
         if length is not None and received == length:  # an http(s) shard that arrived whole, as the server has it
-            exc.transfer_complete = True  # type: ignore[union-attr]
+            setattr(exc, "transfer_complete", True)  # noqa: B010 (an attribute of ours on a library's exception)
         raise
     finally:
         if not finished:

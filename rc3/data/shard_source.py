@@ -183,16 +183,19 @@ class ShardOpener:
 
             return fsspec.open(spec, "rb").open()
         if command is not None:
-            return TimedPipe(wds.gopen(command.replace("{url}", shlex.quote(spec)), "rb"),  # type: ignore[return-value]
+            pipe = TimedPipe(wds.gopen(command.replace("{url}", shlex.quote(spec)), "rb"),
                              self.read_timeout_s if timeout is None else timeout)
+            return pipe  # type: ignore[return-value]  # an io.RawIOBase, which typeshed does not count as a BinaryIO
         if scheme in HTTP_SCHEMES:
             from rc3.data.http_shards import open_http
 
-            return open_http(spec, self.read_timeout_s if timeout is None else timeout)  # type: ignore[return-value]
+            http = open_http(spec, self.read_timeout_s if timeout is None else timeout)
+            return http  # type: ignore[return-value]  # an io.RawIOBase, which typeshed does not count as a BinaryIO
         if scheme in GOPEN_SCHEMES:
             stream = wds.gopen(spec, "rb")
             if getattr(stream, "proc", None) is not None:  # pipe: and webdataset's own command routes
-                return TimedPipe(stream, self.read_timeout_s if timeout is None else timeout)  # type: ignore[return-value]
+                pipe = TimedPipe(stream, self.read_timeout_s if timeout is None else timeout)
+                return pipe  # type: ignore[return-value]  # an io.RawIOBase, which typeshed does not count as a BinaryIO
             return stream
         raise ValueError(f"no way to open {spec!r}: set data.shard_commands, e.g. '{scheme}=pipe:mytool cat {{url}}' "
                          f"or '{scheme}=fsspec'")
@@ -211,7 +214,8 @@ def transport_failure(stream: BinaryIO, wait_s: float = 2.0) -> str | None:
         return None
     if status in getattr(stream, "ignore_status", [0]):
         return None
-    return f"the command {stream.args[0][0]!r} exited with status {status}"
+    pipe: Any = stream  # a stream with a `proc` is a pipe (webdataset's Pipe or TimedPipe): it has `args`
+    return f"the command {pipe.args[0][0]!r} exited with status {status}"
 
 
 def abort(stream: BinaryIO) -> None:
@@ -223,7 +227,8 @@ def abort(stream: BinaryIO) -> None:
             proc.kill()
         except OSError:
             pass
-        stream.ignore_errors = True
+        pipe: Any = stream  # a stream with a `proc` is a pipe (webdataset's Pipe or TimedPipe)
+        pipe.ignore_errors = True
     try:
         stream.close()
     except OSError:
@@ -287,7 +292,7 @@ class SeekWindow(io.RawIOBase):
     because neither webdataset nor the standard library offers it: webdataset's own tar reader gives
     no way to tell a shard cut at a member boundary from a complete one."""
 
-    def __init__(self, raw: BinaryIO, window: int = 1 << 16) -> None:
+    def __init__(self, raw: BinaryIO | io.BufferedIOBase, window: int = 1 << 16) -> None:
         super().__init__()
         self.raw, self.window = raw, window
         self.pos = 0  # logical position

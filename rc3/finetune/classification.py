@@ -16,7 +16,7 @@ from rc3.finetune.code_switch import switch_items
 from rc3.finetune.common import VisualSource
 from rc3.finetune.config import FinetuneConfig
 from rc3.finetune.datasets import TaskItem, TextCollator, VisualTextDataset, image_keys
-from rc3.finetune.heads import ClassificationModel
+from rc3.finetune.heads import ClassificationModel, TaskModel
 from rc3.finetune.metrics import accuracy
 from rc3.finetune.trainer import FinetuneRun
 
@@ -81,7 +81,7 @@ def predict(run: FinetuneRun, model: Any, items: Sequence[TaskItem], visual: Vis
 def run_classification(run: FinetuneRun, task: ClassificationTask) -> dict[str, dict[str, Any]]:
     cfg = run.cfg
     rc3 = run.load_rc3()
-    model = ClassificationModel(rc3, cfg.model.visual_mode, task.name, task.num_labels, cfg.model.head_hidden_mult,
+    model: TaskModel = ClassificationModel(rc3, cfg.model.visual_mode, task.name, task.num_labels, cfg.model.head_hidden_mult,
                                 getattr(task, "labels", None))
     run.maybe_load_head(model)
     configure = getattr(task, "configure_model", None)  # e.g. xGQA's linguistic prior

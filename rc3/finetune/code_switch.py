@@ -82,7 +82,9 @@ class CodeSwitcher:
         rng = _rng(self.seed, key)
         out = []
         for token in text.split(" "):
-            lead, core, trail = _WORD.match(token).groups()  # type: ignore[union-attr]
+            m = _WORD.match(token)
+            assert m is not None  # _WORD matches every string (each group may be empty)
+            lead, core, trail = m.groups()
             options = self.entries.get(core.lower()) if core else None
             # One draw per known word, switched or not, so a word's fate does not depend on earlier ones.
             if options is not None and rng.random() < self.ratio:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -88,7 +88,8 @@ class VisualSource:
         if self.needs_pixels and images is None:
             raise ValueError(f"visual mode {mode!r} needs an image folder (data.images)")
         self.stores = [open_feature_store(p) for p in features] if self.needs_roi else []
-        self.locator = ImageLocator(images) if self.needs_pixels else None
+        # an ImageLocator exactly when the mode needs pixels (images is then set, checked above)
+        self.locator = ImageLocator(images) if self.needs_pixels and images is not None else None
 
     def _stores_text(self) -> str:
         return ", ".join(str(s.path) for s in self.stores)
@@ -107,7 +108,7 @@ class VisualSource:
             if key in seen:
                 continue
             seen.add(key)
-            if (self.needs_roi and self._store_key(key) is None) or (self.needs_pixels and self.locator.find(key) is None):
+            if (self.needs_roi and self._store_key(key) is None) or (self.locator is not None and self.locator.find(key) is None):
                 out.append(key)
         return out
 
@@ -120,7 +121,7 @@ class VisualSource:
         where = []
         if self.needs_roi:
             where.append(f"feature store(s) {self._stores_text()}")
-        if self.needs_pixels:
+        if self.locator is not None:  # the mode needs pixels
             where.append(f"image folder {self.locator.root}")
         raise KeyError(f"{len(missing)} image id(s) of {source} not found in {' / '.join(where)}: {shown}. "
                        "Point data.features / data.images at the stores of this data set.")
@@ -135,7 +136,7 @@ class VisualSource:
                 raise KeyError(f"image id {key!r} not found in feature store(s) {self._stores_text()}")
             feats, boxes = self.stores[found[0]][found[1]]
             out.update(pad_regions(feats, boxes, self.num_regions))
-        if self.needs_pixels:
+        if self.locator is not None:  # the mode needs pixels
             path = self.locator.find(key)
             if path is None:
                 raise KeyError(f"image {key!r} not found under {self.locator.root}")
@@ -182,6 +183,6 @@ def collate_visual(items: Sequence[Mapping[str, Tensor]], suffix: str = "") -> d
 VISUAL_KEYS = ("roi", "boxes", "roi_mask", "pixels", "roi2", "boxes2", "roi_mask2", "pixels2")
 
 
-def visual_of(batch: Mapping[str, object]) -> dict[str, Tensor]:
+def visual_of(batch: Mapping[str, Any]) -> dict[str, Tensor]:
     """The visual dict part of a batch (the keys RC3Model.encode reads)."""
-    return {k: batch[k] for k in VISUAL_KEYS if k in batch and batch[k] is not None}  # type: ignore[misc]
+    return {k: batch[k] for k in VISUAL_KEYS if k in batch and batch[k] is not None}

@@ -163,6 +163,13 @@ class FinetuneConfig:
         p = Path(value).expanduser()
         return p if p.is_absolute() or self.data.root is None else Path(self.data.root).expanduser() / p
 
+    def required_path(self, value: Optional[str]) -> Path:
+        """`data_path` of a path that validation has made sure is set where it is read (data.train when
+        training, data.test, xGQA's data.answer_vocab)."""
+        path = self.data_path(value)
+        assert path is not None, "a data path the config's validation requires is unset"
+        return path
+
 
 @dataclass
 class ITRFinetuneConfig(FinetuneConfig):
@@ -310,6 +317,9 @@ def _validate_itr(c: ITRConfig) -> None:
 
 
 def _validate_mmt(c: MMTConfig, d: FTDataConfig) -> None:
+    if d.test is None and d.train is None:  # MMT needs no data.test of its own; its test splits default to data.train's folder
+        raise ConfigError("data.test", "the folder of the Multi30K test splits is required (data.test, or data.train to use the "
+                                       "training folder)")
     _check_lang("mmt.src_lang", c.src_lang)
     _check_lang("mmt.tgt_lang", c.tgt_lang)
     if c.src_lang == c.tgt_lang:

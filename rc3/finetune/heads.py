@@ -121,7 +121,9 @@ class ClassificationModel(TaskModel):
         from rc3.finetune.common import visual_of
 
         vtr = self.rc3.vtr(batch["input_ids"], batch["attention_mask"], visual_of(batch), self.mode)
-        logits = self.head(vtr.to(self.head.net[1].weight.dtype))
+        first = self.head.net[1]
+        assert isinstance(first, nn.Linear)  # ClassifierHead.net: Dropout, Linear, ...
+        logits = self.head(vtr.to(first.weight.dtype))
         out = {"logits": logits}
         if "labels" in batch:
             out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"], ignore_index=-1)

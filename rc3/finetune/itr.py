@@ -14,7 +14,7 @@ hold every embedding) and ranks a share of the queries; the recall counts are su
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -99,7 +99,7 @@ class RetrievalEvaluator:
                                                  visual_index=where.to(self.device)).float().cpu())
         return torch.cat(out).reshape(image_idx.shape)
 
-    def recall(self, k: int | str, index: str, dual: bool = False) -> dict[str, float]:
+    def recall(self, k: int | Literal["all"], index: Literal["faiss", "torch"], dual: bool = False) -> dict[str, float]:
         """Recall of the re-ranked ranking; with `dual`, also the `dual_*` recall of the dual encoder alone
         (candidates ordered by embedding similarity: the first stage, which no ITM head touches)."""
         image_emb, text_emb = (e.cpu() for e in self.embeddings())
@@ -129,7 +129,7 @@ def _compact(visual: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def evaluate(run: FinetuneRun, model: ITRModel, tables: dict[str, CaptionTable], visual: VisualSource,
-             k: int | str, index: str, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+             k: int | Literal["all"], index: Literal["faiss", "torch"], log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Recall rows per language (every process takes part; all return the rows)."""
     model.eval()
     results = {}
@@ -151,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
         model = build_itr_model(rc3, cfg)
         run.maybe_load_head(model)
         visual = visual_source(cfg, rc3.cfg.image_size)
-        root, split = cfg.data_path(cfg.data.test), cfg.data.test_split
+        root, split = cfg.required_path(cfg.data.test), cfg.data.test_split
         langs = pick_langs(cfg, xflickrco_langs(root, split), f"{root}/annotations/<lang>/{split}.jsonl")
         tables = {lang: read_table(xflickrco_path(root, lang, split), lang, cfg.data.max_eval_examples) for lang in langs}
         for lang, table in tables.items():

@@ -34,8 +34,8 @@ class MaRVLTask:
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
 
-    def _pairs(self, path_value: str, limit_to: Optional[int]) -> list[TaskItem]:
-        return limit(items_of(read_pairs(self.cfg.data_path(path_value), self.cfg.data.train_lang)), limit_to)
+    def _pairs(self, path_value: Optional[str], limit_to: Optional[int]) -> list[TaskItem]:
+        return limit(items_of(read_pairs(self.cfg.required_path(path_value), self.cfg.data.train_lang)), limit_to)
 
     def train_items(self) -> list[TaskItem]:
         return self._pairs(self.cfg.data.train, self.cfg.data.max_train_examples)
@@ -44,7 +44,7 @@ class MaRVLTask:
         return self._pairs(self.cfg.data.dev, self.cfg.data.max_eval_examples) if self.cfg.data.dev else None
 
     def test_sets(self) -> dict[str, list[TaskItem]]:
-        root = self.cfg.data_path(self.cfg.data.test)
+        root = self.cfg.required_path(self.cfg.data.test)
         available = marvl_langs(root)
         english = self.cfg.data.english_test
         if english:
@@ -53,7 +53,7 @@ class MaRVLTask:
         out = {}
         for lang in langs:
             if english and lang == ENGLISH:
-                out[lang] = limit(items_of(read_nlvr2(self.cfg.data_path(english), ENGLISH)), self.cfg.data.max_eval_examples)
+                out[lang] = limit(items_of(read_nlvr2(self.cfg.required_path(english), ENGLISH)), self.cfg.data.max_eval_examples)
             else:
                 out[lang] = limit(items_of(read_marvl(marvl_path(root, lang), lang)), self.cfg.data.max_eval_examples)
         return out

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -88,8 +88,9 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequenc
     """sacreBLEU corpus BLEU; `references` is one reference per hypothesis or a list of such streams."""
     from sacrebleu.metrics import BLEU  # imported here: only MMT evaluation needs it
 
+    streams: list[list[str]]
     if references and isinstance(references[0], str):
-        streams = [list(references)]
+        streams = [list(cast(Sequence[str], references))]  # one stream: its items are strings (the first is one)
     else:
         streams = [list(s) for s in references]
     for s in streams:

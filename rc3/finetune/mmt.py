@@ -46,9 +46,16 @@ class TranslationDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         e = self.examples[i]
         labels = self.tokenizer.encode_target(e.texts[self.tgt], self.tgt, self.max_len)
-        return {"index": i, "ids": self.tokenizer.encode(e.texts[self.src], self.src, self.max_len),
-                "labels": labels, "dec_in": [self.tokenizer.eos_id, *labels[:-1]],
-                "visual": self.visual.load(e.image) if self.visual is not None else None}
+        ids = self.tokenizer.encode(e.texts[self.src], self.src, self.max_len)
+        return {"index": i, "ids": ids, "labels": labels, "dec_in": [self.tokenizer.eos_id, *labels[:-1]],
+                "visual": self.visual.load(image_of(e)) if self.visual is not None else None}
+
+
+def image_of(example: Multi30kExample) -> str:
+    """The image name of an example read for a run that uses images."""
+    # main reads with allow_missing_images only when mmt.use_image is false, and then builds no VisualSource
+    assert example.image is not None, "a Multi30K example without its image name in an image-using run"
+    return example.image
 
 
 class TranslationCollator:
@@ -71,6 +78,7 @@ def translate(run: FinetuneRun, model: MMTModel, dataset: TranslationDataset) ->
     """Beam-search hypotheses for every example of `dataset`, in order (work split over processes)."""
     from accelerate.utils import gather_object
 
+    assert isinstance(run.cfg, MMTFinetuneConfig)  # the MMT recipe's run (main)
     acc, c = run.accelerator, run.cfg.mmt
     model.eval()
     collate, tgt_id = TranslationCollator(run.tokenizer.pad_id), run.tokenizer.lang_id(dataset.tgt)
@@ -97,7 +105,7 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any
 
 def test_sets(cfg: MMTFinetuneConfig, log: Any) -> dict[str, tuple[str, str, list[Multi30kExample]]]:
     """Row name -> (target language, split, examples) for every configured split with both languages present."""
-    root = cfg.data_path(cfg.data.test or cfg.data.train)
+    root = cfg.required_path(cfg.data.test or cfg.data.train)
     src, tgts = cfg.mmt.src_lang, (cfg.data.test_langs or [cfg.mmt.tgt_lang])
     out = {}
     for split in cfg.mmt.test_splits:
@@ -126,14 +134,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
         datasets = {}
         for row, (tgt, split, examples) in tests.items():
             if visual is not None:
-                visual.check([e.image for e in examples], f"Multi30K {split}")
+                visual.check([image_of(e) for e in examples], f"Multi30K {split}")
             datasets[row] = TranslationDataset(examples, c.src_lang, tgt, run.tokenizer, visual, cfg.data.max_text_len)
-        root = cfg.data_path(cfg.data.train)
         if cfg.train.epochs > 0:
+            root = cfg.required_path(cfg.data.train)
             train = limit(list(read_multi30k(root, c.train_split, [c.src_lang, c.tgt_lang], not c.use_image)),
                           cfg.data.max_train_examples)
             if visual is not None:
-                visual.check([e.image for e in train], f"Multi30K {c.train_split}")
+                visual.check([image_of(e) for e in train], f"Multi30K {c.train_split}")
             dev = None
             if c.dev_split and cfg.eval.dev_every_epoch:
                 dev_examples = limit(list(read_multi30k(root, c.dev_split, [c.src_lang, c.tgt_lang], not c.use_image)),

@@ -63,7 +63,7 @@ class FaissIndex:
             raise RuntimeError("FaissIndex(use_gpu=True): this faiss has no GPU support or no GPU is visible; "
                                "install a GPU build of faiss, or use use_gpu=False / TorchTopK for GPU search")
         self.on_gpu = gpu_ok if use_gpu is None else use_gpu
-        index = faiss.IndexFlatIP(dim)
+        index: faiss.Index = faiss.IndexFlatIP(dim)
         if self.on_gpu:
             self._res = faiss.StandardGpuResources()  # must outlive the GPU index
             index = faiss.index_cpu_to_gpu(self._res, device_id, index)
@@ -220,6 +220,7 @@ def iter_reranked(query_emb: Tensor, cand_emb: Tensor, k: K, rerank_fn: RerankFn
         if exhaustive:
             cands = torch.arange(n_c, device=device).repeat(len(q_idx), 1)
         else:
+            assert not isinstance(index, str)  # a name is replaced by the index built above when not exhaustive
             cands = index.search(query_emb[a:a + chunk_size], int(k))[1].to(device)
         scores = _score(rerank_fn, q_idx, cands, max_pairs)
         ids, ranked_scores = rank_candidates(cands, scores, ids_sorted=exhaustive)

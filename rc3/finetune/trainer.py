@@ -32,7 +32,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Sized
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ class FinetuneRun:
         self.ckpt_dir = self.out_dir / "checkpoints"
         # checkpoints written before COMPLETE markers were renamed into place whole, trainer_state.json included
         self.store = CheckpointStore(self.ckpt_dir, cfg.train.keep_checkpoints, legacy_marker=TRAINER_STATE)
-        self.tokenizer = RC3Tokenizer.from_dir(cfg.model.tokenizer or cfg.init)
+        self.tokenizer = RC3Tokenizer.from_dir(cfg.model.tokenizer or self.init)
         self.selection: dict[str, Any] = {}
         self.resume_from: Optional[str] = None
         if resume:
@@ -122,6 +122,12 @@ class FinetuneRun:
         self.print(f"[{cfg.task}] {self.accelerator.num_processes} process(es) on {self.accelerator.device}, "
                    f"precision {self.accelerator.mixed_precision}, {cfg.train.batch_size} examples per step = "
                    f"{self.micro_batch_size} x {world} processes x {self.grad_accum} accumulation{note}")
+
+    @property
+    def init(self) -> str:
+        """The model directory the run starts from (`init`, which rc3.finetune.cli.parse_cli requires)."""
+        assert self.cfg.init is not None, "a finetuning run needs cfg.init, the RC3 model directory"
+        return self.cfg.init
 
     # ---- context ----------------------------------------------------------------------------
     def __enter__(self) -> FinetuneRun:
@@ -152,7 +158,7 @@ class FinetuneRun:
 
     # ---- model ------------------------------------------------------------------------------
     def load_rc3(self) -> RC3Model:
-        init = Path(self.cfg.init)
+        init = Path(self.init)
         model = RC3Model.from_pretrained(init, visual_mode=self.cfg.model.visual_mode,
                                          gradient_checkpointing=self.cfg.model.gradient_checkpointing)
         if model.mbart.config.vocab_size != self.tokenizer.vocab_size:
@@ -162,7 +168,7 @@ class FinetuneRun:
         return model
 
     def maybe_load_head(self, model: TaskModel) -> None:
-        if load_head(model, self.cfg.init):
+        if load_head(model, self.init):
             self.print(f"[{self.cfg.task}] task head restored from {self.cfg.init}")
 
     def loader(self, dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool) -> DataLoader:
@@ -182,7 +188,8 @@ class FinetuneRun:
         groups = param_groups(model.named_parameters(), cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.head_lr_mult,
                               is_head=lambda name: not name.startswith("rc3."))
         optimizer = torch.optim.AdamW(groups,
-                                      lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+                                      lr=cfg.optim.lr, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),  # two (validated)
+                                      eps=cfg.optim.eps)
         loader = self.loader(dataset, collate, self.micro_batch_size, shuffle=True)
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         heap.freeze_long_lived()  # the model, optimizer and dataset live through training (rc3.heap)
@@ -200,6 +207,7 @@ class FinetuneRun:
         if self.resume:
             state = self.load_checkpoint(model, optimizer, scheduler)
             window.load_state_dict(state.pop("window"))
+        assert isinstance(dataset, Sized)  # a map-style data set (the recipes' are lists of items)
         self.print(f"[{cfg.task}] {len(dataset)} training examples, {steps_per_epoch} steps/epoch, {total} steps "
                    f"({cfg.optim.warmup_steps} of warmup)"
                    + (f"; resumed at step {state['step']} (epoch {state['epoch'] + 1})" if self.resume else ""))

@@ -27,13 +27,13 @@ class XGQATask:
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
-        self.ans2label = load_answer_vocab(cfg.data_path(cfg.data.answer_vocab))
+        self.ans2label = load_answer_vocab(cfg.required_path(cfg.data.answer_vocab))
         self.label2ans = label_to_answer(self.ans2label)
         self.num_labels = len(self.ans2label)
         self.labels = self.label2ans  # by label id, saved with the head
 
     def _read(self, path_value: Optional[str], lang: str, training: bool, limit_to: Optional[int]) -> list[TaskItem]:
-        examples = read_xgqa(self.cfg.data_path(path_value), self.ans2label, lang, training=training)
+        examples = read_xgqa(self.cfg.required_path(path_value), self.ans2label, lang, training=training)
         if examples.skipped:
             print(f"[xgqa] {examples.source}: skipped {dict(examples.skipped)}")
         return limit(items_of(examples), limit_to)
@@ -47,7 +47,7 @@ class XGQATask:
         return self._read(self.cfg.data.dev, self.cfg.data.train_lang, False, self.cfg.data.max_eval_examples)
 
     def test_sets(self) -> dict[str, list[TaskItem]]:
-        root, split = self.cfg.data_path(self.cfg.data.test), self.cfg.data.test_split
+        root, split = self.cfg.required_path(self.cfg.data.test), self.cfg.data.test_split
         langs = pick_langs(self.cfg, xgqa_langs(root, split), f"{root}/annotations/few_shot/<lang>/{split}.json")
         out = {}
         for lang in langs:

@@ -29,7 +29,7 @@ class XVNLITask:
         self.cfg = cfg
 
     def _read(self, path_value: Optional[str], limit_to: Optional[int]) -> list[TaskItem]:
-        return limit(items_of(read_xvnli(self.cfg.data_path(path_value), self.cfg.data.train_lang)), limit_to)
+        return limit(items_of(read_xvnli(self.cfg.required_path(path_value), self.cfg.data.train_lang)), limit_to)
 
     def train_items(self) -> list[TaskItem]:
         return self._read(self.cfg.data.train, self.cfg.data.max_train_examples)
@@ -38,7 +38,7 @@ class XVNLITask:
         return self._read(self.cfg.data.dev, self.cfg.data.max_eval_examples) if self.cfg.data.dev else None
 
     def test_sets(self) -> dict[str, list[TaskItem]]:
-        root, split = self.cfg.data_path(self.cfg.data.test), self.cfg.data.test_split
+        root, split = self.cfg.required_path(self.cfg.data.test), self.cfg.data.test_split
         langs = pick_langs(self.cfg, xvnli_langs(root, split), f"{root}/annotations/<lang>/{split}.jsonl")
         return {lang: limit(items_of(read_xvnli(xvnli_path(root, lang, split), lang)), self.cfg.data.max_eval_examples)
                 for lang in langs}

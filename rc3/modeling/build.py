@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from rc3.modeling.config import ModelConfig
 from rc3.modeling.model import RC3_CONFIG_FILE, RC3Model
+from rc3.modeling.visual import PatchEmbedding
 from rc3.tokenization import RC3Tokenizer
 
 
@@ -51,7 +53,7 @@ def build_model(cfg: ModelConfig, tokenizer: RC3Tokenizer) -> RC3Model:
     else:
         path = Path(cfg.init_from)
         if (path / RC3_CONFIG_FILE).is_file():
-            norm = {"pixel_mean": cfg.pixel_mean, "pixel_std": cfg.pixel_std} if cfg.vit_weights else {}
+            norm: dict[str, Any] = {"pixel_mean": cfg.pixel_mean, "pixel_std": cfg.pixel_std} if cfg.vit_weights else {}
             model = RC3Model.from_pretrained(path, gradient_checkpointing=cfg.gradient_checkpointing,
                                              attn_implementation=cfg.attn_implementation,
                                              visual_mode=cfg.visual_mode, **norm)
@@ -80,7 +82,9 @@ def load_vit_patch_embedding(model: RC3Model, path: str) -> None:
     else:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state))
-    target = model.visual.patch.patch_embed.proj
+    front = model.visual.patch
+    assert isinstance(front, PatchEmbedding)  # the "patch" front end (rc3.modeling.visual)
+    target = front.patch_embed.proj
     try:
         weight, bias = state["patch_embed.proj.weight"], state["patch_embed.proj.bias"]
     except KeyError:
@@ -90,4 +94,5 @@ def load_vit_patch_embedding(model: RC3Model, path: str) -> None:
                          "(model.patch_size / model.patch_dim)")
     with torch.no_grad():
         target.weight.copy_(weight)
+        assert target.bias is not None  # timm's PatchEmbed projection is a Conv2d with a bias
         target.bias.copy_(bias)

@@ -58,7 +58,8 @@ def mbart_config_from(cfg: ModelConfig, vocab_size: int, pad_id: int = 1, bos_id
         max_position_embeddings=cfg.max_position_embeddings, dropout=cfg.dropout,
         attention_dropout=cfg.attention_dropout, activation_function="gelu", scale_embedding=True,
         pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, decoder_start_token_id=eos_id,
-        forced_eos_token_id=eos_id, tie_word_embeddings=True, attn_implementation=cfg.attn_implementation)
+        forced_eos_token_id=eos_id, tie_word_embeddings=True,
+        attn_implementation=cfg.attn_implementation)  # type: ignore[call-arg]  # a PretrainedConfig keyword the stubs omit
 
 
 def enable_activation_checkpointing(mbart: MBartForConditionalGeneration) -> None:
@@ -278,6 +279,7 @@ class RC3Model(nn.Module):
     def decode_hidden(self, decoder_input_ids: torch.Tensor, decoder_mask: Optional[torch.Tensor],
                       enc: EncoderOutput) -> torch.Tensor:
         """Top decoder states [B, T, d] given the encoder output (`decode` applies the LM head to them)."""
+        self_mask: Optional[torch.Tensor]
         if self.prebuilt_masks:
             t = decoder_input_ids.shape[1]
             causal = torch.ones(t, t, dtype=torch.bool, device=decoder_input_ids.device).tril()

@@ -104,6 +104,9 @@ class PatchEmbedding(nn.Module):
     on their device (loaders then ship a quarter of the bytes) with `mean` / `std`: ImageNet's by
     default, those of the ViT weights when they are loaded (`rc3.modeling.build`)."""
 
+    mean: torch.Tensor  # buffers (register_buffer below)
+    std: torch.Tensor
+
     def __init__(self, image_size: int, patch_size: int, patch_dim: int, d_model: int,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()

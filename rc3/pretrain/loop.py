@@ -277,8 +277,8 @@ def checkpoint_note(run: Run) -> str:
     return f"the newest complete checkpoint is {manager.dir / tag}; --resume continues from it"
 
 
-def tokenizer_dir(cfg: RC3Config) -> str:
-    return cfg.model.tokenizer or cfg.model.init_from  # type: ignore[return-value]
+def tokenizer_dir(cfg: RC3Config) -> str | None:  # one of the two is set (rc3.pretrain.preflight)
+    return cfg.model.tokenizer or cfg.model.init_from
 
 
 __all__ = ["train", "set_up", "train_step", "Run", "NonFiniteError", "to_device"]

@@ -75,7 +75,7 @@ def _check_triplet(anchor: Tensor, positive: Tensor, negatives: Tensor) -> None:
             f"negatives must be [B, N, D] = [{anchor.shape[0]}, N, {anchor.shape[1]}], got {tuple(negatives.shape)}")
 
 
-def _check_mask(mask: Tensor | None, shape: tuple[int, int]) -> None:
+def _check_mask(mask: Tensor | None, shape: tuple[int, ...]) -> None:
     if mask is None:
         return
     if mask.dtype != torch.bool or tuple(mask.shape) != shape:
@@ -381,7 +381,7 @@ class _ChunkedLMCrossEntropy(torch.autograd.Function):
             if grad_bias is not None:
                 grad_bias += g_low.sum(0).to(lse.dtype)
         return (grad_hidden, grad_weight.to(weight.dtype),
-                grad_bias.to(bias.dtype) if grad_bias is not None else None, None, None)  # type: ignore[union-attr]
+                grad_bias.to(bias.dtype) if grad_bias is not None and bias is not None else None, None, None)
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:

@@ -29,7 +29,7 @@ __all__ = ["SHARD_KEYS", "MetricsWindow", "StepDone"]
 class MetricsWindow(_Window):
     """The shared window (rc3.metrics_window) with pretraining's p_avg trackers, skip and non-finite counts."""
 
-    def flush(self, step: int, lr: float, p_avg: dict[str, float], skipped: Mapping[str, float],  # type: ignore[override]
+    def flush(self, step: int, lr: float, p_avg: dict[str, float], skipped: Mapping[str, float],  # type: ignore[override]  # required fields of its own
               nonfinite: Mapping[str, int] | None = None) -> dict[str, Any]:
         """The log record for the window ending at `step`; the window starts empty again. `skipped`: skip
         counts per reason summed over ranks; `nonfinite`: the loop's non-finite counters."""

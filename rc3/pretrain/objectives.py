@@ -54,9 +54,9 @@ class ObjectiveState:
     def create(cls, window: int = 100, p_avg_scope: str = "shared") -> ObjectiveState:
         if p_avg_scope not in ("shared", "per_corpus"):
             raise ValueError(f"p_avg_scope must be 'shared' or 'per_corpus', got {p_avg_scope!r}")
-        contrastive = [o for o in OBJECTIVES if o.p_avg_group is not None]
-        names = [o.p_avg_group if p_avg_scope == "shared" else o.name for o in contrastive]
-        return cls({n: losses.PositiveProbabilityTracker(window) for n in dict.fromkeys(names)})  # type: ignore[misc]
+        contrastive = [(o.name, o.p_avg_group) for o in OBJECTIVES if o.p_avg_group is not None]
+        names = [group if p_avg_scope == "shared" else name for name, group in contrastive]
+        return cls({n: losses.PositiveProbabilityTracker(window) for n in dict.fromkeys(names)})
 
     def group(self, task: str) -> str:
         """The tracker that objective `task` reads and feeds."""
@@ -121,6 +121,12 @@ def pad_cat(a: Tensor, b: Tensor, pad: int | bool) -> Tensor:
     width = max(a.shape[1], b.shape[1])
     grow = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad)  # noqa: E731
     return torch.cat([grow(a), grow(b)])
+
+
+def _pad_id(model: RC3Model) -> int:
+    pad = model.mbart.config.pad_token_id
+    assert pad is not None  # set in every RC3 model's mBART config (mbart_config_from, mBART-50's own)
+    return pad
 
 
 # ---- MCLM and ITM --------------------------------------------------------------------------
@@ -204,7 +210,7 @@ def xtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objective
          gather: Optional[Callable[[Tensor], tuple[Tensor, int]]] = None) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, plain Eq. 4 loss for p_avg, negatives per anchor). `gather(texts) -> (texts of all ranks,
     row of this rank's block)` makes the other texts of every rank negatives (the paper's global batch)."""
-    ids = pad_cat(batch["src_ids"], batch["tgt_ids"], model.mbart.config.pad_token_id)
+    ids = pad_cat(batch["src_ids"], batch["tgt_ids"], _pad_id(model))
     mask = pad_cat(batch["src_mask"], batch["tgt_mask"], False)
     tr = model.tr(ids, mask)  # anchors and positives in one encoder call
     b = batch["src_ids"].shape[0]
@@ -305,7 +311,7 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
         plan = plan_from_others(choose_others(b, cfg.rxvtcl_other_triplets, cfg.rxvtcl_others, generator))
         plan = TripletPlan(*(to_device_async(t, dev) for t in (plan.image, plan.text, plan.anchor, plan.positive,
                                                                  plan.negatives, plan.others)))
-    texts = pad_cat(src_ids, tgt_ids, model.mbart.config.pad_token_id)
+    texts = pad_cat(src_ids, tgt_ids, _pad_id(model))
     masks = pad_cat(batch["src_mask"], batch["tgt_mask"], False)
     # Every sequence in one encoder call; each of the B images goes through the visual front end once.
     vtr = model.vtr(texts[plan.text], masks[plan.text], _visual(batch), mode, visual_index=plan.image)

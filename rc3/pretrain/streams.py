@@ -24,7 +24,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -229,7 +229,7 @@ def estimate_batches_per_epoch(pattern: str | list[str] | list[Source], batch_si
             shards = expand_shards(src.shards)
             samples += count_samples(shards[0], opener, f"data.{corpus}_sources[{src.name}]") * len(shards)
         return max(1, samples // (batch_size * world_size))
-    shards = expand_shards(pattern)  # type: ignore[arg-type]  # the list-of-Source case returned above
+    shards = expand_shards(cast("str | list[str]", pattern))  # the list-of-Source case returned above
     key = f"data.{corpus}_shards" if corpus else "shards"
     return max(1, (count_samples(shards[0], opener, key) * len(shards)) // (batch_size * world_size))
 

@@ -79,7 +79,7 @@ SIZES: dict[str, Sizes] = {"tiny": Sizes(), "small": Sizes().scaled(10)}
 
 def _build_shards(root: Path, ds: dict[str, Any], dw: dict[str, Any], dt: dict[str, Any], shard_size: int) -> dict[str, Any]:
     from rc3.data.builders.ds import build_ds
-    from rc3.data.builders.dt import CaptionPairsSource, LineAlignedSource, WikiMatrixSource, build_dt
+    from rc3.data.builders.dt import CaptionPairsSource, DtSource, LineAlignedSource, WikiMatrixSource, build_dt
     from rc3.data.builders.dw import build_dw
 
     stats = {}
@@ -89,8 +89,10 @@ def _build_shards(root: Path, ds: dict[str, Any], dw: dict[str, Any], dt: dict[s
     s = build_dw([root / dw["wit_tsv"]], root / "shards" / "dw", images=root / dw["images"], shard_size=shard_size,
                  show_progress=False)
     stats["dw"] = s
-    sources = [WikiMatrixSource(root / p, *pair.split("-"), min_score=WIKIMATRIX_MIN_SCORE)
-               for pair, p in dt["wikimatrix"].items()]
+    sources: list[DtSource] = []
+    for pair, p in dt["wikimatrix"].items():
+        src_lang, tgt_lang = pair.split("-")  # "<a>-<b>", written by rc3.synthetic.corpora
+        sources.append(WikiMatrixSource(root / p, src_lang, tgt_lang, min_score=WIKIMATRIX_MIN_SCORE))
     m30k = dt["multi30k_style"]
     sources += [LineAlignedSource(root / m30k["en"], root / m30k[lang], "en", lang) for lang in m30k if lang != "en"]
     sources.append(CaptionPairsSource({lang: root / p for lang, p in ds["captions"].items()}))

@@ -17,14 +17,15 @@ Labels are functions of (scene, text) by design:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from rc3.synthetic.grammar import Asker, Claimer
-from rc3.synthetic.languages import asker, captioner, claimer, languages_with
+from rc3.synthetic.langs_latin import English
+from rc3.synthetic.languages import asker, captioner, claimer, language, languages_with
 from rc3.synthetic.render import RoiEncoder, jpeg_bytes, render
-from rc3.synthetic.world import COLOURS, POSITIONS, SHAPES, Scene, absent_shape, other, pick, sample_scene, shuffled
+from rc3.synthetic.world import COLOURS, POSITIONS, SHAPES, Obj, Scene, absent_shape, other, pick, sample_scene, shuffled
 from rc3.synthetic.writer import H5FeatureWriter, write_json, write_jsonl
 
 XVNLI_LANGS = ("en", "ar", "es", "fr", "ru")
@@ -125,14 +126,19 @@ def write_xvnli(root: Path, bank: ImageBank, rng: np.random.Generator, n_images:
 def gqa_answer(scene: Scene, kind: str, arg: tuple[str, ...]) -> str:
     """The answer of a question of `kind` with arguments `arg` about `scene`."""
     if kind == "colour":
-        return scene.find(arg[0]).colour  # type: ignore[union-attr]
+        return _asked_about(scene.find(arg[0])).colour
     if kind == "position":
-        return scene.find(arg[0]).position  # type: ignore[union-attr]
+        return _asked_about(scene.find(arg[0])).position
     if kind == "shape":
-        return scene.at(arg[0]).shape  # type: ignore[union-attr]
+        return _asked_about(scene.at(arg[0])).shape
     if kind == "exists":
         return "yes" if scene.has(arg[0], arg[1]) else "no"
     raise ValueError(f"unknown question kind {kind!r}")
+
+
+def _asked_about(obj: Obj | None) -> Obj:
+    assert obj is not None  # questions other than "exists" are drawn about objects of the scene (_questions)
+    return obj
 
 
 def _questions(rng: np.random.Generator, scene: Scene) -> list[tuple[str, tuple[str, ...]]]:
@@ -150,21 +156,24 @@ def _questions(rng: np.random.Generator, scene: Scene) -> list[tuple[str, tuple[
 
 def _ask(lang: str, kind: str, arg: tuple[str, ...]) -> str:
     a = asker(lang)
-    return {"colour": a.ask_colour, "position": a.ask_position, "shape": a.ask_shape, "exists": a.ask_exists}[kind](*arg)
+    ask: dict[str, Callable[..., str]] = {"colour": a.ask_colour, "position": a.ask_position, "shape": a.ask_shape,
+                                          "exists": a.ask_exists}
+    return ask[kind](*arg)
 
 
 def _gqa_entry(qid: str, image_id: str, question: str, kind: str, arg: tuple[str, ...], answer: str) -> dict[str, Any]:
     """A GQA question record with GQA's field set; the program mirrors how the answer is derived."""
-    en = asker("en")
+    en = language("en")
+    assert isinstance(en, English)  # the English grammar: its claims and position phrases name GQA's programs
     if kind == "colour":
         sem = [("select", [], f"{arg[0]} (0)"), ("query", [0], "color")]
         types, full = ("directOf", "attr", "query"), f"The {arg[0]} is {answer}."
     elif kind == "position":
         sem = [("select", [], f"{arg[0]} (0)"), ("query", [0], "position")]
-        types, full = ("positionQuery", "attr", "query"), en.claim_position(arg[0], answer)  # type: ignore[attr-defined]
+        types, full = ("positionQuery", "attr", "query"), en.claim_position(arg[0], answer)
     elif kind == "shape":
         sem = [("select", [], "shape (0)"), ("filter position", [0], arg[0]), ("query", [1], "name")]
-        types, full = ("categoryThat", "cat", "query"), f"The shape {en.POS[arg[0]]} is a {answer}."  # type: ignore[attr-defined]
+        types, full = ("categoryThat", "cat", "query"), f"The shape {en.POS[arg[0]]} is a {answer}."
     else:
         sem = [("select", [], f"{arg[1]} (0)"), ("filter color", [0], arg[0]), ("exist", [1], "?")]
         types = ("existAttr", "obj", "verify")

@@ -59,6 +59,7 @@ def write_retrieval(root: Path, bank: ImageBank, rng: np.random.Generator, n_ima
     n_test = n_images["test"]
     for i in range(n_test):
         scene = sample_scene(rng, 1, 3)
+        rid: str | int  # Flickr ids are strings, COCO ids numbers (as in the real files)
         if i < (n_test + 1) // 2:
             fid = str(next_id)
             next_id += 1

@@ -122,7 +122,7 @@ def write_marvl(root: Path, bank: ImageBank, rng: np.random.Generator, images_pe
                 bank.add(f"{cid}-{j}", scene, f"{cid}-{j}.jpg", "marvl")
                 scenes.append(scene)
             concepts.append((cid, pair_stater(lang).noun(shape), scenes))
-        records = []
+        records: list[dict[str, Any]] = []
         while len(records) < statements:
             cid, noun, scenes = concepts[int(rng.integers(len(concepts)))]
             a, b = (int(x) for x in rng.choice(len(scenes), size=2, replace=False))

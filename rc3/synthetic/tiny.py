@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from rc3.tokenization import train_sentencepiece
 
@@ -20,7 +20,7 @@ def tiny_model_config(**overrides):
     """A ModelConfig small enough for unit tests (2+2 layers, d=32) with the paper's input shapes."""
     from rc3.modeling.config import ModelConfig
 
-    base = dict(d_model=32, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=64,
+    base: dict[str, Any] = dict(d_model=32, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=64,
                 max_position_embeddings=256, dropout=0.0, patch_dim=48)
     base.update(overrides)
     return ModelConfig(**base)

@@ -52,8 +52,8 @@ def load_mbart_state(directory: Path) -> dict[str, torch.Tensor]:
         return state
     binary = directory / "pytorch_model.bin"
     if binary.is_file():
-        state = torch.load(str(binary), map_location="cpu", weights_only=True)
-        return state.get("state_dict", state)
+        loaded = torch.load(str(binary), map_location="cpu", weights_only=True)
+        return loaded.get("state_dict", loaded)
     raise FileNotFoundError(f"{directory}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 

@@ -15,6 +15,7 @@ tools/extract_roi_features.py uses by default, so on-the-fly features equal the 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ class ExtractorSpec:
         return "torchvision fasterrcnn_resnet50_fpn, RoIAlign on ResNet C5, mean-pooled (not IGLUE-compatible)"
 
 
-def weights_kind(path: str | Path) -> str:
+def weights_kind(path: str | os.PathLike) -> str:
     """``butd`` or ``torchvision-coco`` from what the weights file holds; ValueError naming what to do otherwise.
 
     Reads only the safetensors header (names and metadata), or a torch state dict weights-only."""
@@ -98,7 +99,7 @@ def weights_kind(path: str | Path) -> str:
                      f"nor a torchvision fasterrcnn_resnet50_fpn state dict (first names: {sorted(keys)[:4]})")
 
 
-def open_extractor(path: str | Path, kind: str | None = None, device: str = "cpu", num_boxes: int = 36) -> Any:
+def open_extractor(path: str | os.PathLike, kind: str | None = None, device: str = "cpu", num_boxes: int = 36) -> Any:
     """The extractor (``extract_one(rgb) -> RegionFeatures``) of a weights file, with the default settings of
     tools/extract_roi_features.py (butd: the file's 800 / 1333 resize and IGLUE's 36-box NMS schedule;
     torchvision-coco: 800 / 1333, score 0.05, NMS 0.5, batch-norm eps 0). `kind` None reads it from the file;

@@ -86,9 +86,9 @@ def discover_units(inputs: list[str], key_style: str = "name") -> list[Unit]:
             matches = sorted(set(glob.glob(entry, recursive=True)) | set(
                 m for pattern in braceexpand.braceexpand(entry) for m in glob.glob(pattern, recursive=True)))
             for match in matches:
-                kind = _classify(match)
-                if kind is not None and Path(match).is_file():
-                    found.append(Unit(kind, match))
+                match_kind = _classify(match)
+                if match_kind is not None and Path(match).is_file():
+                    found.append(Unit(match_kind, match))
         if not found:
             raise FileNotFoundError(
                 f"no images, tar shards or parquet files found for input {entry!r}; pass a folder of images, "

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import h5py
 import numpy as np
@@ -62,6 +62,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
             f"detector weights not found: {path}; pass a fasterrcnn_resnet50_fpn state dict "
             "(.safetensors, or .pth/.pt readable with torch.load(weights_only=True))"
         )
+    state: object  # a state dict, perhaps wrapped; checked below
     try:
         if path.suffix == ".safetensors":
             state = load_safetensors(str(path), device="cpu")
@@ -221,11 +222,11 @@ class RoIExtractor:
 
     @classmethod
     def from_weights(
-        cls, weights: str | Path, *, min_size: int = 800, max_size: int = 1333, bn_eps: float = 0.0, **kwargs: object
+        cls, weights: str | Path, *, min_size: int = 800, max_size: int = 1333, bn_eps: float = 0.0, **kwargs: Any
     ) -> RoIExtractor:
         """Build from a local weights file (see ``load_state_dict_file``)."""
         detector = build_detector(load_state_dict_file(weights), min_size=min_size, max_size=max_size, bn_eps=bn_eps)
-        return cls(detector, **kwargs)  # type: ignore[arg-type]
+        return cls(detector, **kwargs)
 
     def extract_one(self, rgb: Image.Image) -> RegionFeatures:
         """Regions of one RGB PIL image (the interface of the sharded runner)."""

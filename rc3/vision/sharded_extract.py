@@ -171,13 +171,15 @@ def run_worker(
     chunk_skipped: dict[str, str] = {}
     start = time.perf_counter()
     seen: set[str] = set()
-    batched = batch_size > 1 and hasattr(extractor, "extract_many")
+    # the bottom-up-attention extractor also takes several images at once (not part of Extractor)
+    extract_many = getattr(extractor, "extract_many", None) if batch_size > 1 else None
+    batched = extract_many is not None
     pending: list[tuple[str, Image.Image]] = []  # decoded images waiting for one batched detector pass
 
     def extract(items: list[tuple[str, Image.Image]]) -> list[tuple[str, RegionFeatures | None, str]]:
-        if batched and len(items) > 1:
+        if extract_many is not None and len(items) > 1:
             try:
-                found = extractor.extract_many([image for _, image in items], batch_size=batch_size)
+                found = extract_many([image for _, image in items], batch_size=batch_size)
                 return [(key, regions, "") for (key, _), regions in zip(items, found)]
             except (RuntimeError, ValueError):
                 pass  # one image spoils the batch: run each alone to name it

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from rc3.data.shard_writer import ShardWriter
@@ -34,6 +34,12 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _SPACES = re.compile(r"\s+")
 # Batch size for SQLite inserts: large enough to amortise statement overhead, small in memory.
 _INSERT_BATCH = 10_000
+
+
+class SkipCounter(Protocol):
+    """Where skips are counted: BuildStats, or a wrapper that drops them while a resume replays a source."""
+
+    def skip(self, reason: str, n: int = 1) -> None: ...
 
 
 @dataclass
@@ -136,7 +142,7 @@ def caption_format(path: Path) -> str:
     raise ValueError(f"caption file {path}: unknown format; expected a .tsv (image_id<TAB>caption) or .jsonl file")
 
 
-def iter_captions(path: Path, stats: BuildStats | None = None, lang: str = "") -> Iterator[tuple[str, str]]:
+def iter_captions(path: Path, stats: SkipCounter | None = None, lang: str = "") -> Iterator[tuple[str, str]]:
     """Stream (image_id, caption) from a caption file; malformed lines are skipped and counted."""
     fmt = caption_format(require_file(path, f"caption file ({lang})" if lang else "caption file"))
     tag = f"{lang}_" if lang else ""
@@ -188,7 +194,7 @@ class CaptionJoin:
     exist; other languages are looked up per image. The first caption of a duplicated id wins.
     """
 
-    def __init__(self, captions: dict[str, Path], stats: BuildStats, tmp_dir: Path | None = None, show_progress: bool = True) -> None:
+    def __init__(self, captions: dict[str, Path], stats: SkipCounter, tmp_dir: Path | None = None, show_progress: bool = True) -> None:
         if not captions:
             raise ValueError("no caption files given; pass at least one {lang: path}")
         for lang, path in captions.items():
@@ -206,7 +212,7 @@ class CaptionJoin:
         self._db.execute("CREATE TABLE other (image_id TEXT, lang TEXT, caption TEXT, PRIMARY KEY (image_id, lang)) WITHOUT ROWID")
         self._load(captions, stats, show_progress)
 
-    def _load(self, captions: dict[str, Path], stats: BuildStats, show_progress: bool) -> None:
+    def _load(self, captions: dict[str, Path], stats: SkipCounter, show_progress: bool) -> None:
         from tqdm import tqdm
 
         for lang, path in captions.items():

@@ -77,15 +77,17 @@ class Img2DatasetImages:
             spans: dict[str, tuple[int, int]] = {}
             with tarfile.open(tar_path, "r:") as tf:
                 for member in tf:
-                    tf.members = []
+                    tf.members = []  # type: ignore[attr-defined]  # not in tarfile's stubs; the list is not needed
                     stem, _, ext = member.name.rpartition("/")[2].partition(".")
                     if not member.isfile() or not stem:
                         continue
                     if ext == "jpg":
                         spans[stem] = (member.offset_data, member.size)
                     elif ext == "json":
+                        data = tf.extractfile(member)
+                        assert data is not None  # a regular file (isfile above)
                         try:
-                            meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                            meta = json.loads(data.read().decode("utf-8"))
                         except (ValueError, UnicodeDecodeError):
                             continue
                         url = meta.get("url") if isinstance(meta, dict) else None

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rc3.data.builders.common import BuildStats, CaptionJoin, clean_text, open_text, require_input, start_progress
+from rc3.data.builders.common import BuildStats, CaptionJoin, SkipCounter, clean_text, open_text, require_input, start_progress
 from rc3.data.schemas import encode_dt
 from rc3.data.shard_writer import ShardWriter
 
@@ -35,7 +35,7 @@ class DtSource:
     def check(self) -> None:
         raise NotImplementedError
 
-    def pairs(self, stats: BuildStats) -> Iterator[Pair]:
+    def pairs(self, stats: SkipCounter) -> Iterator[Pair]:
         raise NotImplementedError
 
 
@@ -58,7 +58,7 @@ class WikiMatrixSource(DtSource):
         require_input(Path(self.path), "WikiMatrix TSV")
         _check_langs(self.src_lang, self.tgt_lang, self.describe())
 
-    def pairs(self, stats: BuildStats) -> Iterator[Pair]:
+    def pairs(self, stats: SkipCounter) -> Iterator[Pair]:
         with open_text(Path(self.path)) as fh:
             for line in fh:
                 # Plain split, no csv quoting: sentences may contain quote characters verbatim.
@@ -100,7 +100,7 @@ class LineAlignedSource(DtSource):
                 f"{self.tgt_path} has {counts[1]}; they must be aligned line by line"
             )
 
-    def pairs(self, stats: BuildStats) -> Iterator[Pair]:
+    def pairs(self, stats: SkipCounter) -> Iterator[Pair]:
         with open_text(Path(self.src_path)) as fa, open_text(Path(self.tgt_path)) as fb:
             for a, b in zip(fa, fb, strict=True):
                 yield self.src_lang, self.tgt_lang, clean_text(a), clean_text(b)
@@ -118,7 +118,7 @@ class CaptionPairsSource(DtSource):
 
     def _pairs_wanted(self) -> list[tuple[str, str]]:
         if self.lang_pairs is not None:
-            return [tuple(p) for p in self.lang_pairs]  # type: ignore[misc]
+            return [(a, b) for a, b in self.lang_pairs]
         driver = "en" if "en" in self.captions else next(iter(self.captions))
         return [(driver, lang) for lang in self.captions if lang != driver]
 
@@ -132,7 +132,7 @@ class CaptionPairsSource(DtSource):
             if a not in self.captions or b not in self.captions:
                 raise ValueError(f"{self.describe()}: pair {a}-{b} needs caption files for both languages")
 
-    def pairs(self, stats: BuildStats) -> Iterator[Pair]:
+    def pairs(self, stats: SkipCounter) -> Iterator[Pair]:
         wanted = self._pairs_wanted()
         with CaptionJoin({k: Path(v) for k, v in self.captions.items()}, stats, self.tmp_dir, show_progress=False) as join:
             for _, caps in join:

@@ -159,13 +159,15 @@ def _index_tar(tar_path: Path) -> list[tuple[str, str, int, int]]:
     spans: dict[str, tuple[int, int]] = {}
     with tarfile.open(tar_path, "r:") as tf:
         for member in tf:
-            tf.members = []  # the member list is not needed and grows with the tar
+            tf.members = []  # type: ignore[attr-defined]  # not in tarfile's stubs; the list is not needed and grows with the tar
             key, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
             if key is None:
                 continue
             if ext == "json":
+                data = tf.extractfile(member)
+                assert data is not None  # a regular file (isfile above)
                 try:
-                    meta = json.loads(tf.extractfile(member).read().decode("utf-8"))  # type: ignore[union-attr]
+                    meta = json.loads(data.read().decode("utf-8"))
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     continue
                 if isinstance(meta, dict) and isinstance(meta.get("url"), str):

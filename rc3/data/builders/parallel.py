@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ def _run_chunk(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, chunk_size: int | None = None,
-                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator[R]:
+                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Generator[R, None, None]:
     """`fn(item)` for every item, in input order, computed by `workers` processes (1 = this one).
 
     `fn` and `initializer` must be module-level functions (they are sent to the workers). The

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rc3 import atomic
-from rc3.synthetic.grammar import Asker, Claimer
+from rc3.synthetic.grammar import Asker, Captioner, Claimer
 from rc3.synthetic.languages import language
 from rc3.synthetic.world import COLOURS, POSITIONS, sample_scene, shuffled, stream
 
@@ -22,7 +22,8 @@ from rc3.synthetic.world import COLOURS, POSITIONS, sample_scene, shuffled, stre
 def world_parallel(lang: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
     """`n` (English, `lang`) sentence pairs of the synthetic grammar, from the stream "add-language-<lang>"."""
     en, x = language("en"), language(lang)
-    if not hasattr(x, "caption"):
+    assert isinstance(en, Captioner) and isinstance(en, Claimer) and isinstance(en, Asker)  # English speaks every grammar
+    if not isinstance(x, Captioner):
         raise KeyError(f"the synthetic language {lang!r} has no caption grammar to draw parallel text from")
     rng = stream(seed, f"add-language-{lang}")
     kinds = ["caption"] + (["claim"] if isinstance(x, Claimer) else []) + (["question"] if isinstance(x, Asker) else [])
@@ -35,6 +36,7 @@ def world_parallel(lang: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
         if kind == "caption":
             pairs.append((en.caption(objs, int(rng.integers(en.n_styles))), x.caption(objs)))
         elif kind == "claim":
+            assert isinstance(x, Claimer)  # "claim" is among the kinds only for a Claimer (above)
             if rng.random() < 0.5:
                 c = COLOURS[int(rng.integers(len(COLOURS)))]
                 pairs.append((en.claim_colour(o.shape, c), x.claim_colour(o.shape, c)))
@@ -42,6 +44,7 @@ def world_parallel(lang: str, n: int, seed: int = 0) -> list[tuple[str, str]]:
                 p = POSITIONS[int(rng.integers(len(POSITIONS)))]
                 pairs.append((en.claim_position(o.shape, p), x.claim_position(o.shape, p)))
         else:
+            assert isinstance(x, Asker)  # "question" is among the kinds only for an Asker (above)
             which = int(rng.integers(4))
             if which == 0:
                 pairs.append((en.ask_colour(o.shape), x.ask_colour(o.shape)))

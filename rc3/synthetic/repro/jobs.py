@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TextIO
 
 
 class JobError(RuntimeError):
@@ -56,7 +56,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 2, threads: int = 1, cwd: Opti
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     pending = list(jobs)
-    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    running: dict[str, tuple[subprocess.Popen, float, TextIO]] = {}
     finished: set[str] = set()
     times: dict[str, float] = {}
     try:
@@ -73,7 +73,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 2, threads: int = 1, cwd: Opti
                     times[j.name] = 0.0
                     continue
                 j.log.parent.mkdir(parents=True, exist_ok=True)
-                fh = open(j.log, "w")
+                fh: TextIO = open(j.log, "w")
                 # A free port per job: single-rank pretraining still forms a (gloo) process group.
                 port = str(free_port())
                 proc = subprocess.Popen(list(j.cmd), stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
@@ -88,7 +88,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 2, threads: int = 1, cwd: Opti
                 rc = proc.poll()
                 if rc is None:
                     continue
-                fh.close()  # type: ignore[attr-defined]
+                fh.close()
                 del running[name]
                 times[name] = by_name[name].seconds = time.perf_counter() - t0
                 if rc != 0:
@@ -99,5 +99,5 @@ def run_jobs(jobs: Sequence[Job], parallel: int = 2, threads: int = 1, cwd: Opti
         for proc, _, fh in running.values():
             proc.terminate()
             proc.wait()
-            fh.close()  # type: ignore[attr-defined]
+            fh.close()
     return times

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -98,10 +99,12 @@ class ButdConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"unknown ButdConfig fields {unknown}; the weights file was written by another version")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return cls(**values)
 
     def with_overrides(self, **changes: object) -> ButdConfig:
         """A copy with some extraction settings changed (None values are ignored)."""
         values = asdict(self)
         values.update({k: v for k, v in changes.items() if v is not None})
-        return ButdConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        typed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return ButdConfig(**typed)

@@ -55,7 +55,7 @@ def preprocess(rgb: Image.Image, cfg: ButdConfig) -> tuple[Tensor, tuple[int, in
     """
     width, height = rgb.size
     new_h, new_w = resized_shape(height, width, cfg.min_size, cfg.max_size)
-    resized = np.asarray(rgb.resize((new_w, new_h), Image.BILINEAR), dtype=np.uint8)
+    resized = np.asarray(rgb.resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8)
     bgr = torch.from_numpy(np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1))).float()
     mean = torch.tensor(cfg.pixel_mean_bgr, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(cfg.pixel_std_bgr, dtype=torch.float32).view(3, 1, 1)

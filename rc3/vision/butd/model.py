@@ -103,6 +103,8 @@ class Proposals:
 class RPN(nn.Module):
     """StandardRPNHead (3x3 conv -> ReLU -> objectness / deltas) plus test-time proposal selection."""
 
+    cell_anchors: Tensor  # a buffer (register_buffer below)
+
     def __init__(self, cfg: ButdConfig, in_channels: int) -> None:
         super().__init__()
         self.cfg = cfg
