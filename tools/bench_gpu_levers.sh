@@ -55,7 +55,7 @@ for name in ("torch", "deepspeed", "transformers", "timm", "webdataset", "yaml",
 if missing:
     print("[bench_gpu_levers] missing: " + "; ".join(missing))
     sys.exit(1)
-import rc3.pretrain.loop, rc3.perf  # noqa: F401,E401
+import rc3.pretrain.loop, rc3.pretrain.perf  # noqa: F401,E401
 import deepspeed, torch
 print(f"[bench_gpu_levers] deepspeed {deepspeed.__version__}, rc3 from {rc3.pretrain.loop.__file__}")
 EOF

@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from rc3.pretrain.config import PerfConfig
 
-log = logging.getLogger("rc3.perf")
+log = logging.getLogger("rc3.pretrain.perf")
 
 IGNORE_INDEX = -100
 # batch key -> (length it is padded to: "text" or "tgt", pad value: "pad" = the pad id, else the value)
