@@ -1,10 +1,10 @@
 """Host overhead of one pretraining optimizer step, measured on the CPU.
 
-    python tools/bench_host.py                                   # this checkout, eager
-    python tools/bench_host.py --baseline main --rounds 8        # this checkout vs commit `main`, interleaved
-    python tools/bench_host.py --set perf.sync_free=true --set perf.fixed_shapes=true --set perf.lm_loss_chunk=8192
-    python tools/bench_host.py --set perf.compile=passes --set perf.fixed_shapes=true   # + recompiles, graph breaks
-    python tools/bench_host.py --profile 30                       # cProfile: the 30 costliest functions
+    python benchmarks/bench_host.py                                   # this checkout, eager
+    python benchmarks/bench_host.py --baseline main --rounds 8        # this checkout vs commit `main`, interleaved
+    python benchmarks/bench_host.py --set perf.sync_free=true --set perf.fixed_shapes=true --set perf.lm_loss_chunk=8192
+    python benchmarks/bench_host.py --set perf.compile=passes --set perf.fixed_shapes=true   # + recompiles, graph breaks
+    python benchmarks/bench_host.py --profile 30                       # cProfile: the 30 costliest functions
 
 What a GPU step costs the host is everything but the kernels: Python, the dispatcher, autograd, the
 DeepSpeed engine, the training loop's bookkeeping. To see it without a GPU the step runs the paper
@@ -290,7 +290,7 @@ def main() -> int:
     from rc3.provenance import git_commit
 
     figures = {"device": f"CPU ({platform.machine()}, {platform.processor() or 'unknown'}), 1 thread, shared",
-               "date": str(date.today()), "commit": git_commit(["rc3", "tools/bench_host.py"]), "config": args.config,
+               "date": str(date.today()), "commit": git_commit(["rc3", "benchmarks/bench_host.py"]), "config": args.config,
                "sets": args.set, "shrunk": SHRUNK, "rounds": args.rounds, "steps_per_round": args.steps,
                "load_average": os.getloadavg(), "results": results}
     for name, res in results.items():

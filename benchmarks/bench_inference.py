@@ -13,7 +13,7 @@ Sizes: `tiny` (tests' config: d=32, 2+2 layers) and `paper` (d=1024, 12+12 layer
 mBART-50 large; the vocabulary is the test tokenizer's 2k pieces instead of 250k, which only changes the
 embedding table, not the encoder work measured here).
 
-    python tools/bench_inference.py [--sizes tiny paper] [--threads 2] [--json out.json]
+    python benchmarks/bench_inference.py [--sizes tiny paper] [--threads 2] [--json out.json]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from rc3.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "tools/bench_inference.py"]
+WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "benchmarks/bench_inference.py"]
 SIZES = {  # model config overrides; texts, images, index images, queries, k
     "tiny": ({}, 512, 256, 256, 64, 16),
     "paper": ({"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "attention_heads": 16, "ffn_dim": 4096,

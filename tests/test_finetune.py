@@ -306,13 +306,13 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
 
 @pytest.mark.slow  # starts Python processes that import torch
 def test_bench_retrieval_model_compares_rerank_with_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
-    """tools/bench_retrieval_model.py on a finetuned model: pair counts, and its brute force is the
+    """benchmarks/bench_retrieval_model.py on a finetuned model: pair counts, and its brute force is the
     recipe's own k=all ranking."""
     import importlib.util
 
     out = tmp_path / "itr"
     run_recipe("itr", world, model_dir, out, "itr.k=all", "data.test_langs=[de]")
-    spec = importlib.util.spec_from_file_location("bench_retrieval_model", REPO / "tools" / "bench_retrieval_model.py")
+    spec = importlib.util.spec_from_file_location("bench_retrieval_model", REPO / "benchmarks" / "bench_retrieval_model.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     argv = ["--model", str(out / "model"), "--root", str(world), "--ann", "xFlickrCO/annotations/de/test.jsonl",

@@ -88,7 +88,7 @@ def compile_model(model: torch.nn.Module, scope: str, mode: str = "default", dyn
     "passes" (the whole encoder, the whole decoder and the visual front end). `dynamic=False` when the
     shapes are fixed (one graph per shape), None to let torch decide. `backend` defaults to the
     environment's RC3_COMPILE_BACKEND or "inductor" ("aot_eager" traces forward and backward without
-    generating kernels: the CPU smoke run of tools/bench_levers.py uses it to check the code paths)."""
+    generating kernels: the CPU smoke run of benchmarks/bench_levers.py uses it to check the code paths)."""
     backend = backend or os.environ.get("RC3_COMPILE_BACKEND", "inductor")
     if scope == "off":
         return

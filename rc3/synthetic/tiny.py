@@ -90,7 +90,7 @@ def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8,
 
 def reference_rxvtcl(model, batch, p_avg: float, zeta: float, mode: str):
     """R-XVtCL as a per-triplet loop over a collated batch (other triplet o = b + 1), each of the 8
-    sequences of a triplet encoded on its own, unpadded: the naive baseline tools/bench_rxvtcl.py times
+    sequences of a triplet encoded on its own, unpadded: the naive baseline benchmarks/bench_rxvtcl.py times
     the batched objective against. The test of the objective against the paper builds its reference
     from raw samples instead (tests/test_rxvtcl_paper.py)."""
     import torch
