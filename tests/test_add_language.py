@@ -411,7 +411,7 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
     file, and the payload never runs."""
     import dataclasses
 
-    import rc3.add_language as al
+    import rc3.add_language.distill as al
     from rc3.synthetic.tiny import tiny_model_config
 
     # dropout on: each step draws from the RNG, so a resume must restore its state too
