@@ -1,10 +1,10 @@
-#!/usr/bin/env python
-"""Add a language to an RC3 model directory by aligning it to English on parallel text (rc3.add_language).
+"""`rc3-add-language`: add a language to an RC3 model directory by aligning it to English on parallel text
+(rc3.add_language).
 
-    python tools/add_language.py --model models/rc3 --lang ru --parallel train.en train.ru --out models/rc3-ru
-    python tools/add_language.py --model models/rc3 --lang es --parallel en-es.tsv --out models/rc3-es \
+    rc3-add-language --model models/rc3 --lang ru --parallel train.en train.ru --out models/rc3-ru
+    rc3-add-language --model models/rc3 --lang es --parallel en-es.tsv --out models/rc3-es \
         --trainable encoder --extend-vocab --steps 2000
-    python tools/add_language.py ... --resume        # continue an interrupted run from its last checkpoint
+    rc3-add-language ... --resume        # continue an interrupted run from its last checkpoint
 
 --parallel takes two line-aligned files (English, then the new language) or one TSV (english<TAB>X).
 --trainable: embeddings (default), encoder, or lora (needs peft: pip install -e .[adapters]).
@@ -19,12 +19,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from rc3.add_language import TRAINABLE, AddLanguageOptions, ParallelTextError, add_language, read_keep, read_tsv_or_pair
+from rc3.add_language.options import TRAINABLE, AddLanguageOptions
+from rc3.add_language.parallel_text import ParallelTextError
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     d = AddLanguageOptions(lang="xx")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="rc3-add-language", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="RC3 model directory (pretrained or finetuned)")
     ap.add_argument("--lang", required=True, help="short code of the new language (e.g. es, ru, tr)")
     ap.add_argument("--parallel", nargs="+", required=True, metavar="FILE",
@@ -60,8 +62,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    # torch only once the arguments are parsed (`--help` stays light)
+    from rc3.add_language.distill import add_language
+    from rc3.add_language.parallel_text import read_keep, read_tsv_or_pair
+
     try:
         opts = AddLanguageOptions(lang=args.lang, trainable=args.trainable, extend_vocab=args.extend_vocab,
                                   embedding_rows=args.embedding_rows,
@@ -73,8 +79,8 @@ def main(argv: list[str] | None = None) -> Path:
         opts.check()
         pairs = read_tsv_or_pair(args.parallel)
         keep = read_keep(args.keep)
-        return add_language(args.model, pairs, args.out, opts, work_dir=args.work_dir, resume=args.resume,
-                            overwrite=args.overwrite, progress=not args.no_progress, keep=keep)
+        add_language(args.model, pairs, args.out, opts, work_dir=args.work_dir, resume=args.resume,
+                     overwrite=args.overwrite, progress=not args.no_progress, keep=keep)
     except (ParallelTextError, ValueError, FileNotFoundError, FileExistsError) as err:
         sys.exit(f"add_language: {err}")
 
