@@ -31,8 +31,6 @@ import torch
 
 from rc3.provenance import git_commit
 
-ROOT = Path(__file__).resolve().parents[1]
-
 WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "benchmarks/bench_inference.py"]
 SIZES = {  # model config overrides; texts, images, index images, queries, k
     "tiny": ({}, 512, 256, 256, 64, 16),
@@ -42,9 +40,7 @@ SIZES = {  # model config overrides; texts, images, index images, queries, k
 
 
 def texts_of(n: int, work: Path) -> list[str]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import real_texts
-    from release_data import release_dir
+    from rc3.synthetic.repro.release import real_texts, release_dir
 
     per_lang = max(8, n)
     en = real_texts(release_dir(work / "release"), per_lang=per_lang)[:per_lang]  # English captions (Multi30K), the first language
@@ -166,11 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     commit = git_commit(WATCHED)
     with tempfile.TemporaryDirectory() as tmp:
+        from rc3.synthetic.repro.release import real_texts, release_dir
         from rc3.synthetic.tiny import train_tiny_spm
-
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import real_texts
-        from release_data import release_dir
 
         tok_dir = Path(tmp) / "tokenizer"
         train_tiny_spm(tok_dir, real_texts(release_dir(Path(tmp) / "release")), vocab_size=2000)  # the tests' tokenizer

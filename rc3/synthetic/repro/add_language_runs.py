@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Languages pretraining never saw: add_language (sentence-embedding distillation) and code-switching, measured.
 
     python tools/repro_add_language.py [--out runs/repro/add-language] [--seeds 3] [--data DIR (default: RC3_DATA, else the excerpt in tests/data)]
@@ -33,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from rc3 import atomic
-from rc3.synthetic.repro.jobs import Job, run_jobs
+from rc3.synthetic.repro.jobs import CHECKOUT, Job, require_checkout, run_jobs
 from rc3.synthetic.repro.report import fmt, read_results, table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = CHECKOUT
 
 PY = sys.executable
 LANGS = {"itr": ["en", "de", "id", "ja", "zh", "es", "ru", "tr"], "xvnli": ["en", "fr", "ar", "es", "ru"],
@@ -80,8 +79,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="run nothing: tabulate what OUT already holds (rows of unfinished runs are left out)")
     args = ap.parse_args(argv)
     if args.data is None:  # as tools/repro_text.py: the full release at RC3_DATA, else the in-repo excerpt
-        sys.path.insert(0, str(ROOT / "tests"))
-        from release_data import full_release, release_dir
+        from rc3.synthetic.repro.release import full_release, release_dir
 
         args.data = full_release() or release_dir(args.out / "release-excerpt")
     return args
@@ -282,6 +280,7 @@ def text_part(args: argparse.Namespace, where: dict[str, Any], langs: list[str],
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    require_checkout()
     args = parse(argv)
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """The paper's ablation (Table 4), the visual-feature comparison (Table 1), XTCL on real text, and every
 finetuning recipe at small scale, on the synthetic world.
 
@@ -33,10 +32,10 @@ from typing import Any
 import yaml
 
 from rc3 import atomic
-from rc3.synthetic.repro.jobs import Job, run_jobs
+from rc3.synthetic.repro.jobs import CHECKOUT, Job, require_checkout, run_jobs
 from rc3.synthetic.repro.report import fmt, lang_mean, read_results, table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = CHECKOUT
 
 PY = sys.executable
 # --quick: pretraining steps (the tiny world; about 2 minutes per 100 steps on one idle core). 200 give the
@@ -354,6 +353,7 @@ def summarise(args: argparse.Namespace, results: dict[tuple[str, int, str], Path
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    require_checkout()
     args = parse(argv)
     t0 = time.perf_counter()
     ensure_world(args.world, args.weak_overlap, args.size)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """XTCL alone on real parallel text: cross-lingual sentence retrieval and text-only MMT.
 
     python tools/repro_text.py [--data DIR] [--out runs/repro/text] [--steps 1500] [--mmt-epochs 2]
@@ -32,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from rc3 import atomic
-from rc3.synthetic.repro.jobs import Job, run_jobs
+from rc3.synthetic.repro.jobs import CHECKOUT, Job, require_checkout, run_jobs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = CHECKOUT
 
 PY = sys.executable
 M30K_PAIRS = ("de", "fr", "cs")
@@ -66,8 +65,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"--train-langs: {unknown} not among xFlickr&CO's {','.join(XF_LANGS)}")
     if args.data is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from release_data import ENV, full_release, release_dir
+        from rc3.synthetic.repro.release import ENV, full_release, release_dir
 
         try:
             full = full_release()
@@ -160,6 +158,7 @@ def retrieval(model_dir: Path, tok_dir: Path, data: Path, xf: dict[str, dict[str
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    require_checkout()
     args = parse(argv)
     t0 = time.perf_counter()
     out = args.out
