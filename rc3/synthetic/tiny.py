@@ -1,6 +1,8 @@
-"""Small builders for tests and examples: a sentencepiece model trained on given text, tiny configs.
+"""Small builders for tests and benchmarks: a sentencepiece model trained on given text, tiny configs, one
+random batch per registered objective and the naive per-triplet R-XVtCL.
 
-Nothing here downloads anything: tests make their own vocabularies and models.
+Nothing here downloads anything: tests make their own vocabularies and models. It ships in the package
+because the benchmarks (benchmarks/bench_*.py) import it from the installed rc3, as the tests do.
 """
 from __future__ import annotations
 
