@@ -235,7 +235,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 def write_search_html(path: str | os.PathLike, queries: Sequence[str], hits: Sequence[Sequence[Any]], score: str) -> Path:
     """A self-contained page: per query, its top results (image thumbnail when the name is a file, name, scores)."""
     out = Path(path)
-    from rc3.finetune.common import IMAGE_SUFFIXES  # torch: only once there are hits to show
+    from rc3.modeling.visual_inputs import IMAGE_SUFFIXES  # torch: only once there are hits to show
 
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>RC3 search results</title><style>",
              "body{font-family:sans-serif;margin:1em} section{margin-bottom:2em} .hits{display:flex;flex-wrap:wrap;gap:12px}",

@@ -6,7 +6,7 @@ all of them in every full collection, which costs this package in every process 
 DeepSpeed rank, a loader worker, a finetuning job, a tool): measured on a 2-core machine,
 `python -c "import rc3"` took 10.9 s, of which ~1.9 s were collections during the imports and
 ~2.7 s the full collection at interpreter exit; with the collector paused during the imports and
-the result frozen it took 7.2-7.5 s (tools/bench_startup.py measures it side by side).
+the result frozen it took 7.2-7.5 s (benchmarks/bench_startup.py measures it side by side).
 
 `gc.freeze()` is the standard library's tool for this: it moves every tracked object to a permanent
 generation that later collections skip (and, before a fork, keeps copy-on-write pages shared with

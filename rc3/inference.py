@@ -59,13 +59,13 @@ from rc3 import atomic
 from rc3.data.collate import pad_batch
 from rc3.data.features import normalise_boxes
 from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, load_image, resize_uint8
-from rc3.finetune.common import ImageLocator, VisualSource, key_candidates, pad_regions
 from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, TaskModel
 from rc3.finetune.readers.xvnli import LABELS as XVNLI_LABELS
 from rc3.finetune.retrieval import FaissIndex, iter_reranked, rank_candidates
 from rc3.modeling import RC3Model
 from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, run_directory_hint
 from rc3.modeling.visual import visual_mode
+from rc3.modeling.visual_inputs import ImageLocator, VisualSource, key_candidates, pad_regions
 from rc3.tokenization import RC3Tokenizer, check_lang
 
 ImageInput = Union[str, os.PathLike, Image.Image, Mapping[str, Any]]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from release_data import full_release, release_dir
+
+from rc3.synthetic.repro.release import full_release, real_texts, release_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,21 +50,6 @@ def release_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def is_full_release() -> bool:
     """True when $RC3_DATA names the full release (tests then check the published sizes)."""
     return full_release() is not None
-
-
-def real_texts(data: Path, per_lang: int = 400) -> list[str]:
-    """A few hundred real sentences per language: Multi30K (en, de, fr, cs) and xFlickr&CO (ja, zh, id, ...)."""
-    import gzip
-    import json
-
-    texts: list[str] = []
-    for lang in ("en", "de", "fr", "cs"):
-        with gzip.open(data / "multi30k" / "raw" / f"test_2016_flickr.{lang}.gz", "rt", encoding="utf-8") as f:
-            texts += [next(f).strip() for _ in range(per_lang)]
-    for lang in ("ja", "zh", "id", "es", "ru", "tr"):
-        with open(data / "iglue" / "xFlickrCO" / "annotations" / lang / "test.jsonl", encoding="utf-8") as f:
-            texts += [json.loads(next(f))["sentences"][0] for _ in range(per_lang)]
-    return texts
 
 
 @pytest.fixture(scope="session")

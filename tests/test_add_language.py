@@ -1,4 +1,4 @@
-"""rc3.add_language and tools/add_language.py on a tiny model and text made here.
+"""rc3.add_language and the rc3-add-language command (rc3.tools.add_language) on a tiny model and text made here.
 
 The tokenizer is trained on English, German and French only; Russian (Cyrillic) is the new language.
 Checks: clear errors for unaligned / empty / malformed parallel text and unknown language codes; the
@@ -119,7 +119,7 @@ def test_unknown_language_and_bad_options(base: dict[str, Path], tmp_path: Path)
         AddLanguageOptions(lang="ru", trainable="all").check()
     tsv = tmp_path / "p.tsv"
     tsv.write_text("a red circle\tкрасный круг\n")
-    r = subprocess.run([sys.executable, "tools/add_language.py", "--model", str(base["full"]), "--lang", "klingon",
+    r = subprocess.run([sys.executable, "-m", "rc3.tools.add_language", "--model", str(base["full"]), "--lang", "klingon",
                         "--parallel", str(tsv), "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode != 0 and "unknown language 'klingon'" in r.stderr and not (tmp_path / "o").exists()
@@ -255,7 +255,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(base: dict[str, Path], t
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
     def run(out: Path, *extra: str, kill: str | None = None) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "tools/add_language.py", "--model", str(base["full"]), "--lang", "ru", "--parallel",
+        cmd = [sys.executable, "-m", "rc3.tools.add_language", "--model", str(base["full"]), "--lang", "ru", "--parallel",
                str(tsv), "--out", str(out), "--extend-vocab", "--new-vocab-size", "60", "--steps", "12",
                "--batch-size", "8", "--save-every", "4", "--trainable", "encoder", "--no-progress", *extra]
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
@@ -411,7 +411,7 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
     file, and the payload never runs."""
     import dataclasses
 
-    import rc3.add_language as al
+    import rc3.add_language.distill as al
     from rc3.synthetic.tiny import tiny_model_config
 
     # dropout on: each step draws from the RNG, so a resume must restore its state too

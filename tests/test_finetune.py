@@ -228,10 +228,10 @@ def test_saved_classifier_reloads_and_evaluates_identically(world: Path, model_d
 
 
 def test_marvl_feeds_two_images(world: Path, model_dir: Path) -> None:
-    from rc3.finetune.common import VisualSource
     from rc3.finetune.config import finetune_config_from_dict
     from rc3.finetune.datasets import TextCollator, VisualTextDataset
     from rc3.finetune.marvl import MaRVLTask
+    from rc3.modeling.visual_inputs import VisualSource
     from rc3.tokenization import RC3Tokenizer
 
     cfg = finetune_config_from_dict({}, "marvl", [f"data.root={world}", *DATA["marvl"], "data.features=[features.h5]"])
@@ -248,11 +248,11 @@ def test_marvl_feeds_two_images(world: Path, model_dir: Path) -> None:
 
 
 def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
-    from rc3.finetune.common import VisualSource
     from rc3.finetune.itr import RetrievalEvaluator, read_table
     from rc3.finetune.itr_model import ITRModel
     from rc3.finetune.metrics import gold_ranks, recall_at_k
     from rc3.finetune.readers.xflickrco import xflickrco_path
+    from rc3.modeling.visual_inputs import VisualSource
 
     out = tmp_path / "itr_all"
     run_recipe("itr", world, model_dir, out, "itr.k=all")
@@ -306,13 +306,13 @@ def test_itr_k_all_equals_brute_force(world: Path, model_dir: Path, tmp_path: Pa
 
 @pytest.mark.slow  # starts Python processes that import torch
 def test_bench_retrieval_model_compares_rerank_with_brute_force(world: Path, model_dir: Path, tmp_path: Path) -> None:
-    """tools/bench_retrieval_model.py on a finetuned model: pair counts, and its brute force is the
+    """benchmarks/bench_retrieval_model.py on a finetuned model: pair counts, and its brute force is the
     recipe's own k=all ranking."""
     import importlib.util
 
     out = tmp_path / "itr"
     run_recipe("itr", world, model_dir, out, "itr.k=all", "data.test_langs=[de]")
-    spec = importlib.util.spec_from_file_location("bench_retrieval_model", REPO / "tools" / "bench_retrieval_model.py")
+    spec = importlib.util.spec_from_file_location("bench_retrieval_model", REPO / "benchmarks" / "bench_retrieval_model.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     argv = ["--model", str(out / "model"), "--root", str(world), "--ann", "xFlickrCO/annotations/de/test.jsonl",

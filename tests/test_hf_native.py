@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import real_texts
 
 from rc3.modeling import RC3Model
+from rc3.synthetic.repro.release import real_texts
 from rc3.synthetic.tiny import tiny_model_config
 from rc3.tokenization import IdMap, RC3Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-LANGS = ("en", "de", "fr", "cs", "ja", "zh", "id", "es", "ru", "tr")  # the order of conftest.real_texts
+LANGS = ("en", "de", "fr", "cs", "ja", "zh", "id", "es", "ru", "tr")  # the order of rc3.synthetic.repro.release.real_texts
 PER_LANG = 120
 
 

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     # 2 the model
     **dict.fromkeys(["rc3.modeling"], 2),
     # 3 training: pretraining, finetuning, adding a language
-    **dict.fromkeys(["rc3.pretrain", "rc3.perf", "rc3.finetune", "rc3.add_language"], 3),
+    **dict.fromkeys(["rc3.pretrain", "rc3.finetune", "rc3.add_language"], 3),
     # 4 using trained models, and the synthetic world that exercises all of the above
     **dict.fromkeys(["rc3.inference", "rc3.evaluate", "rc3.synthetic"], 4),
     # 5 front doors: the console scripts' modules

@@ -1,4 +1,4 @@
-"""The throughput levers (perf.*, rc3/perf.py) give the plain path's losses and gradients.
+"""The throughput levers (perf.*, rc3/pretrain/perf.py) give the plain path's losses and gradients.
 
 Tolerances: the model-side levers are compared in float64, where the only differences left are
 summation order (attention over extra masked keys, logits summed per chunk): |diff| <= 1e-9 x the
@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rc3 import perf
 from rc3.config import ConfigError
 from rc3.modeling import RC3Model, flops
+from rc3.pretrain import perf
 from rc3.pretrain.config import ObjectivesConfig, PerfConfig, TaskConfig, load_config
 from rc3.pretrain.losses import chunked_lm_cross_entropy
 from rc3.pretrain.objectives import ObjectiveState, compute_losses

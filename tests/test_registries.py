@@ -213,8 +213,8 @@ class GridTokens(torch.nn.Module):
 
 
 def test_a_registered_front_end_and_mode_build_encode_and_get_config_keys():
-    from rc3.finetune.common import VisualSource
     from rc3.modeling.visual import FRONT_ENDS, VISUAL_MODES, FrontEnd, VisualMode
+    from rc3.modeling.visual_inputs import VisualSource
 
     grid = FrontEnd("grid", ("grid",), "pixels", lambda c, d: GridTokens(c.grid.cells, d), config=GridConfig)
     with pytest.raises(ConfigError, match="model.visual_mode: 'roi_grid' is not one of roi, patch, combined"):

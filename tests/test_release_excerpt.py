@@ -10,7 +10,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from release_data import EXCERPT, full_release
+
+from rc3.synthetic.repro.release import EXCERPT, full_release
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_test_excerpt  # noqa: E402

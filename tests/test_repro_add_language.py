@@ -1,4 +1,4 @@
-"""tools/repro_add_language.py's plan: what each add_language run is told to keep.
+"""The plan of tools/repro_add_language.py (rc3.synthetic.repro.add_language_runs): what each add_language run is told to keep.
 
 The measured recipe holds every language the model covers: the world's pretraining sentences of its
 languages and, along the chain es -> ru -> tr, the X side of every language added before. Checked on
@@ -7,18 +7,13 @@ the commands the plan would run, against files written here in the world's raw l
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("repro_add_language", REPO / "tools" / "repro_add_language.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from rc3.synthetic.repro import add_language_runs
+
+    return add_language_runs
 
 
 def keep_specs(cmd: list[str]) -> dict[str, Path]:

@@ -2,7 +2,7 @@
 # Wheels for a GPU machine without network whose image holds PyTorch, transformers and timm but not
 # the rest of RC3's training stack: DeepSpeed (built here from its source release as a pure-Python
 # wheel, its CUDA ops compiled on first use there), webdataset and their dependencies.
-# Run here (with network), from the repo root; tools/bench_gpu_levers.sh installs them from .whl/.
+# Run here (with network), from the repo root; benchmarks/bench_gpu_levers.sh installs them from .whl/.
 #   bash tools/fetch_device_wheels.sh [PYTHON_VERSION]     # default 3.12 (the GPU image's)
 set -euo pipefail
 pyver=${1:-3.12}

@@ -13,12 +13,12 @@ import torch
 from tqdm.auto import tqdm
 
 from rc3.finetune.code_switch import switch_items
-from rc3.finetune.common import VisualSource
 from rc3.finetune.config import FinetuneConfig
 from rc3.finetune.datasets import TaskItem, TextCollator, VisualTextDataset, image_keys
 from rc3.finetune.heads import ClassificationModel, TaskModel
 from rc3.finetune.metrics import accuracy
 from rc3.finetune.trainer import FinetuneRun
+from rc3.modeling.visual_inputs import VisualSource
 
 
 class ClassificationTask(Protocol):

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rc3.data.collate import pad_batch
-from rc3.finetune.common import VisualSource, collate_visual
+from rc3.modeling.visual_inputs import VisualSource, collate_visual
 from rc3.tokenization import RC3Tokenizer
 
 

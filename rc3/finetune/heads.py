@@ -118,7 +118,7 @@ class ClassificationModel(TaskModel):
         return cls(rc3, meta["visual_mode"], meta["task"], int(meta["num_labels"]), int(hidden_mult), meta.get("labels"))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        from rc3.finetune.common import visual_of
+        from rc3.finetune.visual_batch import visual_of
 
         vtr = self.rc3.vtr(batch["input_ids"], batch["attention_mask"], visual_of(batch), self.mode)
         first = self.head.net[1]

@@ -25,7 +25,6 @@ from rc3.data.collate import pad_batch
 from rc3.finetune.classification import pick_langs, visual_source
 from rc3.finetune.cli import parse_cli
 from rc3.finetune.code_switch import switch_items
-from rc3.finetune.common import VisualSource, collate_visual
 from rc3.finetune.config import ITRFinetuneConfig
 from rc3.finetune.datasets import TaskItem, TextCollator, VisualTextDataset, image_keys, limit
 from rc3.finetune.itr_model import ITRModel
@@ -33,6 +32,7 @@ from rc3.finetune.readers.xflickrco import CaptionTable, caption_table, read_ret
 from rc3.finetune.retrieval import itr_recall
 from rc3.finetune.trainer import FinetuneRun
 from rc3.modeling import RC3Model
+from rc3.modeling.visual_inputs import VisualSource, collate_visual
 
 METRICS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean_R@1", "dual_mean_R@1",
            "images", "captions"]

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from rc3 import distributed
-from rc3.finetune.common import visual_of
 from rc3.finetune.heads import DualEncoderHead, TaskModel
+from rc3.finetune.visual_batch import visual_of
 from rc3.modeling import RC3Model
 from rc3.pretrain.losses import itm_loss
 

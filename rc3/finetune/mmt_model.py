@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
-from rc3.finetune.common import visual_of
 from rc3.finetune.heads import TaskModel
+from rc3.finetune.visual_batch import visual_of
 from rc3.modeling import RC3Model
 from rc3.pretrain.losses import decoder_lm_loss
 

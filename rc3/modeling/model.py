@@ -83,7 +83,7 @@ class RC3Model(nn.Module):
         d = mbart.config.d_model
         self.visual = VisualFrontEnd(cfg, d)
         self.itm_head = nn.Linear(d, 1)
-        # Throughput switches set by rc3.perf.apply (perf.* of the run config); off = the plain path.
+        # Throughput switches set by rc3.pretrain.perf.apply (perf.* of the run config); off = the plain path.
         self.lm_loss_chunk = 0  # > 0: LM-head losses in chunks of this many positions (rc3.pretrain.losses.chunked_lm_cross_entropy)
         self.prebuilt_masks = False  # True: pass 4D boolean masks, so transformers does not test them on the host
         if cfg.gradient_checkpointing:

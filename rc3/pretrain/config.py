@@ -110,7 +110,7 @@ class TrainConfig:
 
 @dataclass
 class PerfConfig:
-    """Throughput switches (rc3/perf.py, BENCHMARKS.md "Throughput levers"). Each is off by default:
+    """Throughput switches (rc3/pretrain/perf.py, BENCHMARKS.md "Throughput levers"). Each is off by default:
     the default path's numerics stay those of the eager model; each lever's equality with it is
     tested (tests/test_perf_levers.py)."""
 

@@ -35,12 +35,13 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from rc3 import distributed as comm
-from rc3 import fault_injection, heap, perf, rng
+from rc3 import fault_injection, heap, rng
 from rc3.config import save_config
 from rc3.data.faults import ALL_REASONS
 from rc3.modeling import build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
 from rc3.op_cache import use_environment_extension_dir
+from rc3.pretrain import perf
 from rc3.pretrain.checkpoints import Checkpointer, CheckpointError, CheckpointManager
 from rc3.pretrain.config import RC3Config
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config

@@ -1,6 +1,8 @@
-"""Small builders for tests and examples: a sentencepiece model trained on given text, tiny configs.
+"""Small builders for tests and benchmarks: a sentencepiece model trained on given text, tiny configs, one
+random batch per registered objective and the naive per-triplet R-XVtCL.
 
-Nothing here downloads anything: tests make their own vocabularies and models.
+Nothing here downloads anything: tests make their own vocabularies and models. It ships in the package
+because the benchmarks (benchmarks/bench_*.py) import it from the installed rc3, as the tests do.
 """
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8,
 
 def reference_rxvtcl(model, batch, p_avg: float, zeta: float, mode: str):
     """R-XVtCL as a per-triplet loop over a collated batch (other triplet o = b + 1), each of the 8
-    sequences of a triplet encoded on its own, unpadded: the naive baseline tools/bench_rxvtcl.py times
+    sequences of a triplet encoded on its own, unpadded: the naive baseline benchmarks/bench_rxvtcl.py times
     the batched objective against. The test of the objective against the paper builds its reference
     from raw samples instead (tests/test_rxvtcl_paper.py)."""
     import torch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from rc3 import atomic
 from rc3.synthetic.grammar import Asker, Captioner, Claimer
@@ -62,7 +62,7 @@ def write_tsv(path: Path, pairs: Sequence[tuple[str, str]]) -> Path:
     return atomic.write_text(path, "".join(f"{a}\t{b}\n" for a, b in pairs))
 
 
-def text_alignment(model_dir: Path, en: Sequence[str], others: dict[str, Sequence[str]]) -> dict[str, float]:
+def text_alignment(model_dir: Path, en: Sequence[str], others: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """Accuracy@1 (%) of en -> X retrieval with the TR among row-aligned captions, per language, and chance."""
     from rc3.modeling import RC3Model
     from rc3.synthetic.repro.sentence_retrieval import embed_texts, nn_accuracy

@@ -15,6 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TextIO
 
+# rc3/synthetic/repro/jobs.py -> the checkout root: the runs start its pretrain/main.py, finetune/ and tools/
+# scripts with its configs/ (none of them is in the wheel)
+CHECKOUT = Path(__file__).resolve().parents[3]
+
+
+def require_checkout() -> Path:
+    """The RC3 checkout the reproduction runs in; a one-line error when rc3 is not installed from one."""
+    missing = [p for p in ("configs", "pretrain/main.py", "finetune", "tools") if not (CHECKOUT / p).exists()]
+    if missing:
+        raise SystemExit(f"the reproduction runs in an RC3 checkout (git clone, then pip install -e .): {CHECKOUT} "
+                         f"has no {', '.join(missing)}")
+    return CHECKOUT
+
 
 class JobError(RuntimeError):
     pass

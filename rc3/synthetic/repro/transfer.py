@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from rc3.data.collate import pad_batch
-from rc3.finetune.common import VisualSource, collate_visual
 from rc3.modeling import RC3Model
+from rc3.modeling.visual_inputs import VisualSource, collate_visual
 from rc3.synthetic.repro.sentence_retrieval import embed_texts, nn_accuracy
 from rc3.tokenization import RC3Tokenizer
 

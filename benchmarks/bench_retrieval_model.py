@@ -13,7 +13,7 @@ date and commit.
 
     python finetune/itr.py --config configs/finetune/synthetic/itr.yaml --init MODEL --output-dir runs/itr \
         --set data.root=WORLD/downstream ...            # writes runs/itr/model (RC3 + ITR heads)
-    python tools/bench_retrieval_model.py --model runs/itr/model --root WORLD/downstream \
+    python benchmarks/bench_retrieval_model.py --model runs/itr/model --root WORLD/downstream \
         --ann flickr30k/annotations/valid_ann.jsonl flickr30k/annotations/test_ann.jsonl   # 1,000 x 5,000
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from rc3.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WATCHED = ["rc3/finetune/retrieval.py", "rc3/finetune/itr.py", "tools/bench_retrieval_model.py"]
+WATCHED = ["rc3/finetune/retrieval.py", "rc3/finetune/itr.py", "benchmarks/bench_retrieval_model.py"]
 
 
 def score_matrix(ev: RetrievalEvaluator, n_images: int, n_captions: int, rows: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Shard builder benchmark: rows/s, CPU time and peak memory of build_dw and build_ds at growing sizes.
 
-    python tools/bench_builders.py --dw-rows 100000,1000000 --ds-images 5000,20000 --workers 1,2
-    python tools/bench_builders.py --dw-rows '' --ds-images 100000,1000000 --workers 1,2 --inputs /data/bench-in
+    python benchmarks/bench_builders.py --dw-rows 100000,1000000 --ds-images 5000,20000 --workers 1,2
+    python benchmarks/bench_builders.py --dw-rows '' --ds-images 100000,1000000 --workers 1,2 --inputs /data/bench-in
 
 Inputs are generated in a temp dir (Ds inputs in `--inputs` instead, kept and reused) in the released layouts:
   * Dw: a WIT TSV (the 17 released columns, gzipped) with R rows over R/3 image URLs in 1 to 4 of

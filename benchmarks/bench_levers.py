@@ -1,11 +1,11 @@
 """The throughput-lever matrix on one GPU: eager baseline, each lever alone, all together, the largest
 micro-batch that fits, and eager vs the fastest path over 20 steps from one seed.
 
-    bash tools/bench_gpu_levers.sh                 # on the GPU machine (set-up checks, then this)
-    python tools/bench_levers.py --budget-s 450    # the matrix alone
-    python tools/bench_levers.py --cpu-smoke --out /tmp/smoke   # every row on a tiny model, on the CPU
+    bash benchmarks/bench_gpu_levers.sh                 # on the GPU machine (set-up checks, then this)
+    python benchmarks/bench_levers.py --budget-s 450    # the matrix alone
+    python benchmarks/bench_levers.py --cpu-smoke --out /tmp/smoke   # every row on a tiny model, on the CPU
 
-Every row is one `tools/bench_step.py` process (configs/paper.yaml, vocabulary 100k, all four tasks,
+Every row is one `benchmarks/bench_step.py` process (configs/paper.yaml, vocabulary 100k, all four tasks,
 DeepSpeed, bf16, random batches of the paper's shapes) with its `perf.*` switches, under a time cap
 taken from what is left of `--budget-s`. A row that does not finish in its cap, or fails, is written
 with its status and the end of its log; rows left when the budget is spent are written as
@@ -84,7 +84,7 @@ def device_slug() -> str:
 
 
 def run_row(spec: dict, micro: int, args: argparse.Namespace, out: Path, cap: float) -> dict:
-    cmd = [sys.executable, str(REPO / "tools" / "bench_step.py"), *BASE, *(SMOKE if args.cpu_smoke else [])]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_step.py"), *BASE, *(SMOKE if args.cpu_smoke else [])]
     # Every row: dropout 0 (compiled dropout draws other random numbers than eager, and the equality
     # needs the same numerics) and warmup 1 (the optimizer moves the weights from the first step).
     settings = {"model.dropout": "0.0", "optim.warmup_steps": "1", **spec["set"]}

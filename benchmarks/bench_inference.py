@@ -13,7 +13,7 @@ Sizes: `tiny` (tests' config: d=32, 2+2 layers) and `paper` (d=1024, 12+12 layer
 mBART-50 large; the vocabulary is the test tokenizer's 2k pieces instead of 250k, which only changes the
 embedding table, not the encoder work measured here).
 
-    python tools/bench_inference.py [--sizes tiny paper] [--threads 2] [--json out.json]
+    python benchmarks/bench_inference.py [--sizes tiny paper] [--threads 2] [--json out.json]
 """
 from __future__ import annotations
 
@@ -31,9 +31,7 @@ import torch
 
 from rc3.provenance import git_commit
 
-ROOT = Path(__file__).resolve().parents[1]
-
-WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "tools/bench_inference.py"]
+WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "benchmarks/bench_inference.py"]
 SIZES = {  # model config overrides; texts, images, index images, queries, k
     "tiny": ({}, 512, 256, 256, 64, 16),
     "paper": ({"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "attention_heads": 16, "ffn_dim": 4096,
@@ -42,9 +40,7 @@ SIZES = {  # model config overrides; texts, images, index images, queries, k
 
 
 def texts_of(n: int, work: Path) -> list[str]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import real_texts
-    from release_data import release_dir
+    from rc3.synthetic.repro.release import real_texts, release_dir
 
     per_lang = max(8, n)
     en = real_texts(release_dir(work / "release"), per_lang=per_lang)[:per_lang]  # English captions (Multi30K), the first language
@@ -166,11 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     commit = git_commit(WATCHED)
     with tempfile.TemporaryDirectory() as tmp:
+        from rc3.synthetic.repro.release import real_texts, release_dir
         from rc3.synthetic.tiny import train_tiny_spm
-
-        sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import real_texts
-        from release_data import release_dir
 
         tok_dir = Path(tmp) / "tokenizer"
         train_tiny_spm(tok_dir, real_texts(release_dir(Path(tmp) / "release")), vocab_size=2000)  # the tests' tokenizer

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU rows of BENCHMARKS.md "Throughput levers", unattended, on one GPU with no network:
-# set-up checks, then tools/bench_levers.py (eager, each lever alone, all together, the largest
+# set-up checks, then benchmarks/bench_levers.py (eager, each lever alone, all together, the largest
 # micro-batch, 20-step equality), under a total budget. Run from the repo root:
-#   bash tools/bench_gpu_levers.sh [OUT_DIR]          # default benchmarks/<device>/levers
-#   bash tools/bench_gpu_levers.sh --cpu-smoke DIR    # the same script on a tiny model, on the CPU
+#   bash benchmarks/bench_gpu_levers.sh [OUT_DIR]          # default benchmarks/<device>/levers
+#   bash benchmarks/bench_gpu_levers.sh --cpu-smoke DIR    # the same script on a tiny model, on the CPU
 # Wheels missing from the machine's Python (DeepSpeed, webdataset, ...) are installed from .whl/
 # (made with tools/fetch_device_wheels.sh where there is network). BUDGET_S (default 420) bounds
 # the matrix; the set-up takes well under a minute.
@@ -55,7 +55,7 @@ for name in ("torch", "deepspeed", "transformers", "timm", "webdataset", "yaml",
 if missing:
     print("[bench_gpu_levers] missing: " + "; ".join(missing))
     sys.exit(1)
-import rc3.pretrain.loop, rc3.perf  # noqa: F401,E401
+import rc3.pretrain.loop, rc3.pretrain.perf  # noqa: F401,E401
 import deepspeed, torch
 print(f"[bench_gpu_levers] deepspeed {deepspeed.__version__}, rc3 from {rc3.pretrain.loop.__file__}")
 EOF
@@ -65,4 +65,4 @@ EOF
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 args=(--budget-s "${BUDGET_S:-420}")
 [ -n "$out" ] && args+=(--out "$out")
-exec $PY tools/bench_levers.py "${smoke[@]}" "${args[@]}"
+exec $PY benchmarks/bench_levers.py "${smoke[@]}" "${args[@]}"

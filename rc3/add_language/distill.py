@@ -50,9 +50,7 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -60,240 +58,21 @@ import torch
 from torch import Tensor, nn
 
 from rc3 import atomic, fault_injection, rng, safe_load
+from rc3.add_language.options import AddLanguageOptions
+from rc3.add_language.parallel_text import ParallelTextError
+from rc3.add_language.vocab_extension import candidate_pieces, extend_tokenizer, resize_embeddings, row_sources
 from rc3.checkpoints import CheckpointStore, tag_for, tensor_state
 from rc3.data.collate import pad_batch
 from rc3.metrics_window import MetricsWindow, StepDone
 from rc3.modeling import RC3Model
 from rc3.optim import lr_factor, param_groups
 from rc3.run_log import RunLogger
-from rc3.tokenization import ID_MAP_FILE, SEGMENTATION_FILE, SPM_FILE, IdMap, RC3Tokenizer, check_lang
+from rc3.tokenization import ID_MAP_FILE, SPM_FILE, RC3Tokenizer
 
 INFO_FILE = "add_language.json"
-TRAINABLE = ("embeddings", "encoder", "lora")
-SPM_PIECE_OFFSET = 1  # mBART-50's ids: sentencepiece id + 1 (fairseq's <s> <pad> </s> <unk> come first)
-
-
-class ParallelTextError(ValueError):
-    """Parallel text that cannot be used as given (unaligned files, empty lines, bad TSV rows)."""
-
-
-# ---- parallel text -------------------------------------------------------------------------------
-def _read_text_lines(path: Path) -> list[str]:
-    import gzip
-
-    if not path.is_file():
-        raise FileNotFoundError(f"parallel text: no such file {path}")
-    with path.open("rb") as raw:
-        gz = raw.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    try:
-        with opener(path, "rt", encoding="utf-8", newline="") as fh:
-            return [line.rstrip("\r\n") for line in fh]
-    except UnicodeDecodeError as err:
-        raise ParallelTextError(f"{path} is not UTF-8 text ({err})") from None
-
-
-def read_parallel(en: str | os.PathLike, x: Optional[str | os.PathLike] = None) -> list[tuple[str, str]]:
-    """(English, X) pairs from two line-aligned files (`en`, `x`) or one TSV (`en` alone: `english<TAB>X`).
-
-    Every line must hold text on both sides: a count mismatch or an empty line is an error naming the
-    file and line, since one missing line would shift every later pair onto the wrong translation."""
-    if x is None:
-        path = Path(en)
-        pairs = []
-        for n, line in enumerate(_read_text_lines(path), 1):
-            cells = line.split("\t")
-            if len(cells) != 2:
-                raise ParallelTextError(f"{path}:{n}: expected 2 tab-separated columns (english<TAB>translation), "
-                                        f"found {len(cells)}")
-            pairs.append((cells[0].strip(), cells[1].strip()))
-        sources = (f"{path} (column 1)", f"{path} (column 2)")
-    else:
-        a, b = Path(en), Path(x)
-        left, right = _read_text_lines(a), _read_text_lines(b)
-        if len(left) != len(right):
-            raise ParallelTextError(f"the parallel files are not line-aligned: {a} has {len(left)} lines, "
-                                    f"{b} has {len(right)}; give one translation per line in both")
-        pairs = [(p.strip(), q.strip()) for p, q in zip(left, right)]
-        sources = (str(a), str(b))
-    if not pairs:
-        raise ParallelTextError(f"no parallel text in {', '.join(dict.fromkeys(sources))}")
-    for n, (p, q) in enumerate(pairs, 1):
-        for side, text in ((0, p), (1, q)):
-            if not text:
-                raise ParallelTextError(f"{sources[side]}: line {n} is empty; every line needs a sentence on both "
-                                        "sides (remove the pair from both files)")
-    return pairs
-
-
-# ---- vocabulary extension ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VocabExtension:
-    """New pieces appended to a tokenizer: their strings and scores, and where they were inserted."""
-
-    pieces: tuple[str, ...]
-    scores: tuple[float, ...]
-    insert_at: int  # first full (mBART-50) id of the new pieces; ids at or above it moved up by len(pieces)
-
-    def shift(self, old_full_id: int) -> int:
-        return old_full_id + len(self.pieces) if old_full_id >= self.insert_at else old_full_id
-
-    def is_new(self, full_id: int) -> bool:
-        return self.insert_at <= full_id < self.insert_at + len(self.pieces)
-
-
-def _spm_proto(path: Path):
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    proto = pb.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module, no stubs
-    proto.ParseFromString(path.read_bytes())
-    return proto
-
-
-def known_characters(spm_path: Path) -> set[str]:
-    """Characters that occur in some piece of a sentencepiece model (the word-boundary mark excluded)."""
-    chars: set[str] = set()
-    for p in _spm_proto(spm_path).pieces:
-        if p.type in (1, 4):  # NORMAL, USER_DEFINED
-            chars.update(p.piece.replace("\u2581", ""))
-    return chars
-
-
-def candidate_pieces(lines: Sequence[str], spm_path: Path, vocab_size: int, max_new: int) -> list[tuple[str, float]]:
-    """Pieces of a sentencepiece model trained on `lines` that hold a character the model at `spm_path`
-    does not know, most probable first, at most `max_new`."""
-    from rc3.tokenization import train_sentencepiece
-
-    known = known_characters(spm_path)
-    existing = {p.piece for p in _spm_proto(spm_path).pieces}
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            train_sentencepiece(lines, tmp, vocab_size=vocab_size, character_coverage=1.0)
-        except RuntimeError as err:  # sentencepiece: too few distinct pieces for vocab_size
-            raise ValueError(f"cannot train a {vocab_size}-piece sentencepiece model on {len(lines)} lines "
-                             f"({err}); lower the vocabulary size") from None
-        proto = _spm_proto(Path(tmp) / SPM_FILE)
-    found = [(p.piece, float(p.score)) for p in proto.pieces
-             if p.type == 1 and p.piece not in existing and any(c not in known for c in p.piece.replace("\u2581", ""))]
-    found.sort(key=lambda ps: -ps[1])
-    return found[:max_new]
-
-
-def extend_tokenizer(old_dir: Path, pieces: Sequence[tuple[str, float]], out_dir: Path) -> VocabExtension:
-    """Write into `out_dir` the tokenizer of `old_dir` with `pieces` appended: the sentencepiece model,
-    the full segmentation (rc3_segmentation.json) and, when the old one had one, the id map."""
-    old = RC3Tokenizer.from_dir(old_dir)
-    spm_path = old_dir / SPM_FILE
-    proto = _spm_proto(spm_path)
-    insert_at = len(proto.pieces) + SPM_PIECE_OFFSET
-    full = json.loads(old.hf.backend_tokenizer.to_str())
-    vocab = full["model"]["vocab"]
-    if full["model"].get("type") != "Unigram" or vocab[insert_at - 1][0] != proto.pieces[-1].piece:
-        raise ValueError(f"{old_dir}: the tokenizer is not laid out like mBART-50's (sentencepiece pieces, then "
-                         "language codes); cannot append pieces")
-    ext = VocabExtension(tuple(p for p, _ in pieces), tuple(s for _, s in pieces), insert_at)
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    for piece, score in pieces:
-        proto.pieces.append(pb.ModelProto.SentencePiece(piece=piece, score=score, type=1))  # type: ignore[attr-defined]  # protobuf, no stubs
-    full["model"]["vocab"] = vocab[:insert_at] + [[p, s] for p, s in pieces] + vocab[insert_at:]
-    for tok in full.get("added_tokens", []):
-        tok["id"] = ext.shift(tok["id"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SPM_FILE).write_bytes(proto.SerializeToString())
-    (out_dir / SEGMENTATION_FILE).write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
-    if old.id_map is not None:
-        kept = [ext.shift(int(i)) for i in old.id_map.kept] + list(range(insert_at, insert_at + len(pieces)))
-        IdMap(kept, old.id_map.old_vocab_size + len(pieces), old.id_map.unk_old_id).save(out_dir)
-    elif (out_dir / ID_MAP_FILE).exists():
-        (out_dir / ID_MAP_FILE).unlink()
-    return ext
-
-
-def row_sources(old: RC3Tokenizer, new: RC3Tokenizer, ext: VocabExtension) -> list[int | list[int]]:
-    """For every model id of `new`: the model id of `old` it continues, or, for a new piece, the old
-    model ids of the old tokenisation of its string (whose mean embedding initialises it)."""
-    full_new = new.id_map.kept.tolist() if new.id_map is not None else list(range(new.vocab_size))
-    out: list[int | list[int]] = []
-    for fid in full_new:
-        if ext.is_new(fid):
-            text = ext.pieces[fid - ext.insert_at].replace("\u2581", " ")
-            out.append(old.piece_ids(text) or [old.unk_id])
-        else:
-            old_full = fid - len(ext.pieces) if fid >= ext.insert_at else fid
-            out.append(old.id_map.to_new([old_full])[0] if old.id_map is not None else old_full)
-    return out
-
-
-def resize_embeddings(model: RC3Model, sources: Sequence[int | list[int]]) -> None:
-    """Give `model` one embedding row (and LM bias entry) per entry of `sources`, copied from the old
-    row it names or the mean of the old rows it lists; the LM head stays tied to the embeddings."""
-    mbart = model.mbart
-    old_w = mbart.model.shared.weight.detach().clone()
-    old_bias = mbart.final_logits_bias.detach().clone()
-    rows, bias = [], []
-    for src in sources:
-        idx = torch.as_tensor(src if isinstance(src, list) else [src], dtype=torch.long)
-        rows.append(old_w.index_select(0, idx).mean(0))
-        bias.append(old_bias[0].index_select(0, idx).mean(0))
-    # transformers' own resize keeps mBART's embedding class (which scales by sqrt(d_model)) and the bias
-    # buffer; the rows are then overwritten in the new order.
-    mbart.resize_token_embeddings(len(sources), mean_resizing=False)
-    with torch.no_grad():
-        mbart.model.shared.weight.copy_(torch.stack(rows))
-        mbart.final_logits_bias.copy_(torch.stack(bias).unsqueeze(0))
-    model.cfg = dataclasses.replace(model.cfg, vocab_size=len(sources))
-    mbart.tie_weights()
 
 
 # ---- distillation --------------------------------------------------------------------------------
-@dataclass
-class AddLanguageOptions:
-    """What `add_language` does; every field is a command-line option of tools/add_language.py."""
-
-    lang: str
-    trainable: str = "embeddings"
-    # "all": every embedding row may move; "new": only the rows of pieces the X side uses and neither the
-    # English side nor any sentence to keep (`keep`) uses, and X's language tag: with `trainable`
-    # "embeddings", English and the kept text (and any text made of the same pieces) keep their TR exactly.
-    embedding_rows: str = "all"
-    extend_vocab: bool = False
-    new_vocab_size: int = 500  # pieces of the sentencepiece model trained on the X side
-    max_new_pieces: int = 500
-    steps: Optional[int] = None  # optimizer steps; default: `epochs` passes over the pairs
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100  # optimizer steps of linear warmup, as in every RC3 loop (rc3.optim.lr_factor)
-    max_len: int = 64
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    seed: int = 0
-    save_every: int = 100  # checkpoint every N steps (0: only at the end)
-    log_every: int = 20
-
-    def check(self) -> None:
-        check_lang(self.lang)
-        if self.lang == "en":
-            raise ValueError("the new language cannot be English: English is the teacher's side of the pairs")
-        if self.trainable not in TRAINABLE:
-            raise ValueError(f"trainable {self.trainable!r} is not one of {', '.join(TRAINABLE)}")
-        if self.embedding_rows not in ("all", "new"):
-            raise ValueError(f"embedding_rows {self.embedding_rows!r} is not one of all, new")
-        if self.embedding_rows == "new" and self.weight_decay > 0:
-            raise ValueError("embedding_rows='new' needs weight_decay 0 (decay would move the frozen rows)")
-        for name in ("new_vocab_size", "max_new_pieces", "epochs", "batch_size", "max_len", "lora_rank", "lora_alpha"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"steps must be positive, got {self.steps}")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.save_every < 0:
-            raise ValueError("lr must be positive, warmup_steps >= 0 and save_every >= 0")
-        if self.max_len < 3:
-            raise ValueError("max_len must leave room for [BOS], a piece and [LANG] (>= 3)")
-
-
 def distillation_loss(student_en: Tensor, student_x: Tensor, teacher_en: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Reimers & Gurevych (2020), Eq. 1: MSE(S(s), T(s)) + MSE(S(t), T(s)); returns (total, en term, X term).
     MSE is the mean over the batch and the dimensions (the paper's 1/|B| sum of squared norms, scaled)."""
@@ -552,25 +331,6 @@ def _keep_loss(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_
     return torch.stack(terms).sum(0).mean() / len(batch)
 
 
-def read_keep(specs: Sequence[str]) -> list[tuple[str, str]]:
-    """`LANG=FILE` (one sentence a line) -> (language, sentence) pairs, languages checked."""
-    out: list[tuple[str, str]] = []
-    for spec in specs:
-        lang, sep, path = spec.partition("=")
-        if not sep or not path:
-            raise ParallelTextError(f"--keep {spec!r}: write LANG=FILE (e.g. de=captions.de.txt)")
-        check_lang(lang)
-        try:
-            lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-        except OSError as err:
-            raise ParallelTextError(f"--keep {spec}: cannot read {path}: {err.strerror or err}") from None
-        texts = [line for line in lines if line]
-        if not texts:
-            raise ParallelTextError(f"--keep {spec}: {path} holds no sentence")
-        out += [(lang, t) for t in texts]
-    return out
-
-
 def add_language(model_dir: str | os.PathLike, pairs: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
                  opts: AddLanguageOptions, work_dir: Optional[str | os.PathLike] = None, resume: bool = False,
                  overwrite: bool = False, progress: bool = True, log: Callable[[str], None] = print,
@@ -642,17 +402,3 @@ def add_language(model_dir: str | os.PathLike, pairs: Sequence[tuple[str, str]],
     log(f"[add_language] wrote {out} ({opts.lang}: {len(pairs)} pairs, {record['steps']} steps, "
         f"trainable {opts.trainable}, {len(new_pieces)} new pieces)")
     return out
-
-
-def read_tsv_or_pair(paths: Sequence[str]) -> list[tuple[str, str]]:
-    """`[TSV]` or `[EN_FILE, X_FILE]` as read_parallel takes them (the command line's --parallel)."""
-    if len(paths) == 1:
-        return read_parallel(paths[0])
-    if len(paths) == 2:
-        return read_parallel(paths[0], paths[1])
-    raise ParallelTextError(f"--parallel takes one TSV or two line-aligned files, got {len(paths)} paths")
-
-
-__all__ = ["AddLanguageOptions", "ParallelTextError", "VocabExtension", "add_language", "read_keep", "candidate_pieces",
-           "distill", "distillation_loss", "extend_tokenizer", "known_characters", "read_parallel",
-           "read_tsv_or_pair", "resize_embeddings", "row_sources"]

@@ -12,7 +12,7 @@ Wall seconds and CPU seconds (user + system of the child and its children) per r
 repeats and the ratio default / frozen. The losses of the two pretraining runs are compared: the collector
 only decides when memory is freed, not what is computed.
 
-    python tools/bench_startup.py [--repeats 5] [--pretrain-steps 10] [--tmp DIR] [--json out.json]
+    python benchmarks/bench_startup.py [--repeats 5] [--pretrain-steps 10] [--tmp DIR] [--json out.json]
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ given size run through `ButdExtractor.extract` (resize, detector, 36-box selecti
 as the extraction tool runs them; plus a per-stage split (backbone to res4, RPN, box head) of one
 image. Prints one JSON line with the figures.
 
-    .venv/bin/python tools/bench_butd_extract.py --images 3                      # CPU, 600 x 1000
-    .venv/bin/python tools/bench_butd_extract.py --device cuda --images 50 --min-size 800 --max-size 1333
+    .venv/bin/python benchmarks/bench_butd_extract.py --images 3                      # CPU, 600 x 1000
+    .venv/bin/python benchmarks/bench_butd_extract.py --device cuda --images 50 --min-size 800 --max-size 1333
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def main() -> None:
               for _ in range(args.warmup + args.images)]
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
     print(f"# bench_butd_extract  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  "
-          f"commit={git_commit(['rc3/vision/butd', 'tools/bench_butd_extract.py'])}")
+          f"commit={git_commit(['rc3/vision/butd', 'benchmarks/bench_butd_extract.py'])}")
     print(f"# device: {dev_name} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
           f"images {args.height}x{args.width}, resize {args.min_size}/{args.max_size}")
 

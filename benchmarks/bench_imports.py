@@ -8,7 +8,7 @@ same commands also run on that tree (PYTHONPATH=DIR), interleaved with this tree
 the same load. Each repeat runs every command once, in the same order; the table gives the median
 wall seconds of the repeats. The machine's load (`uptime`) is printed before and after.
 
-    python tools/bench_imports.py [--repeats 5] [--before /tmp/before] [--json out.json]
+    python benchmarks/bench_imports.py [--repeats 5] [--before /tmp/before] [--json out.json]
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ from rc3.pretrain.config import PerfConfig
 if TYPE_CHECKING:
     from rc3.modeling.model import RC3Model
 
-log = logging.getLogger("rc3.perf")
+log = logging.getLogger("rc3.pretrain.perf")
 
 IGNORE_INDEX = -100
 # batch key -> (length it is padded to: "text" or "tgt", pad value: "pad" = the pad id, else the value)
@@ -91,7 +91,7 @@ def compile_model(model: RC3Model, scope: str, mode: str = "default", dynamic: b
     "passes" (the whole encoder, the whole decoder and the visual front end). `dynamic=False` when the
     shapes are fixed (one graph per shape), None to let torch decide. `backend` defaults to the
     environment's RC3_COMPILE_BACKEND or "inductor" ("aot_eager" traces forward and backward without
-    generating kernels: the CPU smoke run of tools/bench_levers.py uses it to check the code paths)."""
+    generating kernels: the CPU smoke run of benchmarks/bench_levers.py uses it to check the code paths)."""
     backend = backend or os.environ.get("RC3_COMPILE_BACKEND", "inductor")
     if scope == "off":
         return

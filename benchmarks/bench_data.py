@@ -1,7 +1,7 @@
 """Data pipeline benchmark: samples/s of the Ds and Dw shard pipelines beside a bare decode loop.
 
-    python tools/bench_data.py                                   # makes its own shards in a temp dir
-    python tools/bench_data.py --ds 'work/synthetic/shards/ds/ds-*.tar' --dw '.../dw-*.tar' \\
+    python benchmarks/bench_data.py                                   # makes its own shards in a temp dir
+    python benchmarks/bench_data.py --ds 'work/synthetic/shards/ds/ds-*.tar' --dw '.../dw-*.tar' \\
         --tokenizer work/synthetic/tokenizer --workers 0,1,2
 
 For each corpus it times
@@ -45,7 +45,7 @@ LANGS = ("en", "de", "fr", "cs", "ja", "zh")
 
 
 def environment() -> dict[str, str]:
-    commit = git_commit(["rc3/data", "tools/bench_data.py"])
+    commit = git_commit(["rc3/data", "benchmarks/bench_data.py"])
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))

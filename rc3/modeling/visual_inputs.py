@@ -1,11 +1,12 @@
-"""Visual inputs of the downstream tasks: ROI features from feature stores, pixels from an image folder.
+"""Visual inputs of the downstream tasks and of inference: ROI features from feature stores, pixels from an image folder.
 
 `VisualSource` turns an image key (as the task's reader gives it) into the tensors of one image for
 the model's visual dict: `roi` [R, 2048] + `boxes` [R, 5] + `roi_mask` [R] (ROI / combined; always
 R = num_regions slots, zero-padded and masked) and `pixels` [3, S, S]
 (patch / combined, resized to S x S and ImageNet-normalised like the pretraining pipeline).
 `collate_visual` stacks a list of them into a batch; a second image of an example (MaRVL) uses the
-same keys with suffix "2" (`roi2`, `boxes2`, `roi_mask2`, `pixels2`).
+same keys with suffix "2" (`roi2`, `boxes2`, `roi_mask2`, `pixels2`). It sits beside the front ends
+(rc3.modeling.visual) whose keys it fills, below its users: finetuning, inference, the `rc3` command.
 
 Keys: a key is looked up as given, then without its file extension ("1000092795.jpg" ->
 "1000092795"), because Multi30K names Flickr30k images by file while the released Flickr30k
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,10 +180,3 @@ def collate_visual(items: Sequence[Mapping[str, Tensor]], suffix: str = "") -> d
         out[f"pixels{suffix}"] = torch.stack([it["pixels"] for it in items])
     return out
 
-
-VISUAL_KEYS = ("roi", "boxes", "roi_mask", "pixels", "roi2", "boxes2", "roi_mask2", "pixels2")
-
-
-def visual_of(batch: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The visual dict part of a batch (the keys RC3Model.encode reads)."""
-    return {k: batch[k] for k in VISUAL_KEYS if k in batch and batch[k] is not None}

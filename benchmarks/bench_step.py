@@ -1,7 +1,7 @@
 """Training-step benchmark: one process, one config, N timed optimizer steps after warm-up.
 
-    python tools/bench_step.py --config configs/synthetic-tiny.yaml --data shards      # CPU, real pipeline
-    python tools/bench_step.py --config configs/paper.yaml --set model.vocab_size=250054  # GPU, random weights
+    python benchmarks/bench_step.py --config configs/synthetic-tiny.yaml --data shards      # CPU, real pipeline
+    python benchmarks/bench_step.py --config configs/paper.yaml --set model.vocab_size=250054  # GPU, random weights
 
 Reports samples/s, encoder + decoder tokens/s, the share of step time spent waiting for data,
 peak memory and, on GPU, MFU from the FLOPs of every encoder and decoder pass that ran (see
@@ -12,9 +12,9 @@ rc3/modeling/flops.py and BENCHMARKS.md), plus the projected wall time of the pa
 throughput); `--data shards` reads the configured shards through the real WebDataset pipeline.
 
 The throughput levers are the run config's `perf.*` switches (`--set perf.compile=passes`, see
-rc3/perf.py); `tools/bench_levers.py` runs the whole matrix. `--losses` records every step's loss
+rc3/pretrain/perf.py); `benchmarks/bench_levers.py` runs the whole matrix. `--losses` records every step's loss
 (read after the timed loop, so the recording adds no sync to it); `--check-syncs` runs one more step
-counting the host syncs inside it (torch.cuda.set_sync_debug_mode on GPU, rc3.perf.HostSyncCounter
+counting the host syncs inside it (torch.cuda.set_sync_debug_mode on GPU, rc3.pretrain.perf.HostSyncCounter
 on CPU).
 """
 from __future__ import annotations
@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 
-from rc3 import atomic, perf
+from rc3 import atomic
 from rc3 import distributed as dist
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.modeling import flops as flop_count
+from rc3.pretrain import perf
 from rc3.pretrain.config import load_config
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
 from rc3.pretrain.loop import to_device
@@ -174,7 +175,7 @@ def main() -> None:
     # Paper schedule: 100k steps, 1024 samples per task per step, over 8 GPUs -> 128 per GPU per task.
     micro_steps_per_paper_step = (1024 / 8) / micro
     projected_days = 100_000 * micro_steps_per_paper_step * step_time / 86400
-    commit = git_commit(["rc3", "tools/bench_step.py"])
+    commit = git_commit(["rc3", "benchmarks/bench_step.py"])
     figures = {
         "device": torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
         "date": str(date.today()), "commit": commit, "config": args.config, "overrides": args.set,
@@ -202,7 +203,7 @@ def main() -> None:
 def count_step_syncs(on_gpu: bool, forward, backward, step) -> dict[str, list[str]]:
     """The host syncs of one micro-step (forward + backward) and, apart, of the optimizer step that
     follows it: on GPU each one torch reports in sync-debug mode "warn"; on CPU the calls that
-    rc3.perf.HostSyncCounter counts."""
+    rc3.pretrain.perf.HostSyncCounter counts."""
     found: dict[str, list[str]] = {}
 
     def run(name: str, fn) -> Any:

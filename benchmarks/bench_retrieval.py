@@ -9,8 +9,8 @@ A synthetic ITR test set (default 1,000 images x 5 captions = 5,000 captions) wi
 Side by side, in one run and on one device: first-stage top-k with FAISS vs torch matmul top-k,
 and FAISS top-k + cross-encoder re-ranking vs cross-encoder over all pairs (both directions).
 
-    .venv/bin/python tools/bench_retrieval.py                       # paper-sized test set
-    .venv/bin/python tools/bench_retrieval.py --images 50 --device cpu  # quick run on a laptop
+    .venv/bin/python benchmarks/bench_retrieval.py                       # paper-sized test set
+    .venv/bin/python benchmarks/bench_retrieval.py --images 50 --device cpu  # quick run on a laptop
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def main() -> None:
         return s.view(image_idx.shape)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
-    commit = git_commit(["rc3/finetune/retrieval.py", "tools/bench_retrieval.py"])
+    commit = git_commit(["rc3/finetune/retrieval.py", "benchmarks/bench_retrieval.py"])
     print(f"# bench_retrieval  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  commit={commit}")
     print(f"# device: {dev_name} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads), "
           f"faiss on {'GPU' if retrieval.faiss_gpu_available() else 'CPU'}, bf16 autocast={bf16}")

@@ -1,10 +1,10 @@
 """Host overhead of one pretraining optimizer step, measured on the CPU.
 
-    python tools/bench_host.py                                   # this checkout, eager
-    python tools/bench_host.py --baseline main --rounds 8        # this checkout vs commit `main`, interleaved
-    python tools/bench_host.py --set perf.sync_free=true --set perf.fixed_shapes=true --set perf.lm_loss_chunk=8192
-    python tools/bench_host.py --set perf.compile=passes --set perf.fixed_shapes=true   # + recompiles, graph breaks
-    python tools/bench_host.py --profile 30                       # cProfile: the 30 costliest functions
+    python benchmarks/bench_host.py                                   # this checkout, eager
+    python benchmarks/bench_host.py --baseline main --rounds 8        # this checkout vs commit `main`, interleaved
+    python benchmarks/bench_host.py --set perf.sync_free=true --set perf.fixed_shapes=true --set perf.lm_loss_chunk=8192
+    python benchmarks/bench_host.py --set perf.compile=passes --set perf.fixed_shapes=true   # + recompiles, graph breaks
+    python benchmarks/bench_host.py --profile 30                       # cProfile: the 30 costliest functions
 
 What a GPU step costs the host is everything but the kernels: Python, the dispatcher, autograd, the
 DeepSpeed engine, the training loop's bookkeeping. To see it without a GPU the step runs the paper
@@ -18,7 +18,7 @@ CPU attention kernels, in a torch.profiler table of one step: BENCHMARKS.md), so
 is an upper bound of its host time. One thread (OMP_NUM_THREADS=1) and the
 process's CPU time, not wall time, make the figure hold on a machine shared with other jobs.
 
-Per step it reports: CPU and wall milliseconds (medians), host syncs (rc3.perf.HostSyncCounter around
+Per step it reports: CPU and wall milliseconds (medians), host syncs (rc3.pretrain.perf.HostSyncCounter around
 `train_step`: each `.item()`, `bool(t)`, device -> host copy, ... it would do on a GPU), and under
 `perf.compile` the graphs dynamo compiled, its recompiles and graph breaks in the measured steps
 (after warm-up: 0 when nothing recompiles).
@@ -83,9 +83,8 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     import torch
 
     from rc3 import distributed as dist
-    from rc3 import perf
     from rc3.modeling import RC3Model
-    from rc3.pretrain import loop
+    from rc3.pretrain import loop, perf
     from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer, resolve_ds_config
     from rc3.pretrain.objectives import ObjectiveState
@@ -126,8 +125,7 @@ def worker(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from rc3 import perf
-    from rc3.pretrain import loop
+    from rc3.pretrain import loop, perf
 
     run = build_run(args.config, args.set, args.seed)
     for _ in range(args.warmup):
@@ -292,7 +290,7 @@ def main() -> int:
     from rc3.provenance import git_commit
 
     figures = {"device": f"CPU ({platform.machine()}, {platform.processor() or 'unknown'}), 1 thread, shared",
-               "date": str(date.today()), "commit": git_commit(["rc3", "tools/bench_host.py"]), "config": args.config,
+               "date": str(date.today()), "commit": git_commit(["rc3", "benchmarks/bench_host.py"]), "config": args.config,
                "sets": args.set, "shrunk": SHRUNK, "rounds": args.rounds, "steps_per_round": args.steps,
                "load_average": os.getloadavg(), "results": results}
     for name, res in results.items():
