@@ -14,7 +14,7 @@ import torch
 from rc3 import perf
 from rc3.config import ConfigError
 from rc3.modeling import RC3Model, flops
-from rc3.pretrain.config import ObjectivesConfig, PerfConfig, TaskConfig, load_config
+from rc3.pretrain.config import ObjectiveConfig, ObjectivesConfig, PerfConfig, load_config
 from rc3.pretrain.losses import chunked_lm_cross_entropy
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.synthetic.tiny import random_task_batches, tiny_model_config
@@ -332,8 +332,8 @@ def test_compiled_passes_equal_eager():
     recompile test above runs every task, with dynamo's eager backend)."""
     torch._dynamo.reset()
     b = perf.fix_batch_shapes(batches(text_len=9, dtype=torch.float32), TEXT_LEN, TEXT_LEN, 1)
-    only_mclm = ObjectivesConfig(itm=TaskConfig(enabled=False), xtcl=TaskConfig(enabled=False),
-                                 rxvtcl_ds=TaskConfig(enabled=False), rxvtcl_dw=TaskConfig(enabled=False))
+    only_mclm = ObjectivesConfig(itm=ObjectiveConfig(enabled=False), xtcl=ObjectiveConfig(enabled=False),
+                                 rxvtcl_ds=ObjectiveConfig(enabled=False), rxvtcl_dw=ObjectiveConfig(enabled=False))
     eager = tiny_model(torch.float32)
     loss, grads = loss_and_grads(eager, b, only_mclm)
     compiled = tiny_model(torch.float32)

@@ -58,7 +58,7 @@ SHRUNK = ["model.vocab_size=512", "model.d_model=8", "model.attention_heads=1", 
 # ---- the worker: one checkout's rc3, one engine, steps on request ------------------------------------
 
 class RandomStreams:
-    """The two pre-built step batches of the paper's shapes, alternately (TaskStreams' interface as the
+    """The two pre-built step batches of the paper's shapes, alternately (ObjectiveStreams' interface as the
     training loop uses it)."""
 
     def __init__(self, pool: list[dict], samples: int) -> None:

@@ -57,7 +57,7 @@ def main() -> None:
         a = rxvtcl(model, batch, 0.5, obj, "roi", with_kl=False)[0]
         b = reference_rxvtcl(model, batch, 0.5, obj.zeta, "roi")
     model.train()
-    commit = git_commit(["rc3/pretrain/objectives.py", "rc3/pretrain/losses.py", "tools/bench_rxvtcl.py"])
+    commit = git_commit(["rc3/pretrain/objectives/__init__.py", "rc3/pretrain/losses.py", "tools/bench_rxvtcl.py"])
     print(f"device: CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"date {date.today()}, commit {commit}")
     print(f"model d={args.d_model} layers={args.layers}+{args.layers}, batch {args.batch} triplets, forward+backward")

@@ -37,7 +37,7 @@ from rc3.pretrain.config import load_config
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
 from rc3.pretrain.loop import to_device
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
-from rc3.pretrain.streams import TaskStreams
+from rc3.pretrain.streams import ObjectiveStreams
 from rc3.provenance import git_commit
 from rc3.synthetic.tiny import random_task_batches
 
@@ -120,7 +120,7 @@ def main() -> None:
     else:
         if tokenizer is None:
             raise SystemExit("--data shards needs model.tokenizer")
-        streams = TaskStreams(cfg, tokenizer, 0, 1)
+        streams = ObjectiveStreams(cfg, tokenizer, 0, 1)
         next_batches = lambda i: to_device(fix(streams.next_batches()), device)  # noqa: E731
         samples_per_step = streams.samples_per_step()
 
