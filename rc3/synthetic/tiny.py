@@ -17,11 +17,12 @@ def train_tiny_spm(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size:
 
 
 def tiny_model_config(**overrides):
-    """A ModelConfig small enough for unit tests (2+2 layers, d=32) with the paper's input shapes."""
+    """A ModelConfig small enough for unit tests (2+2 layers, d=32) with the paper's input shapes. It holds
+    the ROI and patch front ends, as a pretraining model does (Ds encodes ROIs, Dw patches)."""
     from rc3.modeling.config import ModelConfig
 
     base = dict(d_model=32, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=64,
-                max_position_embeddings=256, dropout=0.0, patch_dim=48)
+                max_position_embeddings=256, dropout=0.0, patch_dim=48, front_ends=["roi", "patch"])
     base.update(overrides)
     return ModelConfig(**base)
 
@@ -81,9 +82,8 @@ def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8,
     t_tgt, t_tgt_mask = texts()
     dt = {"src_ids": t_src, "src_mask": t_src_mask, "tgt_ids": t_tgt, "tgt_mask": t_tgt_mask,
           "src_lang": langs[0], "tgt_lang": langs[1], "keys": keys}
-    from rc3.pretrain.registry import OBJECTIVES, load_builtin, objective_corpus
+    from rc3.pretrain.registry import OBJECTIVES, objective_corpus
 
-    load_builtin()
     by_corpus = {"ds": ds, "dw": dw, "dt": dt}
     return {o.name: by_corpus[objective_corpus(o.name)] for o in OBJECTIVES if objective_corpus(o.name) in by_corpus}
 
