@@ -23,11 +23,11 @@ from rc3.finetune.classification import visual_source
 from rc3.finetune.cli import parse_cli
 from rc3.finetune.code_switch import switch_examples
 from rc3.finetune.common import VisualSource, collate_visual, visual_of
-from rc3.finetune.config import MMTFinetuneConfig
 from rc3.finetune.datasets import limit
 from rc3.finetune.metrics import bleu
 from rc3.finetune.mmt_model import MMTModel
 from rc3.finetune.readers.multi30k import Multi30kExample, multi30k_langs, read_multi30k, split_name
+from rc3.finetune.tasks.mmt import MMTFinetuneConfig
 from rc3.finetune.trainer import FinetuneRun
 from rc3.tokenization import RC3Tokenizer
 
