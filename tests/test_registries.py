@@ -39,6 +39,8 @@ TINY = REPO / "configs/synthetic-tiny.yaml"
 VOCAB = 300
 PAPER = ["mclm", "itm", "xtcl", "rxvtcl_ds", "rxvtcl_dw"]
 PAPER_SHARDS = ["data.ds_shards=ds.tar", "data.dw_shards=dw.tar", "data.dt_shards=dt.tar"]
+TINY_MODEL = ["model.d_model=32", "model.encoder_layers=1", "model.decoder_layers=1", "model.attention_heads=4",
+              "model.ffn_dim=64", "model.patch_dim=48"]
 
 # ---- the plugin modules, one file each ------------------------------------------------------------
 
@@ -217,6 +219,10 @@ def test_a_plugin_objective_is_off_until_switched_on_then_trains(plugin):
     assert on.plugins == [f"{plugin}.objective"]
     with pytest.raises(ConfigError, match="objectives.tr_norm.target: expected float"):
         load_config(TINY, [f"plugins=[{plugin}.objective]", "objectives.tr_norm.target=[1]"])
+    # a section that does not say `enabled` keeps its objective's default: the paper's stay on
+    partial = load_config(TINY, [f"plugins=[{plugin}.objective]", "objectives.itm.weight=0.5",
+                                 "objectives.tr_norm.target=3.0"])
+    assert partial.objectives.enabled() == PAPER and partial.objectives.itm.weight == 0.5
 
     batches = random_task_batches(VOCAB, batch_size=4, seed=3)
     assert batches["tr_norm"] is batches["xtcl"]  # the harness hands it its stream's corpus batch
@@ -249,7 +255,7 @@ def test_a_contrastive_objective_gets_its_p_avg_tracker():
     assert set(ObjectiveState.create().trackers) == {"xtcl", "rxvtcl"}
 
 
-def test_registry_errors_name_what_is_registered(plugin):
+def test_registry_errors_name_what_is_registered():
     with pytest.raises(KeyError, match="unknown pretraining objective 'nope'; registered: mclm, itm, xtcl"):
         OBJECTIVES.get("nope")
     with pytest.raises(ValueError, match="already registered"):
@@ -327,12 +333,11 @@ def test_a_plugin_front_end_is_built_only_where_used_and_encodes(plugin):
 
     with pytest.raises(ConfigError, match="model.visual_mode: 'roi_grid' is not one of roi, patch, combined"):
         load_config(None, [*PAPER_SHARDS, "model.visual_mode=roi_grid"])
-    plain = load_config(None, [*PAPER_SHARDS, f"plugins=[{plugin}.front_end]"])
+    plain = load_config(None, [*PAPER_SHARDS, *TINY_MODEL, f"plugins=[{plugin}.front_end]"])
     assert plain.model.front_ends == ["roi", "patch"]  # Ds ROIs and Dw patches: not the registered grid
     assert not hasattr(RC3Model.from_config(plain.model, VOCAB).visual, "grid")
-    cfg = load_config(None, [*PAPER_SHARDS, f"plugins=[{plugin}.front_end]", "model.visual_mode=roi_grid",
-                             "model.grid.cells=3", "model.d_model=32", "model.encoder_layers=1", "model.decoder_layers=1",
-                             "model.attention_heads=4", "model.ffn_dim=64", "model.patch_dim=48"])
+    cfg = load_config(None, [*PAPER_SHARDS, *TINY_MODEL, f"plugins=[{plugin}.front_end]", "model.visual_mode=roi_grid",
+                             "model.grid.cells=3"])
     assert cfg.model.front_ends == ["roi", "patch", "grid"] and cfg.model.grid.cells == 3
     torch.manual_seed(0)
     model = RC3Model.from_config(cfg.model, VOCAB)
@@ -412,6 +417,7 @@ def _write_yesno_data(root: Path) -> None:
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.slow  # a tokenizer trained on real text, then a finetuning run through the harness
 def test_a_plugin_downstream_task_trains_and_evaluates_through_the_harness(plugin, tmp_path, tokenizer, tokenizer_dir):
     from rc3.finetune import cli
     from rc3.finetune.config import finetune_config_from_dict
@@ -425,11 +431,9 @@ def test_a_plugin_downstream_task_trains_and_evaluates_through_the_harness(plugi
                                                     "features": ["features.h5"], "num_workers": 0}}
     with pytest.raises(ConfigError, match="'toy_yesno' is not one of"):
         finetune_config_from_dict({k: v for k, v in base.items() if k != "plugins"}, "toy_yesno")
-    cfg = finetune_config_from_dict(base, "toy_yesno")
-    assert (cfg.optim.lr, cfg.train.batch_size, cfg.train.epochs, cfg.data.max_text_len) == (3e-4, 4, 1, 24)
-    with pytest.raises(ConfigError, match="toy_yesno has English test data only"):
-        finetune_config_from_dict(base, "toy_yesno", ["data.test_langs=[de]"])
+    assert "toy_yesno" not in DOWNSTREAM
 
+    # the command line finds the task through the config's plugins (nothing has imported the module yet)
     config = tmp_path / "toy_yesno.yaml"
     config.write_text(json.dumps(base))
     out = tmp_path / "out"
@@ -439,5 +443,10 @@ def test_a_plugin_downstream_task_trains_and_evaluates_through_the_harness(plugi
     assert list(results) == ["en"] and results["en"]["n"] == 6 and 0.0 <= results["en"]["accuracy"] <= 100.0
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if "loss" in r] == [1, 2]  # 8 examples, 4 per step, one epoch
+
+    cfg = finetune_config_from_dict(base, "toy_yesno")
+    assert (cfg.optim.lr, cfg.train.batch_size, cfg.train.epochs, cfg.data.max_text_len) == (3e-4, 4, 1, 24)
+    with pytest.raises(ConfigError, match="toy_yesno has English test data only"):
+        finetune_config_from_dict(base, "toy_yesno", ["data.test_langs=[de]"])
     head = json.loads((out / "model" / "task_head.json").read_text())
     assert head["task"] == "toy_yesno" and head["labels"] == ["no", "yes"]
