@@ -1,4 +1,4 @@
-"""What each pretraining task encodes in a real run: only MCLM's encoder input carries <mask>.
+"""What each pretraining objective encodes in a real run: only MCLM's encoder input carries <mask>.
 
 One optimizer step of `rc3.pretrain.loop.train` on a small synthetic world (tests/probe_task_inputs.py
 records every encoder call per task). MCLM's sequences must hold masks; ITM, XTCL and R-XVtCL
