@@ -30,7 +30,7 @@ from rc3.modeling import RC3Model
 from rc3.modeling.visual import FRONT_ENDS, VISUAL_MODES
 from rc3.pretrain.config import load_config
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
-from rc3.pretrain.registry import OBJECTIVES, STREAMS, Objective, ObjectiveResult
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, Objective, ObjectiveResult, Stream
 from rc3.registry import Registry
 from rc3.synthetic.tiny import random_task_batches, tiny_model_config
 
@@ -253,6 +253,21 @@ def test_a_contrastive_objective_gets_its_p_avg_tracker():
         assert set(ObjectiveState.create(p_avg_scope="per_corpus").trackers) == {
             "xtcl", "rxvtcl_ds", "rxvtcl_dw", "toy_contrastive"}
     assert set(ObjectiveState.create().trackers) == {"xtcl", "rxvtcl"}
+
+
+def test_an_objective_on_a_new_stream_requires_its_corpus_shards():
+    def loss(ctx, batch):
+        return ObjectiveResult(torch.zeros(()))
+
+    only_toy = [f"objectives.{n}.enabled=false" for n in PAPER] + ["objectives.dw_norm.enabled=true"]
+    with STREAMS.temporarily(Stream("dw_texts", "dw")), \
+            OBJECTIVES.temporarily(Objective("dw_norm", stream="dw_texts", loss=loss)):
+        with pytest.raises(ConfigError, match=r"data.dw_shards: required by the enabled objective\(s\) dw_norm"):
+            load_config(None, only_toy)
+        cfg = load_config(None, [*only_toy, "data.dw_shards=x-{0..1}.tar"])
+        assert cfg.objectives.enabled() == ["dw_norm"]
+        with pytest.raises(ConfigError, match="every objective is switched off"):
+            load_config(None, [*only_toy[:-1], "data.dw_shards=x-{0..1}.tar"])
 
 
 def test_registry_errors_name_what_is_registered():
