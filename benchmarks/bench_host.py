@@ -58,7 +58,7 @@ SHRUNK = ["model.vocab_size=512", "model.d_model=8", "model.attention_heads=1", 
 # ---- the worker: one checkout's rc3, one engine, steps on request ------------------------------------
 
 class RandomStreams:
-    """The two pre-built step batches of the paper's shapes, alternately (TaskStreams' interface as the
+    """The two pre-built step batches of the paper's shapes, alternately (ObjectiveStreams' interface as the
     training loop uses it)."""
 
     def __init__(self, pool: list[dict], samples: int) -> None:
@@ -89,7 +89,7 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     from rc3.pretrain.engine import build_optimizer, resolve_ds_config
     from rc3.pretrain.objectives import ObjectiveState
     from rc3.run_log import RunLogger
-    from rc3.synthetic.tiny import random_task_batches
+    from rc3.synthetic.tiny import random_objective_batches
 
     cfg = load_config(config, [*SHRUNK, *sets])
     torch.manual_seed(seed)
@@ -101,7 +101,7 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=ds_config)
     micro, pad = cfg.train.micro_batch_size, model.mbart.config.pad_token_id
-    pool = [random_task_batches(cfg.model.vocab_size, micro, cfg.data.max_text_len, seed=seed * 2 + i,
+    pool = [random_objective_batches(cfg.model.vocab_size, micro, cfg.data.max_text_len, seed=seed * 2 + i,
                                 image_size=cfg.model.image_size, regions=cfg.model.num_regions) for i in range(2)]
     streams = RandomStreams(pool, micro * 4)
     state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)

@@ -17,7 +17,7 @@ from rc3.modeling import RC3Model
 from rc3.pretrain.config import ObjectivesConfig
 from rc3.pretrain.objectives import rxvtcl
 from rc3.provenance import git_commit
-from rc3.synthetic.tiny import random_task_batches, reference_rxvtcl, tiny_model_config
+from rc3.synthetic.tiny import random_objective_batches, reference_rxvtcl, tiny_model_config
 
 
 def timed(fn, repeats: int) -> float:
@@ -41,7 +41,7 @@ def main() -> None:
     cfg = tiny_model_config(d_model=args.d_model, encoder_layers=args.layers, decoder_layers=args.layers,
                             attention_heads=4, ffn_dim=2 * args.d_model)
     model = RC3Model.from_config(cfg, 1000).train()
-    batch = random_task_batches(1000, batch_size=args.batch, text_len=24, seed=0)["rxvtcl_ds"]
+    batch = random_objective_batches(1000, batch_size=args.batch, text_len=24, seed=0)["rxvtcl_ds"]
     obj = ObjectivesConfig()
 
     def batched():
@@ -57,7 +57,7 @@ def main() -> None:
         a = rxvtcl(model, batch, 0.5, obj, "roi", with_kl=False)[0]
         b = reference_rxvtcl(model, batch, 0.5, obj.zeta, "roi")
     model.train()
-    commit = git_commit(["rc3/pretrain/objectives.py", "rc3/pretrain/losses.py", "benchmarks/bench_rxvtcl.py"])
+    commit = git_commit(["rc3/pretrain/objectives/__init__.py", "rc3/pretrain/losses.py", "benchmarks/bench_rxvtcl.py"])
     print(f"device: CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"date {date.today()}, commit {commit}")
     print(f"model d={args.d_model} layers={args.layers}+{args.layers}, batch {args.batch} triplets, forward+backward")

@@ -38,9 +38,9 @@ from rc3.pretrain.config import load_config
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
 from rc3.pretrain.loop import to_device
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
-from rc3.pretrain.streams import TaskStreams
+from rc3.pretrain.streams import ObjectiveStreams
 from rc3.provenance import git_commit
-from rc3.synthetic.tiny import random_task_batches
+from rc3.synthetic.tiny import random_objective_batches
 
 
 def main() -> None:
@@ -112,7 +112,7 @@ def main() -> None:
     fix = ((lambda b: perf.fix_batch_shapes(b, cfg.data.max_text_len, cfg.data.max_tgt_len, model.mbart.config.pad_token_id))
            if cfg.perf.fixed_shapes else (lambda b: b))
     if args.data == "random":
-        pool = [to_device(fix(random_task_batches(vocab, micro, cfg.data.max_text_len, seed=args.seed * 2 + i,
+        pool = [to_device(fix(random_objective_batches(vocab, micro, cfg.data.max_text_len, seed=args.seed * 2 + i,
                                                   image_size=cfg.model.image_size, regions=cfg.model.num_regions)),
                           device)
                 for i in range(2)]
@@ -121,7 +121,7 @@ def main() -> None:
     else:
         if tokenizer is None:
             raise SystemExit("--data shards needs model.tokenizer")
-        streams = TaskStreams(cfg, tokenizer, 0, 1)
+        streams = ObjectiveStreams(cfg, tokenizer, 0, 1)
         next_batches = lambda i: to_device(fix(streams.next_batches()), device)  # noqa: E731
         samples_per_step = streams.samples_per_step()
 

@@ -4,7 +4,7 @@ The library, by workflow:
 
 * `rc3.modeling`: the encoder-decoder, its visual front ends, HF-native model directories, FLOPs;
 * `rc3.data`: corpora, shard schemas and pipelines, feature stores, shard builders;
-* `rc3.pretrain`: objectives and losses, task streams, the DeepSpeed loop, checkpoints;
+* `rc3.pretrain`: objectives and losses, their streams, the DeepSpeed loop, checkpoints;
 * `rc3.finetune`: the downstream recipes (XVNLI, xGQA, MaRVL, ITR, MMT), readers, metrics, retrieval;
 * `rc3.vision`: ROI feature extraction (BUTD Faster R-CNN) for a user's own images;
 * `rc3.inference`: using a trained model; `rc3.synthetic`: the synthetic world and reproduction jobs.

@@ -3,7 +3,8 @@
 What every run config shares, whatever its schema: `read_config_yaml` (a YAML mapping, with `base:`
 inheritance), `apply_overrides` (`--set key.path=value`, values parsed as YAML), `from_dict` (a
 dataclass from a mapping, every value type-checked, unknown keys named), `RegistrySection` (a section
-part of whose keys come from a registry), `save_config` and `ConfigError`. Every error is raised before
+part of whose keys come from a registry), `import_plugins` (the modules a config's `plugins:` names,
+which register records of their own), `save_config` and `ConfigError`. Every error is raised before
 any work starts and names the offending key, e.g.
 ``config error: model.visual_mode: 'grid' is not one of roi, patch, combined``.
 
@@ -17,6 +18,7 @@ This module imports neither torch nor any of them.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -27,7 +29,7 @@ import yaml
 
 from rc3 import atomic
 
-__all__ = ["ConfigError", "RegistrySection", "from_dict", "to_dict", "set_dotted", "parse_override",
+__all__ = ["ConfigError", "RegistrySection", "import_plugins", "from_dict", "to_dict", "set_dotted", "parse_override",
            "apply_overrides", "merge_dicts", "read_config_yaml", "save_config"]
 
 
@@ -58,6 +60,11 @@ class RegistrySection:
         raise NotImplementedError
 
     @classmethod
+    def registry_defaults(cls, data: dict) -> dict:
+        """`data` (the section as written) with what its registered records default to filled in."""
+        return data
+
+    @classmethod
     def resolved(cls) -> type:
         if cls.__dict__.get("_registry_extension"):
             return cls
@@ -84,6 +91,23 @@ class RegistrySection:
 
 def _rebuild_section(base: type, values: dict) -> Any:
     return from_dict(base, values)
+
+
+def import_plugins(modules: Any, key: str = "plugins") -> list[str]:
+    """Import the modules a config's `plugins:` list names (each registers its objectives, corpora, visual
+    front ends or downstream tasks), before the rest of the config is read: their config keys exist then.
+    A module that cannot be imported is a ConfigError naming it."""
+    if modules is None:
+        return []
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(key, f"expected a list of module names (e.g. [mypkg.my_objective]), got {modules!r}")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # any failure while importing a plugin is the config's problem to name
+            raise ConfigError(f"{key}", f"cannot import {module!r} ({type(err).__name__}: {err}); put its package on "
+                                        "PYTHONPATH or remove it from the list") from None
+    return list(modules)
 
 
 # ---- generic dataclass <-> dict with type checking ------------------------------------------------
@@ -133,6 +157,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     """A config dataclass from a plain mapping, every value type-checked; unknown keys are errors naming
     the known ones. `prefix` is the dotted path of `data` in the whole config (for messages)."""
     if isinstance(cls, type) and issubclass(cls, RegistrySection):
+        data = cls.registry_defaults(data)
         cls = cls.resolved()
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}

@@ -60,7 +60,7 @@ from rc3.data.collate import pad_batch
 from rc3.data.features import normalise_boxes
 from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, load_image, resize_uint8
 from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, TaskModel
-from rc3.finetune.readers.xvnli import LABELS as XVNLI_LABELS
+from rc3.finetune.registry import DOWNSTREAM
 from rc3.finetune.retrieval import FaissIndex, iter_reranked, rank_candidates
 from rc3.modeling import RC3Model
 from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, run_directory_hint
@@ -81,10 +81,6 @@ class TextTruncatedWarning(UserWarning):
 
 # How errors name the inputs: these Python names by default; the `rc3` command passes its flags.
 ARG_NAMES = {"features": "features=[store.h5]", "detector_weights": "detector_weights=<weights>"}
-
-# Label names of heads saved before the names were recorded in task_head.json.
-DEFAULT_LABELS = {"xvnli": list(XVNLI_LABELS), "marvl": ["false", "true"]}
-
 
 @dataclass
 class Hit:
@@ -552,7 +548,8 @@ class RC3Inference:
             raise ValueError(f"this model has no classifier head (task: {self.task or 'none, pretrained'}); "
                              "load the model directory an XVNLI / xGQA / MaRVL finetuning wrote")
         m = self.task_model
-        names = m.labels or DEFAULT_LABELS.get(m.task)
+        # heads saved before the names were recorded in task_head.json: the task's own (rc3.finetune.registry)
+        names = m.labels or (list(DOWNSTREAM.get(m.task).labels) if m.task in DOWNSTREAM else None)
         return list(names) if names and len(names) == m.num_labels else [str(i) for i in range(m.num_labels)]
 
     @torch.inference_mode()

@@ -32,7 +32,7 @@ import torch
 from rc3.modeling import RC3Model, build_model, load_tokenizer
 from rc3.pretrain.config import load_config
 from rc3.pretrain.loop import train
-from rc3.pretrain.streams import TaskStreams
+from rc3.pretrain.streams import ObjectiveStreams
 from rc3.tools.zero_to_safetensors import convert
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "repro" / "synthetic.yaml"
@@ -55,7 +55,7 @@ def nearest_acc(queries: torch.Tensor, keys: torch.Tensor) -> float:
 @torch.no_grad()
 def measure(model: RC3Model, cfg) -> dict[str, float]:
     model.eval()
-    streams = TaskStreams(cfg, load_tokenizer(cfg.model), rank=0, world_size=1, prefetch_steps=0)
+    streams = ObjectiveStreams(cfg, load_tokenizer(cfg.model), rank=0, world_size=1, prefetch_steps=0)
     tr_acc, vtr_acc, vtr_ratio, kl = [], [], [], []
     try:
         for _ in range(EVAL_STEPS):

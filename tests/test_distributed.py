@@ -126,11 +126,11 @@ def _case_xtcl_objective(rank: int) -> None:
     from rc3.modeling import RC3Model
     from rc3.pretrain.config import ObjectivesConfig
     from rc3.pretrain.objectives import xtcl
-    from rc3.synthetic.tiny import random_task_batches, tiny_model_config
+    from rc3.synthetic.tiny import random_objective_batches, tiny_model_config
 
     torch.manual_seed(0)
     model = RC3Model.from_config(tiny_model_config(), 300).double().eval()
-    whole = random_task_batches(300, batch_size=8, seed=3)["xtcl"]
+    whole = random_objective_batches(300, batch_size=8, seed=3)["xtcl"]
     cfg = ObjectivesConfig(xtcl_gather=True)
     ref, _, ref_negatives = xtcl(model, whole, 0.6, cfg)
     ref.backward()

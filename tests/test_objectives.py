@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rc3.modeling import RC3Model
-from rc3.pretrain.config import ObjectivesConfig, TaskConfig
+from rc3.pretrain.config import ObjectiveConfig, ObjectivesConfig
 from rc3.pretrain.objectives import ObjectiveState, compute_losses, plan_triplets, rxvtcl
-from rc3.synthetic.tiny import random_task_batches, reference_rxvtcl, tiny_model_config
+from rc3.synthetic.tiny import random_objective_batches, reference_rxvtcl, tiny_model_config
 
 VOCAB = 300
 
@@ -21,7 +21,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def batches():
-    return random_task_batches(VOCAB, batch_size=5, seed=1)
+    return random_objective_batches(VOCAB, batch_size=5, seed=1)
 
 
 @pytest.mark.parametrize("b,k", [(4, 1), (5, 2), (2, 1)])
@@ -143,8 +143,8 @@ def test_all_tasks_backward_and_switches(batches):
     assert grads["itm_head.weight"] is not None and grads["visual.patch.proj.weight"] is not None
     assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
     # Table 4's ablations are config changes
-    off = dataclasses.replace(cfg, rxvtcl_ds=TaskConfig(enabled=False), rxvtcl_dw=TaskConfig(enabled=False),
-                              xtcl=TaskConfig(enabled=False), itm=TaskConfig(weight=0.5))
+    off = dataclasses.replace(cfg, rxvtcl_ds=ObjectiveConfig(enabled=False), rxvtcl_dw=ObjectiveConfig(enabled=False),
+                              xtcl=ObjectiveConfig(enabled=False), itm=ObjectiveConfig(enabled=True, weight=0.5))
     out2 = compute_losses(model, batches, off, state, torch.Generator().manual_seed(0))
     assert set(out2.parts) == {"mclm", "itm"}
     torch.testing.assert_close(out2.loss.detach(), out2.parts["mclm"] + 0.5 * out2.parts["itm"])

@@ -14,10 +14,10 @@ import torch
 from rc3.config import ConfigError
 from rc3.modeling import RC3Model, flops
 from rc3.pretrain import perf
-from rc3.pretrain.config import ObjectivesConfig, PerfConfig, TaskConfig, load_config
+from rc3.pretrain.config import ObjectiveConfig, ObjectivesConfig, PerfConfig, load_config
 from rc3.pretrain.losses import chunked_lm_cross_entropy
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
-from rc3.synthetic.tiny import random_task_batches, tiny_model_config
+from rc3.synthetic.tiny import random_objective_batches, tiny_model_config
 
 VOCAB = 300
 TEXT_LEN = 12
@@ -31,7 +31,7 @@ def tiny_model(dtype=torch.float64, seed=0) -> RC3Model:
 
 
 def batches(text_len: int = TEXT_LEN, seed: int = 0, dtype=torch.float64) -> dict:
-    b = random_task_batches(VOCAB, 4, text_len, seed=seed, image_size=64, regions=6)
+    b = random_objective_batches(VOCAB, 4, text_len, seed=seed, image_size=64, regions=6)
     for batch in {id(v): v for v in b.values()}.values():
         for k in ("roi", "boxes", "pixels"):
             if k in batch:
@@ -332,8 +332,8 @@ def test_compiled_passes_equal_eager():
     recompile test above runs every task, with dynamo's eager backend)."""
     torch._dynamo.reset()
     b = perf.fix_batch_shapes(batches(text_len=9, dtype=torch.float32), TEXT_LEN, TEXT_LEN, 1)
-    only_mclm = ObjectivesConfig(itm=TaskConfig(enabled=False), xtcl=TaskConfig(enabled=False),
-                                 rxvtcl_ds=TaskConfig(enabled=False), rxvtcl_dw=TaskConfig(enabled=False))
+    only_mclm = ObjectivesConfig(itm=ObjectiveConfig(enabled=False), xtcl=ObjectiveConfig(enabled=False),
+                                 rxvtcl_ds=ObjectiveConfig(enabled=False), rxvtcl_dw=ObjectiveConfig(enabled=False))
     eager = tiny_model(torch.float32)
     loss, grads = loss_and_grads(eager, b, only_mclm)
     compiled = tiny_model(torch.float32)

@@ -21,7 +21,7 @@ from rc3.data.collate import DsCollator, DtCollator, DwCollator
 from rc3.data.faults import NoUsableData, SkipBudgetExceeded
 from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor, load_image
 from rc3.data.pipeline import expand_shards, make_pipeline
-from rc3.pretrain.streams import MultiTaskLoader
+from rc3.pretrain.streams import MultiObjectiveLoader
 
 PER_SHARD = 6
 
@@ -387,7 +387,7 @@ def test_multitask_steps_share_ds_batches_roll_epochs_and_resume(tmp_path, capti
             return make_pipeline(corpus, str(tmp_path / corpus / "*.tar"), 3, collator(corpus, tokenizer), seed=4,
                                  batches_per_epoch=bpe, num_workers=workers, shuffle_buffer=buffer)
         ds = loader("ds", 4, workers=2)
-        return MultiTaskLoader({"mclm": ds, "itm": ds, "xtcl": loader("dt", 2, buffer=0), "rxvtcl_dw": loader("dw", 3)})
+        return MultiObjectiveLoader({"mclm": ds, "itm": ds, "xtcl": loader("dt", 2, buffer=0), "rxvtcl_dw": loader("dw", 3)})
 
     def keys(steps):
         return [{task: b["keys"] for task, b in step.items()} for step in steps]
@@ -407,6 +407,6 @@ def test_multitask_steps_share_ds_batches_roll_epochs_and_resume(tmp_path, capti
     assert keys(itertools.islice(resumed, 3)) == keys(more)
     resumed.close()
     with pytest.raises(ValueError, match="unknown objective"):
-        MultiTaskLoader({"mlm": resumed.groups[0][0]})
+        MultiObjectiveLoader({"mlm": resumed.groups[0][0]})
     with pytest.raises(ValueError, match="needs a 'dt' loader"):
-        MultiTaskLoader({"xtcl": resumed.groups[0][0]})
+        MultiObjectiveLoader({"xtcl": resumed.groups[0][0]})

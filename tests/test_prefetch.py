@@ -14,7 +14,7 @@ from rc3.data.collate import DtCollator
 from rc3.data.faults import NoUsableData
 from rc3.data.pipeline import make_pipeline
 from rc3.data.shard_writer import ShardWriter
-from rc3.pretrain.streams import MultiTaskLoader, StepPrefetcher
+from rc3.pretrain.streams import MultiObjectiveLoader, StepPrefetcher
 
 
 class CountingLoader:
@@ -40,9 +40,9 @@ class CountingLoader:
         self.epoch, self.batches_done = self.epoch + 1, 0
 
 
-def make_multi(fail_at: int | None = None, delay: float = 0.0) -> MultiTaskLoader:
+def make_multi(fail_at: int | None = None, delay: float = 0.0) -> MultiObjectiveLoader:
     ds = CountingLoader("ds", 3, delay=delay)
-    return MultiTaskLoader({"mclm": ds, "itm": ds, "xtcl": CountingLoader("dt", 5, fail_at=fail_at, delay=delay)})
+    return MultiObjectiveLoader({"mclm": ds, "itm": ds, "xtcl": CountingLoader("dt", 5, fail_at=fail_at, delay=delay)})
 
 
 def plain_run(steps: int) -> list[tuple[dict, dict]]:

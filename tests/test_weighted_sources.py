@@ -110,7 +110,7 @@ def test_bad_sources_are_refused(sources, tokenizer):
 def test_run_config_sources_reach_the_training_streams(sources, tokenizer, tmp_path):
     from rc3.config import ConfigError
     from rc3.pretrain.config import config_from_dict
-    from rc3.pretrain.streams import TaskStreams, corpus_shards, estimate_batches_per_epoch
+    from rc3.pretrain.streams import ObjectiveStreams, corpus_shards, estimate_batches_per_epoch
 
     off = {"enabled": False}
     data = {"dt_sources": [{"name": "wikimatrix", "shards": sources[0].shards, "weight": 0.7},
@@ -122,7 +122,7 @@ def test_run_config_sources_reach_the_training_streams(sources, tokenizer, tmp_p
     got = corpus_shards(cfg, "dt")
     assert [(s.name, s.weight) for s in got] == [("wikimatrix", 0.7), ("captions", 0.3)]
     assert estimate_batches_per_epoch(got, 10, 1) == (80 + 20) // 10
-    streams = TaskStreams(cfg, tokenizer, rank=0, world_size=1, prefetch_steps=0)
+    streams = ObjectiveStreams(cfg, tokenizer, rank=0, world_size=1, prefetch_steps=0)
     keys = [k for _ in range(10) for k in streams.next_batches()["xtcl"]["keys"]]
     streams.close()
     assert {k[:2] for k in keys} == {"wm", "ca"}

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from rc3 import heap
-from rc3.config import ConfigError
+from rc3.config import ConfigError, apply_overrides, import_plugins, read_config_yaml
 from rc3.finetune.config import FinetuneConfig, load_finetune_config
 from rc3.finetune.registry import DOWNSTREAM
 from rc3.modeling.files import run_directory_hint
@@ -64,9 +64,27 @@ def run_task(task: str, argv: Sequence[str] | None = None, prog: str | None = No
     run_main(lambda _argv: recipe(args))
 
 
+def import_config_plugins(argv: Sequence[str]) -> None:
+    """Import the `plugins:` of the --config file and --set overrides in `argv`, so that a downstream task
+    registered by a plugin module is known before its command line is parsed."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    known, _ = p.parse_known_args(list(argv))
+    given = read_config_yaml(known.config) if known.config is not None else {}
+    import_plugins(apply_overrides(given, known.overrides).get("plugins"))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """`rc3-finetune TASK [options]`, TASK one of xvnli, xgqa, marvl, itr, mmt."""
+    """`rc3-finetune TASK [options]`, TASK one of xvnli, xgqa, marvl, itr, mmt or a task that a module in the
+    config's `plugins:` registers."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):
+        try:
+            import_config_plugins(args[1:])
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     tasks = ", ".join(DOWNSTREAM.names())
     if not args or args[0] in ("-h", "--help"):
         print(f"usage: rc3-finetune TASK [options]   (TASK: {tasks}; `rc3-finetune TASK --help` lists the options)")

@@ -1,7 +1,7 @@
 """Typed finetuning configs: YAML + dotted `--set` overrides, strictly validated before any work starts.
 
-One dataclass tree per task (ITR and MMT add their own section). The defaults are the paper's
-Table 6 (learning rate, global batch size, epochs, input length), applied under the YAML file:
+One dataclass tree per task (ITR and MMT add their own section, declared with their records in
+rc3.finetune.tasks). The defaults are the paper's Table 6 (learning rate, global batch size, epochs, input length), applied under the YAML file:
 
     cfg = load_finetune_config("configs/finetune/xvnli.yaml", "xvnli", overrides=["train.epochs=1"])
 
@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 import yaml
 
 from rc3 import atomic
-from rc3.config import ConfigError, apply_overrides, from_dict, merge_dicts, read_config_yaml, to_dict
+from rc3.config import ConfigError, apply_overrides, from_dict, import_plugins, merge_dicts, read_config_yaml, to_dict
 from rc3.finetune.registry import DOWNSTREAM, resolve
 from rc3.tokenization import LANG_CODES
 
@@ -94,38 +94,6 @@ class FTEvalConfig:
 
 
 @dataclass
-class ITRConfig:
-    k: str = "16"  # candidates re-ranked by the ITM head per query; "all" = brute-force cross-encoder
-    index: Literal["faiss", "torch"] = "faiss"
-    embed_dim: int = 256  # dual-encoder projection size
-    temperature: float = 0.07  # InfoNCE temperature (initial value when learned)
-    learn_temperature: bool = True
-    contrastive_weight: float = 1.0
-    itm_weight: float = 1.0
-    hard_negatives: bool = True  # ITM negatives drawn by softmax(similarity / temperature) (else uniformly)
-    # Share of the hard-negative draw made uniformly instead: hard negatives alone teach the ITM head to
-    # order close candidates but leave its scores for unrelated pairs untrained (brute-force ranking).
-    uniform_negative_share: float = 0.0
-
-    @property
-    def rerank_k(self) -> int | Literal["all"]:
-        return "all" if self.k == "all" else int(self.k)
-
-
-@dataclass
-class MMTConfig:
-    src_lang: str = "en"
-    tgt_lang: str = "de"
-    use_image: bool = True  # False: text-only translation (the image-free baseline)
-    train_split: str = "train"
-    dev_split: Optional[str] = "val"
-    test_splits: list[str] = field(default_factory=lambda: ["test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"])
-    label_smoothing: float = 0.1
-    num_beams: int = 5
-    max_new_tokens: int = 60
-
-
-@dataclass
 class CodeSwitchConfig:
     """Code-switching of the English training text (rc3.finetune.code_switch); off by default."""
 
@@ -145,6 +113,9 @@ class PriorConfig:
 @dataclass
 class FinetuneConfig:
     task: str = "xvnli"  # a registered downstream task (rc3.finetune.registry); checked when the config is read
+    # modules imported before the rest of the config is read (a downstream task defined outside rc3 registers
+    # itself there: rc3.config.import_plugins)
+    plugins: list[str] = field(default_factory=list)
     init: Optional[str] = None  # RC3 model directory (save_pretrained); --init sets it
     output_dir: str = "runs/finetune"
     seed: int = 42
@@ -155,6 +126,10 @@ class FinetuneConfig:
     eval: FTEvalConfig = field(default_factory=FTEvalConfig)
     code_switch: CodeSwitchConfig = field(default_factory=CodeSwitchConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def uses_image(self) -> bool:
+        """Whether the task reads images (MMT's text-only baseline does not)."""
+        return True
 
     def data_path(self, value: Optional[str]) -> Optional[Path]:
         """`value` as a Path, under data.root when relative and a root is set."""
@@ -169,16 +144,6 @@ class FinetuneConfig:
         path = self.data_path(value)
         assert path is not None, "a data path the config's validation requires is unset"
         return path
-
-
-@dataclass
-class ITRFinetuneConfig(FinetuneConfig):
-    itr: ITRConfig = field(default_factory=ITRConfig)
-
-
-@dataclass
-class MMTFinetuneConfig(FinetuneConfig):
-    mmt: MMTConfig = field(default_factory=MMTConfig)
 
 
 def task_defaults(task: str) -> dict[str, Any]:
@@ -197,18 +162,19 @@ WARMUP_RATIO_GONE = ("warmup is counted in optimizer steps in every RC3 loop; wr
 
 def finetune_config_from_dict(data: dict, task: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
     """Table 6 defaults <- `data` <- overrides, typed and validated for `task`."""
+    given = yaml.safe_load(yaml.safe_dump(data or {}))
+    import_plugins(apply_overrides(given, overrides).get("plugins"))
     if task not in DOWNSTREAM:
         raise ConfigError("task", f"{task!r} is not one of {', '.join(DOWNSTREAM.names())}")
-    given = yaml.safe_load(yaml.safe_dump(data or {}))
     if given.get("task", task) != task:
         raise ConfigError("task", f"this config is for {given['task']!r} but the recipe is {task!r}")
     merged = apply_overrides(merge_dicts(task_defaults(task), given), overrides)
     if isinstance(merged.get("optim"), dict) and "warmup_ratio" in merged["optim"]:
         raise ConfigError("optim.warmup_ratio", WARMUP_RATIO_GONE)
-    itr = merged.get("itr")
-    if isinstance(itr, dict) and isinstance(itr.get("k"), int) and not isinstance(itr.get("k"), bool):
-        itr["k"] = str(itr["k"])  # k is an int or "all"; kept as text so both fit one typed field
-    cfg = from_dict(resolve(DOWNSTREAM.get(task).config_class), merged)
+    record = DOWNSTREAM.get(task)
+    if record.prepare is not None:
+        merged = record.prepare(merged)
+    cfg = from_dict(resolve(record.config_class), merged)
     validate_finetune(cfg)
     return cfg
 
@@ -219,7 +185,7 @@ def load_finetune_config(path: str | os.PathLike | None, task: str, overrides: S
     return finetune_config_from_dict(read_config_yaml(path) if path is not None else {}, task, overrides)
 
 
-def _check_lang(key: str, lang: str) -> None:
+def check_lang(key: str, lang: str) -> None:
     if lang not in LANG_CODES:
         raise ConfigError(key, f"unknown language {lang!r}; known: {', '.join(sorted(LANG_CODES))}")
 
@@ -262,9 +228,9 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
     if o.grad_clip < 0 or o.weight_decay < 0 or o.head_lr_mult <= 0:
         raise ConfigError("optim", "grad_clip and weight_decay must be >= 0 and head_lr_mult > 0")
-    _check_lang("data.train_lang", d.train_lang)
+    check_lang("data.train_lang", d.train_lang)
     for i, lang in enumerate(d.test_langs):
-        _check_lang(f"data.test_langs[{i}]", lang)
+        check_lang(f"data.test_langs[{i}]", lang)
     record = DOWNSTREAM.get(cfg.task)
     if d.test is None and record.needs_test_data:
         raise ConfigError("data.test", "required: the folder of the test annotations")
@@ -276,7 +242,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         if part not in FREEZABLE:
             raise ConfigError(f"model.freeze[{i}]", f"{part!r} is not one of {', '.join(FREEZABLE)}")
     mode = cfg.model.visual_mode
-    uses_image = not (isinstance(cfg, MMTFinetuneConfig) and not cfg.mmt.use_image)
+    uses_image = cfg.uses_image()
     from rc3.modeling.visual import VISUAL_MODES
 
     if mode not in VISUAL_MODES:
@@ -294,44 +260,6 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise ConfigError("prior.enabled", f"the linguistic prior is xGQA's answer-similarity loss; {cfg.task} has none")
     if pr.weight < 0 or pr.top_k < 1:
         raise ConfigError("prior", f"weight must be >= 0 and top_k >= 1, got {pr.weight} and {pr.top_k}")
-    if isinstance(cfg, ITRFinetuneConfig):
-        _validate_itr(cfg.itr)
-    if isinstance(cfg, MMTFinetuneConfig):
-        _validate_mmt(cfg.mmt, cfg.data)
-
-
-def _validate_itr(c: ITRConfig) -> None:
-    if c.k != "all":
-        try:
-            k = int(c.k)
-        except ValueError:
-            raise ConfigError("itr.k", f"must be a positive integer or 'all', got {c.k!r}") from None
-        if k < 10:
-            raise ConfigError("itr.k", f"R@10 needs at least 10 re-ranked candidates; got {k} (or use 'all')")
-    if c.embed_dim <= 0 or c.temperature <= 0:
-        raise ConfigError("itr", "embed_dim and temperature must be positive")
-    if not 0.0 <= c.uniform_negative_share <= 1.0:
-        raise ConfigError("itr.uniform_negative_share", f"must be within [0, 1], got {c.uniform_negative_share}")
-    if c.contrastive_weight < 0 or c.itm_weight < 0 or c.contrastive_weight + c.itm_weight == 0:
-        raise ConfigError("itr", "contrastive_weight and itm_weight must be >= 0 and not both 0")
-
-
-def _validate_mmt(c: MMTConfig, d: FTDataConfig) -> None:
-    if d.test is None and d.train is None:  # MMT needs no data.test of its own; its test splits default to data.train's folder
-        raise ConfigError("data.test", "the folder of the Multi30K test splits is required (data.test, or data.train to use the "
-                                       "training folder)")
-    _check_lang("mmt.src_lang", c.src_lang)
-    _check_lang("mmt.tgt_lang", c.tgt_lang)
-    if c.src_lang == c.tgt_lang:
-        raise ConfigError("mmt.tgt_lang", f"source and target are both {c.src_lang!r}")
-    if d.train_lang != c.src_lang:
-        raise ConfigError("data.train_lang", f"MMT trains on mmt.src_lang {c.src_lang!r}; got {d.train_lang!r}")
-    if not 0.0 <= c.label_smoothing < 1.0:
-        raise ConfigError("mmt.label_smoothing", f"must lie in [0, 1), got {c.label_smoothing}")
-    if c.num_beams <= 0 or c.max_new_tokens <= 0:
-        raise ConfigError("mmt", "num_beams and max_new_tokens must be positive")
-    if not c.test_splits:
-        raise ConfigError("mmt.test_splits", "name at least one Multi30K test split")
 
 
 def save_finetune_config(cfg: FinetuneConfig, path: str | os.PathLike) -> Path:

@@ -25,11 +25,11 @@ from rc3.data.collate import pad_batch
 from rc3.finetune.classification import pick_langs, visual_source
 from rc3.finetune.cli import parse_cli
 from rc3.finetune.code_switch import switch_items
-from rc3.finetune.config import ITRFinetuneConfig
 from rc3.finetune.datasets import TaskItem, TextCollator, VisualTextDataset, image_keys, limit
 from rc3.finetune.itr_model import ITRModel
 from rc3.finetune.readers.xflickrco import CaptionTable, caption_table, read_retrieval, xflickrco_langs, xflickrco_path
 from rc3.finetune.retrieval import itr_recall
+from rc3.finetune.tasks.itr import ITRFinetuneConfig
 from rc3.finetune.trainer import FinetuneRun
 from rc3.modeling import RC3Model
 from rc3.modeling.visual_inputs import VisualSource, collate_visual

@@ -22,11 +22,11 @@ from rc3.data.collate import IGNORE_INDEX, pad_batch
 from rc3.finetune.classification import visual_source
 from rc3.finetune.cli import parse_cli
 from rc3.finetune.code_switch import switch_examples
-from rc3.finetune.config import MMTFinetuneConfig
 from rc3.finetune.datasets import limit
 from rc3.finetune.metrics import bleu
 from rc3.finetune.mmt_model import MMTModel
 from rc3.finetune.readers.multi30k import Multi30kExample, multi30k_langs, read_multi30k, split_name
+from rc3.finetune.tasks.mmt import MMTFinetuneConfig
 from rc3.finetune.trainer import FinetuneRun
 from rc3.finetune.visual_batch import visual_of
 from rc3.modeling.visual_inputs import VisualSource, collate_visual

@@ -1,12 +1,18 @@
 """Downstream tasks, each declared once: name, command-line description, the paper's Table 6
-hyper-parameters, its config class, its finetuned model class and its recipe.
+hyper-parameters, its config class and checks, its finetuned model class, its recipe, its main metric
+and the label names of its classifier.
 
 The recipes' command line (rc3.finetune.cli), the config loader (rc3.finetune.config), loading a
-finetuned model directory (rc3.finetune.heads) and the `finetune/<task>.py` entry points read
-`DOWNSTREAM`. Classes and recipes are named as "module:attribute" and imported on use, so that
-`--help` and config checks do not import the model code. A new downstream task is one recipe file
-that registers a `DownstreamTask` plus its configs/finetune/<task>.yaml (tests/test_registries.py
-registers a toy one).
+finetuned model directory (rc3.finetune.heads), the results chart (rc3.finetune.trainer), the
+inference API's label names and the `finetune/<task>.py` entry points read `DOWNSTREAM`. Classes and
+recipes are named as "module:attribute" and imported on use, so that `--help` and config checks do
+not import the model code.
+
+The registry finds its records by importing every module of the package rc3.finetune.tasks, one
+light (torch-free) module per task. A new downstream task is one module there, or one module named
+in the finetuning config's `plugins:`, that registers a `DownstreamTask` (its recipe may live in the
+same module), plus its configs/finetune/<task>.yaml (tests/test_registries.py adds one from a
+temporary package and trains it through the harness).
 """
 from __future__ import annotations
 
@@ -33,37 +39,13 @@ class DownstreamTask:
     config_class: str = "rc3.finetune.config:FinetuneConfig"  # its config dataclass
     validate: Optional[Callable[[Any], None]] = None  # task-specific checks on the whole config (raise ConfigError)
     needs_test_data: bool = True  # data.test is required
+    # the config mapping (Table 6 defaults, the file, the overrides) before it is typed: spellings to normalise
+    prepare: Optional[Callable[[dict], dict]] = None
+    primary_metric: Optional[str] = None  # drawn per language in results.png; None = the recipe's first metric
+    labels: tuple[str, ...] = ()  # classifier label names by id, for heads saved before task_head.json held them
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-DOWNSTREAM: Registry[DownstreamTask] = Registry("downstream task")
+DOWNSTREAM: Registry[DownstreamTask] = Registry("downstream task", packages=("rc3.finetune.tasks",))
 
 
-def _xgqa_answers(cfg: Any) -> None:
-    from rc3.config import ConfigError
-
-    if cfg.data.answer_vocab is None:
-        raise ConfigError("data.answer_vocab", "xGQA classifies over GQA's answer vocabulary (trainval_ans2label.json)")
-
-
-_CLASSIFIER = "rc3.finetune.heads:ClassificationModel"
-DOWNSTREAM.register(DownstreamTask(
-    "xvnli", "Finetune RC3 on XVNLI (English) and evaluate zero-shot on every test language.",
-    {"lr": 4e-5, "batch_size": 128, "epochs": 10, "max_text_len": 80}, "rc3.finetune.xvnli:main", _CLASSIFIER))
-DOWNSTREAM.register(DownstreamTask(
-    "xgqa", "Finetune RC3 on GQA (English) and evaluate zero-shot on every xGQA test language.",
-    {"lr": 4e-5, "batch_size": 256, "epochs": 5, "max_text_len": 40}, "rc3.finetune.xgqa:main", _CLASSIFIER,
-    validate=_xgqa_answers))
-DOWNSTREAM.register(DownstreamTask(
-    "marvl", "Finetune RC3 on NLVR2 (English, two images per example) and evaluate zero-shot on MaRVL.",
-    {"lr": 4e-5, "batch_size": 64, "epochs": 40, "max_text_len": 80}, "rc3.finetune.marvl:main", _CLASSIFIER))
-DOWNSTREAM.register(DownstreamTask(
-    "itr", ("Finetune RC3 for image-text retrieval on English captions; evaluate on every xFlickr&CO "
-            "language with FAISS candidates re-ranked by the ITM head."),
-    {"lr": 1e-5, "batch_size": 64, "epochs": 10, "max_text_len": 80}, "rc3.finetune.itr:main",
-    "rc3.finetune.itr_model:ITRModel", config_class="rc3.finetune.config:ITRFinetuneConfig"))
-DOWNSTREAM.register(DownstreamTask(
-    "mmt", "Finetune RC3 for multimodal machine translation on Multi30K; evaluate with beam search and sacreBLEU.",
-    # MMT: En-De and En-Fr alike
-    {"lr": 5e-6, "batch_size": 256, "epochs": 5, "max_text_len": 50}, "rc3.finetune.mmt:main",
-    "rc3.finetune.mmt_model:MMTModel", config_class="rc3.finetune.config:MMTFinetuneConfig", needs_test_data=False))

@@ -44,6 +44,7 @@ from rc3.config import ConfigError
 from rc3.finetune.config import FREEZABLE, FinetuneConfig, save_finetune_config
 from rc3.finetune.heads import TaskModel, load_head, save_task_model
 from rc3.finetune.metrics import write_results
+from rc3.finetune.registry import DOWNSTREAM
 from rc3.metrics_window import MetricsWindow, StepDone
 from rc3.modeling import RC3Model
 from rc3.optim import lr_factor, param_groups, use_bf16
@@ -359,7 +360,7 @@ class FinetuneRun:
         """results.png: a bar per language of the task's main metric (the results files are already written)."""
         from rc3.plots import results_bar_chart
 
-        metric = PRIMARY_METRIC.get(self.cfg.task, metrics[0] if metrics else "")
+        metric = DOWNSTREAM.get(self.cfg.task).primary_metric or (metrics[0] if metrics else "")
         try:
             path = results_bar_chart(results, metric, self.out_dir / "results.png", f"{self.cfg.task}: {metric}")
         except (OSError, ValueError, RuntimeError) as err:  # a picture is not worth failing a finished run
@@ -413,10 +414,6 @@ def split_batch(global_batch: int, micro_batch: int, world: int) -> tuple[int, i
     while share % micro:
         micro -= 1
     return micro, share // micro
-
-
-# The paper's number of each task, drawn per language next to results.md (default: the first metric).
-PRIMARY_METRIC = {"itr": "mean_R@1", "mmt": "BLEU"}
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], Any]) -> None:

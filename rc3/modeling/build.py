@@ -56,7 +56,7 @@ def build_model(cfg: ModelConfig, tokenizer: RC3Tokenizer) -> RC3Model:
             norm: dict[str, Any] = {"pixel_mean": cfg.pixel_mean, "pixel_std": cfg.pixel_std} if cfg.vit_weights else {}
             model = RC3Model.from_pretrained(path, gradient_checkpointing=cfg.gradient_checkpointing,
                                              attn_implementation=cfg.attn_implementation,
-                                             visual_mode=cfg.visual_mode, **norm)
+                                             visual_mode=cfg.visual_mode, front_ends=cfg.front_ends, **norm)
         elif (path / "config.json").is_file():
             model = RC3Model.from_mbart(path, cfg)
         else:
@@ -82,6 +82,9 @@ def load_vit_patch_embedding(model: RC3Model, path: str) -> None:
     else:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state))
+    if "patch" not in model.visual.front_ends:
+        raise ValueError(f"config error: model.vit_weights: the model holds no patch front end (it holds "
+                         f"{', '.join(model.visual.front_ends)}); drop vit_weights or use patches (model.visual_mode)")
     front = model.visual.patch
     assert isinstance(front, PatchEmbedding)  # the "patch" front end (rc3.modeling.visual)
     target = front.patch_embed.proj

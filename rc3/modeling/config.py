@@ -36,6 +36,10 @@ class ModelConfig(RegistrySection):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     visual_mode: str = "roi"  # a registered visual mode (rc3.modeling.visual.VISUAL_MODES): roi, patch, combined
+    # The visual front ends the model holds (rc3.modeling.visual.FRONT_ENDS); empty = those of visual_mode.
+    # A pretraining run fills in what its objectives use (rc3.pretrain.config.front_ends_needed); saved with
+    # the model, so registering another front end never changes what a saved model holds.
+    front_ends: list[str] = field(default_factory=list)
     # Readings of Sec. 2.2 (FIDELITY.md, "Model"). The ROI front end: "fc_boxes_norm" = LayerNorm(FC(features)
     # + FC(box geometry)), "fc" = the paper's "fully-connected (FC) layer" on the features alone
     roi_projection: Literal["fc_boxes_norm", "fc"] = "fc_boxes_norm"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from rc3.modeling import flops
 from rc3.modeling.config import ModelConfig
 from rc3.modeling.files import RC3_CONFIG_FILE, WEIGHTS_FILE, run_directory_hint
 from rc3.modeling.hf import MODEL_TYPE, RC3Config, write_hf_files
-from rc3.modeling.visual import PatchEmbedding, VisualFrontEnd
+from rc3.modeling.visual import PatchEmbedding, VisualFrontEnd, model_front_ends
 
 
 @dataclass
@@ -127,7 +128,21 @@ class RC3Model(nn.Module):
                                         "tools/convert_mbart50.py to make an RC3 model directory")
             raise FileNotFoundError(run_directory_hint(path) or f"{path}: no {RC3_CONFIG_FILE}; not an RC3 model directory")
         meta = json.loads(cfg_file.read_text())
-        cfg = from_dict(ModelConfig, {**meta["model"], **overrides})
+        saved = dict(meta["model"])
+        if "front_ends" not in saved:  # written before a model recorded its front ends: it held every one there was
+            saved["front_ends"] = list(FRONT_ENDS_BEFORE_RECORDING)
+        held = model_front_ends(from_dict(ModelConfig, saved))
+        cfg = from_dict(ModelConfig, {**saved, **overrides})
+        # The model keeps the front ends it holds (their weights load as they are); those asked for by
+        # `front_ends` or the visual mode that it lacks start from a random initialisation (what a model
+        # that held every front end gave before).
+        asked = model_front_ends(dataclasses.replace(cfg, front_ends=list(overrides.get("front_ends") or [])))
+        added = [name for name in asked if name not in held]
+        if added:
+            logging.getLogger(__name__).warning(
+                "%s holds no trained weights for the visual front end(s) %s: they start from a random "
+                "initialisation", path, ", ".join(added))
+        cfg = dataclasses.replace(cfg, front_ends=model_front_ends(dataclasses.replace(cfg, front_ends=[*held, *added])))
         mbart_cfg = MBartConfig(**meta["mbart"])
         mbart_cfg._attn_implementation = cfg.attn_implementation
         model = cls(cfg, MBartForConditionalGeneration(mbart_cfg))
@@ -138,7 +153,7 @@ class RC3Model(nn.Module):
             raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE}")
         missing, unexpected = load_model(model, str(weights), strict=False)
         # The LM head is tied to the shared embeddings and saved once; anything else missing is an error.
-        missing = [k for k in missing if k not in _tied_aliases(model)]
+        missing = [k for k in missing if k not in _tied_aliases(model) and not _fresh(k, set(added))]
         if missing or unexpected:
             raise ValueError(f"{weights}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
         model.mbart.tie_weights()
@@ -147,7 +162,8 @@ class RC3Model(nn.Module):
     def save_config(self, directory: str | os.PathLike) -> Path:
         """Write `rc3_config.json` (RC3 model config + the mBART config) into an existing directory."""
         meta = {"model": dataclasses.asdict(self.cfg), "mbart": _mbart_config_dict(self.mbart.config)}
-        meta["model"].update(vocab_size=self.mbart.config.vocab_size, init_from=None, tokenizer=None)
+        meta["model"].update(vocab_size=self.mbart.config.vocab_size, init_from=None, tokenizer=None,
+                             front_ends=list(self.visual.front_ends))  # what it holds, whatever is registered later
         path = Path(directory) / RC3_CONFIG_FILE
         path.write_text(json.dumps(meta, indent=2))
         return path
@@ -341,7 +357,8 @@ class RC3HFModel(PreTrainedModel):  # named by rc3.modeling.hf.HF_MODEL_CLASS
 
     def __init__(self, config: RC3Config) -> None:
         super().__init__(config)
-        cfg = from_dict(ModelConfig, config.rc3)
+        # config.json written before a model recorded its front ends: it held every one there was
+        cfg = from_dict(ModelConfig, {"front_ends": list(FRONT_ENDS_BEFORE_RECORDING), **config.rc3})
         core = RC3Model(cfg, MBartForConditionalGeneration(MBartConfig(**config.mbart)))
         self.mbart, self.visual, self.itm_head = core.mbart, core.visual, core.itm_head
         # The RC3Model shares these modules; kept out of the module tree so that names stay RC3Model's.
@@ -395,6 +412,16 @@ def register_auto_classes() -> None:
 
 
 _auto_registered = False
+
+
+# What every model held before `model.front_ends` was recorded (rc3_config.json without it).
+FRONT_ENDS_BEFORE_RECORDING = ("roi", "patch")
+
+
+def _fresh(key: str, front_ends: set[str]) -> bool:
+    """Whether weight `key` belongs to one of `front_ends` (freshly initialised, not in the file)."""
+    parts = key.split(".")
+    return len(parts) > 2 and parts[0] == "visual" and parts[1] in front_ends
 
 
 def _tied_aliases(model: RC3Model) -> set[str]:

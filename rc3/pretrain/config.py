@@ -15,20 +15,21 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
-from rc3.config import ConfigError, RegistrySection, apply_overrides, from_dict, read_config_yaml, save_config
+from rc3.config import ConfigError, RegistrySection, apply_overrides, from_dict, import_plugins, read_config_yaml, save_config
 from rc3.data.config import DataConfig, SourceConfig, validate_data_sources
 from rc3.modeling.config import ModelConfig
-from rc3.pretrain.registry import OBJECTIVES, STREAMS, TaskConfig, load_builtin
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, ObjectiveConfig
 from rc3.tokenization import LANG_CODES
 
-__all__ = ["ConfigError", "ModelConfig", "TaskConfig", "ObjectivesConfig", "SourceConfig", "DataConfig", "OptimConfig",
+__all__ = ["ConfigError", "ModelConfig", "ObjectiveConfig", "ObjectivesConfig", "SourceConfig", "DataConfig", "OptimConfig",
            "TrainConfig", "PerfConfig", "RC3Config", "load_config", "config_from_dict", "save_config", "validate",
            "validate_optim"]
 
 
 @dataclass
 class ObjectivesConfig(RegistrySection):
-    """The four objectives of Sec. 2.3; Table 4's ablations are switches here.
+    """The objectives: the four of Sec. 2.3 (on unless switched off) and any other registered one (off
+    unless switched on); Table 4's ablations are switches here.
 
     The fields after `mlm_prob` are readings of the paper: where its text allows more than one
     implementation, the switch names each (FIDELITY.md lists what the paper says, our default and why).
@@ -56,14 +57,20 @@ class ObjectivesConfig(RegistrySection):
     # objectives.<name>: one section per registered objective (rc3.pretrain.registry.OBJECTIVES)
     @classmethod
     def registry_fields(cls) -> list[tuple[str, Any, Any]]:
-        return [(o.name, o.config, field(default_factory=o.config)) for o in OBJECTIVES]
+        return [(o.name, o.config, field(default_factory=o.default_section)) for o in OBJECTIVES]
 
     @classmethod
     def registry_version(cls) -> int:
-        load_builtin()
         return OBJECTIVES.version
 
-    def section(self, name: str) -> TaskConfig:
+    @classmethod
+    def registry_defaults(cls, data: dict) -> dict:
+        # a section that does not say `enabled` is as on as its objective is by default (the paper's: on)
+        return {k: ({"enabled": OBJECTIVES.get(k).enabled_by_default, **v}
+                    if isinstance(v, dict) and "enabled" not in v and k in OBJECTIVES else v)
+                for k, v in data.items()}
+
+    def section(self, name: str) -> ObjectiveConfig:
         """The config section of objective `name` (KeyError naming the registered ones)."""
         OBJECTIVES.get(name)
         return getattr(self, name)
@@ -93,8 +100,8 @@ class TrainConfig:
     deepspeed_config: str = "ds_configs/zero2.json"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     total_steps: int = 100_000
-    global_batch_size: int = 1024  # samples per task per optimizer step, over all ranks
-    micro_batch_size: int = 32  # samples per task per rank per forward pass
+    global_batch_size: int = 1024  # samples per objective per optimizer step, over all ranks
+    micro_batch_size: int = 32  # samples per objective per rank per forward pass
     log_every: int = 10
     save_every: int = 1000
     keep_last: int = 3
@@ -123,7 +130,7 @@ class PerfConfig:
     # torch.compile mode; "reduce-overhead" adds CUDA graphs on GPU (needs fixed_shapes)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     # no host sync inside a micro-step: 4D attention masks built on the device (transformers otherwise
-    # asks the host whether each batch has padding). Per-task metrics are summed on the device and read
+    # asks the host whether each batch has padding). Per-objective metrics are summed on the device and read
     # once per optimizer step either way.
     sync_free: bool = False
     # LM-head cross-entropy (MLM and decoder) over chunks of this many positions, recomputing each
@@ -133,6 +140,9 @@ class PerfConfig:
 
 @dataclass
 class RC3Config:
+    # modules imported before the rest of the config is read: objectives, corpora, visual front ends
+    # defined outside rc3 (rc3.config.import_plugins); saved with the run, so a resume imports them again
+    plugins: list[str] = field(default_factory=list)
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectivesConfig = field(default_factory=lambda: ObjectivesConfig())
     data: DataConfig = field(default_factory=lambda: DataConfig())
@@ -151,15 +161,28 @@ class RC3Config:
                 f"{t.micro_batch_size} x {world_size} = {per_step}")
         return t.global_batch_size // per_step
 
-    def task_batch_size(self, task: str) -> int:
-        bs = self.objectives.section(task).batch_size
+    def objective_batch_size(self, objective: str) -> int:
+        bs = self.objectives.section(objective).batch_size
         return self.train.micro_batch_size if bs is None else bs
 
 
 def config_from_dict(data: dict, overrides: Sequence[str] = ()) -> RC3Config:
-    cfg = from_dict(RC3Config, apply_overrides(data, overrides))
+    merged = apply_overrides(data, overrides)
+    import_plugins(merged.get("plugins"))
+    cfg = from_dict(RC3Config, merged)
     validate(cfg)
     return cfg
+
+
+def front_ends_needed(cfg: RC3Config) -> list[str]:
+    """The visual front ends the run's model uses: those of model.visual_mode and of the visual modes of
+    the enabled objectives (R-XVtCL on Dw encodes patches whatever model.visual_mode is), in
+    registration order (the order their weights are initialised in)."""
+    from rc3.modeling.visual import FRONT_ENDS, visual_mode
+
+    modes = [cfg.model.visual_mode, *(m for n in cfg.objectives.enabled() for m in OBJECTIVES.get(n).visual_modes)]
+    parts = {p for mode in modes for p in visual_mode(mode).parts}
+    return [f.name for f in FRONT_ENDS if f.name in parts]
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RC3Config:
@@ -189,6 +212,13 @@ def validate(cfg: RC3Config) -> None:
 
     if m.visual_mode not in VISUAL_MODES:
         raise ConfigError("model.visual_mode", f"{m.visual_mode!r} is not one of {', '.join(VISUAL_MODES.names())}")
+    needed = front_ends_needed(cfg)
+    if not m.front_ends:  # recorded in the saved config and the model's directory: what this model holds
+        m.front_ends = needed
+    missing = [f for f in needed if f not in m.front_ends]
+    if missing:
+        raise ConfigError("model.front_ends", f"the model uses {', '.join(needed)} (model.visual_mode and the enabled "
+                          f"objectives) but lists {', '.join(m.front_ends)}; add {', '.join(missing)} or leave it empty")
     if m.image_size % m.patch_size:
         raise ConfigError("model.patch_size", f"image_size {m.image_size} is not divisible by patch_size {m.patch_size}")
     for i, lang in enumerate(d.langs):
@@ -209,12 +239,12 @@ def validate(cfg: RC3Config) -> None:
         raise ConfigError("data.skip_budget", f"must be a fraction in [0, 1], got {d.skip_budget}")
     validate_data_sources(d)
     for objective in OBJECTIVES:
-        task: TaskConfig = o.section(objective.name)
-        if task.batch_size is not None and task.batch_size <= 0:
-            raise ConfigError(f"objectives.{objective.name}.batch_size", f"must be positive, got {task.batch_size}")
-        if task.weight < 0:
-            raise ConfigError(f"objectives.{objective.name}.weight", f"must be >= 0, got {task.weight}")
-        if task.enabled and objective.validate is not None:
+        section: ObjectiveConfig = o.section(objective.name)
+        if section.batch_size is not None and section.batch_size <= 0:
+            raise ConfigError(f"objectives.{objective.name}.batch_size", f"must be positive, got {section.batch_size}")
+        if section.weight < 0:
+            raise ConfigError(f"objectives.{objective.name}.weight", f"must be >= 0, got {section.weight}")
+        if section.enabled and objective.validate is not None:
             objective.validate(cfg)
     if cfg.optim.name == "adam" and cfg.optim.weight_decay != 0:
         raise ConfigError("optim.weight_decay", f"plain Adam (optim.name=adam) takes no weight decay; got "

@@ -48,7 +48,7 @@ from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fus
 from rc3.pretrain.metrics import MetricsWindow, StepDone
 from rc3.pretrain.nonfinite import GradientWatch, StepGate
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
-from rc3.pretrain.streams import TaskStreams, start_loader_forkserver
+from rc3.pretrain.streams import ObjectiveStreams, start_loader_forkserver
 from rc3.run_log import RunLogger
 
 log = logging.getLogger("rc3.train")
@@ -94,7 +94,7 @@ class Run:
     cfg: RC3Config
     engine: Any
     scheduler: Any
-    streams: TaskStreams
+    streams: ObjectiveStreams
     state: ObjectiveState
     logger: RunLogger
     checkpointer: Checkpointer
@@ -148,7 +148,7 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
     watch = GradientWatch(model)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
-    streams = TaskStreams(cfg, tokenizer, rank, world)
+    streams = ObjectiveStreams(cfg, tokenizer, rank, world)
     state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)
     step = 0
     nonfinite = {"nonfinite_loss_skips": 0, "nonfinite_grad_steps": 0}
@@ -178,10 +178,10 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
 def to_device(batches: Mapping[str, Mapping[str, Any]], device: torch.device) -> dict[str, dict[str, Any]]:
     moved: dict[int, dict[str, Any]] = {}
     out = {}
-    for task, batch in batches.items():
+    for objective, batch in batches.items():
         if id(batch) not in moved:  # shared batches are moved once
             moved[id(batch)] = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        out[task] = moved[id(batch)]
+        out[objective] = moved[id(batch)]
     return out
 
 

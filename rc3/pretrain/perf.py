@@ -11,7 +11,7 @@ tests/test_perf_levers.py states); BENCHMARKS.md ("Throughput levers") says what
   Modules are compiled in place (`nn.Module.compile`), so parameter names and checkpoints are unchanged.
 * perf.sync_free: nothing inside a micro-step waits on the device. The model passes 4D masks
   (transformers otherwise asks the host whether a batch has padding). The training loop keeps the
-  per-task metrics as device tensors (`MetricSums`), read once per optimizer step, with or without
+  per-objective metrics as device tensors (`MetricSums`), read once per optimizer step, with or without
   the lever (the sums are bit for bit those of host floats).
 * perf.lm_loss_chunk: the MLM and decoder losses through `rc3.pretrain.losses.chunked_lm_cross_entropy`.
 

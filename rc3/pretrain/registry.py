@@ -1,22 +1,24 @@
-"""Pretraining objectives and the task streams they read, each declared once.
+"""Pretraining objectives and the streams of batches they read, each declared once.
 
 An `Objective` record names the objective (its config section `objectives.<name>` and its log key),
 the stream whose batch it reads, its loss (a function of an `ObjectiveContext` and the batch), the
-p_avg group of a contrastive objective (Eq. 6) and the class of its config section. A `Stream` names
-a corpus (rc3.data.corpora) and how its batches are collated; objectives on the same stream share
-one batch per step (MCLM and ITM read the same Ds triplets, as in the paper).
+p_avg group of a contrastive objective (Eq. 6), the class of its config section and the visual modes
+it encodes with. A `Stream` names a corpus (rc3.data.corpora) and how its batches are collated;
+objectives on the same stream share one batch per step (MCLM and ITM read the same Ds triplets, as
+in the paper).
 
-Config validation (sections, required shards), the per-step streams (rc3.pretrain.streams), the
-loss loop (rc3.pretrain.objectives.compute_losses), the p_avg trackers (ObjectiveState) and the test
-harness (rc3.synthetic.tiny.random_task_batches) all read `OBJECTIVES` and `STREAMS`. The paper's
-objectives register themselves in rc3.pretrain.objectives; a new objective is one file calling
-`OBJECTIVES.register(Objective(...))` plus its config keys (tests/test_registries.py adds a toy one).
+Config validation (sections, required shards, the model's front ends), the per-step streams
+(rc3.pretrain.streams), the loss loop (rc3.pretrain.objectives.compute_losses), the p_avg trackers
+(ObjectiveState) and the test harness all read `OBJECTIVES` and `STREAMS`. Both find their records
+by importing the package rc3.pretrain.objectives and every module in it: the paper's objectives and
+streams are registered in its `__init__`; a new objective is one module there (or a module named in
+the run config's `plugins:`) calling `OBJECTIVES.register(Objective(...))`, switched on in the config
+with `objectives.<name>.enabled: true` (tests/test_registries.py adds one from a temporary package).
 
 This module imports no torch: the config loader reads it.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -25,10 +27,12 @@ from rc3.registry import Registry
 
 
 @dataclass
-class TaskConfig:
-    """One pretraining objective: on/off, loss weight, and samples per micro-batch per rank (None = train.micro_batch_size)."""
+class ObjectiveConfig:
+    """One pretraining objective's section: on/off, loss weight, and samples per micro-batch per rank
+    (None = train.micro_batch_size). Off unless the config (or the record's `enabled_by_default`)
+    switches it on: registering an objective never changes what an existing config trains."""
 
-    enabled: bool = True
+    enabled: bool = False
     weight: float = 1.0
     batch_size: Optional[int] = None
 
@@ -57,9 +61,21 @@ class Objective:
     stream: str  # the STREAMS entry whose batch it reads
     loss: Callable[[ObjectiveContext, Mapping[str, Any]], ObjectiveResult]
     p_avg_group: Optional[str] = None  # contrastive objectives: the p_avg tracker shared by this group (Eq. 6)
-    config: type = TaskConfig  # its section's dataclass (a TaskConfig subclass may add keys)
+    config: type = ObjectiveConfig  # its section's dataclass (an ObjectiveConfig subclass may add keys)
     validate: Optional[Callable[[Any], None]] = None  # cross-field checks on the whole RC3Config (raise ConfigError)
     description: str = ""
+    # visual modes it encodes with besides model.visual_mode (R-XVtCL on Dw: patch); the model of a run
+    # holds the front ends of these modes for the enabled objectives (rc3.pretrain.config.front_ends_needed)
+    visual_modes: tuple[str, ...] = ()
+    # on when the config does not say: the paper's objectives only, so that the configs written for
+    # them (configs/*.yaml, saved runs) mean what they meant; any other objective is off unless switched on
+    enabled_by_default: bool = False
+
+    def default_section(self) -> Any:
+        """Its config section as a config that does not mention it reads."""
+        section = self.config()
+        section.enabled = self.enabled_by_default
+        return section
 
 
 @dataclass(frozen=True)
@@ -71,16 +87,10 @@ class Stream:
     collator: Optional[Callable[[Any, Any, list[str]], Any]] = None
 
 
-OBJECTIVES: Registry[Objective] = Registry("pretraining objective")
-STREAMS: Registry[Stream] = Registry("task stream")
-
-# The modules that register the built-in records; imported on first use of the registries' contents.
-BUILTIN_MODULES = ("rc3.pretrain.streams", "rc3.pretrain.objectives")
-
-
-def load_builtin() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
+# The paper's objectives and streams are registered in rc3.pretrain.objectives; every other module of
+# that package is imported with it (a new objective is one file there).
+OBJECTIVES: Registry[Objective] = Registry("pretraining objective", packages=("rc3.pretrain.objectives",))
+STREAMS: Registry[Stream] = Registry("stream", packages=("rc3.pretrain.objectives",))
 
 
 def objective_corpus(name: str) -> str:

@@ -1,19 +1,20 @@
 """Per training step one dict {objective: batch} over the enabled pretraining objectives.
 
-The streams of pretraining are registered here (rc3.pretrain.registry.STREAMS): "ds_mlm" (Ds with
-the MCLM mask, read by MCLM and ITM), "ds_rx" (Ds as written, R-XVtCL), "dw" and "dt". `TaskStreams`
-builds one shard loader per stream an enabled objective reads. Objectives given the same
-loader object share its batch (MCLM and ITM both use the Ds triplets): that loader is advanced
-once per step and each task receives its own shallow copy of the batch dict (the tensors are
-shared; popping a key for one task does not remove it for the other).
+The streams of pretraining are registered beside the objectives that read them
+(rc3.pretrain.registry.STREAMS, rc3.pretrain.objectives): "ds_mlm" (Ds with the MCLM mask, read by
+MCLM and ITM), "ds_rx" (Ds as written, R-XVtCL), "dw" and "dt". `ObjectiveStreams` builds one shard
+loader per stream an enabled objective reads. Objectives given the same loader object share its
+batch (MCLM and ITM both use the Ds triplets): that loader is advanced once per step and each
+objective receives its own shallow copy of the batch dict (the tensors are
+shared; popping a key for one objective does not remove it for the other).
 
 The stream is endless: when a loader finishes an epoch its next epoch starts (each ShardLoader
 advances its own epoch), so loaders of different lengths never stop one another. The position
 of every loader is saved and restored together.
 
-`StepPrefetcher` runs a MultiTaskLoader a few steps ahead on a background thread, so fetching and
+`StepPrefetcher` runs a MultiObjectiveLoader a few steps ahead on a background thread, so fetching and
 collating overlap the step's compute. Loaders with worker processes start them when an epoch
-starts, i.e. on that thread; they must then not fork (rc3.pretrain.streams.TaskStreams gives them a
+starts, i.e. on that thread; they must then not fork (rc3.pretrain.streams.ObjectiveStreams gives them a
 forkserver).
 """
 from __future__ import annotations
@@ -28,61 +29,42 @@ from typing import Any, cast
 
 import torch
 
-from rc3.data.collate import DsCollator
 from rc3.data.corpora import CORPORA
 from rc3.data.faults import NoUsableData, SkipCounter, log
 from rc3.data.pipeline import Source, count_samples, make_pipeline, start_forkserver
 from rc3.data.shard_source import ShardOpener, expand_shards, parse_commands
 from rc3.pretrain.checkpoints import CheckpointError
 from rc3.pretrain.config import RC3Config
-from rc3.pretrain.registry import OBJECTIVES, STREAMS, Stream, load_builtin, objective_corpus
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, objective_corpus
 from rc3.tokenization import RC3Tokenizer
 
 
-def _ds_mlm_collator(cfg: RC3Config, tokenizer: RC3Tokenizer, on: list[str]) -> DsCollator:
-    # MCLM's mask exists only where MCLM reads it: this stream draws it when MCLM is on (ITM encodes the
-    # caption itself, `src_ids`); the R-XVtCL stream does not mask at all.
-    d, o = cfg.data, cfg.objectives
-    return DsCollator(tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, cfg.train.seed,
-                      with_pixels=cfg.model.visual_mode == "combined", langs=d.langs,
-                      image_size=cfg.model.image_size, mclm="mclm" in on, mlm_count=o.mlm_count,
-                      mlm_replace=o.mlm_replace)
-
-
-# Registration order is the order loaders are built and fetched in.
-STREAMS.register(Stream("ds_mlm", "ds", collator=_ds_mlm_collator))
-STREAMS.register(Stream("ds_rx", "ds", seed_offset=1))
-STREAMS.register(Stream("dw", "dw"))
-STREAMS.register(Stream("dt", "dt"))
-
-
-class MultiTaskLoader:
-    """Zip task loaders step by step: `for step, batches in zip(range(n), loader)`."""
+class MultiObjectiveLoader:
+    """Zip objective loaders step by step: `for step, batches in zip(range(n), loader)`."""
 
     def __init__(self, loaders: Mapping[str, Any]) -> None:
         if not loaders:
-            raise ValueError("MultiTaskLoader needs at least one task")
-        load_builtin()  # the objectives' names, whether or not rc3.pretrain.objectives was imported yet
+            raise ValueError("MultiObjectiveLoader needs at least one objective")
         unknown = sorted(set(loaders) - set(OBJECTIVES.names()))
         if unknown:
             raise ValueError(f"unknown objective(s) {unknown}; registered: {OBJECTIVES.names()}")
-        self.groups: list[tuple[Any, list[str]]] = []  # distinct loaders, each with the tasks it feeds
-        for task, loader in loaders.items():
-            wanted = objective_corpus(task)
+        self.groups: list[tuple[Any, list[str]]] = []  # distinct loaders, each with the objectives it feeds
+        for objective, loader in loaders.items():
+            wanted = objective_corpus(objective)
             corpus = getattr(getattr(loader, "cfg", None), "corpus", wanted)
             if corpus != wanted:
-                raise ValueError(f"objective {task!r} needs a {wanted!r} loader, got one over {corpus!r}")
-            for other, tasks in self.groups:
+                raise ValueError(f"objective {objective!r} needs a {wanted!r} loader, got one over {corpus!r}")
+            for other, objectives in self.groups:
                 if other is loader:
-                    tasks.append(task)
+                    objectives.append(objective)
                     break
             else:
-                self.groups.append((loader, [task]))
+                self.groups.append((loader, [objective]))
         self._iters: dict[int, Iterator[dict]] = {}
 
     @property
-    def tasks(self) -> list[str]:
-        return [t for _, tasks in self.groups for t in tasks]
+    def objectives(self) -> list[str]:
+        return [t for _, objectives in self.groups for t in objectives]
 
     @property
     def skips(self) -> SkipCounter:
@@ -95,13 +77,13 @@ class MultiTaskLoader:
     def __iter__(self) -> Iterator[dict[str, dict]]:
         while True:
             step: dict[str, dict] = {}
-            for index, (loader, tasks) in enumerate(self.groups):
-                batch = self._next(index, loader, tasks)
-                for task in tasks:
-                    step[task] = dict(batch)
+            for index, (loader, objectives) in enumerate(self.groups):
+                batch = self._next(index, loader, objectives)
+                for objective in objectives:
+                    step[objective] = dict(batch)
             yield step
 
-    def _next(self, index: int, loader: Any, tasks: list[str]) -> dict:
+    def _next(self, index: int, loader: Any, objectives: list[str]) -> dict:
         for _ in range(2):  # the current epoch, else a fresh one
             if index not in self._iters:
                 self._iters[index] = iter(loader)
@@ -109,20 +91,20 @@ class MultiTaskLoader:
                 return next(self._iters[index])
             except StopIteration:
                 del self._iters[index]
-        raise NoUsableData(f"the loader of task(s) {tasks} produced no batch in a whole epoch")
+        raise NoUsableData(f"the loader of objective(s) {objectives} produced no batch in a whole epoch")
 
     def state_dict(self) -> dict[str, dict[str, int]]:
-        """{task: {"epoch", "batches_done"}} for every task (shared loaders appear under each task)."""
-        return {task: dict(loader.state_dict()) for loader, tasks in self.groups for task in tasks}
+        """{objective: {"epoch", "batches_done"}} for every objective (shared loaders appear under each objective)."""
+        return {objective: dict(loader.state_dict()) for loader, objectives in self.groups for objective in objectives}
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, int]]) -> None:
         """Restore every loader's position; restarts iteration from the restored positions."""
-        for loader, tasks in self.groups:
-            saved = [state[t] for t in tasks if t in state]
+        for loader, objectives in self.groups:
+            saved = [state[t] for t in objectives if t in state]
             if not saved:
-                raise KeyError(f"the data state has no position for task(s) {tasks}; it holds {sorted(state)}")
+                raise KeyError(f"the data state has no position for objective(s) {objectives}; it holds {sorted(state)}")
             if any(dict(s) != dict(saved[0]) for s in saved[1:]):
-                raise ValueError(f"tasks {tasks} share a loader but were saved at different positions: {saved}")
+                raise ValueError(f"objectives {objectives} share a loader but were saved at different positions: {saved}")
             loader.load_state_dict(dict(saved[0]))
         self.close()
 
@@ -158,7 +140,7 @@ class StepPrefetcher:
     loaders' epochs are left to `multi.close()`.
     """
 
-    def __init__(self, multi: MultiTaskLoader, snapshot: Callable[[], Any], initial_state: Any,
+    def __init__(self, multi: MultiObjectiveLoader, snapshot: Callable[[], Any], initial_state: Any,
                  depth: int = 2) -> None:
         if not isinstance(depth, int) or depth < 1:
             raise ValueError(f"prefetch depth must be an integer >= 1, got {depth!r}")
@@ -263,11 +245,11 @@ def start_loader_forkserver(cfg: RC3Config, tokenizer: RC3Tokenizer, prefetch_st
     return "forkserver"
 
 
-class TaskStreams:
-    """The shard loaders of the enabled tasks and, per step, a dict task -> batch.
+class ObjectiveStreams:
+    """The shard loaders of the enabled objectives and, per step, a dict objective -> batch.
 
     One loader per registered stream (STREAMS) that an enabled objective reads: MCLM and ITM share
-    one Ds stream (the paper samples both from Ds; MultiTaskLoader hands them the same batch);
+    one Ds stream (the paper samples both from Ds; MultiObjectiveLoader hands them the same batch);
     R-XVtCL on Ds reads its own Ds stream. Streams run epoch after epoch; their
     positions and skip counts are saved per rank.
 
@@ -293,7 +275,7 @@ class TaskStreams:
         start_method = start_loader_forkserver(cfg, tokenizer, prefetch_steps)
         opener = shard_opener(cfg)
         self.loaders: dict[str, Any] = {}
-        by_task: dict[str, Any] = {}
+        by_objective: dict[str, Any] = {}
         for stream in STREAMS:
             on = [o.name for o in OBJECTIVES if o.stream == stream.name and cfg.objectives.section(o.name).enabled]
             if not on:
@@ -303,7 +285,7 @@ class TaskStreams:
                        else corpus.collator(cfg, tokenizer, seed + stream.seed_offset))
             shards = corpus_shards(cfg, stream.corpus)
             assert shards is not None  # rc3.pretrain.config.validate requires them for an enabled objective
-            batch = max(cfg.task_batch_size(t) for t in on)
+            batch = max(cfg.objective_batch_size(t) for t in on)
             bpe = d.batches_per_epoch or estimate_batches_per_epoch(shards, batch, world_size, opener, stream.corpus)
             loader = make_pipeline(
                 stream.corpus, shards, batch, collate, seed=seed + zlib.crc32(stream.name.encode()), rank=rank,
@@ -311,8 +293,8 @@ class TaskStreams:
                 batches_per_epoch=bpe, skip_budget=d.skip_budget, pin_memory=torch.cuda.is_available(),
                 start_method=start_method, opener=opener, resampled=d.resampled)
             self.loaders[stream.name] = loader
-            by_task.update({t: loader for t in on})
-        self.multi = MultiTaskLoader(by_task)
+            by_objective.update({t: loader for t in on})
+        self.multi = MultiObjectiveLoader(by_objective)
         self._it: Iterator[dict[str, dict]] | None = None
         self._prefetcher: StepPrefetcher | None = None
 
@@ -370,7 +352,7 @@ class TaskStreams:
         try:
             self.multi.load_state_dict(state["positions"])
         except (KeyError, ValueError) as err:
-            raise CheckpointError(f"the checkpoint's data positions do not fit the enabled tasks: {err}") from None
+            raise CheckpointError(f"the checkpoint's data positions do not fit the enabled objectives: {err}") from None
         for stream, counts in state.get("skips", {}).items():
             if stream in self.loaders:
                 self.loaders[stream].skips.update(counts)

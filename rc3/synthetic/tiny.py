@@ -19,16 +19,17 @@ def train_tiny_spm(out_dir: str | os.PathLike, texts: Iterable[str], vocab_size:
 
 
 def tiny_model_config(**overrides):
-    """A ModelConfig small enough for unit tests (2+2 layers, d=32) with the paper's input shapes."""
+    """A ModelConfig small enough for unit tests (2+2 layers, d=32) with the paper's input shapes. It holds
+    the ROI and patch front ends, as a pretraining model does (Ds encodes ROIs, Dw patches)."""
     from rc3.modeling.config import ModelConfig
 
     base: dict[str, Any] = dict(d_model=32, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=64,
-                max_position_embeddings=256, dropout=0.0, patch_dim=48)
+                max_position_embeddings=256, dropout=0.0, patch_dim=48, front_ends=["roi", "patch"])
     base.update(overrides)
     return ModelConfig(**base)
 
 
-def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8, seed: int = 0,
+def random_objective_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8, seed: int = 0,
                         pad_id: int = 1, bos_id: int = 0, eos_id: int = 2, lang_id: int | None = None,
                         image_size: int = 224, regions: int = 36):
     """One batch per registered pretraining objective (rc3.pretrain.registry), in the collated format of
@@ -83,9 +84,8 @@ def random_task_batches(vocab_size: int, batch_size: int = 4, text_len: int = 8,
     t_tgt, t_tgt_mask = texts()
     dt = {"src_ids": t_src, "src_mask": t_src_mask, "tgt_ids": t_tgt, "tgt_mask": t_tgt_mask,
           "src_lang": langs[0], "tgt_lang": langs[1], "keys": keys}
-    from rc3.pretrain.registry import OBJECTIVES, load_builtin, objective_corpus
+    from rc3.pretrain.registry import OBJECTIVES, objective_corpus
 
-    load_builtin()
     by_corpus = {"ds": ds, "dw": dw, "dt": dt}
     return {o.name: by_corpus[objective_corpus(o.name)] for o in OBJECTIVES if objective_corpus(o.name) in by_corpus}
 

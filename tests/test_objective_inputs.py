@@ -1,6 +1,6 @@
-"""What each pretraining task encodes in a real run: only MCLM's encoder input carries <mask>.
+"""What each pretraining objective encodes in a real run: only MCLM's encoder input carries <mask>.
 
-One optimizer step of `rc3.pretrain.loop.train` on a small synthetic world (tests/probe_task_inputs.py
+One optimizer step of `rc3.pretrain.loop.train` on a small synthetic world (tests/probe_objective_inputs.py
 records every encoder call per task). MCLM's sequences must hold masks; ITM, XTCL and R-XVtCL
 (Ds and Dw) encode the captions as written, and the R-XVtCL Ds stream does not mask at all.
 """
@@ -45,7 +45,7 @@ def test_only_mclm_encodes_masked_text(world: Path, tmp_path: Path, visual_mode:
             f"train.run_dir={tmp_path / 'run'}"]
     env = {**os.environ, "RC3_NO_PROGRESS": "1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "probe_task_inputs.py"),
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "probe_objective_inputs.py"),
                            str(REPO / "configs" / "repro" / "synthetic.yaml"), str(out), *sets],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,10 +1,10 @@
-"""Run `rc3.pretrain.loop.train` for the config given and record what every pretraining task encodes.
+"""Run `rc3.pretrain.loop.train` for the config given and record what every pretraining objective encodes.
 
-`python tests/probe_task_inputs.py CONFIG OUT.json [KEY=VALUE ...]`: one real run (DeepSpeed
-engine, shard loaders, optimizer steps) with spies on the task functions of `rc3.pretrain.objectives` and on
+`python tests/probe_objective_inputs.py CONFIG OUT.json [KEY=VALUE ...]`: one real run (DeepSpeed
+engine, shard loaders, optimizer steps) with spies on the objective functions of `rc3.pretrain.objectives` and on
 `RC3Model.encode`. OUT.json lists, per task, the batch keys the task received and, per encoder call,
 the number of sequences, how many of them hold <mask> among their real tokens, and whether the call
-had a visual input. tests/test_task_inputs.py reads it.
+had a visual input. tests/test_objective_inputs.py reads it.
 """
 from __future__ import annotations
 

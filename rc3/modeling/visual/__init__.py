@@ -14,9 +14,14 @@ in text, and keeping them out of the vocabulary leaves mBART-50's embedding matr
 
 Front ends and visual modes are registered (`FRONT_ENDS`, `VISUAL_MODES`): a front end names the batch
 keys it reads, the data the loaders must supply ("features" or "pixels") and how its module is built
-from the model config; a visual mode is a sequence of front ends joined by [SEP]. A new front end is
-one file registering both (its own config keys go in a `model.<name>` section, see `FrontEnd.config`);
-tests/test_registries.py adds a toy one.
+from the model config; a visual mode is a sequence of front ends joined by [SEP]. ROI and patch are
+registered here; the registries import every other module of this package too, so a new front end is
+one file here (or a module named in the run config's `plugins:`) registering both (its own config
+keys go in a `model.<name>` section, see `FrontEnd.config`); tests/test_registries.py adds one from
+a temporary package.
+
+A model holds the front ends of its config's `model.front_ends` (default: those of its visual mode),
+not every registered one, so registering a front end leaves every saved model loadable.
 """
 from __future__ import annotations
 
@@ -53,8 +58,8 @@ class VisualMode:
         return any(FRONT_ENDS.get(p).data == data for p in self.parts)
 
 
-FRONT_ENDS: Registry[FrontEnd] = Registry("visual front end")
-VISUAL_MODES: Registry[VisualMode] = Registry("visual mode")
+FRONT_ENDS: Registry[FrontEnd] = Registry("visual front end", packages=("rc3.modeling.visual",))
+VISUAL_MODES: Registry[VisualMode] = Registry("visual mode", packages=("rc3.modeling.visual",))
 
 
 def visual_mode(name: str) -> VisualMode:
@@ -158,16 +163,29 @@ VISUAL_MODES.register(VisualMode("patch", ("patch",)))
 VISUAL_MODES.register(VisualMode("combined", ("roi", "patch")))
 
 
-class VisualFrontEnd(nn.Module):
-    """Turns the visual part of a batch into a token sequence and its mask, for any visual mode.
+def model_front_ends(cfg: Any) -> list[str]:
+    """The front ends a model of ModelConfig `cfg` holds: `cfg.front_ends`, or those of `cfg.visual_mode`,
+    in registration order (the order their weights are initialised in)."""
+    wanted = list(cfg.front_ends) or list(visual_mode(cfg.visual_mode).parts)
+    unknown = [name for name in wanted if name not in FRONT_ENDS]
+    if unknown:
+        raise ValueError(f"config error: model.front_ends: {', '.join(map(repr, unknown))} is not a registered "
+                         f"visual front end ({', '.join(FRONT_ENDS.names())}); name its module in the config's plugins")
+    return [f.name for f in FRONT_ENDS if f.name in wanted]
 
-    Holds one module per registered front end (built from the model config, in registration order)
-    and the learned [CLS], [SEP], [SEP'] vectors."""
+
+class VisualFrontEnd(nn.Module):
+    """Turns the visual part of a batch into a token sequence and its mask, for the visual modes its
+    front ends serve.
+
+    Holds one module per front end of the model (`model_front_ends`, built from the model config in
+    registration order) and the learned [CLS], [SEP], [SEP'] vectors."""
 
     def __init__(self, cfg: Any, d_model: int) -> None:
         super().__init__()
-        for front in FRONT_ENDS:
-            self.add_module(front.name, front.build(cfg, d_model))
+        self.front_ends = model_front_ends(cfg)
+        for name in self.front_ends:
+            self.add_module(name, FRONT_ENDS.get(name).build(cfg, d_model))
         self.special = nn.Parameter(torch.randn(3, d_model) * 0.02)  # [CLS], [SEP], [SEP']
 
     def special_token(self, which: int, batch: int) -> torch.Tensor:
@@ -179,6 +197,9 @@ class VisualFrontEnd(nn.Module):
         parts: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
         for i, name in enumerate(visual_mode(mode).parts):
+            if name not in self.front_ends:
+                raise ValueError(f"visual mode {mode!r} needs the {name!r} front end, which this model does not hold "
+                                 f"(it holds {', '.join(self.front_ends) or 'none'}: model.front_ends)")
             if i:
                 b = parts[0].shape[0]
                 parts.append(self.special_token(SEP, b))

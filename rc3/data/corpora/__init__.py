@@ -5,8 +5,10 @@ members of a sample (required and optional), the member that identifies it, how 
 decoded and checked (never unpickling), which texts it carries, whether collation needs its image,
 and the collator that turns its samples into batches. The shard pipeline, the fault counters, the
 schema detection of `tools/dataset_stats.py` and the `data.<name>_shards` / `data.<name>_sources`
-config keys all derive from `CORPORA`; a new corpus is one file that registers a record (see
-tests/test_registries.py for a toy one).
+config keys all derive from `CORPORA`. The paper's three are registered here; the registry imports
+every other module of this package too, so a new corpus is one file here (or a module named in the
+run config's `plugins:`) that registers a record (tests/test_registries.py adds one from a temporary
+package).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ class Corpus:
         return frozenset(self.fields + self.optional)
 
 
-CORPORA: Registry[Corpus] = Registry("corpus")
+CORPORA: Registry[Corpus] = Registry("corpus", packages=("rc3.data.corpora",))
 
 
 def image_member(raw: dict[str, Any], draft_size: int | None) -> Any:

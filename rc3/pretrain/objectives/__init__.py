@@ -1,10 +1,10 @@
-"""The four pretraining tasks (paper Sec. 2.3): from collated batches to weighted losses.
+"""The four pretraining objectives (paper Sec. 2.3): from collated batches to weighted losses.
 
-Each task turns its batch (formats in `rc3.data.collate`) into model inputs, runs the model and
+Each objective turns its batch (formats in `rc3.data.collate`) into model inputs, runs the model and
 calls the pure functions of `rc3.pretrain.losses`:
 
 * MCLM (Ds): masked x^li (`mlm_ids`) with the image -> encoder MLM, and the decoder generates x^lj
-  (Eq. 1-2). No other task reads `mlm_ids`: ITM, XTCL and R-XVtCL encode the captions as written.
+  (Eq. 1-2). No other objective reads `mlm_ids`: ITM, XTCL and R-XVtCL encode the captions as written.
 * ITM (Ds): (v, x^li) positives and (v, another caption of the batch) negatives, BCE (Eq. 3).
 * XTCL (Dt): TR of x^li anchors, x^lj positives, the other texts of the batch as negatives (Eq. 7-8).
 * R-XVtCL (Ds with ROI features, Dw with patches): for triplet b and another triplet o of the
@@ -19,8 +19,11 @@ positive and are reused. With K other triplets that is at most (2 + 4K) B sequen
 p_avg (Eq. 6) is kept per objective group by `ObjectiveState`; the training loop feeds it each step's
 loss averaged over ranks, so every rank interpolates identically.
 
-The four objectives register themselves at the end of this module (rc3.pretrain.registry): their
-config sections, streams, loss order and p_avg groups are read from those records.
+The four objectives and the streams they read register themselves in this module
+(rc3.pretrain.registry): their config sections, streams, loss order and p_avg groups are read from
+those records. The registries import every other module of this package too: a new objective is
+one file here (registered after the paper's, so its loss runs after theirs), off unless a config
+switches it on.
 """
 from __future__ import annotations
 
@@ -32,10 +35,12 @@ import torch
 from torch import Tensor
 
 from rc3.config import ConfigError
+from rc3.data.collate import DsCollator
 from rc3.modeling import RC3Model, flops
 from rc3.pretrain import losses
-from rc3.pretrain.config import ObjectivesConfig
-from rc3.pretrain.registry import OBJECTIVES, Objective, ObjectiveContext, ObjectiveResult
+from rc3.pretrain.config import ObjectivesConfig, RC3Config
+from rc3.pretrain.registry import OBJECTIVES, STREAMS, Objective, ObjectiveContext, ObjectiveResult, Stream
+from rc3.tokenization import RC3Tokenizer
 
 VISUAL_KEYS = ("roi", "boxes", "roi_mask", "pixels")
 
@@ -58,12 +63,12 @@ class ObjectiveState:
         names = [group if p_avg_scope == "shared" else name for name, group in contrastive]
         return cls({n: losses.PositiveProbabilityTracker(window) for n in dict.fromkeys(names)})
 
-    def group(self, task: str) -> str:
-        """The tracker that objective `task` reads and feeds."""
-        return task if task in self.trackers else str(OBJECTIVES.get(task).p_avg_group)
+    def group(self, objective: str) -> str:
+        """The tracker that `objective` reads and feeds."""
+        return objective if objective in self.trackers else str(OBJECTIVES.get(objective).p_avg_group)
 
-    def p_avg(self, task: str) -> float:
-        return self.trackers[self.group(task)].value
+    def p_avg(self, objective: str) -> float:
+        return self.trackers[self.group(objective)].value
 
     @property
     def xtcl(self) -> losses.PositiveProbabilityTracker:
@@ -78,8 +83,8 @@ class ObjectiveState:
         """Feed one optimizer step's plain (un-interpolated, Eq. 4) contrastive losses, averaged over
         ranks and micro-batches: p_avg is the mean of exp(-L) of Eq. 4 over the previous steps (Eq. 6)."""
         grouped: dict[str, list[float]] = {}
-        for task, value in step_losses.items():
-            grouped.setdefault(self.group(task), []).append(float(value))
+        for objective, value in step_losses.items():
+            grouped.setdefault(self.group(objective), []).append(float(value))
         for name, values in grouped.items():
             self.trackers[name].update(sum(values) / len(values))
 
@@ -100,8 +105,8 @@ class ObjectiveState:
 
 @dataclass
 class ObjectiveOutput:
-    loss: Tensor  # weighted sum over the enabled tasks, for backward
-    parts: dict[str, Tensor] = field(default_factory=dict)  # detached per-task losses as optimised
+    loss: Tensor  # weighted sum over the enabled objectives, for backward
+    parts: dict[str, Tensor] = field(default_factory=dict)  # detached per-objective losses as optimised
     plain: dict[str, Tensor] = field(default_factory=dict)  # XTCL / R-XVtCL without interpolation (Eq. 4): feeds p_avg
     extras: dict[str, Tensor] = field(default_factory=dict)  # detached diagnostics (KL, MLM/decoder split, ITM accuracy)
 
@@ -367,24 +372,44 @@ def _rxvtcl_dw(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResu
 def _other_triplets_fit(name: str) -> Callable[[Any], None]:
     def check(cfg: Any) -> None:
         k = cfg.objectives.rxvtcl_other_triplets
-        if cfg.task_batch_size(name) <= k:
+        if cfg.objective_batch_size(name) <= k:
             raise ConfigError("objectives.rxvtcl_other_triplets",
                               f"K = {k} other triplets need a micro-batch of at least {k + 1} triplets, but {name} "
-                              f"gets {cfg.task_batch_size(name)} (objectives.{name}.batch_size or train.micro_batch_size)")
+                              f"gets {cfg.objective_batch_size(name)} (objectives.{name}.batch_size or train.micro_batch_size)")
     return check
 
 
-# Registration order is the order the losses run in (and the order of their random draws).
-OBJECTIVES.register(Objective("mclm", stream="ds_mlm", loss=_mclm,
+# ---- the registered streams and objectives ------------------------------------------------------
+
+def _ds_mlm_collator(cfg: RC3Config, tokenizer: RC3Tokenizer, on: list[str]) -> DsCollator:
+    # MCLM's mask exists only where MCLM reads it: this stream draws it when MCLM is on (ITM encodes the
+    # caption itself, `src_ids`); the R-XVtCL stream does not mask at all.
+    d, o = cfg.data, cfg.objectives
+    return DsCollator(tokenizer, d.max_text_len, d.max_tgt_len, o.mlm_prob, cfg.train.seed,
+                      with_pixels=cfg.model.visual_mode == "combined", langs=d.langs,
+                      image_size=cfg.model.image_size, mclm="mclm" in on, mlm_count=o.mlm_count,
+                      mlm_replace=o.mlm_replace)
+
+
+# Registration order is the order loaders are built and fetched in.
+STREAMS.register(Stream("ds_mlm", "ds", collator=_ds_mlm_collator))  # Ds with the MCLM mask: MCLM and ITM
+STREAMS.register(Stream("ds_rx", "ds", seed_offset=1))  # Ds as written: R-XVtCL
+STREAMS.register(Stream("dw", "dw"))
+STREAMS.register(Stream("dt", "dt"))
+
+# Registration order is the order the losses run in (and the order of their random draws). The Ds
+# objectives encode with ROI features (Combined when the model is configured so); Dw with patches.
+OBJECTIVES.register(Objective("mclm", stream="ds_mlm", loss=_mclm, visual_modes=("roi",), enabled_by_default=True,
                               description="masked cross-lingual LM + decoder translation on Ds (Eq. 1-2)"))
-OBJECTIVES.register(Objective("itm", stream="ds_mlm", loss=_itm, description="image-text matching on Ds (Eq. 3)"))
-OBJECTIVES.register(Objective("xtcl", stream="dt", loss=_xtcl, p_avg_group="xtcl",
+OBJECTIVES.register(Objective("itm", stream="ds_mlm", loss=_itm, visual_modes=("roi",), enabled_by_default=True,
+                              description="image-text matching on Ds (Eq. 3)"))
+OBJECTIVES.register(Objective("xtcl", stream="dt", loss=_xtcl, p_avg_group="xtcl", enabled_by_default=True,
                               description="cross-lingual text contrastive learning on Dt (Eq. 7-8)"))
 OBJECTIVES.register(Objective("rxvtcl_ds", stream="ds_rx", loss=_rxvtcl_ds, p_avg_group="rxvtcl",
-                              validate=_other_triplets_fit("rxvtcl_ds"),
+                              validate=_other_triplets_fit("rxvtcl_ds"), visual_modes=("roi",), enabled_by_default=True,
                               description="R-XVtCL on Ds with ROI features (Eq. 9)"))
 OBJECTIVES.register(Objective("rxvtcl_dw", stream="dw", loss=_rxvtcl_dw, p_avg_group="rxvtcl",
-                              validate=_other_triplets_fit("rxvtcl_dw"),
+                              validate=_other_triplets_fit("rxvtcl_dw"), visual_modes=("patch",), enabled_by_default=True,
                               description="R-XVtCL on Dw with patches and the KL regulariser (Eq. 9-13)"))
 
 
