@@ -510,3 +510,21 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
         add_language(src, pairs, tmp_path / "r4", opts, work_dir=work, resume=True, progress=False,
                      log=lambda s: None)
     assert not marker.exists()
+
+
+def test_precision_follows_the_rule_of_every_loop(base: dict[str, Path], tmp_path: Path) -> None:
+    """`precision` as pretraining and finetuning read it (rc3.optim.use_bf16): on this CPU "auto" is fp32, so
+    it gives the fp32 run bit for bit, and "bf16" computes under bf16 autocast (other losses, a trained model)."""
+    pairs = list(zip(TEXTS["en"], TEXTS["ru"]))[:32]
+    runs = {}
+    for precision in ("auto", "fp32", "bf16"):
+        opts = AddLanguageOptions(lang="ru", steps=6, warmup_steps=1, batch_size=16, lr=3e-3, save_every=0,
+                                  log_every=1, precision=precision)
+        out = add_language(base["full"], pairs, tmp_path / precision, opts, progress=False, log=lambda s: None)
+        info = json.loads((out / "add_language.json").read_text())
+        runs[precision] = [row["loss"] for row in info["training"]["log"]]
+    assert runs["auto"] == runs["fp32"]
+    assert len(runs["bf16"]) == len(runs["fp32"]) and runs["bf16"] != runs["fp32"]
+    assert all(abs(a - b) < 0.1 * abs(b) + 1e-3 for a, b in zip(runs["bf16"], runs["fp32"]))  # the same run, rounded
+    with pytest.raises(ValueError, match="precision 'fp16' is not one of auto, fp32, bf16"):
+        AddLanguageOptions(lang="ru", precision="fp16").check()

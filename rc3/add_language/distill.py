@@ -65,7 +65,7 @@ from rc3.checkpoints import CheckpointStore, tag_for, tensor_state
 from rc3.data.collate import pad_batch
 from rc3.metrics_window import MetricsWindow, StepDone
 from rc3.modeling import RC3Model
-from rc3.optim import lr_factor, param_groups
+from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.run_log import RunLogger
 from rc3.tokenization import ID_MAP_FILE, SPM_FILE, RC3Tokenizer
 
@@ -128,8 +128,17 @@ def _used_rows(tok: RC3Tokenizer, texts: Sequence[str], langs: Sequence[str], ma
     return {i for ids in tok.encode_many(list(texts), list(langs), max_len) for i in ids}
 
 
-def _encode(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int) -> tuple[Tensor, Tensor]:
-    return pad_batch(tok.encode_many(list(texts), [lang] * len(texts), max_len), tok.pad_id)
+def _encode(tok: RC3Tokenizer, texts: Sequence[str], lang: str, max_len: int,
+            device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    ids, mask = pad_batch(tok.encode_many(list(texts), [lang] * len(texts), max_len), tok.pad_id)
+    return ids.to(device), mask.to(device)
+
+
+def _tr(model: RC3Model, tok: RC3Tokenizer, texts: Sequence[str], lang: str, opts: AddLanguageOptions) -> Tensor:
+    """TR of `texts` on the model's device, under the run's precision (rc3.optim.use_bf16), in fp32."""
+    device = model.mbart.model.shared.weight.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(opts.precision)):
+        return model.tr(*_encode(tok, texts, lang, opts.max_len, device)).float()
 
 
 LEGACY_STATE = Path("checkpoint") / "state.pt"  # the single checkpoint an older version wrote (a torch file)
@@ -192,7 +201,7 @@ def distill(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok
         protected |= _used_rows(new_tok, [t for _, t in keep], [lang for lang, _ in keep], opts.max_len)
         mask = torch.zeros(student.mbart.model.shared.weight.shape[0], 1)
         mask[sorted(x_ids - protected - {new_tok.pad_id})] = 1.0
-        student.mbart.model.shared.weight.register_hook(lambda g: g * mask.to(g.dtype))
+        student.mbart.model.shared.weight.register_hook(lambda g: g * mask.to(g.device, g.dtype))
         record_rows = int(mask.sum())
     else:
         record_rows = student.mbart.model.shared.weight.shape[0]
@@ -265,6 +274,7 @@ def _resume(store: CheckpointStore, work_dir: Path, started: dict[str, Any], tra
         tensors = tensor_state.load(source / TRAINED_STATE)
     else:
         raise FileNotFoundError(f"resume: no checkpoint in {store.dir}; start without --resume")
+    run["options"] = {"precision": "auto", **run["options"]}  # runs from before the option computed as "auto" does
     if run["options"] != started["options"] or run["pairs"] != started["pairs"]:
         raise ValueError(f"resume: {source} was written with other options or another parallel text "
                          f"({run['pairs']} pairs, {run['options']}); start without --resume")
@@ -295,9 +305,9 @@ def _train(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_tok:
         fault_injection.maybe_kill(step + 1, 0)  # tests kill the run here, between two steps
         en_texts, x_texts = [p for p, _ in batch], [q for _, q in batch]
         with torch.no_grad():
-            target = teacher.tr(*_encode(old_tok, en_texts, "en", opts.max_len))
-        s_en = student.tr(*_encode(new_tok, en_texts, "en", opts.max_len))
-        s_x = student.tr(*_encode(new_tok, x_texts, opts.lang, opts.max_len))
+            target = _tr(teacher, old_tok, en_texts, "en", opts)
+        s_en = _tr(student, new_tok, en_texts, "en", opts)
+        s_x = _tr(student, new_tok, x_texts, opts.lang, opts)
         loss, l_en, l_x = distillation_loss(s_en, s_x, target)
         if anchor:
             loss = loss + _keep_loss(student, teacher, new_tok, old_tok, anchor, opts, step)
@@ -326,8 +336,8 @@ def _keep_loss(student: RC3Model, teacher: RC3Model, new_tok: RC3Tokenizer, old_
     for lang in sorted({lang for lang, _ in batch}):  # one forward per language: its tag closes every sequence
         texts = [t for code, t in batch if code == lang]
         with torch.no_grad():
-            target = teacher.tr(*_encode(old_tok, texts, lang, opts.max_len))
-        terms.append(((student.tr(*_encode(new_tok, texts, lang, opts.max_len)) - target) ** 2).sum(0))
+            target = _tr(teacher, old_tok, texts, lang, opts)
+        terms.append(((_tr(student, new_tok, texts, lang, opts) - target) ** 2).sum(0))
     return torch.stack(terms).sum(0).mean() / len(batch)
 
 
@@ -375,8 +385,12 @@ def add_language(model_dir: str | os.PathLike, pairs: Sequence[tuple[str, str]],
         tokenizer_files = tok_dir
     else:
         new_tok, tokenizer_files = old_tok, src
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(device)
+    student.to(device)
     record = distill(student, teacher, new_tok, old_tok, pairs, opts, work, resume=resume, progress=progress, log=log,
                      keep=keep)
+    student.to("cpu")
     staging = work / "tokenizer-files"
     if staging.exists():
         shutil.rmtree(staging)

@@ -33,6 +33,9 @@ class AddLanguageOptions:
     lora_rank: int = 8
     lora_alpha: int = 16
     seed: int = 0
+    # Computation as every RC3 loop decides it (rc3.optim.use_bf16): "auto" = bf16 autocast on a GPU that
+    # supports it, fp32 otherwise; "bf16" / "fp32" as written. The run goes to the GPU when there is one.
+    precision: str = "auto"
     save_every: int = 100  # checkpoint every N steps (0: only at the end)
     log_every: int = 20
 
@@ -42,6 +45,8 @@ class AddLanguageOptions:
             raise ValueError("the new language cannot be English: English is the teacher's side of the pairs")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable {self.trainable!r} is not one of {', '.join(TRAINABLE)}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision {self.precision!r} is not one of auto, fp32, bf16")
         if self.embedding_rows not in ("all", "new"):
             raise ValueError(f"embedding_rows {self.embedding_rows!r} is not one of all, new")
         if self.embedding_rows == "new" and self.weight_decay > 0:

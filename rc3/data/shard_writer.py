@@ -97,6 +97,8 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         self._final = self.out_dir / f"{self.prefix}-{self._index:06d}.tar"
+        # Not rc3.atomic.atomic_file: a shard stays open across many write() calls, and a resume finds (and
+        # removes) an interrupted shard by this fixed `<name>.tar.tmp` name.
         self._tmp = self._final.with_name(self._final.name + ".tmp")
         self._file = open(self._tmp, "wb")
         self._offset = 0

@@ -54,6 +54,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lora-rank", type=int, default=d.lora_rank)
     ap.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
     ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d.precision,
+                    help="auto: bf16 autocast on a GPU that supports it, fp32 otherwise (as pretraining and finetuning)")
     ap.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: none)")
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--resume", action="store_true")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                                   steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   warmup_steps=args.warmup_steps,
                                   max_len=args.max_len, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                                  seed=args.seed, save_every=args.save_every)
+                                  seed=args.seed, precision=args.precision, save_every=args.save_every)
         opts.check()
         pairs = read_tsv_or_pair(args.parallel)
         keep = read_keep(args.keep)
