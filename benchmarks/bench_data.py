@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import sys
 import tarfile
 import tempfile
 import time
@@ -36,8 +37,11 @@ from rc3.data.images import load_image
 from rc3.data.pipeline import expand_shards, make_pipeline
 from rc3.data.shard_writer import ShardWriter
 from rc3.provenance import git_commit
-from rc3.synthetic.tiny import train_tiny_spm
 from rc3.tokenization import RC3Tokenizer
+
+# The tiny builders (configs, random batches, the naive R-XVtCL) live with the tests: tests/tiny.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny import train_tiny_spm  # noqa: E402
 
 WORDS = ("a man woman dog child red blue small large street beach field ball runs sits looks holds "
          "near under with two three playing walking standing green water tree building car bike").split()

@@ -47,6 +47,9 @@ from typing import Any
 
 from rc3 import atomic
 
+# The tiny builders (configs, random batches, the naive R-XVtCL) live with the tests: tests/tiny.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 REPO = Path(__file__).resolve().parents[1]
 # Every size of configs/paper.yaml shrunk; layers, losses, sequence lengths and engine as the paper's.
 SHRUNK = ["model.vocab_size=512", "model.d_model=8", "model.attention_heads=1", "model.ffn_dim=8",
@@ -81,6 +84,7 @@ class RandomStreams:
 def build_run(config: str, sets: list[str], seed: int) -> Any:
     import deepspeed
     import torch
+    from tiny import random_objective_batches
 
     from rc3 import distributed as dist
     from rc3.modeling import RC3Model
@@ -89,7 +93,6 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     from rc3.pretrain.engine import build_optimizer, resolve_ds_config
     from rc3.pretrain.objectives import ObjectiveState
     from rc3.run_log import RunLogger
-    from rc3.synthetic.tiny import random_objective_batches
 
     cfg = load_config(config, [*SHRUNK, *sets])
     torch.manual_seed(seed)

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ import torch
 from PIL import Image
 
 from rc3.provenance import git_commit
+
+# The tiny builders (configs, random batches, the naive R-XVtCL) live with the tests: tests/tiny.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main() -> None:
@@ -44,9 +48,10 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
+    from tiny import tiny_model_config, train_tiny_spm
+
     from rc3.inference import load
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config, train_tiny_spm
     from rc3.tokenization import RC3Tokenizer
     from rc3.vision.butd import ButdConfig, ButdDetector, save_rc3_weights
     from rc3.vision.image_folder import extract_folder

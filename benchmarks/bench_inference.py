@@ -31,6 +31,9 @@ import torch
 
 from rc3.provenance import git_commit
 
+# The tiny builders (configs, random batches, the naive R-XVtCL) live with the tests: tests/tiny.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "benchmarks/bench_inference.py"]
 SIZES = {  # model config overrides; texts, images, index images, queries, k
     "tiny": ({}, 512, 256, 256, 64, 16),
@@ -48,9 +51,10 @@ def texts_of(n: int, work: Path) -> list[str]:
 
 
 def make_model(size: str, tok_dir: Path, out: Path) -> Path:
+    from tiny import tiny_model_config
+
     from rc3.finetune.itr_model import ITRModel
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
     tok = RC3Tokenizer.from_dir(tok_dir)
@@ -162,8 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     commit = git_commit(WATCHED)
     with tempfile.TemporaryDirectory() as tmp:
+        from tiny import train_tiny_spm
+
         from rc3.synthetic.repro.release import real_texts, release_dir
-        from rc3.synthetic.tiny import train_tiny_spm
 
         tok_dir = Path(tmp) / "tokenizer"
         train_tiny_spm(tok_dir, real_texts(release_dir(Path(tmp) / "release")), vocab_size=2000)  # the tests' tokenizer

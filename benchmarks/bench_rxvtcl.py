@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
 
@@ -17,7 +19,10 @@ from rc3.modeling import RC3Model
 from rc3.pretrain.config import ObjectivesConfig
 from rc3.pretrain.objectives import rxvtcl
 from rc3.provenance import git_commit
-from rc3.synthetic.tiny import random_objective_batches, reference_rxvtcl, tiny_model_config
+
+# The tiny builders (configs, random batches, the naive R-XVtCL) live with the tests: tests/tiny.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny import random_objective_batches, reference_rxvtcl, tiny_model_config  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
+import sys
 import time
 import warnings
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +42,10 @@ from rc3.pretrain.loop import to_device
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.pretrain.streams import ObjectiveStreams
 from rc3.provenance import git_commit
-from rc3.synthetic.tiny import random_objective_batches
+
+# The tiny builders (configs, random batches, the naive R-XVtCL) live with the tests: tests/tiny.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny import random_objective_batches  # noqa: E402
 
 
 def main() -> None:

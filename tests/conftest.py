@@ -55,7 +55,7 @@ def is_full_release() -> bool:
 @pytest.fixture(scope="session")
 def tokenizer_dir(release_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sentencepiece model in mBART-50's layout, trained here on real text in 10 languages."""
-    from rc3.synthetic.tiny import train_tiny_spm
+    from tiny import train_tiny_spm
 
     out = tmp_path_factory.mktemp("tokenizer")
     train_tiny_spm(out, real_texts(release_data), vocab_size=2000)
@@ -73,9 +73,9 @@ def tokenizer(tokenizer_dir: Path):
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> Path:
     """A randomly initialised tiny RC3 model directory (torch seeded with 0), read-only for the tests."""
     import torch
+    from tiny import tiny_model_config
 
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
 
     torch.manual_seed(0)
     model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,

@@ -23,12 +23,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import deepspeed
+    from tiny import tiny_model_config
 
     from rc3 import distributed
     from rc3.modeling import RC3Model
     from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
-    from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
     distributed.init_from_launcher(120.0)

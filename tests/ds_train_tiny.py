@@ -54,11 +54,11 @@ def main() -> None:
 
     import deepspeed
     from safetensors.torch import save_file
+    from tiny import tiny_model_config
 
     from rc3 import distributed
     from rc3.modeling import RC3Model
     from rc3.pretrain.checkpoints import CheckpointManager
-    from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
     distributed.init_from_launcher()

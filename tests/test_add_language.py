@@ -63,7 +63,7 @@ def sha(directory: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tokenizer on en/de/fr (full and with a reduced id map) and a tiny model for each."""
-    from rc3.synthetic.tiny import tiny_model_config
+    from tiny import tiny_model_config
 
     root = tmp_path_factory.mktemp("addlang")
     train_sentencepiece([t for lang in ("en", "de", "fr") for t in TEXTS[lang]] * 4, root / "tok", vocab_size=90,
@@ -411,8 +411,9 @@ def test_stopped_run_resumes_from_the_shared_checkpoint_directory(base: dict[str
     file, and the payload never runs."""
     import dataclasses
 
+    from tiny import tiny_model_config
+
     import rc3.add_language.distill as al
-    from rc3.synthetic.tiny import tiny_model_config
 
     # dropout on: each step draws from the RNG, so a resume must restore its state too
     tok = RC3Tokenizer.from_dir(base["full"])

@@ -116,9 +116,10 @@ def test_linguistic_prior_matches_its_equation_and_ignores_unanswerable() -> Non
 
 
 def test_prior_is_added_to_the_classifier_loss() -> None:
+    from tiny import tiny_model_config
+
     from rc3.finetune.heads import ClassificationModel
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
 
     torch.manual_seed(0)
     rc3 = RC3Model.from_config(tiny_model_config(), 50)
@@ -194,8 +195,9 @@ def test_off_by_default_is_todays_run_and_ratio_one_changes_it(task: str, tmp_pa
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer, tokenizer_dir: Path) -> Path:
+    from tiny import tiny_model_config
+
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
 
     torch.manual_seed(0)
     model = RC3Model.from_config(tiny_model_config(), tokenizer.vocab_size, tokenizer.pad_id, tokenizer.bos_id,

@@ -123,10 +123,11 @@ def _case_xtcl_objective(rank: int) -> None:
     """The training wiring: `rc3.pretrain.objectives.xtcl` with `rd.gather_with_offset` on a model, each rank
     holding half of the batch, equals one process over the whole batch (loss and model gradients,
     the engine's gradient average over ranks included); every anchor sees 2 x 8 - 2 negatives."""
+    from tiny import random_objective_batches, tiny_model_config
+
     from rc3.modeling import RC3Model
     from rc3.pretrain.config import ObjectivesConfig
     from rc3.pretrain.objectives import xtcl
-    from rc3.synthetic.tiny import random_objective_batches, tiny_model_config
 
     torch.manual_seed(0)
     model = RC3Model.from_config(tiny_model_config(), 300).double().eval()

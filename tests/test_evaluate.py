@@ -168,9 +168,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
+    from tiny import tiny_model_config
 
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
     from rc3.tokenization import RC3Tokenizer
 
     tok = RC3Tokenizer.from_dir(world / "tokenizer")

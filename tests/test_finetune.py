@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_model_config
 
 from rc3.config import ConfigError
 from rc3.finetune.config import load_finetune_config
 from rc3.modeling import RC3Model
-from rc3.synthetic.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("xvnli", "xgqa", "marvl", "itr", "mmt")

@@ -142,10 +142,11 @@ def test_best_dev_epoch_is_kept_and_tested(world: Path, tiny_model_dir: Path, tm
 
 # ---- two processes ---------------------------------------------------------------------------
 def _itr_worker(rank: int, init_file: str, out_file: str) -> None:
+    from tiny import tiny_model_config
+
     from rc3 import distributed as rd
     from rc3.finetune.itr_model import ITRModel
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
 
     rd.init_process_group("gloo", f"file://{init_file}", rank, 2, timeout_s=60)
     try:
@@ -175,9 +176,10 @@ def global_batch() -> dict[str, torch.Tensor]:
 def test_itr_contrastive_negatives_are_gathered_across_processes(tmp_path: Path) -> None:
     """Two processes with 3 captions each: the loss and the averaged gradients are those of one process
     with all 6 (each caption's negatives are the other process's captions too)."""
+    from tiny import tiny_model_config
+
     from rc3.finetune.itr_model import ITRModel
     from rc3.modeling import RC3Model
-    from rc3.synthetic.tiny import tiny_model_config
 
     mp.spawn(_itr_worker, args=(str(tmp_path / "rdv"), str(tmp_path / "out.pt")), nprocs=2, join=True)
     got = torch.load(tmp_path / "out.pt", weights_only=True)

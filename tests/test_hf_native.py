@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_model_config
 
 from rc3.modeling import RC3Model
 from rc3.synthetic.repro.release import real_texts
-from rc3.synthetic.tiny import tiny_model_config
 from rc3.tokenization import IdMap, RC3Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_model_config
 
 from rc3.finetune.heads import ClassificationModel, TaskModel
 from rc3.finetune.itr_model import ITRModel
 from rc3.finetune.mmt_model import MMTModel
 from rc3.modeling import RC3Model
-from rc3.synthetic.tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = ["a red dog runs on the grass", "two children play with a ball", "a man rides a bike in the city",

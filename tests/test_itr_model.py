@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
+from tiny import tiny_model_config
 
 from rc3.finetune.itr_model import ITRModel
 from rc3.modeling import RC3Model
-from rc3.synthetic.tiny import tiny_model_config
 
 VOCAB = 64
 

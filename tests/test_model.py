@@ -1,10 +1,10 @@
 """RC3Model: sequence layouts, masks, padding invariance, mBART loading and save/load round trips."""
 import pytest
 import torch
+from tiny import tiny_model_config
 from transformers import MBartConfig, MBartForConditionalGeneration
 
 from rc3.modeling import RC3Model, build_model
-from rc3.synthetic.tiny import tiny_model_config
 
 B, R = 3, 36
 

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from tiny import random_objective_batches, reference_rxvtcl, tiny_model_config
 
 from rc3.modeling import RC3Model
 from rc3.pretrain.config import ObjectiveConfig, ObjectivesConfig
 from rc3.pretrain.objectives import ObjectiveState, compute_losses, plan_triplets, rxvtcl
-from rc3.synthetic.tiny import random_objective_batches, reference_rxvtcl, tiny_model_config
 
 VOCAB = 300
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import random_objective_batches, tiny_model_config
 
 from rc3.config import ConfigError
 from rc3.modeling import RC3Model, flops
@@ -17,7 +18,6 @@ from rc3.pretrain import perf
 from rc3.pretrain.config import ObjectiveConfig, ObjectivesConfig, PerfConfig, load_config
 from rc3.pretrain.losses import chunked_lm_cross_entropy
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
-from rc3.synthetic.tiny import random_objective_batches, tiny_model_config
 
 VOCAB = 300
 TEXT_LEN = 12

@@ -68,10 +68,10 @@ def test_loss_fields_are_told_from_the_other_fields() -> None:
 def test_finetuning_writes_a_results_chart_and_its_log_plots(tmp_path: Path, tokenizer, tokenizer_dir: Path) -> None:
     import torch
     from test_finetune import build_world, run_recipe
+    from tiny import tiny_model_config
 
     from rc3.modeling import RC3Model
     from rc3.plots import plot_run
-    from rc3.synthetic.tiny import tiny_model_config
 
     world = tmp_path / "world"
     build_world(world)

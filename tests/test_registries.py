@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import random_objective_batches, tiny_model_config
 
 from rc3.config import ConfigError, import_plugins
 from rc3.data.corpora import CORPORA
@@ -32,7 +33,6 @@ from rc3.pretrain.config import load_config
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.pretrain.registry import OBJECTIVES, STREAMS, Objective, ObjectiveResult, Stream
 from rc3.registry import Registry
-from rc3.synthetic.tiny import random_objective_batches, tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs/synthetic-tiny.yaml"

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_model_config
 
 from rc3.data.collate import DsCollator, DwCollator
 from rc3.data.schemas import DsSample, DwSample
 from rc3.modeling import RC3Model
 from rc3.pretrain.config import ObjectivesConfig
 from rc3.pretrain.objectives import choose_others, rxvtcl
-from rc3.synthetic.tiny import tiny_model_config
 
 LANGS = ("en", "de", "fr")
 CAPTIONS = [

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_model_config
 
 from rc3.modeling import RC3Model
 from rc3.synthetic.repro.release import real_texts
-from rc3.synthetic.tiny import tiny_model_config
 from rc3.tokenization import IdMap, RC3Tokenizer
 
 PER_LANG = 400

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import tiny_model_config
 
 from rc3.modeling import RC3Model
-from rc3.synthetic.tiny import tiny_model_config
 from rc3.tokenization import RC3Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,9 @@
 """Small builders for tests and benchmarks: a sentencepiece model trained on given text, tiny configs, one
 random batch per registered objective and the naive per-triplet R-XVtCL.
 
-Nothing here downloads anything: tests make their own vocabularies and models. It ships in the package
-because the benchmarks (benchmarks/bench_*.py) import it from the installed rc3, as the tests do.
+Nothing here downloads anything: tests make their own vocabularies and models. It lives with the tests,
+outside the package: tests import it as `tiny` (this folder is on their path), the benchmarks
+(benchmarks/bench_*.py) put this folder on theirs.
 """
 from __future__ import annotations
 
