@@ -73,27 +73,26 @@ def measure(model: RC3Model, cfg) -> dict[str, float]:
                 ratios.append(float(d[i] / torch.cat([d[:i], d[i + 1:]]).mean()))
             vtr_acc.append(hits / b)
             vtr_ratio.append(sum(ratios) / b)
-            kl.append(regulariser_kl(model, dw))
+            kl.append(regulariser_kl(model, dw, {"pixels": dw["pixels"]}, "patch"))
     finally:
         streams.close()
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {"tr_acc": mean(tr_acc), "vtr_acc": mean(vtr_acc), "vtr_ratio": mean(vtr_ratio), "kl": mean(kl)}
 
 
-def regulariser_kl(model: RC3Model, dw: dict) -> float:
+def regulariser_kl(model: RC3Model, batch: dict, vis: dict, mode: str) -> float:
     """Mean over the batch of KL(P_vtr || P_tr), Eq. 10-12, with the next triplet as the other one."""
-    src, smask, tgt, tmask, pixels = dw["src_ids"], dw["src_mask"], dw["tgt_ids"], dw["tgt_mask"], dw["pixels"]
+    src, smask, tgt, tmask = batch["src_ids"], batch["src_mask"], batch["tgt_ids"], batch["tgt_mask"]
     b = src.shape[0]
     nxt = torch.roll(torch.arange(b), -1)
     tr_i, tr_j = model.tr(src, smask), model.tr(tgt, tmask)
     # candidates of anchor b: x^j_b, x^i_{b+1}, x^j_{b+1}
     d_tr = torch.stack([(tr_j - tr_i).norm(dim=-1), (tr_i[nxt] - tr_i).norm(dim=-1),
                         (tr_j[nxt] - tr_i).norm(dim=-1)], dim=1)
-    vis = {"pixels": pixels}
-    anchor = model.vtr(src, smask, vis, "patch")
-    d_vtr = torch.stack([(model.vtr(tgt, tmask, vis, "patch") - anchor).norm(dim=-1),
-                         (model.vtr(src[nxt], smask[nxt], vis, "patch") - anchor).norm(dim=-1),
-                         (model.vtr(tgt[nxt], tmask[nxt], vis, "patch") - anchor).norm(dim=-1)], dim=1)
+    anchor = model.vtr(src, smask, vis, mode)
+    d_vtr = torch.stack([(model.vtr(tgt, tmask, vis, mode) - anchor).norm(dim=-1),
+                         (model.vtr(src[nxt], smask[nxt], vis, mode) - anchor).norm(dim=-1),
+                         (model.vtr(tgt[nxt], tmask[nxt], vis, mode) - anchor).norm(dim=-1)], dim=1)
     p_vtr, p_tr = torch.softmax(-d_vtr.double(), dim=1), torch.softmax(-d_tr.double(), dim=1)
     return float((p_vtr * (p_vtr.log() - p_tr.log())).sum(dim=1).mean())
 

@@ -4,7 +4,8 @@ tests/objective_check.py trains XTCL + R-XVtCL (Ds, Dw) for 150 steps through th
 loop and measures, on Ds and Dw batches of the world: the text-only alignment of parallel captions
 XTCL never saw (`tr_acc`), the [CLS] state telling the parallel caption from every other caption on
 the same image (`vtr_acc`, R-XVtCL's negatives of type (1)), and KL(P_vtr || P_tr) of Eq. 12 written
-out from the model's states (`kl`). Three runs: untrained, trained, trained with `objectives.kl=false`.
+out from the model's states (`kl`). The test trains once; the figures its bounds come from were measured
+with tests/objective_check.py untrained, trained and trained with `objectives.kl=false`.
 
 Measured (2026-12-06, world `SIZES["tiny"].scaled(0.5)`, 150 steps, batches of 32, chance 1/32 = 0.03;
 training seeds 0, 1, 2): untrained tr_acc 0.00, vtr_acc 0.00, vtr_ratio 0.91, kl 0.0001 (a collapsed
@@ -59,19 +60,17 @@ def run_check(world: Path, out: Path, steps: int, *extra: str) -> dict[str, floa
     return json.loads(out.read_text())
 
 
-@pytest.mark.slow(seconds=240)
-@pytest.mark.timeout(2400)
+@pytest.mark.slow(seconds=150)
+@pytest.mark.timeout(1800)
 def test_each_objective_teaches_what_it_is_for(world: Path, tmp_path: Path) -> None:
-    untrained = run_check(world, tmp_path / "untrained.json", 0)
     trained = run_check(world, tmp_path / "trained.json", STEPS)
-    without_kl = run_check(world, tmp_path / "without_kl.json", STEPS, "objectives.kl=false")
     chance = 1 / 32
-    report = f"untrained {untrained}, trained {trained}, trained without the KL {without_kl}"
-    # XTCL: parallel captions it never saw find each other by their text-only states
-    assert trained["tr_acc"] > 5 * chance and trained["tr_acc"] > untrained["tr_acc"] + 0.1, report
+    # XTCL: parallel captions it never saw find each other by their text-only states (untrained: 0.00)
+    assert trained["tr_acc"] > 5 * chance, trained
     # R-XVtCL on Ds: on the same image, the parallel caption is pulled in (Eq. 9's positive) and the
-    # other captions pushed out (its negatives of type (1))
-    assert trained["vtr_acc"] > 4 * chance and trained["vtr_acc"] > untrained["vtr_acc"] + 0.1, report
-    assert trained["vtr_ratio"] < 0.15 < untrained["vtr_ratio"], report
-    # the KL regulariser: P_vtr follows P_tr (Eq. 12) far better with it than without
-    assert trained["kl"] < 0.6 * without_kl["kl"], report
+    # other captions pushed out (its negatives of type (1)); untrained: vtr_acc 0.00, vtr_ratio 0.91
+    assert trained["vtr_acc"] > 4 * chance and trained["vtr_ratio"] < 0.15, trained
+    # the KL regulariser: P_vtr follows P_tr (Eq. 12). Trained with it 0.63-1.03 over three seeds, without
+    # it 2.42-2.71 (`objectives.kl=false`, three seeds): the bound lies between, 1.45x above the one and
+    # 1.6x below the other. (An untrained, collapsed model has KL ~0 too; the two checks above fail it.)
+    assert trained["kl"] < 1.5, trained
