@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from engine_fixtures import free_port
 
 from rc3.synthetic.build import SIZES, make_world
 
@@ -39,12 +39,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("world") / "w"
     make_world(path, seed=0, sizes=SIZES["tiny"].scaled(0.5), weak_overlap=0.5, log=lambda _: None)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_check(world: Path, out: Path, steps: int, *extra: str) -> dict[str, float]:
