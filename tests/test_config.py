@@ -92,6 +92,16 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(path) == cfg
 
 
+def test_demo_config_is_the_tiny_config_twice_as_wide():
+    """`make demo` pretrains configs/synthetic-demo.yaml: the tests' tiny config with d_model 128, nothing else."""
+    tiny = load_config(REPO / "configs" / "synthetic-tiny.yaml")
+    demo = load_config(REPO / "configs" / "synthetic-demo.yaml")
+    assert (demo.model.d_model, demo.model.ffn_dim, demo.model.patch_dim) == (128, 256, 128)
+    wider = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, d_model=128, ffn_dim=256, patch_dim=128),
+                                train=dataclasses.replace(tiny.train, run_dir=demo.train.run_dir))
+    assert demo == wider
+
+
 def test_rxvtcl_k_against_a_task_batch_size():
     with pytest.raises(ConfigError, match="rxvtcl_dw gets 2") as err:
         load_config(None, SHARDS + ["objectives.rxvtcl_other_triplets=2", "objectives.rxvtcl_dw.batch_size=2"])

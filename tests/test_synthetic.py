@@ -2,6 +2,7 @@
 weak alignment, labels that follow from (scene, text), learnability from ROI features, shards, tokenizer."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
@@ -455,6 +456,21 @@ def test_cli_refuses_bad_input(world: Path, tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit):
         cli_main(["--out", str(tmp_path / "x"), "--weak-overlap", "1.5"])
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_gqa_train_images_sets_the_english_gqa_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--gqa-train-images N` (make demo's 1,000) changes the English GQA training images and nothing else."""
+    import rc3.tools.make_synthetic as cli
+
+    seen: list = []
+    written = {"shards": {}, "downstream": {"n_feature_keys": 0}, "tokenizer": {"vocab_size": 0}}
+    monkeypatch.setattr(cli, "make_world", lambda out, sizes, **kw: seen.append(sizes) or written)
+    assert cli.main(["--out", str(tmp_path / "w"), "--gqa-train-images", "1000"]) == 0
+    tiny = SIZES["tiny"]
+    assert seen == [dataclasses.replace(tiny, gqa_images=(1000, tiny.gqa_images[1]))]
+    with pytest.raises(SystemExit):
+        cli.main(["--out", str(tmp_path / "x"), "--gqa-train-images", "0"])
+    assert len(seen) == 1
 
 
 def test_world_writes_muse_dictionaries(world: Path, info: dict) -> None:

@@ -2,12 +2,13 @@
 
     python tools/make_synthetic.py --out work/synthetic [--seed 0] [--size tiny|small]
                                    [--n-images N] [--weak-overlap 0.5] [--general-share 0.5]
-                                   [--english-weight 1] [--dt-pairs N]
+                                   [--english-weight 1] [--dt-pairs N] [--gqa-train-images N]
                                    [--force] [--no-shards]
 
 Everything is in the real corpus formats (see rc3/synthetic/build.py for the layout) and is
-determined by --seed. `--n-images` and `--dt-pairs` override the number of Ds images and of
-WikiMatrix-style Dt sentence pairs of the chosen size.
+determined by --seed. `--n-images`, `--dt-pairs` and `--gqa-train-images` override the number of
+Ds images, of WikiMatrix-style Dt sentence pairs and of English GQA training images (4 questions
+each) of the chosen size.
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                          "(real WikiMatrix is English-centric; 1 = every language pair the same size)")
     ap.add_argument("--dt-pairs", type=int, default=None, help="WikiMatrix-style Dt sentence pairs over all language "
                     "pairs (default: from --size)")
+    ap.add_argument("--gqa-train-images", type=int, default=None, help="English GQA training images, 4 questions "
+                    "each (default: from --size)")
     ap.add_argument("--force", action="store_true", help="replace an existing output directory")
     ap.add_argument("--no-shards", action="store_true", help="write raw corpora and downstream sets only")
     args = ap.parse_args(argv)
@@ -48,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dt_pairs < 1:
             ap.error("--dt-pairs must be >= 1")
         sizes = dataclasses.replace(sizes, dt_pairs=args.dt_pairs)
+    if args.gqa_train_images is not None:
+        if args.gqa_train_images < 1:
+            ap.error("--gqa-train-images must be >= 1")
+        sizes = dataclasses.replace(sizes, gqa_images=(args.gqa_train_images, sizes.gqa_images[1]))
     if not 0.0 <= args.weak_overlap <= 1.0:
         ap.error("--weak-overlap must lie in [0, 1]")
     if not 0.0 <= args.general_share <= 1.0:
