@@ -82,7 +82,7 @@ def run_classification(run: FinetuneRun, task: ClassificationTask) -> dict[str, 
     cfg = run.cfg
     rc3 = run.load_rc3()
     model: TaskModel = ClassificationModel(rc3, cfg.model.visual_mode, task.name, task.num_labels, cfg.model.head_hidden_mult,
-                                getattr(task, "labels", None))
+                                           getattr(task, "labels", None), cfg.model.head_pool)
     run.maybe_load_head(model)
     configure = getattr(task, "configure_model", None)  # e.g. xGQA's linguistic prior
     if configure is not None:

@@ -34,6 +34,9 @@ class FTModelConfig:
     tokenizer: Optional[str] = None  # directory with sentencepiece.bpe.model; default: the --init directory
     gradient_checkpointing: bool = False
     head_hidden_mult: int = 2  # classifier MLP hidden size = head_hidden_mult x d_model
+    # What the classifier reads (XVNLI, xGQA, MaRVL): the VtR at [CLS] as the paper does, or the mean top
+    # state of the text positions (rc3.finetune.heads.HEAD_POOLS; REPRODUCTION.md, transfer diagnosis point 12).
+    head_pool: Literal["cls", "mean_text"] = "cls"
     # Parts of the pretrained model kept fixed while finetuning (FREEZABLE):
     # token_embeddings (the shared, tied token table: every language's words stay where pretraining
     # aligned them while English alone trains), positions, visual (the visual front end).

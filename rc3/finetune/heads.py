@@ -2,6 +2,9 @@
 
 - `ClassifierHead`: the VtR ([CLS] state) through a two-layer MLP (Linear, GELU, LayerNorm, Linear),
   the head UNITER/volta use on IGLUE; XVNLI 3-way, xGQA over the answer vocabulary, MaRVL binary.
+  `pool="mean_text"` feeds it the mean top state of the text positions instead (`HEAD_POOLS`): at the
+  synthetic scale, XVNLI finetuning from a pretrained [CLS] state stays at chance and from the text
+  positions it does not (REPRODUCTION.md, transfer diagnosis point 12); the paper reads [CLS], the default.
 - `DualEncoderHead` (ITR): two linear projections, of an image-only VtR and of a text-only TR, into
   a shared space where InfoNCE with a (learned) temperature trains dual embeddings for the
   candidate search; the re-ranking uses the model's own ITM head.
@@ -32,6 +35,18 @@ from rc3.tokenization import RC3Tokenizer
 
 HEAD_WEIGHTS = "task_head.safetensors"
 HEAD_META = "task_head.json"
+HEAD_POOLS = ("cls", "mean_text")  # what the classifier reads: the VtR (paper, Sec. 3) or the mean top text state
+
+
+def pooled_state(hidden: Tensor, text_start: int, text_mask: Tensor, pool: str) -> Tensor:
+    """[B, d]: the encoder's top state at [CLS] (`cls`) or the mean over the text positions that
+    `text_mask` ([B, L_text]) marks (`mean_text`: [BOS], the words and the language code, no padding)."""
+    if pool == "cls":
+        return hidden[:, 0]
+    if pool == "mean_text":
+        m = text_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden[:, text_start:] * m).sum(1) / m.sum(1).clamp_min(1.0)
+    raise ValueError(f"unknown head pool {pool!r}; choose from {', '.join(HEAD_POOLS)}")
 
 
 class ClassifierHead(nn.Module):
@@ -95,9 +110,11 @@ class ClassificationModel(TaskModel):
     """VtR -> MLP -> logits; cross-entropy against `labels` (-1 = unanswerable, ignored in the loss)."""
 
     def __init__(self, rc3: RC3Model, mode: str, task: str, num_labels: int, hidden_mult: int = 2,
-                 labels: Optional[Sequence[str]] = None) -> None:
+                 labels: Optional[Sequence[str]] = None, pool: str = "cls") -> None:
         super().__init__(rc3, mode)
-        self.task, self.num_labels, self.hidden_mult = task, num_labels, hidden_mult
+        if pool not in HEAD_POOLS:
+            raise ValueError(f"{task}: unknown head pool {pool!r}; choose from {', '.join(HEAD_POOLS)}")
+        self.task, self.num_labels, self.hidden_mult, self.pool = task, num_labels, hidden_mult, pool
         if labels is not None and len(labels) != num_labels:
             raise ValueError(f"{task}: {len(labels)} label names for {num_labels} labels")
         # Label names travel with the saved head so that predictions can be read without the task's data.
@@ -105,7 +122,7 @@ class ClassificationModel(TaskModel):
         self.head = ClassifierHead(rc3.d_model, num_labels, hidden_mult)
 
     def meta(self) -> dict[str, Any]:
-        out = {**super().meta(), "num_labels": self.num_labels, "hidden_mult": self.hidden_mult}
+        out = {**super().meta(), "num_labels": self.num_labels, "hidden_mult": self.hidden_mult, "pool": self.pool}
         if self.labels is not None:
             out["labels"] = self.labels
         return out
@@ -115,12 +132,14 @@ class ClassificationModel(TaskModel):
         hidden_mult = meta.get("hidden_mult")
         if hidden_mult is None:  # heads saved before hidden_mult was recorded: read it off the weights
             hidden_mult = state["head.net.1.weight"].shape[0] // rc3.d_model
-        return cls(rc3, meta["visual_mode"], meta["task"], int(meta["num_labels"]), int(hidden_mult), meta.get("labels"))
+        return cls(rc3, meta["visual_mode"], meta["task"], int(meta["num_labels"]), int(hidden_mult), meta.get("labels"),
+                   str(meta.get("pool", "cls")))  # heads saved before `pool` existed read [CLS]
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         from rc3.finetune.visual_batch import visual_of
 
-        vtr = self.rc3.vtr(batch["input_ids"], batch["attention_mask"], visual_of(batch), self.mode)
+        enc = self.rc3.encode(batch["input_ids"], batch["attention_mask"], visual_of(batch), self.mode)
+        vtr = pooled_state(enc.hidden, enc.text_start, batch["attention_mask"], self.pool)
         first = self.head.net[1]
         assert isinstance(first, nn.Linear)  # ClassifierHead.net: Dropout, Linear, ...
         logits = self.head(vtr.to(first.weight.dtype))
@@ -210,6 +229,10 @@ def load_head(model: TaskModel, directory: str | Path) -> bool:
     meta = json.loads((d / HEAD_META).read_text())
     if meta.get("task") != model.task:
         return False
+    pool = getattr(model, "pool", None)
+    if pool is not None and meta.get("pool", "cls") != pool:  # same shapes, another input: refuse, do not mix
+        raise ValueError(f"{d / HEAD_META}: the saved {model.task} head reads {meta.get('pool', 'cls')!r}, "
+                         f"this model {pool!r}; set model.head_pool={meta.get('pool', 'cls')} or start a new head")
     state = load_file(str(d / HEAD_WEIGHTS))
     own = model.head_state()
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
