@@ -84,4 +84,7 @@ def test_freeze_long_lived_collects_garbage_first(monkeypatch: pytest.MonkeyPatc
     del a, b
     total = heap.freeze_long_lived()
     assert ref() is None  # collected, not frozen forever
-    assert total == gc.get_freeze_count() > 0
+    # Nothing joins the permanent generation without another freeze, but frozen objects can still be freed
+    # between the two reads (another thread of the process can free its own; seen once under pytest -n 3:
+    # 1,054,279 returned, 1,054,277 read next): the count can only have fallen.
+    assert 0 < gc.get_freeze_count() <= total
