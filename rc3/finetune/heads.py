@@ -35,7 +35,7 @@ from rc3.tokenization import RC3Tokenizer
 
 HEAD_WEIGHTS = "task_head.safetensors"
 HEAD_META = "task_head.json"
-HEAD_POOLS = ("cls", "mean_text")  # what the classifier reads: the VtR (paper, Sec. 3) or the mean top text state
+HEAD_POOLS = ("cls", "mean_text")  # what the classifier reads: the VtR (paper, Appendix B) or the mean top text state
 
 
 def pooled_state(hidden: Tensor, text_start: int, text_mask: Tensor, pool: str) -> Tensor:
