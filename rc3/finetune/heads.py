@@ -75,6 +75,10 @@ class TaskModel(nn.Module):
     def head_state(self) -> dict[str, Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("rc3.")}
 
+    def check_saved_head(self, meta: Mapping[str, Any], where: Path) -> None:
+        """Raise when a saved head of this task (its task_head.json `meta`) fits this model's shapes but
+        reads another input; `load_head` compares the shapes itself."""
+
     @classmethod
     def from_meta(cls, rc3: RC3Model, meta: Mapping[str, Any], state: Mapping[str, Tensor]) -> TaskModel:
         """The untrained task model that `meta` (task_head.json) and the saved head `state` describe."""
@@ -121,6 +125,12 @@ class ClassificationModel(TaskModel):
         self.labels = list(labels) if labels is not None else None
         self.head = ClassifierHead(rc3.d_model, num_labels, hidden_mult)
 
+    def check_saved_head(self, meta: Mapping[str, Any], where: Path) -> None:
+        saved = meta.get("pool", "cls")  # heads saved before `pool` existed read [CLS]
+        if saved != self.pool:  # same shapes, another input: refuse, do not mix
+            raise ValueError(f"{where}: the saved {self.task} head reads {saved!r}, this model {self.pool!r}; "
+                             f"set model.head_pool={saved} or start a new head")
+
     def meta(self) -> dict[str, Any]:
         out = {**super().meta(), "num_labels": self.num_labels, "hidden_mult": self.hidden_mult, "pool": self.pool}
         if self.labels is not None:
@@ -139,10 +149,10 @@ class ClassificationModel(TaskModel):
         from rc3.finetune.visual_batch import visual_of
 
         enc = self.rc3.encode(batch["input_ids"], batch["attention_mask"], visual_of(batch), self.mode)
-        vtr = pooled_state(enc.hidden, enc.text_start, batch["attention_mask"], self.pool)
+        pooled = pooled_state(enc.hidden, enc.text_start, batch["attention_mask"], self.pool)
         first = self.head.net[1]
         assert isinstance(first, nn.Linear)  # ClassifierHead.net: Dropout, Linear, ...
-        logits = self.head(vtr.to(first.weight.dtype))
+        logits = self.head(pooled.to(first.weight.dtype))
         out = {"logits": logits}
         if "labels" in batch:
             out["loss"] = nn.functional.cross_entropy(logits.float(), batch["labels"], ignore_index=-1)
@@ -229,10 +239,7 @@ def load_head(model: TaskModel, directory: str | Path) -> bool:
     meta = json.loads((d / HEAD_META).read_text())
     if meta.get("task") != model.task:
         return False
-    pool = getattr(model, "pool", None)
-    if pool is not None and meta.get("pool", "cls") != pool:  # same shapes, another input: refuse, do not mix
-        raise ValueError(f"{d / HEAD_META}: the saved {model.task} head reads {meta.get('pool', 'cls')!r}, "
-                         f"this model {pool!r}; set model.head_pool={meta.get('pool', 'cls')} or start a new head")
+    model.check_saved_head(meta, d / HEAD_META)
     state = load_file(str(d / HEAD_WEIGHTS))
     own = model.head_state()
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
