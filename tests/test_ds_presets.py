@@ -29,7 +29,7 @@ def test_every_preset_starts_an_engine_and_steps(tokenizer_dir):
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["preset"]: r for r in map(json.loads, (line for line in proc.stdout.splitlines() if line.startswith("{")))}
-    assert sorted(results) == [p.name for p in PRESETS] and len(results) == 10
+    assert sorted(results) == [p.name for p in PRESETS] and len(results) == 11
     for preset in PRESETS:
         r, raw = results[preset.name], json.loads(preset.read_text())
         assert r["stage"] == raw["zero_optimization"]["stage"]
