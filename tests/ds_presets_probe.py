@@ -62,7 +62,8 @@ def main() -> None:
         print(json.dumps({"preset": preset.name, "stage": engine.zero_optimization_stage(),
                           "optimizer": type(engine.basic_optimizer).__name__, "bf16": bf16,
                           "offload": optimizer_offloaded(ds_config), "fused_adam": preset_fused_adam(cfg),
-                          "optimizer_block_left": "optimizer" in ds_config, "losses": losses}), flush=True)
+                          "optimizer_block_left": "optimizer" in ds_config,
+                          "overlap_comm": bool(engine.zero_overlap_comm()), "losses": losses}), flush=True)
         if hasattr(engine, "destroy"):  # release the engine's hooks before the next preset's
             engine.destroy()
     distributed.destroy_process_group()

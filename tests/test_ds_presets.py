@@ -33,6 +33,8 @@ def test_every_preset_starts_an_engine_and_steps(tokenizer_dir):
     for preset in PRESETS:
         r, raw = results[preset.name], json.loads(preset.read_text())
         assert r["stage"] == raw["zero_optimization"]["stage"]
+        # what the engine does with the preset's overlap switch (zero1_nooverlap: no per-parameter hooks)
+        assert r["overlap_comm"] == raw["zero_optimization"]["overlap_comm"], r
         offload = "offload_optimizer" in raw["zero_optimization"]
         assert r["offload"] == offload and r["optimizer"] == ("DeepSpeedCPUAdam" if offload else "AdamW"), r
         assert r["bf16"] == preset.stem.endswith("bf16")
