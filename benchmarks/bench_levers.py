@@ -61,7 +61,7 @@ def row_specs(micro: int) -> list[dict]:
         {"name": "sync-free", "set": {"perf.sync_free": "true"}, "cap": 90},
         {"name": "chunked-lm-loss", "set": {"perf.lm_loss_chunk": "8192"}, "cap": 90},
         {"name": "zero1", "set": {"train.deepspeed_config": "ds_configs/zero1_bf16.json"}, "cap": 90},
-        # no per-parameter gradient hooks: the host cost the CPU measures (BENCHMARKS.md, host overhead)
+        # no per-parameter gradient hooks, no overlap of the reduction with the backward (BENCHMARKS.md, host overhead)
         {"name": "zero1-no-overlap", "set": {"train.deepspeed_config": "ds_configs/zero1_nooverlap_bf16.json"}, "cap": 90},
         {"name": "all-max-micro", "set": ALL, "cap": 240, "max_micro": True},
         {"name": "compile-passes", "set": {"perf.compile": "passes"}, "cap": 240},
