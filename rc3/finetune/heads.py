@@ -38,6 +38,11 @@ HEAD_META = "task_head.json"
 HEAD_POOLS = ("cls", "mean_text")  # what the classifier reads: the VtR (paper, Appendix B) or the mean top text state
 
 
+def saved_pool(meta: Mapping[str, Any]) -> str:
+    """What a saved classification head reads, from its task_head.json (heads saved before `pool` existed read [CLS])."""
+    return str(meta.get("pool", "cls"))
+
+
 def pooled_state(hidden: Tensor, text_start: int, text_mask: Tensor, pool: str) -> Tensor:
     """[B, d]: the encoder's top state at [CLS] (`cls`) or the mean over the text positions that
     `text_mask` ([B, L_text]) marks (`mean_text`: [BOS], the words and the language code, no padding)."""
@@ -126,7 +131,7 @@ class ClassificationModel(TaskModel):
         self.head = ClassifierHead(rc3.d_model, num_labels, hidden_mult)
 
     def check_saved_head(self, meta: Mapping[str, Any], where: Path) -> None:
-        saved = meta.get("pool", "cls")  # heads saved before `pool` existed read [CLS]
+        saved = saved_pool(meta)
         if saved != self.pool:  # same shapes, another input: refuse, do not mix
             raise ValueError(f"{where}: the saved {self.task} head reads {saved!r}, this model {self.pool!r}; "
                              f"set model.head_pool={saved} or start a new head")
@@ -143,7 +148,7 @@ class ClassificationModel(TaskModel):
         if hidden_mult is None:  # heads saved before hidden_mult was recorded: read it off the weights
             hidden_mult = state["head.net.1.weight"].shape[0] // rc3.d_model
         return cls(rc3, meta["visual_mode"], meta["task"], int(meta["num_labels"]), int(hidden_mult), meta.get("labels"),
-                   str(meta.get("pool", "cls")))  # heads saved before `pool` existed read [CLS]
+                   saved_pool(meta))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         from rc3.finetune.visual_batch import visual_of
