@@ -116,6 +116,7 @@ def main() -> None:
     static_mem = torch.cuda.memory_allocated() / 2**30 if on_gpu else None  # weights, optimizer states
     fix = ((lambda b: perf.fix_batch_shapes(b, cfg.data.max_text_len, cfg.data.max_tgt_len, model.mbart.config.pad_token_id))
            if cfg.perf.fixed_shapes else (lambda b: b))
+    streams: ObjectiveStreams | None = None
     if args.data == "random":
         pool = [to_device(fix(random_objective_batches(vocab, micro, cfg.data.max_text_len, seed=args.seed * 2 + i,
                                                   image_size=cfg.model.image_size, regions=cfg.model.num_regions)),
@@ -174,6 +175,8 @@ def main() -> None:
             sync()
         key = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+    if streams is not None:
+        streams.close()
     n = args.steps
     peak = flop_count.peak_flops(cfg.train.peak_tflops) if on_gpu else None
     step_time = total / n

@@ -130,3 +130,50 @@ def test_run_config_sources_reach_the_training_streams(sources, tokenizer, tmp_p
         config_from_dict({"data": {**data, "dt_shards": "x"}})
     with pytest.raises(ConfigError, match=r"data.dt_sources\[1\].weight"):
         config_from_dict({"data": {**data, "dt_sources": [data["dt_sources"][0], {"shards": "x", "weight": -1}]}})
+
+
+EXIT_SCRIPT = """
+import sys
+from rc3.modeling import load_tokenizer
+from rc3.pretrain.config import config_from_dict
+from rc3.pretrain.streams import ObjectiveStreams
+
+def main():
+    off = {"enabled": False}
+    cfg = config_from_dict({
+        "model": {"tokenizer": sys.argv[1]},
+        "data": {"dt_shards": sys.argv[2], "langs": ["en", "de", "fr", "cs"], "num_workers": 1,
+                 "max_text_len": 16, "batches_per_epoch": 50},
+        "objectives": {"mclm": off, "itm": off, "rxvtcl_ds": off, "rxvtcl_dw": off},
+        "train": {"micro_batch_size": 5, "global_batch_size": 5}})
+    streams = ObjectiveStreams(cfg, load_tokenizer(cfg.model), rank=0, world_size=1)
+    assert streams.prefetch_steps > 0 and cfg.data.num_workers == 1
+    for _ in range(2):
+        streams.next_batches()
+    print("read two steps", flush=True)  # and return without streams.close()
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow(seconds=20)
+def test_streams_left_open_do_not_hang_interpreter_exit(sources, tokenizer_dir, tmp_path):
+    """A script that never closes its ObjectiveStreams still exits: loader workers ignore SIGTERM, and
+    multiprocessing's exit hook used to join them for as long as they waited for work (minutes)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "open_streams.py"
+    script.write_text(EXIT_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(tokenizer_dir), sources[0].shards], cwd=root,
+                              capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail("the script was still waiting after 240 s; it printed "
+                    f"{out[-500:]!r} (\"read two steps\" there = it hung at exit, on its loader workers)")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "read two steps" in proc.stdout

@@ -19,6 +19,7 @@ forkserver).
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import queue
 import sys
@@ -297,6 +298,10 @@ class ObjectiveStreams:
         self.multi = MultiObjectiveLoader(by_objective)
         self._it: Iterator[dict[str, dict]] | None = None
         self._prefetcher: StepPrefetcher | None = None
+        # Workers ignore SIGTERM, so a script that never calls close() would hang at exit in
+        # multiprocessing's own exit hook, joining a worker that waits for work (measured: minutes).
+        # Hooks run last-registered first, so this one runs before multiprocessing's.
+        atexit.register(self.close)
 
     def next_batches(self) -> dict[str, dict]:
         if self.prefetch_steps > 0:
@@ -320,7 +325,9 @@ class ObjectiveStreams:
 
     def close(self) -> None:
         """Stop every loader's workers. They ignore SIGTERM (rc3.data.pipeline), so any worker that did
-        not leave through the loader's own shutdown is killed here; else interpreter exit would wait on it."""
+        not leave through the loader's own shutdown is killed here; else interpreter exit would wait on it.
+        Runs at interpreter exit when not called before (registered in __init__)."""
+        atexit.unregister(self.close)
         self._stop_prefetch()
         self.multi.close()
         self._it = None
