@@ -14,8 +14,11 @@ shared-memory op of every CPU launch), pretraining's set-up in ``rc3.pretrain.lo
 is imported) and ``rc3.pretrain.engine.build_optimizer`` (CPU Adam, FusedAdam).
 Child processes (the ranks of a launch, data workers) inherit the variable.
 
-A build that was killed (Ctrl-C, a timeout) leaves its ``lock`` file behind, and torch's loader then
-waits on it forever without a word; ``use_environment_extension_dir`` names such a lock on stderr.
+Older torch loaders (``FileBaton``) wait while ``<op>/lock`` merely exists, so a build that was killed
+(Ctrl-C, a timeout) left a lock on which every later run waited forever without a word;
+``use_environment_extension_dir`` names such a lock on stderr. Newer ones hold an OS lock on that file
+(``FileLock``), which the kernel frees when its holder dies, and leave the file behind after every
+build: there a lock file is harmless and nothing is said.
 """
 from __future__ import annotations
 
@@ -52,8 +55,19 @@ def use_environment_extension_dir() -> str | None:
     return os.environ[VARIABLE]
 
 
+def loader_waits_on_lock_files() -> bool:
+    """True when torch's extension loader waits while a lock file exists (FileBaton); False when it holds
+    an OS lock on the file instead (FileLock: a file left behind blocks nobody)."""
+    from torch.utils import cpp_extension  # the callers are about to load DeepSpeed, which imports it
+
+    return not hasattr(cpp_extension, "FileLock")
+
+
 def stale_locks(cache: Path, max_age_s: float = STALE_LOCK_S) -> list[tuple[Path, float]]:
-    """Build locks under `cache` (<cache>/<op>/lock, torch's FileBaton) older than `max_age_s`, with their age in s."""
+    """Build locks under `cache` (<cache>/<op>/lock) older than `max_age_s`, with their age in s; none when
+    torch's loader does not wait on lock files (`loader_waits_on_lock_files`)."""
+    if not any(cache.glob("*/lock")) or not loader_waits_on_lock_files():
+        return []
     now = time.time()
     found = []
     for lock in sorted(cache.glob("*/lock")):
