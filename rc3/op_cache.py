@@ -66,11 +66,12 @@ def loader_waits_on_lock_files() -> bool:
 def stale_locks(cache: Path, max_age_s: float = STALE_LOCK_S) -> list[tuple[Path, float]]:
     """Build locks under `cache` (<cache>/<op>/lock) older than `max_age_s`, with their age in s; none when
     torch's loader does not wait on lock files (`loader_waits_on_lock_files`)."""
-    if not any(cache.glob("*/lock")) or not loader_waits_on_lock_files():
+    locks = sorted(cache.glob("*/lock"))
+    if not locks or not loader_waits_on_lock_files():  # torch is imported only when there is a lock to judge
         return []
     now = time.time()
     found = []
-    for lock in sorted(cache.glob("*/lock")):
+    for lock in locks:
         try:
             age = now - lock.stat().st_mtime
         except FileNotFoundError:  # the build finished while we looked

@@ -3,7 +3,10 @@ rank and worker, resume is exact, and resampling draws shards with replacement."
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,10 +164,6 @@ if __name__ == "__main__":
 def test_streams_left_open_do_not_hang_interpreter_exit(sources, tokenizer_dir, tmp_path):
     """A script that never closes its ObjectiveStreams still exits: loader workers ignore SIGTERM, and
     multiprocessing's exit hook used to join them for as long as they waited for work (minutes)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = tmp_path / "open_streams.py"
     script.write_text(EXIT_SCRIPT)
     root = Path(__file__).resolve().parents[1]
