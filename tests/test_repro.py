@@ -25,6 +25,16 @@ def test_mean_std_and_table() -> None:
     assert "| a | 15.0 ± 7.1 | 3.0 ± 1.4 | 3.0 ± 1.4 |" in md
 
 
+def test_baseline_row_names_xgqas_most_frequent_answer() -> None:
+    """world.json's xGQA baseline is the most frequent answer's share: the row must not call it chance."""
+    from rc3.synthetic.repro.synthetic_runs import GROUPS, LANGS, chance_row
+    fractions = {"xgqa_majority_answer": 0.125, "xgqa": 1 / 17, "xvnli": 1 / 3}
+    xgqa = chance_row(fractions, "xgqa", LANGS["xgqa"])
+    assert xgqa == "| most frequent answer | " + " | ".join(["12.5"] * (len(LANGS["xgqa"]) + len(GROUPS["xgqa"]))) + " |\n"
+    assert chance_row(fractions, "xvnli", LANGS["xvnli"]).startswith("| chance | 33.3 |")
+    assert chance_row(fractions, "mmt", []) == ""
+
+
 def test_nn_accuracy() -> None:
     q = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     assert nn_accuracy(q, q + 0.1) == 1.0

@@ -6,6 +6,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+# The name of a task's baseline row: xGQA's is the most frequent answer's share (world.json's
+# xgqa_majority_answer), not chance (1 / 17 answers); every other task's is chance.
+BASELINE_ROW = {"xgqa": "most frequent answer"}
+
 
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """The per-language rows of a finetuning run's results.json."""

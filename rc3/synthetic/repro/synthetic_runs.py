@@ -33,7 +33,7 @@ import yaml
 
 from rc3 import atomic
 from rc3.synthetic.repro.jobs import CHECKOUT, Job, require_checkout, run_jobs
-from rc3.synthetic.repro.report import fmt, lang_mean, read_results, table
+from rc3.synthetic.repro.report import BASELINE_ROW, fmt, lang_mean, read_results, table
 
 ROOT = CHECKOUT
 
@@ -259,11 +259,13 @@ def with_r10(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def chance_row(chance: dict[str, float], task: str, langs: list[str]) -> str:
-    """A table row with each language's chance level (world.json's fractions, in %), or '' for MMT."""
+    """A table row with each language's chance level (world.json's fractions, in %; xGQA: the most
+    frequent answer's share), or '' for MMT."""
     if task not in CHANCE:
         return ""
     value = 100.0 * chance[CHANCE[task]]
-    return "| chance | " + " | ".join([f"{value:.1f}"] * (len(langs) + len(GROUPS[task]))) + " |\n"
+    return (f"| {BASELINE_ROW.get(task, 'chance')} | "
+            + " | ".join([f"{value:.1f}"] * (len(langs) + len(GROUPS[task]))) + " |\n")
 
 
 def text_alignment(world: Path, model_dir: Path, langs: list[str]) -> dict[str, float]:
