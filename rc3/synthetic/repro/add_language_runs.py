@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from rc3 import atomic
 from rc3.synthetic.repro.jobs import CHECKOUT, Job, require_checkout, run_jobs
-from rc3.synthetic.repro.report import BASELINE_ROW, fmt, read_results, table
+from rc3.synthetic.repro.report import baseline_row, fmt, read_results, table
 
 ROOT = CHECKOUT
 
@@ -255,8 +255,7 @@ def summarise_synthetic(args: argparse.Namespace, where: dict[str, Any], langs: 
         for metric in metrics:
             md.append(f"\n### {task} ({metric}, %): finetuned on English, zero-shot elsewhere\n\n")
             md.append(table(task_runs, metric, LANGS[task], groups))
-            md.append(f"| {BASELINE_ROW.get(task, 'chance')} | "
-                      + " | ".join([f"{chance:.1f}"] * (len(LANGS[task]) + len(groups))) + " |\n")
+            md.append(baseline_row(task, chance, len(LANGS[task]) + len(groups)))
 
 
 def text_part(args: argparse.Namespace, where: dict[str, Any], langs: list[str], md: list[str],

@@ -11,6 +11,11 @@ from typing import Any, Mapping, Optional, Sequence
 BASELINE_ROW = {"xgqa": "most frequent answer"}
 
 
+def baseline_row(task: str, percent: float, columns: int) -> str:
+    """The table row under a task's variants: its baseline level (%) repeated over `columns` cells."""
+    return f"| {BASELINE_ROW.get(task, 'chance')} | " + " | ".join([f"{percent:.1f}"] * columns) + " |\n"
+
+
 def read_results(path: Path) -> dict[str, dict[str, Any]]:
     """The per-language rows of a finetuning run's results.json."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))

@@ -33,7 +33,7 @@ import yaml
 
 from rc3 import atomic
 from rc3.synthetic.repro.jobs import CHECKOUT, Job, require_checkout, run_jobs
-from rc3.synthetic.repro.report import BASELINE_ROW, fmt, lang_mean, read_results, table
+from rc3.synthetic.repro.report import baseline_row, fmt, lang_mean, read_results, table
 
 ROOT = CHECKOUT
 
@@ -263,9 +263,7 @@ def chance_row(chance: dict[str, float], task: str, langs: list[str]) -> str:
     frequent answer's share), or '' for MMT."""
     if task not in CHANCE:
         return ""
-    value = 100.0 * chance[CHANCE[task]]
-    return (f"| {BASELINE_ROW.get(task, 'chance')} | "
-            + " | ".join([f"{value:.1f}"] * (len(langs) + len(GROUPS[task]))) + " |\n")
+    return baseline_row(task, 100.0 * chance[CHANCE[task]], len(langs) + len(GROUPS[task]))
 
 
 def text_alignment(world: Path, model_dir: Path, langs: list[str]) -> dict[str, float]:
