@@ -7,9 +7,9 @@ STAMP := $(VENV)/.rc3-installed
 # torch with a torchvision that matches it (timm needs torchvision); override for your CUDA build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-# Tests run in 2 worker processes (pytest-xdist), a whole file at a time (a module's fixtures are built
-# once), the most expensive files first (tests/conftest.py); override with `make test XDIST="-n 4 ..."`,
-# or XDIST= for one process.
+# Tests run in 2 worker processes (pytest-xdist) of one compute thread each, a whole file at a time (a
+# module's fixtures are built once), the most expensive files first (both in tests/conftest.py); override
+# with `make test XDIST="-n 4 ..."`, or XDIST= for one process.
 XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint install clean

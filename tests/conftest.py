@@ -1,7 +1,15 @@
 """Shared pytest fixtures and markers."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One compute thread per test process, set before torch is imported, and inherited by every process a
+# test starts (deepspeed ranks, recipes, tools): `make test` runs two workers on two cores, and torch's
+# default (a thread per core in every process) oversubscribes them, with OpenMP threads spinning for
+# cores another process holds. Measured on the whole suite (2 cores, 2 workers): 1164 s -> 1064 s wall,
+# 29.6 -> 25.8 min of user CPU. A value set by the caller is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

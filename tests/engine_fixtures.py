@@ -98,8 +98,13 @@ def launch(config: Path, *extra: str, env: dict | None = None, nproc: int = 2, t
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # a timed-out launch takes its ranks with it
+        out, err = proc.communicate()
+        raise AssertionError(f"the {nproc}-rank run of {config.name} ({' '.join(extra) or 'fresh'}) gave no result "
+                             f"within {timeout:g} s; its last output:\n{out[-1500:]}\n{err[-2500:]}") from None
     finally:
-        if proc.poll() is None:  # a timed-out launch takes its ranks with it
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -22,6 +22,7 @@ from typing import Optional
 import pytest
 import torch
 from pickle_payload import tamper
+from procs import run_bounded
 
 from rc3.add_language import (
     AddLanguageOptions,
@@ -119,9 +120,10 @@ def test_unknown_language_and_bad_options(base: dict[str, Path], tmp_path: Path)
         AddLanguageOptions(lang="ru", trainable="all").check()
     tsv = tmp_path / "p.tsv"
     tsv.write_text("a red circle\tкрасный круг\n")
-    r = subprocess.run([sys.executable, "-m", "rc3.tools.add_language", "--model", str(base["full"]), "--lang", "klingon",
-                        "--parallel", str(tsv), "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = run_bounded([sys.executable, "-m", "rc3.tools.add_language", "--model", str(base["full"]), "--lang", "klingon",
+                     "--parallel", str(tsv), "--out", str(tmp_path / "o")], timeout=300,
+                    waiting_for="add_language refusing an unknown language", cwd=REPO,
+                    env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode != 0 and "unknown language 'klingon'" in r.stderr and not (tmp_path / "o").exists()
 
 
@@ -258,8 +260,8 @@ def test_kill_and_resume_gives_the_uninterrupted_result(base: dict[str, Path], t
         cmd = [sys.executable, "-m", "rc3.tools.add_language", "--model", str(base["full"]), "--lang", "ru", "--parallel",
                str(tsv), "--out", str(out), "--extend-vocab", "--new-vocab-size", "60", "--steps", "12",
                "--batch-size", "8", "--save-every", "4", "--trainable", "encoder", "--no-progress", *extra]
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                              env={**env, **({"RC3_KILL_AT": kill} if kill else {})})
+        return run_bounded(cmd, timeout=600, waiting_for=f"add_language --extend-vocab (kill at {kill})",
+                           cwd=REPO, env={**env, **({"RC3_KILL_AT": kill} if kill else {})})
 
     whole = run(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr

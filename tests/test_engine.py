@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from engine_fixtures import REPO, deepspeed_cmd, events, free_port, launch, step_losses, write_config, write_tiny_shards
+from procs import run_bounded
 
 pytestmark = pytest.mark.slow
 TOTAL = 10
@@ -156,8 +157,8 @@ def test_nan_on_one_rank_is_skipped_everywhere_then_sigterm_saves(setup):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
         # the rank processes (and their DataLoader workers), not the launcher
-        workers = subprocess.run(["pgrep", "-f", f"pretrain/main.py --local_rank=.*{cfg}"], capture_output=True,
-                                 text=True)
+        workers = run_bounded(["pgrep", "-f", f"pretrain/main.py --local_rank=.*{cfg}"], timeout=60,
+                              waiting_for="pgrep listing the rank processes")
         pids = [int(p) for p in workers.stdout.split() if int(p) != proc.pid]
         assert pids
         for pid in pids:  # what a cluster scheduler does on preemption

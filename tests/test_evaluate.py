@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from procs import run_bounded
 
 from rc3.evaluate import EvalOptions, LayoutError, evaluate
 from rc3.evaluate import runner as eval_runner
@@ -238,10 +239,7 @@ def test_every_task_and_language_of_the_synthetic_world(world: Path, model_dir: 
     for o in TINY:
         cmd += ["--set", o]
     env = {**os.environ, "RC3_NO_PROGRESS": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1100)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"rc3-evaluate on the synthetic world did not finish in 1100 s: {str(err.stdout)[-2000:]}") from None
+    proc = run_bounded(cmd, timeout=1100, waiting_for="rc3-evaluate on the synthetic world", cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     board = json.loads((out / "leaderboard.json").read_text())
     world_json = json.loads((world / "world.json").read_text())
@@ -388,10 +386,8 @@ def test_sigkilled_training_continues_from_its_checkpoint(world: Path, model_dir
     env = {**os.environ, "RC3_NO_PROGRESS": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
     def run(extra_env: dict[str, str]) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run(cmd, cwd=REPO, env={**env, **extra_env}, capture_output=True, text=True, timeout=800)
-        except subprocess.TimeoutExpired as err:
-            raise AssertionError(f"rc3-evaluate (xvnli) did not finish in 800 s: {str(err.stdout)[-2000:]}") from None
+        return run_bounded(cmd, timeout=800, waiting_for=f"rc3-evaluate (xvnli) with {extra_env}", cwd=REPO,
+                           env={**env, **extra_env})
 
     killed = run({"RC3_KILL_AT": "3"})  # the recipe's process SIGKILLs itself as optimizer step 3 begins
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])

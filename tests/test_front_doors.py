@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import run_bounded
 
 try:
     import tomllib
@@ -71,11 +71,8 @@ def front_doors() -> list[tuple[str, str]]:
 
 def probe(statement: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run([sys.executable, "-c", PROBE, statement, ",".join(HEAVY)], capture_output=True,
-                              text=True, env=env, cwd=REPO, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"`{statement}` did not finish within {TIMEOUT_S} s") from exc
+    proc = run_bounded([sys.executable, "-c", PROBE, statement, ",".join(HEAVY)], timeout=TIMEOUT_S,
+                       waiting_for=f"the import probe of `{statement}`", env=env, cwd=REPO)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
     assert proc.returncode == 0 and lines, f"`{statement}` failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return json.loads(lines[-1][len("PROBE "):])

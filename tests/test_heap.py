@@ -5,11 +5,11 @@ from __future__ import annotations
 import gc
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import run_bounded
 
 from rc3 import heap
 
@@ -30,11 +30,8 @@ def test_the_model_is_imported_with_the_collector_paused_and_frozen() -> None:
     names, what the commands use) leaves the collector on with torch's and transformers' objects frozen."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("RC3_GC_FREEZE", None)
-    try:
-        proc = subprocess.run([sys.executable, "-c", LAZY_MODEL_IMPORT], capture_output=True, text=True, env=env,
-                              timeout=300)
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError("the process importing rc3.modeling.RC3Model did not finish in 300 s") from exc
+    proc = run_bounded([sys.executable, "-c", LAZY_MODEL_IMPORT], timeout=300,
+                       waiting_for="the process importing rc3.modeling.RC3Model", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads(proc.stdout.splitlines()[-1])
     assert state["light"] == {"torch": False, "frozen": 0}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from procs import run_bounded
 from tiny import tiny_model_config
 
 from rc3.modeling import RC3Model
@@ -98,11 +99,8 @@ def test_auto_classes_are_registered_on_demand_not_by_import_rc3(reduced_dir: Pa
     """`import rc3` leaves transformers alone; `register_auto_classes()` (which loading or saving a model
     calls) makes AutoModel read the directory, and calling it again is harmless."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run([sys.executable, "-c", AUTO_IN_FRESH_PROCESS, str(reduced_dir)], capture_output=True,
-                              text=True, env=env, timeout=600)
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"the process loading {reduced_dir} with AutoModel did not finish in 600 s") from exc
+    proc = run_bounded([sys.executable, "-c", AUTO_IN_FRESH_PROCESS, str(reduced_dir)], timeout=600,
+                       waiting_for=f"the process loading {reduced_dir} with AutoModel", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split("\n")[:2] == ["unknown before registration", "RC3HFModel"], proc.stdout + proc.stderr[-2000:]
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from engine_fixtures import free_port
+from procs import run_bounded
 
 from rc3.synthetic.build import SIZES, make_world
 
@@ -45,11 +45,7 @@ def run_check(world: Path, out: Path, steps: int, *extra: str) -> dict[str, floa
     env = {**os.environ, "RC3_NO_PROGRESS": "1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, str(REPO / "tests" / "objective_check.py"), str(world), str(out), str(steps), *extra]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"no result within 900 s from {' '.join(cmd)} (training {steps} steps); "
-                             f"its last output: {(e.stderr or b'')[-2000:]!r}") from None
+    proc = run_bounded(cmd, timeout=900, waiting_for=f"the objective check training {steps} steps", cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -1,15 +1,16 @@
 """rc3.provenance: the commit stamp that benchmark figures carry."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
+
+from procs import run_bounded
 
 from rc3.provenance import git_commit
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return run_bounded(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], timeout=120,
+                       waiting_for=f"git {args[0]} in the test repository", cwd=repo, check=True).stdout.strip()
 
 
 def test_git_commit_names_only_the_changed_watched_files(tmp_path: Path) -> None:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from procs import run_bounded
 
 from rc3.synthetic.repro.report import fmt, lang_mean, mean_std, table
 from rc3.synthetic.repro.sentence_retrieval import nn_accuracy
@@ -59,8 +59,8 @@ def test_quick_pretraining_beats_no_pretraining(tmp_path: Path) -> None:
     re-ranked R@1 is checked to be reported.
     """
     out = tmp_path / "quick"
-    proc = subprocess.run([sys.executable, "tools/repro_synthetic.py", "--quick", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = run_bounded([sys.executable, "tools/repro_synthetic.py", "--quick", "--out", str(out)], timeout=1700,
+                       waiting_for="the quick reproduction (world, 200 pretraining steps, two ITR finetunes)", cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     full, random_init = "RC3 (all four objectives)", "no pretraining"
