@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 
 # One compute thread per test process, set before torch is imported, and inherited by every process a
-# test starts (deepspeed ranks, recipes, tools): `make test` runs two workers on two cores, and torch's
-# default (a thread per core in every process) oversubscribes them, with OpenMP threads spinning for
-# cores another process holds. Measured on the whole suite (2 cores, 2 workers): 1164 s -> 1064 s wall,
-# 29.6 -> 25.8 min of user CPU. A value set by the caller is kept.
+# test starts (deepspeed ranks, recipes, tools): `make test` runs several workers on two cores, and
+# torch's default (a thread per core in every process) oversubscribes them, with OpenMP threads spinning
+# for cores another process holds. Measured on the whole suite (2 cores, 2 workers): 1164 s -> 1064 s
+# wall, 29.6 -> 25.8 min of user CPU. A value set by the caller is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
@@ -37,7 +37,7 @@ def expected_seconds(item: pytest.Item) -> float:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Most expensive test files first, each file's tests in their own order.
 
-    `make test` hands whole files to two workers (`--dist loadfile`, so a module's fixtures are built
+    `make test` hands whole files to its workers (`--dist loadfile`, so a module's fixtures are built
     once), the next file to whichever finishes first. Started last, the longest file (the quick
     reproduction, ~10 min) used to run alone for its whole length while the other worker sat idle;
     longest first leaves the short files to fill the gaps."""
