@@ -3,7 +3,7 @@ safetensors file: the tensors as safetensors entries, the structure around them 
 metadata. Reading it back never unpickles anything.
 
 Written by hand because no well-kept library stores a torch `state_dict` with its non-tensor structure
-without pickle: `torch.save` is a pickle, torch.distributed.checkpoint pickles its metadata file,
+without pickle: `torch.save` is a pickle, PyTorch's distributed checkpoint (DCP) pickles its metadata file,
 safetensors takes a flat {name: tensor} dict only. The structure keeps what JSON alone would lose:
 integer dict keys (an optimizer's state is keyed by parameter index) and tuples (AdamW's `betas`).
 """
