@@ -57,7 +57,7 @@ def main() -> None:
     from rc3.vision.image_folder import extract_folder
 
     print(f"# bench_index_own_images  date={dt.datetime.now().astimezone().isoformat(timespec='seconds')}  "
-          f"commit={git_commit(['rc3/vision', 'rc3/inference.py', 'rc3/cli.py', 'benchmarks/bench_index_own_images.py'])}")
+          f"commit={git_commit(['rc3/vision', 'rc3/inference', 'rc3/cli.py', 'benchmarks/bench_index_own_images.py'])}")
     print(f"# device: CPU {platform.processor() or platform.machine()} (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads), load average {os.getloadavg()[0]:.1f}; "
           f"images {args.height}x{args.width}")

@@ -34,7 +34,7 @@ from rc3.provenance import git_commit
 # The tiny builders (configs, random batches, the naive R-XVtCL) live with the tests: tests/tiny.py.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-WATCHED = ["rc3/inference.py", "rc3/finetune/retrieval.py", "benchmarks/bench_inference.py"]
+WATCHED = ["rc3/inference", "rc3/finetune/retrieval.py", "benchmarks/bench_inference.py"]
 SIZES = {  # model config overrides; texts, images, index images, queries, k
     "tiny": ({}, 512, 256, 256, 64, 16),
     "paper": ({"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "attention_heads": 16, "ffn_dim": 4096,

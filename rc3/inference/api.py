@@ -1,48 +1,8 @@
-"""Use a trained RC3 model: embed, match, retrieve, classify and translate on one's own data.
-
-    from rc3.inference import load
-    m = load("runs/itr/model", device="cpu")              # any RC3 model directory, pretrained or finetuned
-    text_emb = m.embed_texts(["a dog on the grass"], lang="en")
-    image_emb = m.embed_images(["photos/1.jpg"])        # image files, PIL images or ROI features
-    scores = m.match(["photos/1.jpg"], ["a dog", "a cat"], lang="en")   # ITM logits [images, texts]
-    index = m.build_index(["photos/1.jpg", "photos/2.jpg"]); index.save("my.index")
-    hits = m.search(m.load_index("my.index"), ["ein Hund"], lang="de", k=10)   # FAISS + ITM re-rank
-    m.classify([("left.jpg", "right.jpg")], ["Ada dua anjing."], lang="id")  # a finetuned XVNLI/xGQA/MaRVL head
-    m.translate(["a dog runs"], images=["photos/1.jpg"], src="en", tgt="de", num_beams=4)
-
-What each function computes is what the finetuning recipes compute, so a finetuned model behaves
-here as in its evaluation:
-
-* `embed_texts`: the text-only TR (top encoder state at [BOS]); `embed_images`: the image-only VtR
-  (`[CLS] image`, no text). A model finetuned for retrieval (task_head.json says "itr") passes both
-  through its dual-encoder projections; any other model gives the raw states. Both are L2-normalised
-  (inner product = cosine), as the retrieval recipe uses them.
-* `match`: the ITM logit of `[CLS] image [BOS] text [LANG]` (the pretrained ITM head, or the one the
-  ITR recipe finetuned); a higher logit means a better match.
-* `search`: FAISS finds each query's top-k images by embedding similarity and the ITM head re-ranks
-  them (rc3.finetune.retrieval, the recipe's code path); k="all" scores every image, which is the recipe's
-  brute-force ranking (ties broken by image index). Indexes keep the images' visual inputs so that
-  re-ranking works after a reload, and remember which model built them.
-* `classify`: the finetuned classifier head over the VtR of `[CLS] image(s) [BOS] text [LANG]`;
-  label names come from task_head.json (MaRVL takes pairs of images).
-* `translate`: beam search with the target language tag forced first (the MMT recipe's decoding),
-  with or without the image.
-
-Visual inputs follow the model's visual mode: ROI features ({"roi"/"features": [n, 2048], "boxes":
-[n, 5] normalised, or [n, 4] in pixels with "img_w"/"img_h"}), keys of a feature store (`features=`)
-or image files / PIL images whose features are looked up by file stem in the store or extracted by
-a local Faster R-CNN (`detector_weights=`); patch mode reads pixels from files or PIL images.
-`detector_weights` takes either detector of tools/extract_roi_features.py, told apart by the file's
-contents (rc3.vision.extractors.weights_kind): the bottom-up-attention R101-C4 that
-tools/convert_butd_weights.py writes, IGLUE's feature space, for models trained on IGLUE features;
-or torchvision's COCO fasterrcnn_resnet50_fpn, another feature space (`detector_kind=` insists on
-one). Features extracted here equal what the tool writes for the same image and weights.
-Long inputs show a progress bar. Nothing here imports the training code (DeepSpeed, the trainer).
-"""
+"""`RC3Inference` (embed, match, search, classify, translate over one loaded model directory) and `load`,
+which builds it from any RC3 model directory; the package docstring (rc3/inference/__init__.py) says what
+each function computes."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -55,24 +15,22 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rc3 import atomic
 from rc3.data.collate import pad_batch
 from rc3.data.features import normalise_boxes
-from rc3.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, load_image, resize_uint8
-from rc3.finetune.heads import HEAD_META, HEAD_WEIGHTS, ClassificationModel, TaskModel
+from rc3.data.images import ImageDecodeError, load_image, resize_uint8
+from rc3.finetune.heads import HEAD_META, ClassificationModel, TaskModel
 from rc3.finetune.registry import DOWNSTREAM
 from rc3.finetune.retrieval import FaissIndex, iter_reranked, rank_candidates
+from rc3.inference.images import ImageInput, collate_images
+from rc3.inference.index import Hit, ImageIndex, model_fingerprint
 from rc3.modeling import RC3Model
-from rc3.modeling.model import RC3_CONFIG_FILE, WEIGHTS_FILE, run_directory_hint
+from rc3.modeling.model import RC3_CONFIG_FILE, run_directory_hint
 from rc3.modeling.visual import visual_mode
 from rc3.modeling.visual_inputs import ImageLocator, VisualSource, key_candidates, pad_regions
 from rc3.tokenization import RC3Tokenizer, check_lang
 
-ImageInput = Union[str, os.PathLike, Image.Image, Mapping[str, Any]]
 K = Union[int, Literal["all"]]
 PROGRESS_MIN = 256  # inputs shorter than this get no progress bar
-INDEX_META, INDEX_FAISS, INDEX_VISUAL = "index.json", "index.faiss", "visual.safetensors"
-INDEX_FORMAT = 1
 
 
 class TextTruncatedWarning(UserWarning):
@@ -82,17 +40,6 @@ class TextTruncatedWarning(UserWarning):
 # How errors name the inputs: these Python names by default; the `rc3` command passes its flags.
 ARG_NAMES = {"features": "features=[store.h5]", "detector_weights": "detector_weights=<weights>"}
 
-@dataclass
-class Hit:
-    """One search result: the image's position in the index, its name, the ranking score (the ITM
-    logit when re-ranked, else the embedding similarity) and the embedding similarity."""
-
-    rank: int
-    index: int
-    name: str
-    score: float
-    similarity: float
-
 
 @dataclass
 class Prediction:
@@ -101,101 +48,6 @@ class Prediction:
     probability: float
     probabilities: dict[str, float] = field(repr=False)
 
-
-@dataclass
-class ImageIndex:
-    """Images ready for search: names, normalised embeddings in a FAISS index, and the per-image visual
-    inputs the ITM re-ranking needs (ROI features float32, pixels uint8 as resized)."""
-
-    names: list[str]
-    embeddings: Tensor
-    visual: list[dict[str, Tensor]]
-    mode: str
-    model_id: str
-    faiss: FaissIndex
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write `index.json`, `index.faiss` and `visual.safetensors` into a temp dir renamed into place."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
-        with atomic.produced_dir(out) as tmp:
-            self.faiss.save(tmp / INDEX_FAISS)
-            stacked = {k: torch.stack([v[k] for v in self.visual]).contiguous() for k in self.visual[0]}
-            save_file(stacked, str(tmp / INDEX_VISUAL))
-            meta = {"format": INDEX_FORMAT, "names": self.names, "mode": self.mode, "model": self.model_id,
-                    "dim": int(self.embeddings.shape[1])}
-            (tmp / INDEX_META).write_text(json.dumps(meta, ensure_ascii=False))
-        return out
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> ImageIndex:
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        for name in (INDEX_META, INDEX_FAISS, INDEX_VISUAL):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d}: no {name}; not an index written by ImageIndex.save (rc3 index)")
-        try:
-            meta = json.loads((d / INDEX_META).read_text())
-            names, mode, model_id = list(meta["names"]), str(meta["mode"]), str(meta["model"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{d / INDEX_META}: unreadable index metadata ({err}); rebuild the index") from None
-        if meta.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{d}: index format {meta.get('format')!r}, this version reads {INDEX_FORMAT}; rebuild it")
-        index = FaissIndex.load(d / INDEX_FAISS)
-        stacked = load_file(str(d / INDEX_VISUAL))
-        if index.ntotal != len(names) or any(len(v) != len(names) for v in stacked.values()):
-            raise ValueError(f"{d}: {len(names)} names but {index.ntotal} vectors / "
-                             f"{[len(v) for v in stacked.values()]} visual rows; the index is damaged, rebuild it")
-        embeddings = index.vectors()
-        visual = [{k: v[i] for k, v in stacked.items()} for i in range(len(names))]
-        return cls(names, embeddings, visual, mode, model_id, index)
-
-
-def model_fingerprint(directory: str | os.PathLike) -> str:
-    """A cheap identity of a model directory's weights: its configs, head weights, and the size and
-    first / last MiB of model.safetensors (hashing gigabytes on every load would be slow)."""
-    d = Path(directory)
-    h = hashlib.sha256()
-    for name in (RC3_CONFIG_FILE, HEAD_META, HEAD_WEIGHTS):
-        if (d / name).is_file():
-            h.update(name.encode() + (d / name).read_bytes())
-    weights = d / WEIGHTS_FILE
-    if weights.is_file():
-        size = weights.stat().st_size
-        h.update(str(size).encode())
-        with weights.open("rb") as f:
-            h.update(f.read(1 << 20))
-            f.seek(max(0, size - (1 << 20)))
-            h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
-def normalise_pixels(u8: Tensor) -> Tensor:
-    """uint8 [..., 3, S, S] -> float32 ImageNet-normalised, the arithmetic of rc3.data.images.image_to_tensor
-    (so pixels give bit-identical inputs whether they come from here or from the finetuning loaders)."""
-    x = u8.numpy().astype(np.float32) * np.float32(1.0 / 255.0)
-    x -= np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
-    x /= np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
-    return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def collate_images(items: Sequence[Mapping[str, Tensor]], suffix: str = "") -> dict[str, Tensor]:
-    """Stack per-image tensors (as `RC3Inference.load_image` gives them) into the model's visual dict."""
-    out: dict[str, Tensor] = {}
-    if "roi" in items[0]:
-        out[f"roi{suffix}"] = torch.stack([it["roi"].float() for it in items])
-        out[f"boxes{suffix}"] = torch.stack([it["boxes"].float() for it in items])
-        out[f"roi_mask{suffix}"] = torch.stack([it["roi_mask"].bool() for it in items])
-    if "pixels" in items[0]:
-        out[f"pixels{suffix}"] = normalise_pixels(torch.stack([it["pixels"] for it in items]))
-    return out
 
 
 class RC3Inference:
