@@ -7,15 +7,14 @@ STAMP := $(VENV)/.rc3-installed
 # torch with a torchvision that matches it (timm needs torchvision); override for your CUDA build.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-# Tests run in 3 worker processes (pytest-xdist) of one compute thread each, a whole file at a time (a
-# module's fixtures are built once), the most expensive files first (both in tests/conftest.py). Three on
-# two cores: many tests wait on processes they started (launchers, stalled servers, timeouts), and with two
-# workers the cores were busy 1.6 of 2 on average; measured on the whole suite, 2 cores, in a checkout that
-# has run it before: 2 workers 1064 s, 3 workers 930 s. On a fresh clone (`.ci/run`: the quick
-# reproduction builds its world first and is the longest path) 3 workers took 1148 s, where 2 workers
-# with torch's default threads took 1090-1170 s. Override with `make test XDIST="-n 2 ..."`, or XDIST=
-# for one process.
-XDIST ?= -n 3 --dist loadfile --no-loadscope-reorder
+# Tests run in 2 worker processes (pytest-xdist) of one compute thread each, a whole file at a time (a
+# module's fixtures are built once), the most expensive files first (both in tests/conftest.py). Measured
+# on the whole suite, 2 cores: in a checkout that has run it before, 2 workers 1064 s and 3 workers 930 s
+# (many tests wait on processes they started); on a fresh clone (`.ci/run`), where the quick reproduction
+# builds its world first and is the longest path, 3 workers took 1148 s, slower than 2 (it shares the
+# cores with three). Override with `make test XDIST="-n 3 ..."` in a warm checkout, or XDIST= for one
+# process.
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint install clean
 
