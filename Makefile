@@ -11,9 +11,9 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # module's fixtures are built once), the most expensive files first (both in tests/conftest.py). Measured
 # on the whole suite, 2 cores: in a checkout that has run it before, 2 workers 1064 s and 3 workers 930 s
 # (many tests wait on processes they started); on a fresh clone (`.ci/run`), where the quick reproduction
-# builds its world first and is the longest path, 3 workers took 1148 s, slower than 2 (it shares the
-# cores with three). Override with `make test XDIST="-n 3 ..."` in a warm checkout, or XDIST= for one
-# process.
+# builds its world first and is the longest path (388 s with 2 workers, 677 s sharing the cores with 3),
+# 2 workers took 1118 s and 3 workers 1148 s. Override with `make test XDIST="-n 3 ..."` in a warm
+# checkout, or XDIST= for one process.
 XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast lint install clean
