@@ -49,9 +49,8 @@ class Prediction:
     probabilities: dict[str, float] = field(repr=False)
 
 
-
 class RC3Inference:
-    """A loaded model directory and what it can do; build with `load(...)` (see the module docstring)."""
+    """A loaded model directory and what it can do; build with `load(...)` (see the docstring of rc3/inference/__init__.py)."""
 
     def __init__(self, rc3: RC3Model, tokenizer: RC3Tokenizer, task_model: Optional[TaskModel] = None,
                  device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None, batch_size: int = 32,
