@@ -91,6 +91,7 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     from rc3.pretrain import loop, perf
     from rc3.pretrain.config import load_config
     from rc3.pretrain.engine import build_optimizer, resolve_ds_config
+    from rc3.pretrain.nonfinite import GradientWatch, StepGate
     from rc3.pretrain.objectives import ObjectiveState
     from rc3.run_log import RunLogger
 
@@ -100,8 +101,11 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     perf.apply(model, cfg.perf)
     dist.init_from_launcher()
     ds_config, accum, _ = resolve_ds_config(cfg, 1, False)
-    optimizer, scheduler = build_optimizer(model, cfg, False)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+    # perf.flat_params (checkouts older than it wrap the model itself)
+    module = perf.engine_module(model, cfg) if hasattr(perf, "engine_module") else model
+    optimizer, scheduler = build_optimizer(module, cfg, False)
+    gate, watch = StepGate(optimizer), GradientWatch(module)  # as the training run sets them up
+    engine, _, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=ds_config)
     micro, pad = cfg.train.micro_batch_size, model.mbart.config.pad_token_id
     pool = [random_objective_batches(cfg.model.vocab_size, micro, cfg.data.max_text_len, seed=seed * 2 + i,
@@ -111,7 +115,7 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     logger = RunLogger(tempfile.gettempdir(), False)
     gather = dist.gather_with_offset if cfg.objectives.xtcl_gather else None
     return loop.Run(cfg, engine, scheduler, streams, state, logger, None, torch.device("cpu"), False, pad,
-                    accum, 0, 1, gather)
+                    accum, 0, 1, gather, watch, gate)
 
 
 def dynamo_counts() -> dict[str, int]:

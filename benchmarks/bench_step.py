@@ -93,9 +93,10 @@ def main() -> None:
         dist.init_from_launcher()
         cfg.train.global_batch_size = micro  # one process: accumulation 1, every micro-step an optimizer step
         ds_config, _, bf16 = resolve_ds_config(cfg, 1, on_gpu)
-        optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
+        module = perf.engine_module(model, cfg)  # perf.flat_params: the flat-parameter holder, as training wraps it
+        optimizer, scheduler = build_optimizer(module, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
                                                fused_adam=preset_fused_adam(cfg))
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
         forward, backward, step = engine, engine.backward, engine.step
     else:
         bf16 = on_gpu and cfg.train.precision != "fp32"

@@ -7,6 +7,7 @@ Inside a tag under `run_dir/checkpoints/`:
     step_00000100/            DeepSpeed's files for this tag (every rank writes its ZeRO partition)
         rng_rank00000.safetensors   each rank's RNG states (DeepSpeed does not save them)
         data_rank00000.json         each rank's data-stream position and skip counts
+        flat_params.json            with perf.flat_params: which named tensors each flat tensor holds
         COMPLETE                    written by rank 0 after every rank has finished, with the manifest
 
 DeepSpeed's own `latest` is turned off (it is written before every rank has finished); the store's
@@ -25,6 +26,7 @@ from typing import Any, Callable, Optional
 from rc3 import atomic, fault_injection, rng, safe_load
 from rc3 import distributed as comm
 from rc3.checkpoints.store import COMPLETE, LATEST, TAG_RE, CheckpointError, CheckpointStore, tag_for
+from rc3.pretrain.flat_params import LAYOUT_FILE, FlatParameters
 from rc3.pretrain.preemption import Preemption
 
 log = logging.getLogger("rc3.checkpoint")
@@ -56,6 +58,8 @@ class CheckpointManager(CheckpointStore):
                                save_latest=False)
         fault_injection.maybe_crash_in_save(step, rank)
         fault_injection.maybe_stall_in_save(step, rank)
+        if rank == 0 and isinstance(getattr(engine, "module", None), FlatParameters):  # perf.flat_params: the partitions' layout
+            atomic.write_text(path / LAYOUT_FILE, engine.module.layout_json(), fsync=True)
         rng.save(path / f"rng_rank{rank:05d}.safetensors")
         atomic.write_text(path / f"data_rank{rank:05d}.json", json.dumps(data_state), fsync=True)
         self.publish(tag, {"step": step})
@@ -71,6 +75,12 @@ class CheckpointManager(CheckpointStore):
             raise CheckpointError(f"{path} was written by {meta['world_size']} ranks, this run has {world}; "
                                   "resume with the same number of ranks (or convert it with "
                                   "tools/zero_to_safetensors.py and start a new run from the model directory)")
+        flat_saved, flat_now = (path / LAYOUT_FILE).is_file(), isinstance(getattr(engine, "module", None), FlatParameters)
+        if flat_saved != flat_now:
+            raise CheckpointError(f"{path} was written with perf.flat_params={str(flat_saved).lower()} and this run has "
+                                  f"perf.flat_params={str(flat_now).lower()}: the optimizer's partitions differ; resume "
+                                  "with the setting it was written with (or convert it with tools/zero_to_safetensors.py "
+                                  "and start a new run from the model directory)")
         # DeepSpeed unpickles its state files with weights_only=False: read them weights-only instead
         # (rc3.safe_load), so a tampered file is refused, naming it, before anything in it runs
         try:

@@ -136,6 +136,9 @@ class PerfConfig:
     # LM-head cross-entropy (MLM and decoder) over chunks of this many positions, recomputing each
     # chunk's logits in the backward: never holds the full [positions, vocab] logits; 0 = off
     lm_loss_chunk: int = 0
+    # hold each optimizer group's weights in one flat parameter (rc3/pretrain/flat_params.py): DeepSpeed
+    # ZeRO-1/2 and the gradient watch then walk 2 tensors a step instead of one per weight (not ZeRO-3)
+    flat_params: bool = False
 
 
 @dataclass

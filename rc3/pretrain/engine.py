@@ -14,6 +14,7 @@ from rc3.config import ConfigError
 from rc3.op_cache import use_environment_extension_dir
 from rc3.optim import lr_factor, param_groups, use_bf16
 from rc3.pretrain.config import RC3Config
+from rc3.pretrain.flat_params import FlatParameters
 
 log = logging.getLogger("rc3.train")
 
@@ -40,6 +41,11 @@ def resolve_ds_config(cfg: RC3Config, world_size: int, on_gpu: bool) -> tuple[di
                               f"(global {t.global_batch_size} = micro {t.micro_batch_size} x accumulation {accum} "
                               f"x world {world_size}); use \"auto\" in the preset")
         ds[key] = value
+    stage = int((ds.get("zero_optimization") or {}).get("stage", 0))
+    if cfg.perf.flat_params and stage not in (1, 2):
+        raise ConfigError("perf.flat_params", f"{path} runs ZeRO stage {stage}; flat parameters are for ZeRO-1 and "
+                          "ZeRO-2 (stage 3 partitions the parameters themselves and would gather each flat tensor "
+                          "whole); pick a zero1/zero2 preset or set perf.flat_params=false")
     if _is_fused_adam_marker(ds.get("optimizer")):
         ds.pop("optimizer")  # read by preset_fused_adam: the client optimizer is DeepSpeed's FusedAdam
     bf16 = use_bf16(t.precision, preset_bf16=bool(ds.get("bf16", {}).get("enabled", False)) and on_gpu)
@@ -107,7 +113,8 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
     CPU, where that kernel does not exist, torch's optimizer is used and a warning says so."""
     use_environment_extension_dir()  # CPU Adam / FusedAdam compile into this environment's cache
     o = cfg.optim
-    groups = param_groups(model.named_parameters(), o.weight_decay)
+    groups = (model.optimizer_groups() if isinstance(model, FlatParameters)  # perf.flat_params: one tensor a group
+              else param_groups(model.named_parameters(), o.weight_decay))
     if offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 

@@ -142,11 +142,12 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
     perf.apply(model, cfg.perf)  # perf.*: chunked LM loss, prebuilt masks, torch.compile (all off by default)
     if rank == 0:
         model.save_pretrained(run_dir / "model_card", tokenizer_dir=tokenizer_dir(cfg), overwrite=True, weights=False)
-    optimizer, scheduler = build_optimizer(model, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
+    module = perf.engine_module(model, cfg)  # the model, or its flat-parameter holder (perf.flat_params)
+    optimizer, scheduler = build_optimizer(module, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
                                            fused_adam=preset_fused_adam(cfg))
     gate = StepGate(optimizer)  # before DeepSpeed wraps it: the update of a non-finite step is skipped here
-    watch = GradientWatch(model)
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+    watch = GradientWatch(module)
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
     streams = ObjectiveStreams(cfg, tokenizer, rank, world)
     state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)

@@ -14,6 +14,8 @@ tests/test_perf_levers.py states); BENCHMARKS.md ("Throughput levers") says what
   per-objective metrics as device tensors (`MetricSums`), read once per optimizer step, with or without
   the lever (the sums are bit for bit those of host floats).
 * perf.lm_loss_chunk: the MLM and decoder losses through `rc3.pretrain.losses.chunked_lm_cross_entropy`.
+* perf.flat_params (`engine_module`): the engine wraps `rc3.pretrain.flat_params.FlatParameters`, one flat
+  parameter per optimizer group, instead of the model's 530 tensors (ZeRO-1/2 only).
 
 `HostSyncCounter` counts the calls that make the host wait for the device (`.item()`, `.tolist()`,
 `bool(t)`, `.cpu()`, copies to or from the CPU, ...) on any device, so tests on the CPU can show
@@ -29,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from rc3.pretrain.config import PerfConfig
+from rc3.pretrain.config import PerfConfig, RC3Config
 
 if TYPE_CHECKING:
     from rc3.modeling.model import RC3Model
@@ -117,6 +119,15 @@ def apply(model: RC3Model, perf: PerfConfig) -> None:
     model.prebuilt_masks = perf.sync_free
     if perf.compile != "off":
         compile_model(model, perf.compile, perf.compile_mode, dynamic=False if perf.fixed_shapes else None)
+
+
+def engine_module(model: RC3Model, cfg: RC3Config) -> torch.nn.Module:
+    """What the engine wraps: `model`, or with perf.flat_params its flat-parameter holder (after `apply`)."""
+    if not cfg.perf.flat_params:
+        return model
+    from rc3.pretrain.flat_params import FlatParameters
+
+    return FlatParameters(model, cfg.optim.weight_decay)
 
 
 def mark_step_begin(perf: PerfConfig) -> None:

@@ -125,7 +125,15 @@ def convert(run_dir: Path, out_dir: Path, tag: str | None = None, overwrite: boo
 
     tag_dir = resolve_tag(run_dir, tag)
     model = RC3Model.from_pretrained(card, load_weights=False)
-    load_into(model, consolidated_state_dict(tag_dir), tag_dir)
+    state = consolidated_state_dict(tag_dir)
+    if any(k.startswith("flat.") for k in state):  # written with perf.flat_params: split back into named tensors
+        from rc3.pretrain.flat_params import LAYOUT_FILE, unflatten
+
+        try:
+            state = unflatten(state, tag_dir / LAYOUT_FILE)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+    load_into(model, state, tag_dir)
     return model.save_pretrained(out_dir, tokenizer_dir=card, overwrite=overwrite)
 
 
