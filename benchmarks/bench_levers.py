@@ -45,6 +45,7 @@ SMOKE = ["--set", "model.d_model=32", "--set", "model.encoder_layers=2", "--set"
 
 ALL = {"perf.fixed_shapes": "true", "perf.compile": "passes", "perf.compile_mode": "reduce-overhead",
        "perf.sync_free": "true", "perf.lm_loss_chunk": "8192", "perf.flat_params": "true",
+       "perf.fuse_encoder_calls": "true",
        # ZeRO-2 as in eager (measured no slower than ZeRO-1 on one GPU; ZeRO-1 has its own row). torch's
        # fused AdamW already steps on the GPU; DeepSpeed's FusedAdam (its own row) builds a CUDA kernel on
        # first use, a minute this matrix cannot spare in every row
@@ -62,6 +63,8 @@ def row_specs(micro: int) -> list[dict]:
         {"name": "chunked-lm-loss", "set": {"perf.lm_loss_chunk": "8192"}, "cap": 90},
         # two flat parameters instead of 530: DeepSpeed's per-parameter hooks, norms and copies (BENCHMARKS.md)
         {"name": "flat-params", "set": {"perf.flat_params": "true"}, "cap": 90},
+        # one ROI encoder pass for MCLM, ITM and R-XVtCL on Ds instead of three (rc3/pretrain/encode_requests.py)
+        {"name": "fused-encoder-calls", "set": {"perf.fuse_encoder_calls": "true"}, "cap": 90},
         {"name": "zero1", "set": {"train.deepspeed_config": "ds_configs/zero1_bf16.json"}, "cap": 90},
         # no per-parameter gradient hooks, no overlap of the reduction with the backward (BENCHMARKS.md, host overhead)
         {"name": "zero1-no-overlap", "set": {"train.deepspeed_config": "ds_configs/zero1_nooverlap_bf16.json"}, "cap": 90},

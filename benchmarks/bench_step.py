@@ -147,7 +147,8 @@ def main() -> None:
         counter = flop_count.FlopCounter()
         perf.mark_step_begin(cfg.perf)
         with counter:
-            out = forward(compute_losses, batches, cfg.objectives, state, gen, None)
+            out = forward(compute_losses, batches, cfg.objectives, state, gen, None,
+                          cfg.perf.fuse_encoder_calls)
             backward(out.loss)
         step()
         if args.losses:
@@ -162,7 +163,8 @@ def main() -> None:
     syncs = None
     if args.check_syncs:
         syncs = count_step_syncs(on_gpu, lambda: (perf.mark_step_begin(cfg.perf), forward(
-            compute_losses, next_batches(0), cfg.objectives, state, gen, None)), backward, step)
+            compute_losses, next_batches(0), cfg.objectives, state, gen, None,
+            cfg.perf.fuse_encoder_calls)), backward, step)
         for part, calls in syncs.items():
             print(f"host syncs, {part}: {len(calls)}" + "".join(f"\n  {c}" for c in calls[:12]))
     if args.profile:
@@ -170,7 +172,8 @@ def main() -> None:
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
         with profile(activities=acts) as prof:
-            out = forward(compute_losses, next_batches(0), cfg.objectives, state, gen, None)
+            out = forward(compute_losses, next_batches(0), cfg.objectives, state, gen, None,
+            cfg.perf.fuse_encoder_calls)
             backward(out.loss)
             step()
             sync()

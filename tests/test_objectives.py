@@ -118,8 +118,8 @@ def test_dw_kl_is_the_papers_and_moves_the_loss(batches):
     torch.testing.assert_close(kl.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-4, atol=1e-6)
     # the registered Dw objective: its total with objectives.kl on is the total without it plus the KL
     objective = OBJECTIVES.get("rxvtcl_dw")
-    on = objective.loss(ObjectiveContext(model, cfg, p_avg, torch.Generator().manual_seed(0)), dict(batch))
-    off = objective.loss(ObjectiveContext(model, dataclasses.replace(cfg, kl=False), p_avg,
+    on = objective.result(ObjectiveContext(model, cfg, p_avg, torch.Generator().manual_seed(0)), dict(batch))
+    off = objective.result(ObjectiveContext(model, dataclasses.replace(cfg, kl=False), p_avg,
                                           torch.Generator().manual_seed(0)), dict(batch))
     assert "kl" in on.extras and "kl" not in off.extras
     assert float((on.loss - off.loss).detach()) > 0.01

@@ -6,7 +6,8 @@ logged numbers are the same float64 sums in the same order. With it the model pa
 `perf.fixed_shapes` / `perf.lm_loss_chunk` change the summation order of attention and of the
 LM-head logits, so the comparison is within 1e-4 relative per logged loss, plus 1e-6 absolute for
 the KL term, which sits near 0 (8e-6 at step 2) (float32, 3 steps at lr 1e-3). Dropout is off: padded
-tensors are larger, so the same seed draws other dropout masks.
+tensors are larger, and merged encoder calls (`perf.fuse_encoder_calls`) fewer, so the same seed draws other
+dropout masks. `perf.flat_params` changes nothing but the engine's view of the weights (tests/test_flat_params.py).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_training_loop_with_levers_logs_the_plain_losses(tmp_path, tokenizer_dir
     runs = {}
     for name, sets in {"plain": ["model.dropout=0.0"],
                        "levers": ["model.dropout=0.0", "perf.sync_free=true", "perf.fixed_shapes=true",
-                                  "perf.lm_loss_chunk=8"]}.items():
+                                  "perf.lm_loss_chunk=8", "perf.flat_params=true", "perf.fuse_encoder_calls=true"]}.items():
         run_dir = tmp_path / name
         cfg = write_config(tmp_path / f"{name}.yaml", tokenizer_dir, shards, run_dir, total_steps=STEPS,
                            save_every=100)

@@ -290,7 +290,7 @@ def test_rxvtcl_on_ds_encodes_the_captions_not_the_mclm_input(model, tokenizer, 
     calls = spy_visual_encodes(monkeypatch)
     cfg, p_avg = ObjectivesConfig(), 0.7
     objective = OBJECTIVES.get("rxvtcl_ds")
-    result = objective.loss(ObjectiveContext(model, cfg, p_avg, torch.Generator().manual_seed(0)), dict(batch))
+    result = objective.result(ObjectiveContext(model, cfg, p_avg, torch.Generator().manual_seed(0)), dict(batch))
     assert calls, "R-XVtCL encoded no visio-textual sequence"
     named = _name_sequences(tokenizer, samples, calls)  # raises on <mask> or on ids of no caption string
     assert {lang for _, _, lang in named} == {lang for pair in pairs for lang in pair}

@@ -139,6 +139,9 @@ class PerfConfig:
     # hold each optimizer group's weights in one flat parameter (rc3/pretrain/flat_params.py): DeepSpeed
     # ZeRO-1/2 and the gradient watch then walk 2 tensors a step instead of one per weight (not ZeRO-3)
     flat_params: bool = False
+    # one encoder call for the objectives' calls of one kind (MCLM, ITM and R-XVtCL on Ds: one ROI pass instead of
+    # three) instead of one per objective (rc3/pretrain/encode_requests.py); dropout then draws other masks
+    fuse_encoder_calls: bool = False
 
 
 @dataclass

@@ -209,7 +209,7 @@ def train_step(run: Run) -> StepDone:
         perf.mark_step_begin(cfg.perf)
         gen = torch.Generator().manual_seed(zlib.crc32(f"{cfg.train.seed}:{step}:{good}:{run.rank}".encode()))
         with counter:
-            out = engine(compute_losses, batches, cfg.objectives, run.state, gen, run.gather)
+            out = engine(compute_losses, batches, cfg.objectives, run.state, gen, run.gather, cfg.perf.fuse_encoder_calls)
         loss = out.loss
         if fault_injection.nan_loss(step + 1, run.rank, first_attempt=attempts == 0):
             loss = loss * float("nan")

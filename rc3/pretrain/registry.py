@@ -59,7 +59,9 @@ class ObjectiveContext:
 class Objective:
     name: str  # config section objectives.<name>, log key
     stream: str  # the STREAMS entry whose batch it reads
-    loss: Callable[[ObjectiveContext, Mapping[str, Any]], ObjectiveResult]
+    # -> ObjectiveResult, or a generator that yields its encoder calls (rc3.pretrain.encode_requests.EncodeRequest)
+    # and returns one: compute_losses can then merge them with other objectives' (perf.fuse_encoder_calls)
+    loss: Callable[[ObjectiveContext, Mapping[str, Any]], Any]
     p_avg_group: Optional[str] = None  # contrastive objectives: the p_avg tracker shared by this group (Eq. 6)
     config: type = ObjectiveConfig  # its section's dataclass (an ObjectiveConfig subclass may add keys)
     validate: Optional[Callable[[Any], None]] = None  # cross-field checks on the whole RC3Config (raise ConfigError)
@@ -70,6 +72,12 @@ class Objective:
     # on when the config does not say: the paper's objectives only, so that the configs written for
     # them (configs/*.yaml, saved runs) mean what they meant; any other objective is off unless switched on
     enabled_by_default: bool = False
+
+    def result(self, ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
+        """The objective's result on `batch`; a generator loss's encoder calls are made one by one, as it asks."""
+        from rc3.pretrain.encode_requests import result_of  # torch: imported when a loss runs, not with the config
+
+        return result_of(ctx.model, self.loss(ctx, batch))
 
     def default_section(self) -> Any:
         """Its config section as a config that does not mention it reads."""

@@ -39,6 +39,7 @@ from rc3.data.collate import DsCollator
 from rc3.modeling import RC3Model, flops
 from rc3.pretrain import losses
 from rc3.pretrain.config import ObjectivesConfig, RC3Config
+from rc3.pretrain.encode_requests import EncodeRequest, Steps, run_direct, run_merged
 from rc3.pretrain.registry import OBJECTIVES, STREAMS, Objective, ObjectiveContext, ObjectiveResult, Stream
 from rc3.tokenization import RC3Tokenizer
 
@@ -137,7 +138,12 @@ def _pad_id(model: RC3Model) -> int:
 # ---- MCLM and ITM --------------------------------------------------------------------------
 
 def mclm(model: RC3Model, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-    enc = model.encode(batch["mlm_ids"], batch["src_mask"], _visual(batch), ds_visual_mode(model, batch))
+    return run_direct(model, mclm_steps(model, batch))
+
+
+def mclm_steps(model: RC3Model, batch: Mapping[str, Any]) -> Steps[tuple[Tensor, dict[str, Tensor]]]:
+    """MCLM as an objective generator (rc3.pretrain.encode_requests): yields its encoder call."""
+    enc = yield EncodeRequest(batch["mlm_ids"], batch["src_mask"], _visual(batch), ds_visual_mode(model, batch))
     if model.lm_loss_chunk:  # perf.lm_loss_chunk: the same two losses without the full [positions, V] logits
         mlm = lm_head_loss(model, enc.hidden[:, enc.text_start:], batch["mlm_labels"])
         dec = lm_head_loss(model, model.decode_hidden(batch["dec_input_ids"], batch["dec_mask"], enc),
@@ -174,6 +180,12 @@ def itm_negative_captions(b: int, how: str, generator: torch.Generator) -> Tenso
 
 def itm(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator,
         negatives: str = "shift") -> tuple[Tensor, dict[str, Tensor]]:
+    return run_direct(model, itm_steps(model, batch, generator, negatives))
+
+
+def itm_steps(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator,
+              negatives: str = "shift") -> Steps[tuple[Tensor, dict[str, Tensor]]]:
+    """ITM as an objective generator (rc3.pretrain.encode_requests): yields its encoder call."""
     ids, mask = batch["src_ids"], batch["src_mask"]
     b = ids.shape[0]
     if b < 2:
@@ -185,8 +197,8 @@ def itm(model: RC3Model, batch: Mapping[str, Any], generator: torch.Generator,
     else:
         other = to_device_async(itm_negative_captions(b, negatives, generator), ids.device)
     text_index = torch.cat([index[:b], other])
-    scores = model.itm_logits(model.vtr(ids[text_index], mask[text_index], _visual(batch), ds_visual_mode(model, batch),
-                                        visual_index=index))
+    enc = yield EncodeRequest(ids[text_index], mask[text_index], _visual(batch), ds_visual_mode(model, batch), index)
+    scores = model.itm_logits(enc.hidden[:, 0])  # VtR: the top state at [CLS]
     loss = losses.itm_loss(scores, targets)
     acc = ((scores > 0).float() == targets).float().mean()
     return loss, {"itm_acc": acc.detach()}
@@ -308,6 +320,14 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
 
     Reads the captions as written (`src_ids` = x^i, `tgt_ids` = x^j); `generator` draws the other
     triplets when `cfg.rxvtcl_others` is "random"."""
+    return run_direct(model, rxvtcl_steps(model, batch, p_avg, cfg, mode, with_kl, generator))
+
+
+def rxvtcl_steps(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: ObjectivesConfig, mode: str,
+                 with_kl: bool, generator: Optional[torch.Generator] = None
+                 ) -> Steps[tuple[Tensor, Tensor, Optional[Tensor]]]:
+    """R-XVtCL as an objective generator (rc3.pretrain.encode_requests): yields its visio-textual encoder
+    call; the KL term's P_tr pass (text only, without dropout) runs inline."""
     src_ids, tgt_ids = batch["src_ids"], batch["tgt_ids"]
     b, dev = src_ids.shape[0], src_ids.device
     if cfg.rxvtcl_others == "shift":
@@ -319,7 +339,7 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
     texts = pad_cat(src_ids, tgt_ids, _pad_id(model))
     masks = pad_cat(batch["src_mask"], batch["tgt_mask"], False)
     # Every sequence in one encoder call; each of the B images goes through the visual front end once.
-    vtr = model.vtr(texts[plan.text], masks[plan.text], _visual(batch), mode, visual_index=plan.image)
+    vtr = (yield EncodeRequest(texts[plan.text], masks[plan.text], _visual(batch), mode, plan.image)).hidden[:, 0]
     anchor, positive, negatives = vtr[plan.anchor], vtr[plan.positive], vtr[plan.negatives]
     contrastive = losses.interpolated_contrastive_loss(anchor, positive, negatives, p_avg, cfg.zeta,
                                                        detach_lambda=cfg.detach_lambda)
@@ -344,13 +364,16 @@ def rxvtcl(model: RC3Model, batch: Mapping[str, Any], p_avg: float, cfg: Objecti
 
 # ---- the registered objectives ---------------------------------------------------------------
 
-def _mclm(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
-    loss, extra = mclm(ctx.model, batch)
+# The losses of MCLM, ITM and R-XVtCL are generators that yield their encoder calls (compute_losses runs
+# them one by one, or merged under perf.fuse_encoder_calls: rc3.pretrain.encode_requests).
+
+def _mclm(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> Steps[ObjectiveResult]:
+    loss, extra = yield from mclm_steps(ctx.model, batch)
     return ObjectiveResult(loss, extras=extra)
 
 
-def _itm(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
-    loss, extra = itm(ctx.model, batch, ctx.generator, ctx.cfg.itm_negatives)
+def _itm(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> Steps[ObjectiveResult]:
+    loss, extra = yield from itm_steps(ctx.model, batch, ctx.generator, ctx.cfg.itm_negatives)
     return ObjectiveResult(loss, extras=extra)
 
 
@@ -359,13 +382,14 @@ def _xtcl(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
     return ObjectiveResult(loss, plain, {"xtcl_negatives": negatives})
 
 
-def _rxvtcl_ds(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
-    loss, plain, _ = rxvtcl(ctx.model, batch, ctx.p_avg, ctx.cfg, ds_visual_mode(ctx.model, batch), False, ctx.generator)
+def _rxvtcl_ds(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> Steps[ObjectiveResult]:
+    loss, plain, _ = yield from rxvtcl_steps(ctx.model, batch, ctx.p_avg, ctx.cfg, ds_visual_mode(ctx.model, batch),
+                                             False, ctx.generator)
     return ObjectiveResult(loss, plain)
 
 
-def _rxvtcl_dw(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> ObjectiveResult:
-    loss, plain, kl = rxvtcl(ctx.model, batch, ctx.p_avg, ctx.cfg, "patch", ctx.cfg.kl, ctx.generator)
+def _rxvtcl_dw(ctx: ObjectiveContext, batch: Mapping[str, Any]) -> Steps[ObjectiveResult]:
+    loss, plain, kl = yield from rxvtcl_steps(ctx.model, batch, ctx.p_avg, ctx.cfg, "patch", ctx.cfg.kl, ctx.generator)
     return ObjectiveResult(loss, plain, {} if kl is None else {"kl": kl})
 
 
@@ -417,19 +441,27 @@ OBJECTIVES.register(Objective("rxvtcl_dw", stream="dw", loss=_rxvtcl_dw, p_avg_g
 
 def compute_losses(model: RC3Model, batches: Mapping[str, Mapping[str, Any]], cfg: ObjectivesConfig,
                    state: ObjectiveState, generator: torch.Generator,
-                   gather: Optional[Callable[[Tensor], tuple[Tensor, int]]] = None) -> ObjectiveOutput:
+                   gather: Optional[Callable[[Tensor], tuple[Tensor, int]]] = None,
+                   fuse_encoder_calls: bool = False) -> ObjectiveOutput:
     """Run every enabled objective on its batch and sum the weighted losses.
 
     `batches` maps objective -> batch (objectives on one stream, e.g. "mclm" and "itm", may share one).
     `generator` drives the ITM negative choice and random R-XVtCL others (seeded per micro-step by the
-    training loop so resumes are exact).
+    training loop so resumes are exact). `fuse_encoder_calls` (perf.fuse_encoder_calls) merges the
+    objectives' encoder calls of one kind into one call each.
     """
     total: Optional[Tensor] = None
     out = ObjectiveOutput(loss=torch.zeros(()))
+    contexts = {}
     for name in cfg.enabled():
         objective = OBJECTIVES.get(name)
         p_avg = state.p_avg(name) if objective.p_avg_group is not None else 0.0
-        result = objective.loss(ObjectiveContext(model, cfg, p_avg, generator, gather), batches[name])
+        contexts[name] = ObjectiveContext(model, cfg, p_avg, generator, gather)
+    if fuse_encoder_calls:  # every objective's encoder calls of one kind merged (rc3.pretrain.encode_requests)
+        results = run_merged(model, {name: OBJECTIVES.get(name).loss(ctx, batches[name]) for name, ctx in contexts.items()})
+    else:  # one after the other, each encoder call as the objective makes it
+        results = {name: OBJECTIVES.get(name).result(ctx, batches[name]) for name, ctx in contexts.items()}
+    for name, result in results.items():
         weighted = cfg.section(name).weight * result.loss
         total = weighted if total is None else total + weighted
         out.parts[name] = result.loss.detach()
