@@ -13,9 +13,10 @@ ZeRO-2) with every *size* shrunk (d_model 8, 1 head, FFN 8, vocabulary 512, patc
 micro-batch 2, fp32) but the same modules, parameter tensors, sequence lengths (text 40, 36 ROI
 regions, 49 patches) and the same Python path: `rc3.pretrain.loop.train_step`, the function the
 training run calls each step, on a one-rank DeepSpeed engine over gloo, fed random batches of the
-paper's shapes. The kernels then take a small part of the step (about a fifth, nearly all of it the
-CPU attention kernels, in a torch.profiler table of one step: BENCHMARKS.md), so the step's CPU time
-is an upper bound of its host time. One thread (OMP_NUM_THREADS=1) and the
+paper's shapes, with the gradient watch and step gate the training run sets up (its non-finite-gradient
+check hooks every weight; added 2026-12-07, so earlier figures leave it out). The kernels then take a
+small part of the step (about a fifth, nearly all of it the CPU attention kernels, in a torch.profiler
+table of one step: BENCHMARKS.md), so the step's CPU time is an upper bound of its host time. One thread (OMP_NUM_THREADS=1) and the
 process's CPU time, not wall time, make the figure hold on a machine shared with other jobs.
 
 Per step it reports: CPU and wall milliseconds (medians), host syncs (rc3.pretrain.perf.HostSyncCounter around

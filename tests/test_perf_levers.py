@@ -285,6 +285,32 @@ def test_chunked_path_counts_the_same_flops():
     assert counts[0] == counts[1] > 0
 
 
+def test_visual_front_end_flops_are_counted_from_the_input_shapes():
+    """The ROI and patch projections' FLOPs, written out from the shapes: 2 x tokens x d_in x d_out
+    each, x3 with gradients (forward + backward); counted once per encode, whether or not the front end
+    is compiled (the count runs beside it)."""
+    model = tiny_model(torch.float32)
+    c = model.cfg
+    d = model.d_model
+    g = torch.Generator().manual_seed(0)
+    b, regions = 3, c.num_regions
+    roi = {"roi": torch.randn(b, regions, c.roi_dim, generator=g), "boxes": torch.rand(b, regions, 5, generator=g)}
+    pixels = {"pixels": torch.randint(0, 255, (b, 3, c.image_size, c.image_size), dtype=torch.uint8, generator=g)}
+    patches = (c.image_size // c.patch_size) ** 2
+    want = {"roi": 2 * b * regions * c.roi_dim * d,
+            "patch": 2 * b * patches * (3 * c.patch_size ** 2 * c.patch_dim + c.patch_dim * d)}
+    for mode, visual in (("roi", roi), ("patch", pixels)):
+        with flops.FlopCounter() as fc:
+            model.visual.count_flops(visual, mode)
+        assert fc.flops == 3 * want[mode], mode
+        with flops.FlopCounter() as whole:  # an encode counts its front end once, beside the encoder pass
+            with torch.no_grad():
+                enc = model.encode(torch.full((b, 4), 5), torch.ones(b, 4, dtype=torch.long), visual, mode)
+        seq = enc.hidden.shape[1]
+        layers, ffn = model.mbart.config.encoder_layers, model.mbart.config.encoder_ffn_dim
+        assert whole.flops == want[mode] + b * seq * layers * (8 * d * d + 4 * d * ffn + 4 * seq * d), mode
+
+
 # ---- torch.compile of whole passes, fixed shapes ---------------------------------------------------
 
 def _compiled_frames() -> int:
@@ -312,6 +338,9 @@ def test_fixed_shapes_compile_once_over_varying_lengths():
                 after_first = _compiled_frames()
         if fixed:
             assert _compiled_frames() == after_first > 0
+            from torch._dynamo.utils import counters
+            # nothing splits a compiled pass (the FLOP counter's calls stay outside the visual front end)
+            assert not counters["graph_break"], dict(counters["graph_break"])
             # the FLOP counter still sees every pass from inside the compiled modules (visual projections)
             counts = []
             for m in (model, tiny_model(torch.float32)):

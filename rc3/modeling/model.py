@@ -241,6 +241,7 @@ class RC3Model(nn.Module):
             embeds, mask, start = text, text_mask, 0
         else:
             vis, vis_mask = self.visual(visual, mode or self.cfg.visual_mode)
+            self.visual.count_flops(visual, mode or self.cfg.visual_mode)  # outside the (possibly compiled) front end
             if visual_index is not None:
                 # index_select, not vis[visual_index]: the backward of advanced indexing accumulates with
                 # several CPU threads in a nondeterministic order, which would break bit-exact resumes.

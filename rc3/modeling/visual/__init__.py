@@ -91,8 +91,12 @@ class ROIEmbedding(nn.Module):
     def uses_boxes(self) -> bool:
         return self.projection == "fc_boxes_norm"
 
-    def forward(self, roi: torch.Tensor, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def count_flops(self, roi: torch.Tensor) -> None:
+        """Add what `forward(roi)` computes to the active FLOP counter (called by the model, outside this
+        module: a count inside would split a compiled front end into pieces, see VisualFrontEnd.count_flops)."""
         flops.linear(roi.shape[:-1].numel(), roi.shape[-1], self.feature_proj.out_features)
+
+    def forward(self, roi: torch.Tensor, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.uses_boxes:
             return self.feature_proj(roi)
         if boxes is None:
@@ -123,13 +127,16 @@ class PatchEmbedding(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.num_patches = (image_size // patch_size) ** 2
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if pixels.dtype == torch.uint8:
-            pixels = ((pixels.float() - self.mean) / self.std).to(self.proj.weight.dtype)
-        tokens = pixels.shape[0] * self.num_patches
+    def count_flops(self, images: int) -> None:
+        """Add what `forward` computes on `images` images to the active FLOP counter (see ROIEmbedding.count_flops)."""
+        tokens = images * self.num_patches
         conv = self.patch_embed.proj
         flops.linear(tokens, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
         flops.linear(tokens, self.proj.in_features, self.proj.out_features)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype == torch.uint8:
+            pixels = ((pixels.float() - self.mean) / self.std).to(self.proj.weight.dtype)
         return self.norm(self.proj(self.patch_embed(pixels)))
 
 
@@ -144,6 +151,9 @@ class _ROITokens(ROIEmbedding):
         return tokens, (mask.bool() if mask is not None else torch.ones(tokens.shape[:2], dtype=torch.bool,
                                                                         device=tokens.device))
 
+    def count(self, visual: Mapping[str, torch.Tensor], suffix: str) -> None:
+        self.count_flops(_need(visual, f"roi{suffix}", "roi"))
+
 
 class _PatchTokens(PatchEmbedding):
     """The patch front end on a batch: pixels{suffix} (uint8, normalised here, or float)."""
@@ -152,6 +162,9 @@ class _PatchTokens(PatchEmbedding):
         pixels = _need(visual, f"pixels{suffix}", "patch")
         tokens = self(pixels if pixels.dtype == torch.uint8 else pixels.to(dtype))
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+    def count(self, visual: Mapping[str, torch.Tensor], suffix: str) -> None:
+        self.count_flops(_need(visual, f"pixels{suffix}", "patch").shape[0])
 
 
 FRONT_ENDS.register(FrontEnd("roi", ("roi", "boxes", "roi_mask"), "features",
@@ -220,6 +233,18 @@ class VisualFrontEnd(nn.Module):
             parts += [self.special_token(SEP2, b), tokens2]
             masks += [ones, mask2]
         return torch.cat(parts, dim=1), torch.cat(masks, dim=1)
+
+
+    def count_flops(self, visual: Mapping[str, torch.Tensor], mode: str) -> None:
+        """Add what `forward(visual, mode)` computes to the active FLOP counter. The model calls this next to
+        the forward, not inside it: the counter is plain Python (`torch.compiler.disable`), and a call inside
+        a compiled front end (perf.compile=passes) split it into several graphs. A front end without a
+        `count(visual, suffix)` method is not counted."""
+        for suffix in ("", "2") if _has_second_image(visual) else ("",):
+            for name in visual_mode(mode).parts:
+                count = getattr(getattr(self, name, None), "count", None)
+                if count is not None:
+                    count(visual, suffix)
 
 
 def _has_second_image(visual: Mapping[str, torch.Tensor]) -> bool:
