@@ -1,8 +1,9 @@
 """Run `rc3.pretrain.loop.train` for the config given and record what every pretraining objective encodes.
 
 `python tests/probe_objective_inputs.py CONFIG OUT.json [KEY=VALUE ...]`: one real run (DeepSpeed
-engine, shard loaders, optimizer steps) with spies on the objective functions of `rc3.pretrain.objectives` and on
-`RC3Model.encode`. OUT.json lists, per task, the batch keys the task received and, per encoder call,
+engine, shard loaders, optimizer steps) with spies on the objective functions of `rc3.pretrain.objectives` (the
+generators of MCLM, ITM and R-XVtCL, XTCL's function) and on `RC3Model.encode`. OUT.json lists, per task,
+the batch keys the task received and, per encoder call,
 the number of sequences, how many of them hold <mask> among their real tokens, and whether the call
 had a visual input. tests/test_objective_inputs.py reads it.
 """
@@ -38,9 +39,24 @@ def main(config: str, out: str, overrides: list[str]) -> None:
                 current["task"] = None
         return wrapped
 
-    for name in ("mclm", "itm", "xtcl"):
-        setattr(objectives, name, spy_task(lambda _b, n=name: n, getattr(objectives, name)))
-    objectives.rxvtcl = spy_task(lambda b: "rxvtcl_ds" if "roi" in b else "rxvtcl_dw", objectives.rxvtcl)
+    def spy_steps(name_of, fn):
+        # MCLM, ITM and R-XVtCL are generators that yield their encoder calls (rc3.pretrain.encode_requests):
+        # the call is made while the generator waits at its yield, so the task stays current until it returns
+        def wrapped(model, batch, *args, **kwargs):
+            name = name_of(batch)
+            entry = record.setdefault(name, {"batch_keys": sorted(batch), "calls": []})
+            entry["batch_keys"] = sorted(set(entry["batch_keys"]) | set(batch))
+            current["task"] = name
+            try:
+                return (yield from fn(model, batch, *args, **kwargs))
+            finally:
+                current["task"] = None
+        return wrapped
+
+    objectives.xtcl = spy_task(lambda _b: "xtcl", objectives.xtcl)
+    for name in ("mclm", "itm"):
+        setattr(objectives, f"{name}_steps", spy_steps(lambda _b, n=name: n, getattr(objectives, f"{name}_steps")))
+    objectives.rxvtcl_steps = spy_steps(lambda b: "rxvtcl_ds" if "roi" in b else "rxvtcl_dw", objectives.rxvtcl_steps)
     real_encode = RC3Model.encode
 
     def encode(self, input_ids, attention_mask, visual=None, mode=None, visual_index=None):
