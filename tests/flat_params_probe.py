@@ -8,7 +8,8 @@ dropout 0.1, gradient clipping), fed the same random batches of the paper's shap
 * `plain` / `flat`: each step's logged losses of the two engines (same seed, same batches);
 * `weights_max_diff`: the largest difference between the two models' weights after the steps;
 * `converted_max_diff`: the flat run's checkpoint consolidated by tools/zero_to_safetensors.py's path
-  (DeepSpeed's fp32 partitions, split by flat_params.json) against the weights the engine holds;
+  (DeepSpeed's fp32 partitions, split by flat_params.json, and the buffers from its module file) against the
+  weights and buffers the engine holds; `converted_keys_missing`: what the model has and the conversion lacks;
 * `resumed` / `continued`: the losses of two more steps from the checkpoint in a fresh flat engine, and of
   the engine that saved it;
 * `plain_from_flat_error`: what a plain engine says when asked to resume the flat checkpoint.
@@ -85,8 +86,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from rc3 import distributed as dist
     from rc3.pretrain.checkpoints import CheckpointError, CheckpointManager
-    from rc3.pretrain.flat_params import LAYOUT_FILE, unflatten
-    from rc3.tools.zero_to_safetensors import consolidated_state_dict
+    from rc3.tools.zero_to_safetensors import model_state
 
     dist.init_from_launcher(300.0)
     plain_run, plain_model = build([])
@@ -98,9 +98,10 @@ def main() -> None:
     manager = CheckpointManager(args.out / "flat", keep_last=3)
     tag = manager.save(flat_run.engine, flat_run.step, {"objectives": flat_run.state.state_dict()}, {})
     tag_dir = manager.dir / tag
-    converted = unflatten(consolidated_state_dict(tag_dir), tag_dir / LAYOUT_FILE)
+    converted = model_state(tag_dir)  # what tools/zero_to_safetensors.py writes into the model directory
     held = {k: v for k, v in flat_model.state_dict().items() if k in converted}
-    report["converted_keys_missing"] = sorted(set(dict(flat_model.named_parameters())) - set(converted))
+    tied = {"mbart.lm_head.weight", "mbart.model.encoder.embed_tokens.weight", "mbart.model.decoder.embed_tokens.weight"}
+    report["converted_keys_missing"] = sorted(set(flat_model.state_dict()) - set(converted) - tied)  # weights and buffers
     report["converted_max_diff"] = max_diff(converted, held)
 
     resumed_run, _ = build(["perf.flat_params=true"], seed=7)  # other initial weights: the load must replace them

@@ -93,6 +93,39 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
                               "it may be incomplete (a rank did not finish writing): pick another --tag") from None
 
 
+def model_state(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's fp32 weights and buffers under the model's names: DeepSpeed's consolidation, with
+    the flat tensors of a perf.flat_params run split back (flat_params.json) and its buffers added."""
+    state = consolidated_state_dict(tag_dir)
+    if any(k.startswith("flat.") for k in state):
+        from rc3.pretrain.flat_params import LAYOUT_FILE, unflatten
+
+        try:
+            state = unflatten(state, tag_dir / LAYOUT_FILE)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        state = {**module_buffers(tag_dir, state), **state}
+    return state
+
+
+def module_buffers(tag_dir: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of DeepSpeed's module file that `state` lacks. Under perf.flat_params DeepSpeed lists
+    the buffers of the module it wraps, which holds none of its own (the model's sit below it, unlisted),
+    so its consolidation leaves them out; the module file holds them under the model's names."""
+    import torch
+
+    from rc3 import safe_load
+
+    files = sorted(tag_dir.glob("*model_states.pt"))
+    try:
+        module = safe_load.load(files[0])["module"]
+    except safe_load.UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from None
+    except (IndexError, KeyError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {tag_dir}: cannot read the module file for its buffers ({err})") from None
+    return {k: v for k, v in module.items() if k not in state and torch.is_tensor(v)}
+
+
 def load_into(model: RC3Model, state: dict[str, torch.Tensor], source: Path) -> None:
     """Copy `state` into `model`, requiring every parameter and buffer and nothing else."""
     expected = model.state_dict()
@@ -125,15 +158,7 @@ def convert(run_dir: Path, out_dir: Path, tag: str | None = None, overwrite: boo
 
     tag_dir = resolve_tag(run_dir, tag)
     model = RC3Model.from_pretrained(card, load_weights=False)
-    state = consolidated_state_dict(tag_dir)
-    if any(k.startswith("flat.") for k in state):  # written with perf.flat_params: split back into named tensors
-        from rc3.pretrain.flat_params import LAYOUT_FILE, unflatten
-
-        try:
-            state = unflatten(state, tag_dir / LAYOUT_FILE)
-        except ValueError as err:
-            raise CheckpointError(str(err)) from None
-    load_into(model, state, tag_dir)
+    load_into(model, model_state(tag_dir), tag_dir)
     return model.save_pretrained(out_dir, tokenizer_dir=card, overwrite=overwrite)
 
 
