@@ -16,8 +16,9 @@ training run calls each step, on a one-rank DeepSpeed engine over gloo, fed rand
 paper's shapes, with the gradient watch and step gate the training run sets up (its non-finite-gradient
 check hooks every weight; added 2026-12-07, so earlier figures leave it out). The kernels then take a
 small part of the step (about a fifth, nearly all of it the CPU attention kernels, in a torch.profiler
-table of one step: BENCHMARKS.md), so the step's CPU time is an upper bound of its host time. One thread (OMP_NUM_THREADS=1) and the
-process's CPU time, not wall time, make the figure hold on a machine shared with other jobs.
+table of one step: BENCHMARKS.md), so the step's CPU time is an upper bound of its host time. One thread
+(OMP_NUM_THREADS=1) and the process's CPU time, not wall time, make the figure hold on a machine shared
+with other jobs.
 
 Per step it reports: CPU and wall milliseconds (medians), host syncs (rc3.pretrain.perf.HostSyncCounter around
 `train_step`: each `.item()`, `bool(t)`, device -> host copy, ... it would do on a GPU), and under

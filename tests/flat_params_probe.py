@@ -1,9 +1,9 @@
 """Train, save, convert and resume one-rank DeepSpeed engines with and without perf.flat_params.
 
-Run by tests/test_flat_params.py in its own process (one CPU rank, gloo). The model is configs/paper.yaml
-with every size shrunk (benchmarks/bench_host.py's SHRUNK: 12 + 12 layers, all five losses, ZeRO-2,
-dropout 0.1, gradient clipping), fed the same random batches of the paper's shapes through
-`rc3.pretrain.loop.train_step`. Prints one JSON line:
+Run by tests/test_flat_params.py in its own process (one CPU rank, gloo). Each run is
+benchmarks/bench_host.py's `build_run`: configs/paper.yaml with every size shrunk (here also 2 + 2 layers,
+short texts, 4 regions, 64 px images), all five losses, ZeRO-2, dropout 0.1, gradient clipping, the gradient
+watch and step gate, fed random batches through `rc3.pretrain.loop.train_step`. Prints one JSON line:
 
 * `plain` / `flat`: each step's logged losses of the two engines (same seed, same batches);
 * `weights_max_diff`: the largest difference between the two models' weights after the steps;
@@ -19,6 +19,7 @@ dropout 0.1, gradient clipping), fed the same random batches of the paper's shap
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -29,41 +30,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def build(sets: list[str], seed: int = 0):  # noqa: ANN201 (a loop.Run)
-    import deepspeed
-    from bench_host import SHRUNK, RandomStreams
-    from tiny import random_objective_batches
+def build(sets: list[str], seed: int = 0):  # noqa: ANN201 (a loop.Run and its RC3Model)
+    """bench_host's one-rank run (engine, gradient watch, step gate, random batches of seed `seed`), small."""
+    from bench_host import build_run
 
-    from rc3.modeling import RC3Model
-    from rc3.pretrain import loop, perf
-    from rc3.pretrain.config import load_config
-    from rc3.pretrain.engine import build_optimizer, resolve_ds_config
-    from rc3.pretrain.nonfinite import GradientWatch, StepGate
-    from rc3.pretrain.objectives import ObjectiveState
-    from rc3.run_log import RunLogger
+    from rc3.pretrain.flat_params import FlatParameters
 
-    cfg = load_config(str(REPO / "configs/paper.yaml"),
-                      [*SHRUNK, "data.max_text_len=8", "data.max_tgt_len=8", "model.num_regions=4",
-                       "model.image_size=64", "model.encoder_layers=2", "model.decoder_layers=2", *sets])
-    torch.manual_seed(seed)
-    model = RC3Model.from_config(cfg.model, cfg.model.vocab_size)
-    perf.apply(model, cfg.perf)
-    ds_config, accum, _ = resolve_ds_config(cfg, 1, False)
-    module = perf.engine_module(model, cfg)
-    optimizer, scheduler = build_optimizer(module, cfg, False)
-    gate, watch = StepGate(optimizer), GradientWatch(module)
-    engine, _, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
-                                                   config=ds_config)
-    micro = cfg.train.micro_batch_size
-    pool = [random_objective_batches(cfg.model.vocab_size, micro, cfg.data.max_text_len, seed=100 + i,
-                                     image_size=cfg.model.image_size, regions=cfg.model.num_regions) for i in range(2)]
-    state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)
-    import tempfile
-
-    from rc3 import distributed as dist
-    return loop.Run(cfg, engine, scheduler, RandomStreams(pool, micro), state, RunLogger(tempfile.mkdtemp(), False),
-                    None, torch.device("cpu"), False, model.mbart.config.pad_token_id, accum, 0, 1,
-                    dist.gather_with_offset, watch, gate), model
+    run = build_run(str(REPO / "configs/paper.yaml"), ["data.max_text_len=8", "data.max_tgt_len=8", "model.num_regions=4",
+                                                       "model.image_size=64", "model.encoder_layers=2",
+                                                       "model.decoder_layers=2", *sets], seed)
+    module = run.engine.module
+    return run, module.model if isinstance(module, FlatParameters) else module
 
 
 def losses(run, steps: int) -> list[dict[str, float]]:  # noqa: ANN001
@@ -100,14 +77,16 @@ def main() -> None:
     tag_dir = manager.dir / tag
     converted = model_state(tag_dir)  # what tools/zero_to_safetensors.py writes into the model directory
     held = {k: v for k, v in flat_model.state_dict().items() if k in converted}
-    tied = {"mbart.lm_head.weight", "mbart.model.encoder.embed_tokens.weight", "mbart.model.decoder.embed_tokens.weight"}
-    report["converted_keys_missing"] = sorted(set(flat_model.state_dict()) - set(converted) - tied)  # weights and buffers
+    aliases = ({n for n, _ in flat_model.named_parameters(remove_duplicate=False)}
+               - {n for n, _ in flat_model.named_parameters()})  # a tied weight's other names: saved once
+    report["converted_keys_missing"] = sorted(set(flat_model.state_dict()) - set(converted) - aliases)  # weights, buffers
     report["converted_max_diff"] = max_diff(converted, held)
 
     resumed_run, _ = build(["perf.flat_params=true"], seed=7)  # other initial weights: the load must replace them
     back = manager.load(resumed_run.engine)
     resumed_run.step = back.step
-    resumed_run.streams.i = flat_run.streams.i  # the random batches' position (a real run restores its data state)
+    # the flat run's random batches at its position (a real run restores its data state)
+    resumed_run.streams = copy.copy(flat_run.streams)
     resumed_run.state.load_state_dict(back.client_state["objectives"])
     report["resumed"] = losses(resumed_run, 2)
     report["continued"] = losses(flat_run, 2)

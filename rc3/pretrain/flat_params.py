@@ -3,7 +3,7 @@
 Why: ZeRO-1/2 do Python work per parameter tensor every step: a gradient hook that buckets each
 gradient, the count of the parameters the backward used, the gradient norm, the copies to and from the
 fp32 partition; rc3's own non-finite-gradient watch hooks each tensor too. The paper model has 530
-tensors, and that walk is about a quarter of the host time of a step (BENCHMARKS.md, "Host overhead").
+tensors, and that walk (with the watch's hooks) was about a third of the host time of a step (BENCHMARKS.md, "Host overhead").
 Holding each optimizer group's weights in one flat tensor, and handing the modules views of it for the
 forward pass, leaves two tensors to walk. This is what PyTorch FSDP's FlatParameter does inside FSDP;
 DeepSpeed has no such option, so it is written here (about a hundred lines).
@@ -22,7 +22,8 @@ whose layout `flat_params.json` (written beside them by `rc3.pretrain.checkpoint
 The arithmetic is unchanged: the same weights, the same forward, every gradient the same; the
 optimizer's update is elementwise, so only the global gradient norm (a sum of squares over two tensors
 instead of 530) may differ in its last bits (tests/test_flat_params.py). Not for ZeRO-3, which
-partitions parameters themselves: one flat tensor would be gathered whole (`check_preset` refuses it).
+partitions parameters themselves: one flat tensor would be gathered whole (`rc3.pretrain.engine.resolve_ds_config`
+refuses it).
 """
 from __future__ import annotations
 

@@ -91,11 +91,6 @@ class ROIEmbedding(nn.Module):
     def uses_boxes(self) -> bool:
         return self.projection == "fc_boxes_norm"
 
-    def count_flops(self, roi: torch.Tensor) -> None:
-        """Add what `forward(roi)` computes to the active FLOP counter (called by the model, outside this
-        module: a count inside would split a compiled front end into pieces, see VisualFrontEnd.count_flops)."""
-        flops.linear(roi.shape[:-1].numel(), roi.shape[-1], self.feature_proj.out_features)
-
     def forward(self, roi: torch.Tensor, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.uses_boxes:
             return self.feature_proj(roi)
@@ -127,13 +122,6 @@ class PatchEmbedding(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.num_patches = (image_size // patch_size) ** 2
 
-    def count_flops(self, images: int) -> None:
-        """Add what `forward` computes on `images` images to the active FLOP counter (see ROIEmbedding.count_flops)."""
-        tokens = images * self.num_patches
-        conv = self.patch_embed.proj
-        flops.linear(tokens, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
-        flops.linear(tokens, self.proj.in_features, self.proj.out_features)
-
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype == torch.uint8:
             pixels = ((pixels.float() - self.mean) / self.std).to(self.proj.weight.dtype)
@@ -152,7 +140,9 @@ class _ROITokens(ROIEmbedding):
                                                                         device=tokens.device))
 
     def count(self, visual: Mapping[str, torch.Tensor], suffix: str) -> None:
-        self.count_flops(_need(visual, f"roi{suffix}", "roi"))
+        """Add what `tokens` computes to the active FLOP counter (see VisualFrontEnd.count_flops)."""
+        roi = _need(visual, f"roi{suffix}", "roi")
+        flops.linear(roi.shape[:-1].numel(), roi.shape[-1], self.feature_proj.out_features)
 
 
 class _PatchTokens(PatchEmbedding):
@@ -164,7 +154,11 @@ class _PatchTokens(PatchEmbedding):
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
     def count(self, visual: Mapping[str, torch.Tensor], suffix: str) -> None:
-        self.count_flops(_need(visual, f"pixels{suffix}", "patch").shape[0])
+        """Add what `tokens` computes to the active FLOP counter (see VisualFrontEnd.count_flops)."""
+        tokens = _need(visual, f"pixels{suffix}", "patch").shape[0] * self.num_patches
+        conv = self.patch_embed.proj
+        flops.linear(tokens, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels)
+        flops.linear(tokens, self.proj.in_features, self.proj.out_features)
 
 
 FRONT_ENDS.register(FrontEnd("roi", ("roi", "boxes", "roi_mask"), "features",
