@@ -106,9 +106,15 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     # perf.flat_params (checkouts older than it wrap the model itself)
     module = perf.engine_module(model, cfg) if hasattr(perf, "engine_module") else model
     optimizer, scheduler = build_optimizer(module, cfg, False)
-    gate, watch = StepGate(optimizer), GradientWatch(module)  # as the training run sets them up
+    # as the training run sets them up (checkouts older than perf.sync_free_step: the watch and the gate)
+    if hasattr(loop, "guard_updates"):
+        watch, gate, device_step = loop.guard_updates(optimizer, module, cfg)
+    else:
+        gate, watch, device_step = StepGate(optimizer), GradientWatch(module), None
     engine, _, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=ds_config)
+    if device_step is not None:
+        device_step.attach(engine.optimizer)
     micro, pad = cfg.train.micro_batch_size, model.mbart.config.pad_token_id
     pool = [random_objective_batches(cfg.model.vocab_size, micro, cfg.data.max_text_len, seed=seed * 2 + i,
                                 image_size=cfg.model.image_size, regions=cfg.model.num_regions) for i in range(2)]
@@ -117,7 +123,7 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     logger = RunLogger(tempfile.gettempdir(), False)
     gather = dist.gather_with_offset if cfg.objectives.xtcl_gather else None
     return loop.Run(cfg, engine, scheduler, streams, state, logger, None, torch.device("cpu"), False, pad,
-                    accum, 0, 1, gather, watch, gate)
+                    accum, 0, 1, gather, watch, gate, **({"device_step": device_step} if device_step else {}))
 
 
 def dynamo_counts() -> dict[str, int]:

@@ -38,7 +38,7 @@ from rc3.modeling import flops as flop_count
 from rc3.pretrain import perf
 from rc3.pretrain.config import load_config
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
-from rc3.pretrain.loop import to_device
+from rc3.pretrain.loop import guard_updates, to_device
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.pretrain.streams import ObjectiveStreams
 from rc3.provenance import git_commit
@@ -96,7 +96,10 @@ def main() -> None:
         module = perf.engine_module(model, cfg)  # perf.flat_params: the flat-parameter holder, as training wraps it
         optimizer, scheduler = build_optimizer(module, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
                                                fused_adam=preset_fused_adam(cfg))
+        _, _, device_step = guard_updates(optimizer, module, cfg)  # perf.sync_free_step, as training sets it up
         engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        if device_step is not None:
+            device_step.attach(engine.optimizer)
         forward, backward, step = engine, engine.backward, engine.step
     else:
         bf16 = on_gpu and cfg.train.precision != "fp32"

@@ -273,6 +273,17 @@ def any_rank_flag(flag: Tensor) -> bool:
     return bool(buf.item() > 0)
 
 
+def any_rank_device(flag: Tensor) -> Tensor:
+    """`any_rank_flag` left on the device: a float 0/1 tensor, 1 on every rank when `flag` is true on some rank.
+    Nothing is read on the host (the all-reduce is queued on the device's stream under NCCL)."""
+    flag = flag.detach().reshape(1).to(torch.float32)
+    if not is_initialized():
+        return flag
+    buf = flag.to(_comm_device())
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return buf.to(flag.device)
+
+
 def all_reduce_sum_dict(values: dict[str, float]) -> dict[str, float]:
     """Sum each value over ranks in one collective; every rank must pass the same keys."""
     if not is_initialized() or not values:

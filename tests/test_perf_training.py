@@ -8,7 +8,8 @@ LM-head logits, so the comparison is within 1e-4 relative per logged loss, plus 
 the KL term, which sits near 0 (8e-6 at step 2) (float32, 3 steps at lr 1e-3). Dropout is off: padded
 tensors are larger, and merged encoder calls (`perf.fuse_encoder_calls`) fewer, so the same seed draws other
 dropout masks. `perf.flat_params` changes nothing but the engine's view of the weights (tests/test_flat_params.py).
-"""
+`perf.sync_free_step` clips in the fused AdamW kernel (dividing by DeepSpeed's clipping factor where DeepSpeed
+multiplies by its inverse) instead of DeepSpeed's unfused path (tests/test_device_step.py)."""
 from __future__ import annotations
 
 import pytest
@@ -24,7 +25,8 @@ def test_training_loop_with_levers_logs_the_plain_losses(tmp_path, tokenizer_dir
     runs = {}
     for name, sets in {"plain": ["model.dropout=0.0"],
                        "levers": ["model.dropout=0.0", "perf.sync_free=true", "perf.fixed_shapes=true",
-                                  "perf.lm_loss_chunk=8", "perf.flat_params=true", "perf.fuse_encoder_calls=true"]}.items():
+                                  "perf.lm_loss_chunk=8", "perf.flat_params=true", "perf.fuse_encoder_calls=true",
+                                  "perf.sync_free_step=true"]}.items():
         run_dir = tmp_path / name
         cfg = write_config(tmp_path / f"{name}.yaml", tokenizer_dir, shards, run_dir, total_steps=STEPS,
                            save_every=100)

@@ -142,6 +142,11 @@ class PerfConfig:
     # one encoder call for the objectives' calls of one kind (MCLM, ITM and R-XVtCL on Ds: one ROI pass instead of
     # three) instead of one per objective (rc3/pretrain/encode_requests.py); dropout then draws other masks
     fuse_encoder_calls: bool = False
+    # the optimizer step waits on nothing: gradient clipping and the skip of a non-finite update decided on the
+    # device by torch's fused Adam(W) from DeepSpeed's global gradient norm (rc3.pretrain.nonfinite.DeviceStep),
+    # not by DeepSpeed's host-side checks; a non-finite loss then skips the step's update instead of its
+    # micro-batch (ZeRO-1/2, no optimizer offload)
+    sync_free_step: bool = False
 
 
 @dataclass

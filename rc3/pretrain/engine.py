@@ -46,12 +46,29 @@ def resolve_ds_config(cfg: RC3Config, world_size: int, on_gpu: bool) -> tuple[di
         raise ConfigError("perf.flat_params", f"{path} runs ZeRO stage {stage}; flat parameters are for ZeRO-1 and "
                           "ZeRO-2 (stage 3 partitions the parameters themselves and would gather each flat tensor "
                           "whole); pick a zero1/zero2 preset or set perf.flat_params=false")
+    if cfg.perf.sync_free_step:
+        if stage not in (1, 2):
+            raise ConfigError("perf.sync_free_step", f"{path} runs ZeRO stage {stage}; the device-side clipping "
+                              "reads the gradient norm of DeepSpeed's ZeRO-1/2 optimizer; pick a zero1/zero2 preset "
+                              "or set perf.sync_free_step=false")
+        if optimizer_offloaded(ds):
+            raise ConfigError("perf.sync_free_step", f"{path} offloads the optimizer; its CPU Adam takes no "
+                              "device-side skip flag; drop offload_optimizer or set perf.sync_free_step=false")
+        if (ds.get("zero_optimization") or {}).get("compute_grad_norm", True) is False:
+            raise ConfigError("perf.sync_free_step", f"{path} sets zero_optimization.compute_grad_norm=false; the "
+                              "device-side clipping needs DeepSpeed's gradient norm")
+        # clipping and the non-finite check move to the fused kernel (rc3.pretrain.nonfinite.DeviceStep)
+        ds["gradient_clipping"] = 0.0
     if _is_fused_adam_marker(ds.get("optimizer")):
         ds.pop("optimizer")  # read by preset_fused_adam: the client optimizer is DeepSpeed's FusedAdam
     bf16 = use_bf16(t.precision, preset_bf16=bool(ds.get("bf16", {}).get("enabled", False)) and on_gpu)
     if bf16 and not on_gpu:
         log.warning("bf16 requested on CPU; DeepSpeed's CPU path runs it, but fp32 is the tested CPU setting")
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
+    if cfg.perf.sync_free_step and bf16:
+        # DeepSpeed's bf16 overflow check reads a flag on the host; DeviceStep skips such an update on the device.
+        # (In fp32 DeepSpeed always checks the norm on the host: one wait a step that no setting removes.)
+        ds["bf16"]["check_grad_overflow"] = False
     # The optimizer, schedule and precision come from the run config (build_optimizer, train.precision);
     # blocks of the JSON that would set them are removed, and said so: a user who wrote them expects them.
     replaced = {"optimizer": f"optim.* (AdamW, lr {cfg.optim.lr}; DeepSpeedCPUAdam under optimizer offload)",
@@ -119,15 +136,21 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         optimizer = DeepSpeedCPUAdam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, adamw_mode=o.name == "adamw")
-    elif fused_adam and on_gpu:
+    elif fused_adam and on_gpu and not cfg.perf.sync_free_step:
         from deepspeed.ops.adam import FusedAdam
 
         optimizer = FusedAdam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, adam_w_mode=o.name == "adamw")
     else:
-        if fused_adam:
+        if fused_adam and cfg.perf.sync_free_step:
+            log.warning("the DeepSpeed preset asks for FusedAdam; perf.sync_free_step uses torch's fused %s, whose "
+                        "kernel takes the device-side clipping divisor and skip flag", "Adam" if o.name == "adam" else "AdamW")
+        elif fused_adam:
             log.warning("the DeepSpeed preset asks for FusedAdam, a CUDA kernel; on the CPU torch's %s is used",
                         "Adam" if o.name == "adam" else "AdamW")
         kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        optimizer = kind(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps, fused=on_gpu)
+        # perf.sync_free_step: the fused kernel on the CPU too (it takes grad_scale/found_inf; it also keeps its step
+        # counters on the parameters' device, where the unfused CPU kernel reads them with .item())
+        optimizer = kind(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,
+                         fused=on_gpu or cfg.perf.sync_free_step)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     return optimizer, scheduler

@@ -20,7 +20,10 @@ Faults: a non-finite loss on any rank makes every rank skip that micro-batch (de
 all-reduce, so no rank waits on another); a non-finite gradient on any rank (rc3.pretrain.nonfinite,
 in every precision and ZeRO stage) makes every rank skip that optimizer update; both are counted in
 metrics.jsonl, and `train.max_nonfinite_steps` in a row stop the run with an error saying which
-checkpoint exists. A dead rank ends the job through the launcher or the collective timeout.
+checkpoint exists. A dead rank ends the job through the launcher or the collective timeout. With
+`perf.sync_free_step` neither is read on the host before the update: a non-finite loss or gradient
+makes the fused optimizer skip the step's update on the device (rc3.pretrain.nonfinite.DeviceStep),
+counted when the step's metrics are read.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ from rc3.pretrain.checkpoints import Checkpointer, CheckpointError, CheckpointMa
 from rc3.pretrain.config import RC3Config
 from rc3.pretrain.engine import build_optimizer, optimizer_offloaded, preset_fused_adam, resolve_ds_config
 from rc3.pretrain.metrics import MetricsWindow, StepDone
-from rc3.pretrain.nonfinite import GradientWatch, StepGate
+from rc3.pretrain.nonfinite import DeviceStep, GradientWatch, StepGate
 from rc3.pretrain.objectives import ObjectiveState, compute_losses
 from rc3.pretrain.streams import ObjectiveStreams, start_loader_forkserver
 from rc3.run_log import RunLogger
@@ -108,6 +111,7 @@ class Run:
     watch: Optional[GradientWatch] = None
     gate: Optional[StepGate] = None
     step: int = 0
+    device_step: Optional[DeviceStep] = None  # perf.sync_free_step (then watch and gate are None)
     nonfinite_in_row: int = 0
     # non-finite events since the run began (restored on resume): loss micro-batches and gradient steps skipped
     nonfinite: dict[str, int] = field(default_factory=lambda: {"nonfinite_loss_skips": 0, "nonfinite_grad_steps": 0})
@@ -145,10 +149,11 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
     module = perf.engine_module(model, cfg)  # the model, or its flat-parameter holder (perf.flat_params)
     optimizer, scheduler = build_optimizer(module, cfg, on_gpu, offload=optimizer_offloaded(ds_config),
                                            fused_adam=preset_fused_adam(cfg))
-    gate = StepGate(optimizer)  # before DeepSpeed wraps it: the update of a non-finite step is skipped here
-    watch = GradientWatch(module)
+    watch, gate, device_step = guard_updates(optimizer, module, cfg)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds_config)
+    if device_step is not None:
+        device_step.attach(engine.optimizer)
     streams = ObjectiveStreams(cfg, tokenizer, rank, world)
     state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)
     step = 0
@@ -173,7 +178,17 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
     gather = comm.gather_with_offset if cfg.objectives.xtcl_gather else None  # the paper's global XTCL batch
     heap.freeze_long_lived()  # the model, engine and loaders live to the end: no full collection walks them again
     return Run(cfg, engine, scheduler, streams, state, logger, checkpointer, device, on_gpu, tokenizer.pad_id,
-               accum, rank, world, gather, watch, gate, step, nonfinite=nonfinite)
+               accum, rank, world, gather, watch, gate, step, device_step, nonfinite=nonfinite)
+
+
+def guard_updates(optimizer: torch.optim.Optimizer, module: torch.nn.Module, cfg: RC3Config
+                  ) -> tuple[Optional[GradientWatch], Optional[StepGate], Optional[DeviceStep]]:
+    """What skips a non-finite update, set on the client optimizer before DeepSpeed wraps it: the gradient
+    watch and step gate (decided on the host, every rank alike), or with perf.sync_free_step the device-side
+    step (`DeviceStep.attach(engine.optimizer)` after deepspeed.initialize)."""
+    if cfg.perf.sync_free_step:
+        return None, None, DeviceStep(optimizer, cfg.optim.grad_clip)
+    return GradientWatch(module), StepGate(optimizer), None
 
 
 def to_device(batches: Mapping[str, Mapping[str, Any]], device: torch.device) -> dict[str, dict[str, Any]]:
@@ -197,6 +212,8 @@ def train_step(run: Run) -> StepDone:
     parts_sum: dict[str, float] = {}
     data_wait = 0.0
     good, attempts, counter = 0, 0, flop_count.FlopCounter()
+    device_step = run.device_step
+    loss_flag: Optional[torch.Tensor] = None  # perf.sync_free_step: some micro-step's loss was not finite
     fault_injection.maybe_kill(step + 1, run.rank)
     while good < run.accum:
         t_fetch = time.perf_counter()
@@ -216,7 +233,10 @@ def train_step(run: Run) -> StepDone:
         if fault_injection.nan_grad(step + 1, run.rank, first_attempt=attempts == 0):
             loss = fault_injection.poison_gradient(loss, engine.module)
         attempts += 1
-        if comm.any_rank_flag(~torch.isfinite(loss.detach())):  # one read, after the all-reduce
+        if device_step is not None:  # perf.sync_free_step: nothing read; a non-finite loss skips the update
+            bad = ~torch.isfinite(loss.detach())
+            loss_flag = bad if loss_flag is None else loss_flag | bad
+        elif comm.any_rank_flag(~torch.isfinite(loss.detach())):  # one read, after the all-reduce
             run.nonfinite_in_row += 1
             run.nonfinite["nonfinite_loss_skips"] += 1
             run.logger.event(f"non-finite loss at step {step + 1} on some rank: micro-batch skipped on every rank "
@@ -228,7 +248,9 @@ def train_step(run: Run) -> StepDone:
         with counter:
             engine.backward(loss)
         bad_grad = False
-        if good + 1 == run.accum and run.watch is not None and run.gate is not None:
+        if good + 1 == run.accum and device_step is not None and loss_flag is not None:
+            device_step.flag_nonfinite_loss(comm.any_rank_device(loss_flag))
+        elif good + 1 == run.accum and run.watch is not None and run.gate is not None:
             # the update comes with this engine.step(): decided over ranks, so every rank skips it or none does
             bad_grad = comm.any_rank(run.watch.take())
             run.gate.skip = bad_grad
@@ -241,9 +263,25 @@ def train_step(run: Run) -> StepDone:
         good += 1
         # Summed on the device (float64, in call order: the sums float() on the host would give) and read
         # in one transfer after the last micro-step, instead of a device read per metric per micro-step.
-        run.device_sums.add({**{f"plain.{k}": v for k, v in out.plain.items()}, **out.parts, **out.extras,
-                             "loss": loss})
-    for k, v in run.device_sums.read().items():
+        values = {**{f"plain.{k}": v for k, v in out.plain.items()}, **out.parts, **out.extras, "loss": loss}
+        if device_step is not None:  # a non-finite micro-step is left out of the sums and counted
+            finite = torch.isfinite(loss.detach())
+            values = {k: torch.where(finite, v.detach(), torch.zeros_like(v)) for k, v in values.items()}
+            values["nonfinite.loss"] = ~finite
+        run.device_sums.add(values)
+    if device_step is not None and (found_inf := device_step.take()) is not None:
+        run.device_sums.add({"nonfinite.update": found_inf})  # read with the metrics: no wait of its own
+    sums = run.device_sums.read()
+    finite_steps = run.accum
+    if device_step is not None:
+        bad_losses = round(sums.pop("nonfinite.loss"))
+        bad_grad = sums.pop("nonfinite.update", 0.0) > 0
+        finite_steps = max(1, run.accum - bad_losses)
+        if bad_losses:  # this rank's; the update was skipped on every rank (the flag was all-reduced)
+            run.nonfinite["nonfinite_loss_skips"] += bad_losses
+            run.logger.event(f"non-finite loss at step {step + 1} in {bad_losses} micro-batch(es): the update was "
+                             "skipped on every rank", step=step + 1, nonfinite_loss=1)
+    for k, v in sums.items():
         if k.startswith("plain."):
             plain_sum[k[len("plain."):]] = v
         else:
@@ -251,7 +289,8 @@ def train_step(run: Run) -> StepDone:
     if bad_grad or engine.skipped_steps > skipped_before:  # ours, or DeepSpeed's own overflow check
         run.nonfinite_in_row += 1
         run.nonfinite["nonfinite_grad_steps"] += 1
-        run.logger.event(f"non-finite gradients at step {step + 1} on some rank: the update was skipped on every "
+        cause = "a non-finite loss or gradient" if device_step is not None else "non-finite gradients"
+        run.logger.event(f"{cause} at step {step + 1} on some rank: the update was skipped on every "
                          f"rank ({run.nonfinite_in_row} in a row)", step=step + 1, nonfinite_grad=1)
         if run.nonfinite_in_row >= cfg.train.max_nonfinite_steps:
             raise NonFiniteError(f"{run.nonfinite_in_row} non-finite steps in a row at step {step + 1}; stopping "
@@ -259,9 +298,10 @@ def train_step(run: Run) -> StepDone:
     else:
         run.nonfinite_in_row = 0
     # p_avg and logged losses: averaged over micro-steps, then over ranks (one collective)
-    reduced = comm.all_reduce_sum_dict({**{f"plain.{k}": v / run.accum for k, v in plain_sum.items()},
-                                        **{k: v / run.accum for k, v in parts_sum.items()}})
-    run.state.update({k[len("plain."):]: v / run.world for k, v in reduced.items() if k.startswith("plain.")})
+    reduced = comm.all_reduce_sum_dict({**{f"plain.{k}": v / finite_steps for k, v in plain_sum.items()},
+                                        **{k: v / finite_steps for k, v in parts_sum.items()}})
+    if not (device_step is not None and bad_grad):  # p_avg learns from applied steps only under perf.sync_free_step
+        run.state.update({k[len("plain."):]: v / run.world for k, v in reduced.items() if k.startswith("plain.")})
     run.step += 1
     run.logger.step()
     return StepDone(reduced, time.perf_counter() - t0, data_wait, counter.flops,

@@ -16,6 +16,10 @@ tests/test_perf_levers.py states); BENCHMARKS.md ("Throughput levers") says what
 * perf.lm_loss_chunk: the MLM and decoder losses through `rc3.pretrain.losses.chunked_lm_cross_entropy`.
 * perf.flat_params (`engine_module`): the engine wraps `rc3.pretrain.flat_params.FlatParameters`, one flat
   parameter per optimizer group, instead of the model's 530 tensors (ZeRO-1/2 only).
+* perf.fuse_encoder_calls: the objectives' encoder calls of one kind as one call
+  (rc3/pretrain/encode_requests.py).
+* perf.sync_free_step: the optimizer step decides clipping and skipping on the device
+  (rc3.pretrain.nonfinite.DeviceStep; DeepSpeed's host-side checks off in `resolve_ds_config`).
 
 `HostSyncCounter` counts the calls that make the host wait for the device (`.item()`, `.tolist()`,
 `bool(t)`, `.cpu()`, copies to or from the CPU, ...) on any device, so tests on the CPU can show
