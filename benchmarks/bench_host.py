@@ -14,7 +14,8 @@ micro-batch 2, fp32) but the same modules, parameter tensors, sequence lengths (
 regions, 49 patches) and the same Python path: `rc3.pretrain.loop.train_step`, the function the
 training run calls each step, on a one-rank DeepSpeed engine over gloo, fed random batches of the
 paper's shapes, with the gradient watch and step gate the training run sets up (its non-finite-gradient
-check hooks every weight; added 2026-12-07, so earlier figures leave it out). The kernels then take a
+check hooks every weight; added 2026-12-07, so earlier figures leave it out), or with perf.sync_free_step
+its device-side step (rc3.pretrain.loop.guard_updates). The kernels then take a
 small part of the step (about a fifth, nearly all of it the CPU attention kernels, in a torch.profiler
 table of one step: BENCHMARKS.md), so the step's CPU time is an upper bound of its host time. One thread
 (OMP_NUM_THREADS=1) and the process's CPU time, not wall time, make the figure hold on a machine shared
@@ -121,7 +122,8 @@ def build_run(config: str, sets: list[str], seed: int) -> Any:
     streams = RandomStreams(pool, micro * 4)
     state = ObjectiveState.create(cfg.objectives.p_avg_window, cfg.objectives.p_avg_scope)
     logger = RunLogger(tempfile.gettempdir(), False)
-    gather = dist.gather_with_offset if cfg.objectives.xtcl_gather else None
+    gather = (loop.xtcl_gather(cfg) if hasattr(loop, "xtcl_gather")  # as training gathers (older checkouts: sized)
+              else dist.gather_with_offset if cfg.objectives.xtcl_gather else None)
     return loop.Run(cfg, engine, scheduler, streams, state, logger, None, torch.device("cpu"), False, pad,
                     accum, 0, 1, gather, watch, gate, **({"device_step": device_step} if device_step else {}))
 

@@ -182,15 +182,20 @@ def all_gather_with_grad(t: Tensor) -> Tensor:
     return _AllGatherWithGrad.apply(t, all_gather_sizes(t.shape[0]))
 
 
-def gather_with_offset(t: Tensor) -> tuple[Tensor, int]:
+def gather_with_offset(t: Tensor, equal_rows: bool = False) -> tuple[Tensor, int]:
     """(every rank's rows with gradients, `all_gather_with_grad`; the row where this rank's block
     starts): XTCL's negatives over the global batch, `rc3.pretrain.objectives.xtcl(gather=...)`.
-    The sizes are gathered once for both (every training step calls this)."""
+    The sizes are gathered once for both (every training step calls this).
+
+    `equal_rows`: every rank passes as many rows as this one, so no sizes are gathered (that gather is a
+    read of a device tensor in the middle of the forward). Pretraining's streams give that: they repeat
+    their shards and drop partial batches, so each rank's Dt batch has the configured size. A rank with
+    another count makes the all_gather fail (gloo checks sizes; NCCL does not, so keep it to such batches)."""
     if not is_initialized():
         return t, 0
     if t.dim() == 0:
         raise ValueError("gather_with_offset needs a tensor with a leading batch dimension, got a scalar")
-    sizes = all_gather_sizes(t.shape[0])
+    sizes = [int(t.shape[0])] * get_world_size() if equal_rows else all_gather_sizes(t.shape[0])
     return _AllGatherWithGrad.apply(t, sizes), sum(sizes[: get_rank()])
 
 
@@ -282,6 +287,16 @@ def any_rank_device(flag: Tensor) -> Tensor:
     buf = flag.to(_comm_device())
     dist.all_reduce(buf, op=dist.ReduceOp.MAX)
     return buf.to(flag.device)
+
+
+def all_reduce_sum_(t: Tensor) -> Tensor:
+    """`t` summed over ranks in place, where it lies (no host read); `t` itself without a process group."""
+    if is_initialized():
+        buf = t if t.device == _comm_device() else t.to(_comm_device())
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        if buf is not t:
+            t.copy_(buf)
+    return t
 
 
 def all_reduce_sum_dict(values: dict[str, float]) -> dict[str, float]:

@@ -27,6 +27,10 @@ def test_single_process_fallbacks() -> None:
     assert rd.all_gather_with_grad(x) is x
     assert rd.all_gather_sizes(4) == [4]
     assert rd.gather_with_offset(x) == (x, 0)
+    assert rd.gather_with_offset(x, equal_rows=True) == (x, 0)
+    t = torch.tensor([1.0, 2.0])
+    assert rd.all_reduce_sum_(t) is t and t.tolist() == [1.0, 2.0]
+    assert rd.any_rank_device(torch.tensor(True)).tolist() == [1.0]
     assert rd.any_rank_flag(~torch.isfinite(torch.tensor(float("nan")))) is True
     assert rd.any_rank_flag(~torch.isfinite(torch.tensor(1.0))) is False
     obj = {"a": [1, 2]}
@@ -117,6 +121,30 @@ def _case_primitives(rank: int) -> None:
         assert torch.equal(gathered, expected) and offset == start
         (gathered * weights).sum().backward()
         assert torch.equal(mine.grad, (own_rows * (1 + 2)).expand(-1, 2))
+
+    # perf.sync_free's gather: equal row counts taken as given, so nothing is read on the host; the same rows,
+    # offset and gradients as the sized gather
+    from rc3.pretrain.perf import HostSyncCounter
+
+    mine = torch.full((3, 2), float(rank + 1), requires_grad=True)
+    expected = torch.cat([torch.full((3, 2), float(r + 1)) for r in range(WORLD)])
+    weights = torch.arange(6, dtype=torch.float32).unsqueeze(1) * (rank + 1)
+    with HostSyncCounter() as sized:
+        gathered, offset = rd.gather_with_offset(mine)
+    with HostSyncCounter() as equal:
+        gathered_eq, offset_eq = rd.gather_with_offset(mine, equal_rows=True)
+    assert sized.count == 1 and equal.count == 0, (sized.calls, equal.calls)
+    assert torch.equal(gathered_eq, expected) and torch.equal(gathered, gathered_eq) and offset == offset_eq == 3 * rank
+    (gathered_eq * weights).sum().backward()
+    own_rows = torch.arange(3 * rank, 3 * rank + 3, dtype=torch.float32).unsqueeze(1)
+    assert torch.equal(mine.grad, (own_rows * (1 + 2)).expand(-1, 2))
+    # device-side reductions the training step uses under perf.sync_free_step: nothing read on the host
+    sums, mine_flag = torch.tensor([1.0, float(rank)], dtype=torch.float64), torch.tensor(rank == 1)  # "on the device"
+    with HostSyncCounter() as c:
+        summed = rd.all_reduce_sum_(sums)
+        flag = rd.any_rank_device(mine_flag)
+    assert c.count == 0, c.calls
+    assert summed.tolist() == [2.0, 1.0] and flag.tolist() == [1.0]
 
 
 def _case_xtcl_objective(rank: int) -> None:

@@ -257,6 +257,13 @@ def test_metric_sums_equal_host_float_sums():
     got = sums.read()
     assert got == want and list(got) == ["a", "b"]  # bit for bit, in order
     assert sums.read() == {}
+    # a reduction over ranks (rc3.distributed.all_reduce_sum_) sees the stacked sums before the one read
+    seen = []
+    sums.add({"a": torch.tensor(1.5), "b": torch.tensor(-2.0)})
+    with perf.HostSyncCounter() as c:
+        got = sums.read(reduce=lambda t: seen.append(t.tolist()) or t * 3)
+    assert seen == [[1.5, -2.0]] and got == {"a": 4.5, "b": -6.0}
+    assert [kind for kind, _ in c.calls] == ["tolist", "tolist"]  # the spy's own read, then read()'s one
 
 
 # ---- FLOP counter: once per shape ----------------------------------------------------------------

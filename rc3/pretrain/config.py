@@ -130,7 +130,8 @@ class PerfConfig:
     # torch.compile mode; "reduce-overhead" adds CUDA graphs on GPU (needs fixed_shapes)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     # no host sync inside a micro-step: 4D attention masks built on the device (transformers otherwise
-    # asks the host whether each batch has padding). Per-objective metrics are summed on the device and read
+    # asks the host whether each batch has padding), XTCL's gather without gathering the ranks' row counts
+    # (the streams give every rank full batches). Per-objective metrics are summed on the device and read
     # once per optimizer step either way.
     sync_free: bool = False
     # LM-head cross-entropy (MLM and decoder) over chunks of this many positions, recomputing each

@@ -27,6 +27,7 @@ counted when the step's metrics are read.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -175,10 +176,18 @@ def set_up(cfg: RC3Config, resume: bool, restore_rng: bool) -> Run:
                        streams.state_dict()),
         on_saved=lambda tag, at: logger.event(f"checkpoint {tag} saved", step=at))
     checkpointer.listen_for_sigterm(cfg.train.sigterm_grace_s, step)
-    gather = comm.gather_with_offset if cfg.objectives.xtcl_gather else None  # the paper's global XTCL batch
+    gather = xtcl_gather(cfg)
     heap.freeze_long_lived()  # the model, engine and loaders live to the end: no full collection walks them again
     return Run(cfg, engine, scheduler, streams, state, logger, checkpointer, device, on_gpu, tokenizer.pad_id,
                accum, rank, world, gather, watch, gate, step, device_step, nonfinite=nonfinite)
+
+
+def xtcl_gather(cfg: RC3Config) -> Optional[Callable[..., Any]]:
+    """XTCL's gather over ranks (the paper's global batch), or None (objectives.xtcl_gather=false). With
+    perf.sync_free the ranks' row counts are not gathered: the streams give every rank full batches of one size."""
+    if not cfg.objectives.xtcl_gather:
+        return None
+    return functools.partial(comm.gather_with_offset, equal_rows=True) if cfg.perf.sync_free else comm.gather_with_offset
 
 
 def guard_updates(optimizer: torch.optim.Optimizer, module: torch.nn.Module, cfg: RC3Config
@@ -271,16 +280,17 @@ def train_step(run: Run) -> StepDone:
         run.device_sums.add(values)
     if device_step is not None and (found_inf := device_step.take()) is not None:
         run.device_sums.add({"nonfinite.update": found_inf})  # read with the metrics: no wait of its own
-    sums = run.device_sums.read()
-    finite_steps = run.accum
     if device_step is not None:
-        bad_losses = round(sums.pop("nonfinite.loss"))
+        # perf.sync_free_step: summed over ranks on the device, then the step's one read
+        sums = run.device_sums.read(reduce=comm.all_reduce_sum_)
+        bad_losses = round(sums.pop("nonfinite.loss"))  # over every rank's micro-batches
         bad_grad = sums.pop("nonfinite.update", 0.0) > 0
-        finite_steps = max(1, run.accum - bad_losses)
-        if bad_losses:  # this rank's; the update was skipped on every rank (the flag was all-reduced)
+        if bad_losses:
             run.nonfinite["nonfinite_loss_skips"] += bad_losses
-            run.logger.event(f"non-finite loss at step {step + 1} in {bad_losses} micro-batch(es): the update was "
-                             "skipped on every rank", step=step + 1, nonfinite_loss=1)
+            run.logger.event(f"non-finite loss at step {step + 1} in {bad_losses} micro-batch(es) over the ranks: "
+                             "the update was skipped on every rank", step=step + 1, nonfinite_loss=1)
+    else:
+        sums = run.device_sums.read()
     for k, v in sums.items():
         if k.startswith("plain."):
             plain_sum[k[len("plain."):]] = v
@@ -298,8 +308,13 @@ def train_step(run: Run) -> StepDone:
     else:
         run.nonfinite_in_row = 0
     # p_avg and logged losses: averaged over micro-steps, then over ranks (one collective)
-    reduced = comm.all_reduce_sum_dict({**{f"plain.{k}": v / finite_steps for k, v in plain_sum.items()},
-                                        **{k: v / finite_steps for k, v in parts_sum.items()}})
+    if device_step is not None:  # already summed over ranks: the mean over finite micro-steps, times world
+        per_rank = max(1, run.accum * run.world - bad_losses) / run.world
+        reduced = {**{f"plain.{k}": v / per_rank for k, v in plain_sum.items()},
+                   **{k: v / per_rank for k, v in parts_sum.items()}}
+    else:
+        reduced = comm.all_reduce_sum_dict({**{f"plain.{k}": v / run.accum for k, v in plain_sum.items()},
+                                            **{k: v / run.accum for k, v in parts_sum.items()}})
     if not (device_step is not None and bad_grad):  # p_avg learns from applied steps only under perf.sync_free_step
         run.state.update({k[len("plain."):]: v / run.world for k, v in reduced.items() if k.startswith("plain.")})
     run.step += 1

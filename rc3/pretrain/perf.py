@@ -10,7 +10,8 @@ tests/test_perf_levers.py states); BENCHMARKS.md ("Throughput levers") says what
   encoder, decoder and visual front end ("passes"); mode "reduce-overhead" adds CUDA graphs on GPU.
   Modules are compiled in place (`nn.Module.compile`), so parameter names and checkpoints are unchanged.
 * perf.sync_free: nothing inside a micro-step waits on the device. The model passes 4D masks
-  (transformers otherwise asks the host whether a batch has padding). The training loop keeps the
+  (transformers otherwise asks the host whether a batch has padding), and XTCL's gather over ranks takes
+  every rank's row count as its own instead of gathering the counts (rc3.pretrain.loop.xtcl_gather). The training loop keeps the
   per-objective metrics as device tensors (`MetricSums`), read once per optimizer step, with or without
   the lever (the sums are bit for bit those of host floats).
 * perf.lm_loss_chunk: the MLM and decoder losses through `rc3.pretrain.losses.chunked_lm_cross_entropy`.
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -154,14 +155,17 @@ class MetricSums:
             v = value.detach().to(torch.float64)
             self._sums[key] = self._sums[key] + v if key in self._sums else torch.zeros_like(v) + v
 
-    def read(self) -> dict[str, float]:
-        """Every sum as a float (one transfer per device holding sums), in the order first added; then empty."""
+    def read(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """Every sum as a float (one transfer per device holding sums), in the order first added; then empty.
+        `reduce` (e.g. rc3.distributed.all_reduce_sum_) runs on the stacked sums before the transfer, so
+        summing them over ranks costs no read of its own."""
         by_device: dict[torch.device, list[str]] = {}
         for key, value in self._sums.items():
             by_device.setdefault(value.device, []).append(key)
         values: dict[str, float] = {}
         for keys in by_device.values():
-            values.update(zip(keys, torch.stack([self._sums[k] for k in keys]).tolist()))
+            stacked = torch.stack([self._sums[k] for k in keys])
+            values.update(zip(keys, (stacked if reduce is None else reduce(stacked)).tolist()))
         out = {k: values[k] for k in self._sums}
         self._sums.clear()
         return out
