@@ -15,7 +15,8 @@ The throughput levers are the run config's `perf.*` switches (`--set perf.compil
 rc3/pretrain/perf.py); `benchmarks/bench_levers.py` runs the whole matrix. `--losses` records every step's loss
 (read after the timed loop, so the recording adds no sync to it); `--check-syncs` runs one more step
 counting the host syncs inside it (torch.cuda.set_sync_debug_mode on GPU, rc3.pretrain.perf.HostSyncCounter
-on CPU).
+on CPU). The engine gets the training loop's update guards (`rc3.pretrain.loop.guard_updates`: the gradient
+watch and step gate, or with perf.sync_free_step the device-side step), as training sets them up.
 """
 from __future__ import annotations
 
