@@ -90,7 +90,6 @@ class DeviceStep:
             raise ValueError(f"perf.sync_free_step needs an optimizer whose kernel takes grad_scale/found_inf "
                              f"(torch's fused Adam or AdamW); got {type(optimizer).__name__}")
         self.max_norm = float(max_norm)
-        self._optimizer = optimizer
         self._zero: Any = None
         self._norm_seen: Any = None
         self._loss_flag: torch.Tensor | None = None
