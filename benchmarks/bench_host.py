@@ -191,11 +191,13 @@ def worker(args: argparse.Namespace) -> int:
 # ---- the parent: one or two workers, interleaved -------------------------------------------------------
 
 class Worker:
-    def __init__(self, name: str, rc3_root: Path, args: argparse.Namespace, port: int, sets: list[str]) -> None:
+    def __init__(self, name: str, rc3_root: Path, args: argparse.Namespace, port: int, sets: list[str],
+                 extra_env: dict[str, str] | None = None) -> None:
         self.name = name
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RC3_NO_PROGRESS": "1",
-               "PYTHONPATH": os.pathsep.join([str(rc3_root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+               "PYTHONPATH": os.pathsep.join([str(rc3_root), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               **(extra_env or {})}
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             env.pop(key, None)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--config", args.config,
@@ -265,7 +267,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="on top of the shrunk sizes")
     ap.add_argument("--baseline", metavar="REF", help="also measure this commit's rc3/, interleaved")
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
-                    help="also measure this checkout with these settings added, interleaved (repeatable)")
+                    help="also measure this checkout with these settings added, interleaved (repeatable); "
+                         "env:NAME=VALUE items set that worker's environment instead")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=4, help="steps per worker per round")
     ap.add_argument("--warmup", type=int, default=3)
@@ -284,7 +287,12 @@ def main() -> int:
             workers.append(Worker(f"baseline {args.baseline}", checkout(args.baseline, tmp), args, free_port(), args.set))
         workers.append(Worker("this checkout", REPO, args, free_port(), args.set))
         for extra in args.variant:
-            workers.append(Worker(f"this checkout + {extra}", REPO, args, free_port(), [*args.set, *extra.split(",")]))
+            # "env:NAME=VALUE" items set the worker's environment (e.g. env:TORCHINDUCTOR_CPP_WRAPPER=1), the rest
+            # are run-config settings
+            items = extra.split(",")
+            env = dict(i[len("env:"):].split("=", 1) for i in items if i.startswith("env:"))
+            workers.append(Worker(f"this checkout + {extra}", REPO, args, free_port(),
+                                  [*args.set, *(i for i in items if not i.startswith("env:"))], env))
         for w in workers:  # all start together; each answers once built and warmed up
             w.wait_ready()
         if args.profile:
