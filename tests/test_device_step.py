@@ -29,7 +29,7 @@ def lever_config(preset: str, *sets: str) -> Any:
                                                           f"train.deepspeed_config={REPO / 'ds_configs' / preset}", *sets])
 
 
-def test_deepspeed_checks_move_to_the_device_and_other_stages_are_refused():
+def test_deepspeed_checks_move_to_the_device_and_other_stages_are_refused(tmp_path):
     ds, _, bf16 = resolve_ds_config(lever_config("zero2_bf16.json", "train.precision=bf16"), 32, True)
     assert bf16 and ds["gradient_clipping"] == 0.0 and ds["bf16"]["check_grad_overflow"] is False
     plain, _, _ = resolve_ds_config(load_config(str(REPO / "configs/paper.yaml"), ["train.precision=bf16"]), 32, True)
@@ -40,13 +40,10 @@ def test_deepspeed_checks_move_to_the_device_and_other_stages_are_refused():
     offload = REPO / "ds_configs" / "zero3_offload_bf16.json"
     stage2_offload = json.loads(offload.read_text())
     stage2_offload["zero_optimization"]["stage"] = 2
-    path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"stage2-offload-{os.getpid()}.json"
+    path = tmp_path / "stage2-offload.json"
     path.write_text(json.dumps(stage2_offload))
-    try:
-        with pytest.raises(ConfigError, match="perf.sync_free_step.*offloads the optimizer"):
-            resolve_ds_config(lever_config("zero2_bf16.json", f"train.deepspeed_config={path}"), 32, True)
-    finally:
-        path.unlink()
+    with pytest.raises(ConfigError, match="perf.sync_free_step.*offloads the optimizer"):
+        resolve_ds_config(lever_config("zero2_bf16.json", f"train.deepspeed_config={path}"), 32, True)
 
 
 def test_the_lever_steps_torchs_fused_kernel_and_refuses_another():
