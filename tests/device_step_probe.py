@@ -31,6 +31,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tests"))  # flat_params_probe.max_diff
 
 MAX_NORM = 1.0
 
@@ -99,10 +100,6 @@ def reference_steps(net: nn.Module, data: list) -> tuple[list[float], list[dict[
     return norms, states
 
 
-def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
 def train_like(engine: Any, data: list) -> list[dict[str, torch.Tensor]]:
     states = []
     dtype = next(engine.module.parameters()).dtype
@@ -115,6 +112,8 @@ def train_like(engine: Any, data: list) -> list[dict[str, torch.Tensor]]:
 
 
 def fp32_against_reference(lever: bool) -> list[dict[str, float]]:
+    from flat_params_probe import max_diff
+
     torch.manual_seed(0)
     net = Net()
     ref = copy.deepcopy(net)

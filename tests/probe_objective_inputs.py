@@ -27,12 +27,14 @@ def main(config: str, out: str, overrides: list[str]) -> None:
     current: dict[str, str | None] = {"task": None}
     record: dict[str, dict] = {}
 
+    def begin(name: str, batch) -> None:  # the task becomes current; its batch keys are recorded
+        current["task"] = name
+        entry = record.setdefault(name, {"batch_keys": sorted(batch), "calls": []})
+        entry["batch_keys"] = sorted(set(entry["batch_keys"]) | set(batch))
+
     def spy_task(name_of, fn):
         def wrapped(model, batch, *args, **kwargs):
-            name = name_of(batch)
-            current["task"] = name
-            entry = record.setdefault(name, {"batch_keys": sorted(batch), "calls": []})
-            entry["batch_keys"] = sorted(set(entry["batch_keys"]) | set(batch))
+            begin(name_of(batch), batch)
             try:
                 return fn(model, batch, *args, **kwargs)
             finally:
@@ -43,10 +45,7 @@ def main(config: str, out: str, overrides: list[str]) -> None:
         # MCLM, ITM and R-XVtCL are generators that yield their encoder calls (rc3.pretrain.encode_requests):
         # the call is made while the generator waits at its yield, so the task stays current until it returns
         def wrapped(model, batch, *args, **kwargs):
-            name = name_of(batch)
-            entry = record.setdefault(name, {"batch_keys": sorted(batch), "calls": []})
-            entry["batch_keys"] = sorted(set(entry["batch_keys"]) | set(batch))
-            current["task"] = name
+            begin(name_of(batch), batch)
             try:
                 return (yield from fn(model, batch, *args, **kwargs))
             finally:

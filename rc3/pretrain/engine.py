@@ -141,13 +141,13 @@ def build_optimizer(model: torch.nn.Module, cfg: RC3Config, on_gpu: bool,
 
         optimizer = FusedAdam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, adam_w_mode=o.name == "adamw")
     else:
+        kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
         if fused_adam and cfg.perf.sync_free_step:
             log.warning("the DeepSpeed preset asks for FusedAdam; perf.sync_free_step uses torch's fused %s, whose "
-                        "kernel takes the device-side clipping divisor and skip flag", "Adam" if o.name == "adam" else "AdamW")
+                        "kernel takes the device-side clipping divisor and skip flag", kind.__name__)
         elif fused_adam:
             log.warning("the DeepSpeed preset asks for FusedAdam, a CUDA kernel; on the CPU torch's %s is used",
-                        "Adam" if o.name == "adam" else "AdamW")
-        kind = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+                        kind.__name__)
         # perf.sync_free_step: the fused kernel on the CPU too (it takes grad_scale/found_inf; it also keeps its step
         # counters on the parameters' device, where the unfused CPU kernel reads them with .item())
         optimizer = kind(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), eps=o.eps,

@@ -278,9 +278,9 @@ def train_step(run: Run) -> StepDone:
             values = {k: torch.where(finite, v.detach(), torch.zeros_like(v)) for k, v in values.items()}
             values["nonfinite.loss"] = ~finite
         run.device_sums.add(values)
-    if device_step is not None and (found_inf := device_step.take()) is not None:
-        run.device_sums.add({"nonfinite.update": found_inf})  # read with the metrics: no wait of its own
     if device_step is not None:
+        if (found_inf := device_step.take()) is not None:
+            run.device_sums.add({"nonfinite.update": found_inf})  # read with the metrics: no wait of its own
         # perf.sync_free_step: summed over ranks on the device, then the step's one read
         sums = run.device_sums.read(reduce=comm.all_reduce_sum_)
         bad_losses = round(sums.pop("nonfinite.loss"))  # over every rank's micro-batches
