@@ -56,7 +56,7 @@ def pick_langs(cfg: FinetuneConfig, available: Sequence[str], where: str) -> lis
 
 def visual_source(cfg: FinetuneConfig, image_size: int) -> VisualSource:
     return VisualSource(cfg.model.visual_mode, [str(cfg.data_path(p)) for p in cfg.data.features],
-                        cfg.data_path(cfg.data.images), cfg.data.num_regions, image_size)
+                        cfg.data_path(cfg.data.images), cfg.data.num_regions, image_size, cfg.data.image_cache_mb)
 
 
 @torch.no_grad()

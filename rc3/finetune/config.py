@@ -63,6 +63,9 @@ class FTDataConfig:
     max_train_examples: Optional[int] = None  # first N training examples (smoke runs)
     max_eval_examples: Optional[int] = None  # first N examples per evaluation set (smoke runs)
     num_workers: int = 2
+    # MiB of decoded images kept per loading process (rc3.modeling.visual_inputs.VisualSource): an epoch reads
+    # an image once per example (GQA: ~13 questions an image); 0 = read every time
+    image_cache_mb: float = 512.0
 
 
 @dataclass
@@ -221,6 +224,8 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise ConfigError("train.batch_size", f"{t.batch_size} is not divisible by train.micro_batch_size {t.micro_batch_size}")
     if d.max_text_len < 3:
         raise ConfigError("data.max_text_len", "must leave room for [BOS], a piece and [LANG] (>= 3)")
+    if not d.image_cache_mb >= 0:
+        raise ConfigError("data.image_cache_mb", f"must be >= 0 MiB (0 = no cache), got {d.image_cache_mb}")
     if d.num_workers < 0:
         raise ConfigError("data.num_workers", f"must be >= 0, got {d.num_workers}")
     if o.lr <= 0:

@@ -172,11 +172,14 @@ class FinetuneRun:
         if load_head(model, self.init):
             self.print(f"[{self.cfg.task}] task head restored from {self.cfg.init}")
 
-    def loader(self, dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool) -> DataLoader:
+    def loader(self, dataset: Dataset, collate: Callable, batch_size: int, shuffle: bool,
+               persistent: bool = False) -> DataLoader:
+        """`persistent`: the workers live through every epoch of this loader (with their image caches,
+        data.image_cache_mb) instead of starting afresh each epoch."""
         g = torch.Generator().manual_seed(self.cfg.seed)
         workers = self.cfg.data.num_workers
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, num_workers=workers,
-                          generator=g if shuffle else None, persistent_workers=False,
+                          generator=g if shuffle else None, persistent_workers=persistent and workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     # ---- training ---------------------------------------------------------------------------
@@ -191,7 +194,7 @@ class FinetuneRun:
         optimizer = torch.optim.AdamW(groups,
                                       lr=cfg.optim.lr, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),  # two (validated)
                                       eps=cfg.optim.eps)
-        loader = self.loader(dataset, collate, self.micro_batch_size, shuffle=True)
+        loader = self.loader(dataset, collate, self.micro_batch_size, shuffle=True, persistent=cfg.data.image_cache_mb > 0)
         model, optimizer, loader = acc.prepare(model, optimizer, loader)
         heap.freeze_long_lived()  # the model, optimizer and dataset live through training (rc3.heap)
         steps_per_epoch = math.ceil(len(loader) / self.grad_accum)

@@ -12,6 +12,11 @@ Keys: a key is looked up as given, then without its file extension ("1000092795.
 "1000092795"), because Multi30K names Flickr30k images by file while the released Flickr30k
 stores key them by numeric id. `check` runs over every key of a data set before any training,
 so a missing image fails at once, naming the id, the annotation file and the store(s).
+
+Cache: with `cache_mb` > 0 an image's tensors are kept, least recently used first out, within that
+many MiB of this process (a DataLoader worker has its own). A finetuning epoch reads each image once
+per question or hypothesis (GQA: about 13 questions an image), and reading one from a gzip-compressed
+H5 store costs about 1.3 ms, 40 ms a batch of 32, against 100 ms for the step itself on the demo's model.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from torch import Tensor
 
 from rc3.data.features_open import open_feature_store
@@ -80,7 +86,9 @@ class VisualSource:
     """Loads one image's visual tensors by key, for a visual mode."""
 
     def __init__(self, mode: str, features: Sequence[str | os.PathLike] = (), images: str | os.PathLike | None = None,
-                 num_regions: int = 36, image_size: int = 224) -> None:
+                 num_regions: int = 36, image_size: int = 224, cache_mb: float = 0.0) -> None:
+        if not cache_mb >= 0:
+            raise ValueError(f"the visual cache size must be >= 0 MiB, got {cache_mb}")
         vm = visual_mode(mode)
         self.mode, self.num_regions, self.image_size = mode, num_regions, image_size
         self.needs_roi, self.needs_pixels = vm.needs("features"), vm.needs("pixels")
@@ -91,6 +99,9 @@ class VisualSource:
         self.stores = [open_feature_store(p) for p in features] if self.needs_roi else []
         # an ImageLocator exactly when the mode needs pixels (images is then set, checked above)
         self.locator = ImageLocator(images) if self.needs_pixels and images is not None else None
+        # key -> the tensors `load` built for it, bounded by their bytes (cachetools' LRU with a size function)
+        self.cache: LRUCache[str, dict[str, Tensor]] | None = (
+            LRUCache(maxsize=int(cache_mb * 2**20), getsizeof=_nbytes) if cache_mb > 0 else None)
 
     def _stores_text(self) -> str:
         return ", ".join(str(s.path) for s in self.stores)
@@ -129,7 +140,17 @@ class VisualSource:
 
     def load(self, key: str) -> dict[str, Tensor]:
         """{"roi": [R,2048], "boxes": [R,5], "roi_mask": [R]} (R = num_regions, zero-padded) and/or
-        {"pixels": uint8 [3,S,S]} for image `key`."""
+        {"pixels": uint8 [3,S,S]} for image `key`: tensors of the caller's own (a cached image is copied)."""
+        if self.cache is None:
+            return self._read(key)
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self._read(key)
+            if _nbytes(hit) <= self.cache.maxsize:  # one image over the whole budget is not kept
+                self.cache[key] = hit
+        return {k: v.clone() for k, v in hit.items()}
+
+    def _read(self, key: str) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         if self.needs_roi:
             found = self._store_key(key)
@@ -148,6 +169,10 @@ class VisualSource:
             # uint8: the model normalises with its own pixel mean / std (those of its ViT weights)
             out["pixels"] = resize_uint8(img, self.image_size).contiguous()
         return out
+
+
+def _nbytes(tensors: Mapping[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def pad_regions(features: np.ndarray, boxes: np.ndarray, num_regions: int) -> dict[str, Tensor]:
