@@ -65,11 +65,11 @@ print("zero-shot mean over the pretraining languages de/id/zh: %.1f" % (sum(acc[
 PYEOF
 cat <<'EXPECT'
 
-This run (pretraining seed 42) gave en 62.5, de 33.8, id 20.6, zh 17.5 (zero-shot mean 24.0) on one
-machine; another CPU need not give the same digits: read one run against the 3-seed figures below.
-What to expect (README, "What to expect"; 3 seeds): zero-shot on the pretraining languages de/id/zh
-24.5 +- 1.2, 7.5 points above a random init finetuned the same way (17.0 +- 1.0) and 10.7 above the
-most frequent answer. English 67.5 +- 12.2, where answering by question type alone gives 22.5 %: the
-model reads the image, but a random init learns English faster at this budget (83.3 +- 4.2).
-bn, ko, pt and ru were never seen in pretraining: near the most frequent answer (12.5-17.5).
+This run (pretraining seed 42) gave en 63.8, de 33.8, id 22.5, zh 16.9 (zero-shot mean 24.4) on one
+machine; another CPU need not give the same digits: read one run against the 6-seed figures below.
+What to expect (README, "What to expect"; seeds 0-5): zero-shot on the pretraining languages de/id/zh
+22.5 +- 2.4, 5.9 points above a random init finetuned the same way (16.6 +- 1.8) and 8.7 above the
+most frequent answer. English 62.0 +- 10.0, where answering by question type alone gives 22.5 %: the
+model reads the image, but a random init learns English faster at this budget (75.4 +- 12.0).
+bn, ko, pt and ru were never seen in pretraining: near the most frequent answer (13.6-15.6 on average).
 EXPECT
