@@ -16,7 +16,8 @@ so a missing image fails at once, naming the id, the annotation file and the sto
 Cache: with `cache_mb` > 0 an image's tensors are kept, least recently used first out, within that
 many MiB of this process (a DataLoader worker has its own). A finetuning epoch reads each image once
 per question or hypothesis (GQA: about 13 questions an image), and reading one from a gzip-compressed
-H5 store costs about 1.3 ms, 40 ms a batch of 32, against 100 ms for the step itself on the demo's model.
+H5 store costs about 1.3 ms, 40 ms a batch of 32, about as long as the rest of a step of the demo's
+model on a CPU (BENCHMARKS.md, "`make demo`'s wall time").
 """
 from __future__ import annotations
 
