@@ -270,12 +270,7 @@ def any_rank(flag: bool) -> bool:
 def any_rank_flag(flag: Tensor) -> bool:
     """`any_rank` for a flag computed on the device (e.g. "this loss is not finite"): the flag is
     all-reduced where it lies and read once, instead of read, sent back and read again."""
-    flag = flag.reshape(1).to(torch.float32)
-    if not is_initialized():
-        return bool(flag.item() > 0)
-    buf = flag.to(_comm_device())
-    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    return bool(buf.item() > 0)
+    return bool(any_rank_device(flag).item() > 0)
 
 
 def any_rank_device(flag: Tensor) -> Tensor:
